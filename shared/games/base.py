@@ -1,0 +1,88 @@
+"""The game API: what a board game must provide to be searched, trained and played."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+BoolArray = npt.NDArray[np.bool_]
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+
+S = TypeVar("S")
+
+
+class IllegalMove(ValueError):
+    """An action that is not legal in the given position."""
+
+
+class BadNotation(ValueError):
+    """Text that does not describe a position of the game."""
+
+
+@dataclass(frozen=True)
+class Symmetry:
+    """A board symmetry: how it maps encoded planes and how it maps action indices.
+
+    `planes(x)` maps an encoding of shape (..., C, H, W); `actions[a]` is the image of action `a`,
+    so a policy `p` maps to `p_sym` with `p_sym[actions] = p`.
+    """
+
+    name: str
+    planes: Callable[[FloatArray], FloatArray]
+    actions: IntArray
+
+
+class Game(Protocol[S]):
+    """A two-player, zero-sum, perfect-information game with a fixed action space.
+
+    States are immutable and hashable; values are from the view of the player to move.
+    """
+
+    name: str
+    num_actions: int
+    encoding_shape: tuple[int, int, int]  # (planes, height, width)
+
+    def initial(self) -> S: ...
+
+    def legal_mask(self, state: S) -> BoolArray: ...
+
+    def apply(self, state: S, action: int) -> S:
+        """Return the position after `action`; raise IllegalMove if it is not legal."""
+        ...
+
+    def terminal_value(self, state: S) -> float | None:
+        """+1/0/-1 for the player to move if the game is over, else None."""
+        ...
+
+    def to_play(self, state: S) -> int:
+        """0 for the first player, 1 for the second."""
+        ...
+
+    def ply(self, state: S) -> int: ...
+
+    def key(self, state: S) -> Hashable:
+        """A transposition key: equal for equal positions reached by different move orders."""
+        ...
+
+    def encode(self, state: S) -> FloatArray:
+        """Planes of shape `encoding_shape`, from the view of the player to move."""
+        ...
+
+    def symmetries(self) -> tuple[Symmetry, ...]:
+        """All symmetries of the board, the identity first."""
+        ...
+
+    def notation(self, state: S) -> str:
+        """Compact text for a position (for Connect Four, the 1-based column-digit move string)."""
+        ...
+
+    def parse(self, text: str) -> S:
+        """Inverse of `notation`; raise BadNotation naming what is wrong."""
+        ...
+
+    def action_name(self, action: int) -> str: ...
