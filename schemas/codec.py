@@ -1,0 +1,57 @@
+"""Encoding and strict decoding of wire messages, with errors that name the field at fault."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypeVar
+
+import msgspec
+
+T = TypeVar("T")
+
+MAX_CONTROL_BYTES = 256 * 1024
+
+_encoder = msgspec.json.Encoder()
+_MISSING = re.compile(r"missing required field `([^`]+)`")
+
+
+class BadMessage(ValueError):
+    """A message that does not decode into its schema; `field` is the JSON path at fault."""
+
+    def __init__(self, subject: str, field: str, reason: str) -> None:
+        super().__init__(f"bad message on {subject!r}: field {field}: {reason}")
+        self.subject = subject
+        self.field = field
+        self.reason = reason
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode(data: bytes, kind: type[T], *, subject: str = "?") -> T:
+    """Decode JSON `data` as `kind`; raise BadMessage naming the field (e.g. `$.node`)."""
+    if len(data) > MAX_CONTROL_BYTES:
+        raise BadMessage(subject, "$", f"{len(data)} bytes exceeds {MAX_CONTROL_BYTES}")
+    try:
+        return msgspec.json.decode(data, type=kind, strict=True)
+    except msgspec.ValidationError as e:
+        field, reason = _split(str(e))
+        raise BadMessage(subject, field, reason) from e
+    except msgspec.DecodeError as e:
+        raise BadMessage(subject, "$", f"not valid JSON: {e}") from e
+
+
+def _split(text: str) -> tuple[str, str]:
+    # msgspec says e.g. "Expected `str`, got `int` - at `$.node`".
+    reason, sep, where = text.rpartition(" - at ")
+    field = where.strip("`") if sep else "$"
+    reason = reason if sep else text
+    missing = _MISSING.search(reason)
+    if missing:
+        field = f"{field}.{missing.group(1)}"
+    return field, reason
+
+
+def to_builtins(message: Any) -> Any:
+    return msgspec.to_builtins(message)

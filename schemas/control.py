@@ -1,0 +1,98 @@
+"""Control-plane wire messages: service pulses, node status, the leader lease and its events.
+
+Every message is a frozen msgspec Struct with a versioned `type` tag; a new version of a message
+gets a new tag, so an old reader rejects it by name instead of misreading it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class _Wire(msgspec.Struct, frozen=True, forbid_unknown_fields=False, tag_field="type"):
+    pass
+
+
+class ServicePulse(_Wire, frozen=True, tag="conclave.service_pulse.v1"):
+    """A service process's liveness and event-loop lag over the last interval."""
+
+    node: str
+    service: str
+    pid: int
+    lag_p50_ms: float
+    lag_max_ms: float
+    started_at: float
+    sent_at: float
+
+
+class ServiceState(msgspec.Struct, frozen=True):
+    name: str
+    alive: bool
+    pid: int = 0
+    lag_p50_ms: float = 0.0
+    lag_max_ms: float = 0.0
+    last_pulse_age_s: float | None = None
+
+
+class Resources(msgspec.Struct, frozen=True):
+    cores: int
+    memory_bytes: int
+    gpus: list[str] = []
+
+
+class NodeStatus(_Wire, frozen=True, tag="conclave.node_status.v1"):
+    """What a node's heartbeat writes into KV `nodes` about once a second, with a per-key TTL."""
+
+    node: str
+    roles: list[str]
+    services: list[ServiceState]
+    version: str
+    resources: Resources
+    hostname: str
+    started_at: float
+    sent_at: float
+
+
+class Lease(_Wire, frozen=True, tag="conclave.lease.v1"):
+    """The leader lease value; `term` is 0 on the acquiring write, whose revision is the term."""
+
+    node: str
+    instance: str
+    term: int
+    acquired_at: float
+    ttl_s: float
+
+
+LeaderEventKind = Literal["elected", "lost", "fenced", "released"]
+
+
+class LeaderEvent(_Wire, frozen=True, tag="conclave.leader_event.v1"):
+    """Published on `events.leader.<kind>` when a node gains or gives up leadership."""
+
+    kind: LeaderEventKind
+    node: str
+    instance: str
+    term: int
+    at: float
+    reason: str = ""
+
+
+class LeaderValidity(_Wire, frozen=True, tag="conclave.leader_validity.v1"):
+    """A holder's promise: it leads `term` from `valid_from` to `valid_until` at most."""
+
+    node: str
+    instance: str
+    term: int
+    valid_from: float
+    valid_until: float
+
+
+CONTROL_MESSAGES: tuple[type[msgspec.Struct], ...] = (
+    ServicePulse,
+    NodeStatus,
+    Lease,
+    LeaderEvent,
+    LeaderValidity,
+)

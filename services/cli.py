@@ -1,0 +1,141 @@
+"""The `conclave` command: parse arguments and environment once, then hand frozen config down."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from shared import log as logsetup
+from shared.bus import BusError
+from shared.lease import LeaseParams
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _nats_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--nats",
+        default=os.environ.get("CONCLAVE_NATS_URL", DEFAULT_URL),
+        help="NATS URL(s), comma-separated (default: $CONCLAVE_NATS_URL, else local `up`)",
+    )
+
+
+def _lease_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lease-ttl", type=int, default=3, help="leader lease TTL, whole seconds")
+    p.add_argument("--lease-renew", type=float, default=1.0, help="seconds between renewals")
+
+
+def _lease(args: argparse.Namespace) -> LeaseParams:
+    return LeaseParams(ttl_s=args.lease_ttl, renew_every_s=args.lease_renew)
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    from services import launcher
+
+    opts = launcher.NodeOptions(
+        node_id=args.node_id or launcher.default_node_id(),
+        roles=launcher.parse_roles(args.roles),
+        nats_urls=[u.strip() for u in args.nats.split(",") if u.strip()],
+        lease=_lease(args),
+        replicas=args.replicas,
+        log_dir=args.log_dir,
+        log_level=args.log_level,
+    )
+    return asyncio.run(launcher.node_main(opts))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from services import launcher
+
+    opts = launcher.UpOptions(
+        data_dir=str(Path(args.data_dir).absolute()),
+        nats_port=args.nats_port,
+        no_train=args.no_train,
+        lease=_lease(args),
+    )
+    return asyncio.run(launcher.up_main(opts))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from services.status import status_main
+
+    return asyncio.run(status_main(args.nats, args.json, args.watch))
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from schemas.export import export
+
+    written = export(Path(args.out))
+    print(f"wrote {len(written)} schemas to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="conclave", description=__doc__)
+    parser.add_argument("--log-level", default="warning")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    node = sub.add_parser("node", help="run this machine's services for the given roles")
+    node.add_argument("--roles", required=True, help="comma-separated, e.g. coordinator")
+    node.add_argument("--node-id", default=None, help="default: the host name")
+    node.add_argument("--replicas", type=int, default=1, help="stream replicas (3 on a cluster)")
+    node.add_argument("--log-dir", default=None, help="service logs here instead of stderr")
+    _nats_option(node)
+    _lease_options(node)
+    node.set_defaults(handler=cmd_node)
+
+    up = sub.add_parser("up", help="one-machine cluster: embedded NATS plus a node with every role")
+    up.add_argument("--nats-port", type=int, default=4222)
+    up.add_argument("--data-dir", default=str(Path.cwd() / "conclave-data"))
+    up.add_argument("--no-train", action="store_true", help="control plane only")
+    _lease_options(up)
+    up.set_defaults(handler=cmd_up)
+
+    status = sub.add_parser("status", help="nodes, leader and loop lag of a running cluster")
+    _nats_option(status)
+    status.add_argument("--json", action="store_true")
+    status.add_argument("--watch", type=float, default=None, metavar="SECONDS")
+    status.set_defaults(handler=cmd_status)
+
+    schemas = sub.add_parser("schemas", help="export JSON Schema for every wire message")
+    schemas.add_argument("--out", required=True)
+    schemas.set_defaults(handler=cmd_schemas)
+
+    _add_bestmove(sub)
+    return parser
+
+
+def _add_bestmove(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    try:
+        from shared import bestmove
+    except ImportError:
+        return
+    p = sub.add_parser("bestmove", help="choose moves for positions read from stdin")
+    bestmove.add_arguments(p)
+    p.set_defaults(handler=lambda a: bestmove.run(a, sys.stdin, sys.stdout))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logsetup.setup(args.log_level, service="cli")
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except ValueError as e:
+        print(f"conclave {args.command}: {e}", file=sys.stderr)
+        return 2
+    except BusError as e:
+        print(f"conclave {args.command}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

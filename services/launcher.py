@@ -1,0 +1,180 @@
+"""`conclave node` and `conclave up`: run a node's services as supervised child processes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from pathlib import Path
+
+import msgspec
+from nats.aio.msg import Msg
+
+from schemas import names
+from schemas.codec import BadMessage, decode, encode
+from schemas.control import LeaderEvent
+from services.heartbeat import HeartbeatConfig
+from services.leader import LeaderConfig
+from shared.bus import BusConfig
+from shared.lease import LeaseParams
+from shared.natsserver import NatsServer, ServerSpec
+from shared.service import ProcessConfig, connect_until
+from shared.supervisor import Child, ChildSpec, Limits, python_module_argv
+
+log = logging.getLogger("conclave.launcher")
+
+# Services each role runs; every node also runs `heartbeat`.
+ROLE_SERVICES: dict[str, tuple[str, ...]] = {
+    "coordinator": ("leader",),
+}
+ALL_ROLES = tuple(ROLE_SERVICES)
+
+
+class UnknownRole(ValueError):
+    pass
+
+
+class NodeOptions(msgspec.Struct, frozen=True):
+    """Everything a node needs, parsed once from the command line."""
+
+    node_id: str
+    roles: list[str]
+    nats_urls: list[str]
+    lease: LeaseParams = LeaseParams()
+    limits_stall_s: float = 5.0
+    replicas: int = 1
+    log_dir: str | None = None
+    log_level: str = "info"
+
+
+def parse_roles(text: str) -> list[str]:
+    roles = [r.strip() for r in text.split(",") if r.strip()]
+    for role in roles:
+        if role not in ROLE_SERVICES:
+            raise UnknownRole(f"unknown role {role!r}; known roles: {', '.join(ALL_ROLES)}")
+    return roles
+
+
+def default_node_id() -> str:
+    host = socket.gethostname().split(".")[0]
+    cleaned = "".join(c if c.isalnum() or c in "-_" else "-" for c in host)
+    return cleaned[:64] or "node"
+
+
+def services_for(roles: list[str]) -> list[str]:
+    chosen = ["heartbeat"]
+    for role in roles:
+        chosen += [s for s in ROLE_SERVICES[role] if s not in chosen]
+    return chosen
+
+
+def service_config(service: str, opts: NodeOptions) -> msgspec.Struct:
+    if service == "heartbeat":
+        return HeartbeatConfig(opts.node_id, opts.roles, services_for(opts.roles))
+    if service == "leader":
+        return LeaderConfig(opts.node_id, opts.lease)
+    raise UnknownRole(f"no configuration for service {service!r}")
+
+
+def child_spec(service: str, opts: NodeOptions) -> ChildSpec:
+    bus = BusConfig(
+        servers=opts.nats_urls, name=f"{opts.node_id}/{service}", replicas=opts.replicas
+    )
+    proc = ProcessConfig(opts.node_id, service, bus, log_level=opts.log_level)
+    config = encode(service_config(service, opts)).decode()
+
+    def argv(fd: int) -> list[str]:
+        with_fd = encode(msgspec.structs.replace(proc, pulse_fd=fd)).decode()
+        return python_module_argv(f"services.{service}", "--process", with_fd, "--config", config)
+
+    log_path = Path(opts.log_dir) / f"{opts.node_id}-{service}.log" if opts.log_dir else None
+    return ChildSpec(service, argv, log_path)
+
+
+async def run_node(opts: NodeOptions, stop: asyncio.Event) -> list[Child]:
+    """Supervise the node's services until `stop`; returns the children (for their history)."""
+    if opts.log_dir:
+        await asyncio.to_thread(Path(opts.log_dir).mkdir, parents=True, exist_ok=True)
+    limits = Limits(stall_s=opts.limits_stall_s)
+    children = [Child(child_spec(s, opts), limits) for s in services_for(opts.roles)]
+    async with asyncio.TaskGroup() as tg:
+        for child in children:
+            tg.create_task(child.run(stop), name=f"supervise-{child.spec.name}")
+    return children
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def node_main(opts: NodeOptions) -> int:
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    roles, urls = ", ".join(opts.roles) or "-", ", ".join(opts.nats_urls)
+    print(f"node {opts.node_id}: roles {roles}; NATS {urls}", flush=True)
+    await run_node(opts, stop)
+    return 0
+
+
+class UpOptions(msgspec.Struct, frozen=True):
+    data_dir: str
+    nats_port: int = 4222
+    no_train: bool = False
+    node_id: str = "local"
+    lease: LeaseParams = LeaseParams()
+
+
+async def up_main(opts: UpOptions) -> int:
+    """Start the embedded NATS server and one node with every role; stop all on Ctrl-C/SIGTERM."""
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    data = Path(opts.data_dir)
+    server = NatsServer(ServerSpec("conclave", data / "nats", port=opts.nats_port))
+    await asyncio.to_thread(server.start)
+    try:
+        node = NodeOptions(
+            node_id=opts.node_id,
+            roles=list(ALL_ROLES),
+            nats_urls=[server.url],
+            lease=opts.lease,
+            log_dir=str(data / "logs"),
+        )
+        _print_where(server, data, opts)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(_print_leader_events(server.url, stop), name="leader-events")
+            await run_node(node, stop)
+    finally:
+        await asyncio.to_thread(server.stop)
+    print("conclave stopped")
+    return 0
+
+
+def _print_where(server: NatsServer, data: Path, opts: UpOptions) -> None:
+    print(f"conclave up: NATS {server.url} (monitor {server.monitor_url})", flush=True)
+    print(f"  data {data}; service logs {data / 'logs'}", flush=True)
+    print(f"  status: conclave status --nats {server.url}", flush=True)
+    if not opts.no_train:
+        print("  training loop: not built yet; running the control plane only", flush=True)
+
+
+async def _print_leader_events(url: str, stop: asyncio.Event) -> None:
+    bus = await connect_until(BusConfig(servers=[url], name="up-console"), stop)
+    if bus is None:
+        return
+
+    async def show(msg: Msg) -> None:
+        try:
+            event = decode(msg.data, LeaderEvent, subject=msg.subject)
+        except BadMessage as e:
+            log.warning("%s", e)
+            return
+        print(
+            f"leader {event.kind}: node {event.node}, term {event.term} {event.reason}", flush=True
+        )
+
+    await bus.subscribe(names.leader_event_subject("*"), show)
+    await stop.wait()
+    await bus.close()

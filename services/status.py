@@ -1,0 +1,152 @@
+"""`conclave status`: who is alive, who leads, and how the event loops are doing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+
+from schemas import names
+from schemas.codec import BadMessage, decode
+from schemas.control import Lease, NodeStatus
+from shared.bus import Bus, BusConfig, Entry
+
+
+class LeaderInfo(msgspec.Struct, frozen=True):
+    node: str
+    term: int
+    since: float
+    held_s: float
+
+
+class ServiceInfo(msgspec.Struct, frozen=True):
+    name: str
+    alive: bool
+    loop_lag_ms: float
+
+
+class NodeInfo(msgspec.Struct, frozen=True):
+    id: str
+    roles: list[str]
+    alive: bool
+    loop_lag_ms: float
+    services: list[ServiceInfo]
+    last_seen_s: float
+    cores: int
+    memory_gb: float
+    gpus: list[str]
+
+
+class NatsInfo(msgspec.Struct, frozen=True):
+    url: str
+    servers: list[str]
+    server_name: str
+    version: str
+
+
+class StatusReport(msgspec.Struct, frozen=True):
+    leader: LeaderInfo | None
+    nodes: list[NodeInfo]
+    nodes_alive: int
+    alive_by_role: dict[str, int]
+    nats: NatsInfo
+    problems: list[str]
+    at: float
+
+
+def leader_info(entry: Entry, now: float) -> LeaderInfo | None:
+    if entry.value is None:
+        return None
+    lease = decode(entry.value, Lease, subject=names.LEADER_KEY)
+    term = lease.term or entry.revision
+    return LeaderInfo(lease.node, term, lease.acquired_at, round(now - lease.acquired_at, 1))
+
+
+def node_info(status: NodeStatus, now: float, stale_after_s: float = 5.0) -> NodeInfo:
+    services = [ServiceInfo(s.name, s.alive, s.lag_max_ms) for s in status.services]
+    age = now - status.sent_at
+    return NodeInfo(
+        id=status.node,
+        roles=status.roles,
+        alive=age <= stale_after_s,
+        loop_lag_ms=max((s.loop_lag_ms for s in services), default=0.0),
+        services=services,
+        last_seen_s=round(age, 1),
+        cores=status.resources.cores,
+        memory_gb=round(status.resources.memory_bytes / 2**30, 1),
+        gpus=status.resources.gpus,
+    )
+
+
+def by_role(nodes: list[NodeInfo]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in nodes:
+        for role in node.roles if node.alive else ():
+            counts[role] = counts.get(role, 0) + 1
+    return counts
+
+
+async def gather(bus: Bus) -> StatusReport:
+    """Read the status keys and the lease once and summarise them."""
+    now = time.time()
+    problems: list[str] = []
+    raw_nodes = await bus.snapshot(names.NODES_BUCKET)
+    nodes: list[NodeInfo] = []
+    for key, entry in sorted(raw_nodes.items()):
+        try:
+            nodes.append(node_info(decode(entry.value or b"", NodeStatus, subject=key), now))
+        except BadMessage as e:
+            problems.append(f"node {key}: {e}")
+    try:
+        leader = leader_info(await bus.last(names.ELECTION_BUCKET, names.LEADER_KEY), now)
+    except BadMessage as e:
+        leader, problems = None, [*problems, f"lease: {e}"]
+    alive = [n for n in nodes if n.alive]
+    return StatusReport(leader, nodes, len(alive), by_role(alive), nats_info(bus), problems, now)
+
+
+def nats_info(bus: Bus) -> NatsInfo:
+    nc = bus.nc
+    info = nc._server_info if hasattr(nc, "_server_info") else {}
+    url = nc.connected_url
+    return NatsInfo(
+        url=url.geturl() if url else "",
+        servers=[u.geturl() for u in nc.servers],
+        server_name=str(info.get("server_name", "")),
+        version=str(info.get("version", "")),
+    )
+
+
+def render_text(report: StatusReport) -> str:
+    lines = [f"NATS {report.nats.url} ({report.nats.server_name} v{report.nats.version})"]
+    if report.leader is None:
+        lines.append("leader: none")
+    else:
+        ld = report.leader
+        lines.append(f"leader: {ld.node}  term {ld.term}  held {ld.held_s:.0f}s")
+    roles = ", ".join(f"{r} {n}" for r, n in sorted(report.alive_by_role.items())) or "-"
+    lines.append(f"nodes alive: {report.nodes_alive}/{len(report.nodes)}  ({roles})")
+    for node in report.nodes:
+        state = "alive" if node.alive else f"silent {node.last_seen_s:.0f}s"
+        services = " ".join(f"{s.name}{'' if s.alive else '(down)'}" for s in node.services)
+        lines.append(
+            f"  {node.id:<20} {state:<12} lag {node.loop_lag_ms:7.1f}ms  "
+            f"[{','.join(node.roles)}]  {services}"
+        )
+    lines += [f"problem: {p}" for p in report.problems]
+    return "\n".join(lines)
+
+
+async def status_main(url: str, as_json: bool, watch_s: float | None) -> int:
+    bus = await Bus.connect(BusConfig(servers=[url], name="status", connect_timeout_s=5))
+    try:
+        while True:
+            report = await gather(bus)
+            text = msgspec.json.encode(report).decode() if as_json else render_text(report)
+            print(text, flush=True)
+            if watch_s is None:
+                return 0
+            await asyncio.sleep(watch_s)
+    finally:
+        await bus.close()

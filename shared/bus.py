@@ -1,0 +1,317 @@
+"""The one adapter between Conclave and NATS: connection, provisioning, KV and typed errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RawStreamMsg, StorageType, StreamConfig
+from nats.js.kv import KeyValue
+
+import nats
+from schemas import names
+
+log = logging.getLogger("conclave.bus")
+
+_WRONG_LAST_SEQUENCE = 10071
+_STREAM_NAME_IN_USE = 10058
+_DELETED_OPS = {"DEL", "PURGE"}
+
+
+class BusError(Exception):
+    """A broker operation failed."""
+
+
+class Unavailable(BusError):
+    """No answer in time: disconnected, no JetStream leader, or a stream leader election."""
+
+
+class CasFailed(BusError):
+    """A compare-and-set write found a different last revision than expected."""
+
+
+class ConnectFailed(BusError):
+    """The first connection to NATS did not succeed in time."""
+
+
+class BusConfig(msgspec.Struct, frozen=True):
+    """How a process connects; built once at the edge and passed down."""
+
+    servers: list[str]
+    name: str
+    replicas: int = 1
+    domain: str | None = None
+    ping_interval_s: float = 15.0
+    max_outstanding_pings: int = 2
+    connect_timeout_s: float = 10.0
+    request_timeout_s: float = 5.0
+    creds: str | None = None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """The last message of a KV key; `value` is None when it was deleted or expired."""
+
+    key: str
+    revision: int
+    value: bytes | None
+    written_at: datetime | None
+
+    @property
+    def present(self) -> bool:
+        return self.value is not None
+
+
+@contextmanager
+def translated(what: str) -> Iterator[None]:
+    """Turn nats-py errors into Conclave's typed errors, naming the operation."""
+    try:
+        yield
+    except nats.js.errors.APIError as e:
+        if e.err_code == _WRONG_LAST_SEQUENCE:
+            raise CasFailed(f"{what}: {e.description}") from e
+        if isinstance(e, nats.js.errors.ServiceUnavailableError):
+            raise Unavailable(f"{what}: {e.description}") from e
+        raise BusError(f"{what}: {e.description} (code {e.err_code})") from e
+    except (
+        TimeoutError,
+        nats.errors.TimeoutError,
+        nats.errors.NoRespondersError,
+        nats.errors.ConnectionClosedError,
+        nats.errors.OutboundBufferLimitError,
+        nats.js.errors.NoStreamResponseError,
+    ) as e:
+        raise Unavailable(f"{what}: {type(e).__name__}") from e
+
+
+class Bus:
+    """A connected client plus JetStream contexts and the bucket handles we use."""
+
+    def __init__(self, nc: Client, cfg: BusConfig) -> None:
+        self.nc = nc
+        self.cfg = cfg
+        self.js: JetStreamContext = nc.jetstream(domain=cfg.domain, timeout=cfg.request_timeout_s)
+        self._kv: dict[str, KeyValue] = {}
+        self.reconnect_hooks: list[Callable[[], Awaitable[None]]] = []
+        self.closing = False
+
+    @classmethod
+    async def connect(cls, cfg: BusConfig) -> Bus:
+        """Connect with settings for flaky links; fail with ConnectFailed after the timeout."""
+        holder: list[Bus] = []
+
+        async def on_error(e: Exception) -> None:
+            log.warning("nats error: %s", e, extra={"error": type(e).__name__})
+
+        async def on_disconnect() -> None:
+            if holder and not holder[0].closing:
+                log.warning("nats disconnected")
+
+        async def on_reconnect() -> None:
+            log.info("nats reconnected", extra={"url": str(holder[0].nc.connected_url)})
+            for hook in holder[0].reconnect_hooks:
+                await hook()
+
+        options: dict[str, Any] = {
+            "servers": cfg.servers,
+            "name": cfg.name,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5,
+            "ping_interval": cfg.ping_interval_s,
+            "max_outstanding_pings": cfg.max_outstanding_pings,
+            "error_cb": on_error,
+            "disconnected_cb": on_disconnect,
+            "reconnected_cb": on_reconnect,
+        }
+        if cfg.creds:
+            options["user_credentials"] = cfg.creds
+        try:
+            # nats-py's own first connect loops through every reconnect attempt before failing.
+            nc = await asyncio.wait_for(nats.connect(**options), cfg.connect_timeout_s)
+        except (TimeoutError, OSError, nats.errors.Error) as e:
+            raise ConnectFailed(f"cannot connect to {', '.join(cfg.servers)}: {e!r}") from e
+        bus = cls(nc, cfg)
+        holder.append(bus)
+        return bus
+
+    async def close(self) -> None:
+        self.closing = True
+        if not self.nc.is_closed:
+            try:
+                await asyncio.wait_for(self.nc.drain(), 5)
+            except (TimeoutError, nats.errors.Error):
+                await self.nc.close()
+
+    # -- provisioning -------------------------------------------------------------------------
+
+    async def provision(self) -> None:
+        """Create (or bring up to date) every stream and bucket the control plane uses."""
+        await self.ensure_kv(names.NODES_BUCKET, marker_ttl_s=2)
+        await self.ensure_kv(names.ELECTION_BUCKET, marker_ttl_s=1)
+        await self.ensure_stream(
+            StreamConfig(
+                name=names.EVENTS_STREAM,
+                subjects=names.events_subjects(),
+                max_age=7 * 24 * 3600,
+                max_bytes=256 * 1024 * 1024,
+            )
+        )
+
+    async def ensure_stream(self, config: StreamConfig) -> None:
+        config.num_replicas = self.cfg.replicas
+        config.storage = StorageType.FILE
+        with translated(f"add stream {config.name}"):
+            try:
+                await self.js.add_stream(config)
+            except nats.js.errors.BadRequestError as e:
+                if e.err_code != _STREAM_NAME_IN_USE:
+                    raise
+                await self.js.update_stream(config)
+
+    async def ensure_kv(self, bucket: str, marker_ttl_s: float | None = None) -> KeyValue:
+        """A history-1 bucket with per-message TTL and, optionally, expiry markers for watchers."""
+        config = StreamConfig(
+            name=names.kv_stream(bucket),
+            subjects=[f"$KV.{bucket}.>"],
+            allow_rollup_hdrs=True,
+            allow_msg_ttl=True,
+            deny_delete=True,
+            discard=DiscardPolicy.NEW,
+            duplicate_window=120,
+            max_msgs_per_subject=1,
+            subject_delete_marker_ttl=marker_ttl_s,
+        )
+        await self.ensure_stream(config)
+        return await self.kv(bucket)
+
+    async def kv(self, bucket: str) -> KeyValue:
+        if bucket not in self._kv:
+            with translated(f"bind KV {bucket}"):
+                self._kv[bucket] = await self.js.key_value(bucket)
+        return self._kv[bucket]
+
+    # -- KV with per-key TTL and compare-and-set ---------------------------------------------
+
+    async def last(self, bucket: str, key: str) -> Entry:
+        """The raw last message of a key: treats delete, purge and expiry markers as absent."""
+        subject = names.kv_subject(bucket, key)
+        with translated(f"get {bucket}/{key}"):
+            try:
+                msg = await self.js.get_msg(names.kv_stream(bucket), subject=subject)
+            except nats.js.errors.NotFoundError:
+                return Entry(key, 0, None, None)
+        return _entry(key, msg)
+
+    async def write(
+        self,
+        bucket: str,
+        key: str,
+        value: bytes,
+        *,
+        ttl_s: float | None = None,
+        expect_last: int | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Put `value`; with `expect_last`, only if the key's last revision is that (0: none)."""
+        headers: dict[str, str] = {}
+        if ttl_s is not None:
+            headers["Nats-TTL"] = ttl_header(ttl_s)
+        if expect_last is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(expect_last)
+        with translated(f"write {bucket}/{key}"):
+            ack = await self.js.publish(
+                names.kv_subject(bucket, key),
+                value,
+                headers=headers or None,
+                timeout=timeout or self.cfg.request_timeout_s,
+            )
+        return int(ack.seq)
+
+    async def cas_delete(self, bucket: str, key: str, last: int, timeout: float = 2.0) -> int:
+        headers = {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(last)}
+        with translated(f"delete {bucket}/{key}"):
+            ack = await self.js.publish(
+                names.kv_subject(bucket, key), b"", headers=headers, timeout=timeout
+            )
+        return int(ack.seq)
+
+    async def snapshot(self, bucket: str) -> dict[str, Entry]:
+        """The current value of every present key in a bucket."""
+        kv = await self.kv(bucket)
+        entries: dict[str, Entry] = {}
+        with translated(f"snapshot {bucket}"):
+            watcher = await kv.watchall()
+            try:
+                while (update := await _next(watcher, self.cfg.request_timeout_s)) is not None:
+                    if update.operation not in _DELETED_OPS and update.value is not None:
+                        entries[update.key] = Entry(
+                            update.key, update.revision or 0, update.value, None
+                        )
+                    else:
+                        entries.pop(update.key, None)
+            finally:
+                await watcher.stop()  # type: ignore[no-untyped-call]
+        return entries
+
+    @asynccontextmanager
+    async def watch(self, bucket: str, key: str) -> AsyncIterator[KeyValue.KeyWatcher]:
+        """A watcher on one key; a lost watch is not fatal, so callers also wait with timeouts."""
+        kv = await self.kv(bucket)
+        with translated(f"watch {bucket}/{key}"):
+            watcher = await kv.watch(key)
+        try:
+            yield watcher
+        finally:
+            with suppress(TimeoutError, nats.errors.Error):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
+    # -- messages ------------------------------------------------------------------------------
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        """Core publish: fire and forget, buffered while reconnecting."""
+        with translated(f"publish {subject}"):
+            await self.nc.publish(subject, data)
+
+    async def publish_durable(self, subject: str, data: bytes, msg_id: str | None = None) -> int:
+        """JetStream publish, acknowledged once stored; `msg_id` makes retries idempotent."""
+        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        with translated(f"publish {subject}"):
+            ack = await self.js.publish(subject, data, headers=headers)
+        return int(ack.seq)
+
+    async def subscribe(
+        self, subject: str, handler: Callable[[Msg], Awaitable[None]]
+    ) -> Subscription:
+        with translated(f"subscribe {subject}"):
+            return await self.nc.subscribe(subject, cb=handler)
+
+
+async def _next(watcher: KeyValue.KeyWatcher, timeout: float) -> KeyValue.Entry | None:
+    entry: KeyValue.Entry | None = await watcher.updates(timeout)  # type: ignore[no-untyped-call]
+    return entry
+
+
+def ttl_header(ttl_s: float) -> str:
+    """The server keeps whole seconds of a message TTL (measured), so refuse anything else."""
+    if ttl_s < 1 or ttl_s != int(ttl_s):
+        raise ValueError(f"ttl_s must be a whole number of seconds >= 1, got {ttl_s}")
+    return f"{int(ttl_s)}s"
+
+
+def _entry(key: str, msg: RawStreamMsg) -> Entry:
+    headers = msg.headers or {}
+    deleted = headers.get("KV-Operation") in _DELETED_OPS or "Nats-Marker-Reason" in headers
+    value = None if deleted else (msg.data or b"")
+    return Entry(key, int(msg.seq or 0), value, msg.time)

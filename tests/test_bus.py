@@ -1,0 +1,76 @@
+"""The bus adapter against a real nats-server: CAS, per-key TTL, markers, typed errors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from schemas import names
+from shared.bus import Bus, BusConfig, CasFailed, ConnectFailed, ttl_header
+from shared.natsserver import free_port
+
+B, K = names.ELECTION_BUCKET, "k"
+
+
+async def test_create_then_cas_and_stale_cas_is_a_typed_error(bus: Bus) -> None:
+    rev = await bus.write(B, K, b"a", expect_last=0)
+    with pytest.raises(CasFailed):
+        await bus.write(B, K, b"b", expect_last=0)
+    rev2 = await bus.write(B, K, b"c", expect_last=rev)
+    assert rev2 > rev
+    assert (await bus.last(B, K)).value == b"c"
+
+
+async def test_cas_renewal_keeps_the_ttl(bus: Bus) -> None:
+    """nats-py's kv.update drops the TTL; our CAS write must keep it on every renewal."""
+    rev = await bus.write(B, K, b"a", ttl_s=1, expect_last=0)
+    for _ in range(3):
+        await asyncio.sleep(0.5)
+        rev = await bus.write(B, K, b"a", ttl_s=1, expect_last=rev)
+    renewed_at = time.monotonic()
+    assert (await bus.last(B, K)).present
+    while (await bus.last(B, K)).present:
+        await asyncio.sleep(0.05)
+    expired_after = time.monotonic() - renewed_at
+    assert 0.8 <= expired_after <= 2.0
+
+
+async def test_expired_and_deleted_keys_read_as_absent_with_a_revision_to_cas_on(bus: Bus) -> None:
+    rev = await bus.write(B, K, b"a", ttl_s=1, expect_last=0)
+    await asyncio.sleep(1.4)
+    gone = await bus.last(B, K)
+    assert not gone.present and gone.revision > rev
+    rev = await bus.write(B, K, b"b", expect_last=gone.revision)
+    await bus.cas_delete(B, K, rev)
+    deleted = await bus.last(B, K)
+    assert not deleted.present
+    await bus.write(B, K, b"c", expect_last=deleted.revision)
+
+
+async def test_snapshot_lists_present_keys_only(bus: Bus) -> None:
+    await bus.write(names.NODES_BUCKET, "n1", b"1", ttl_s=1)
+    await bus.write(names.NODES_BUCKET, "n2", b"2", ttl_s=30)
+    assert set(await bus.snapshot(names.NODES_BUCKET)) == {"n1", "n2"}
+    await asyncio.sleep(1.4)
+    assert set(await bus.snapshot(names.NODES_BUCKET)) == {"n2"}
+
+
+async def test_provision_is_idempotent(bus: Bus) -> None:
+    await bus.provision()
+    await bus.provision()
+
+
+def test_fractional_ttl_is_refused_because_the_server_truncates_it() -> None:
+    with pytest.raises(ValueError, match="ttl_s"):
+        ttl_header(1.5)
+    assert ttl_header(3) == "3s"
+
+
+async def test_first_connect_fails_fast_and_names_the_server() -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(ConnectFailed, match=url):
+        await Bus.connect(BusConfig(servers=[url], name="t", connect_timeout_s=1.0))
+    assert time.monotonic() - started < 5
