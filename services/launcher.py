@@ -92,15 +92,24 @@ def child_spec(service: str, opts: NodeOptions) -> ChildSpec:
     return ChildSpec(service, argv, log_path)
 
 
+def build_children(opts: NodeOptions) -> list[Child]:
+    limits = Limits(stall_s=opts.limits_stall_s)
+    return [Child(child_spec(s, opts), limits) for s in services_for(opts.roles)]
+
+
+async def supervise(children: list[Child], stop: asyncio.Event) -> None:
+    """Keep every child running until `stop`, then stop them all."""
+    async with asyncio.TaskGroup() as tg:
+        for child in children:
+            tg.create_task(child.run(stop), name=f"supervise-{child.spec.name}")
+
+
 async def run_node(opts: NodeOptions, stop: asyncio.Event) -> list[Child]:
     """Supervise the node's services until `stop`; returns the children (for their history)."""
     if opts.log_dir:
         await asyncio.to_thread(Path(opts.log_dir).mkdir, parents=True, exist_ok=True)
-    limits = Limits(stall_s=opts.limits_stall_s)
-    children = [Child(child_spec(s, opts), limits) for s in services_for(opts.roles)]
-    async with asyncio.TaskGroup() as tg:
-        for child in children:
-            tg.create_task(child.run(stop), name=f"supervise-{child.spec.name}")
+    children = build_children(opts)
+    await supervise(children, stop)
     return children
 
 

@@ -36,9 +36,19 @@ def server_binary() -> Path:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports: all sockets stay bound until every port is chosen."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def render(template: str, **values: object) -> str:
@@ -58,18 +68,22 @@ class ServerSpec:
     data_dir: Path
     host: str = "127.0.0.1"
     port: int = -1
+    http_port: int = -1
+    leaf_port: int = -1
     cluster_port: int | None = None
     routes: tuple[int, ...] = ()
     cluster_name: str = "conclave"
     domain: str = HUB_DOMAIN
 
-    def config(self, port: int | None = None, http_port: int = -1, leaf_port: int = -1) -> str:
+    def config(
+        self, port: int | None = None, http_port: int | None = None, leaf_port: int | None = None
+    ) -> str:
         common = {
             "server_name": self.name,
             "host": self.host,
             "port": self.port if port is None else port,
-            "http_port": http_port,
-            "leaf_port": leaf_port,
+            "http_port": self.http_port if http_port is None else http_port,
+            "leaf_port": self.leaf_port if leaf_port is None else leaf_port,
             "ports_dir": self.data_dir / "ports",
             "store_dir": self.data_dir / "jetstream",
             "domain": self.domain,
@@ -93,8 +107,7 @@ class NatsServer:
     spec: ServerSpec
     process: subprocess.Popen[bytes] | None = None
     ports: dict[str, list[str]] = field(default_factory=dict)
-    # The ports file does not list the leaf port, so it is chosen here.
-    leaf_port: int = field(default_factory=free_port)
+    leaf_port: int = -1  # the ports file does not list it; read from /varz after start
 
     @property
     def url(self) -> str:
@@ -126,6 +139,7 @@ class NatsServer:
         log.close()
         deadline = time.monotonic() + timeout
         self.ports = self._wait_ports(deadline)
+        self.leaf_port = self._leaf_port()
         if wait_jetstream:
             self._wait_healthy(deadline)
         return self
@@ -161,10 +175,15 @@ class NatsServer:
         conf.write_text(self.spec.config(**self._previous_ports()))
         return conf
 
+    def _leaf_port(self) -> int:
+        with urllib.request.urlopen(f"{self.monitor_url}/varz", timeout=5) as r:
+            varz = json.loads(r.read())
+        return int(varz["leaf"]["port"])
+
     def _previous_ports(self) -> dict[str, int]:
         # A restarted server keeps its ports, so clients and leaf nodes reconnect to it.
         if not self.ports:
-            return {"leaf_port": self.leaf_port}
+            return {}
         return {
             "port": _port_of(self.url),
             "http_port": _port_of(self.monitor_url),
@@ -216,13 +235,18 @@ class NatsCluster:
 
     @classmethod
     def create(cls, data_dir: Path, size: int = 3, name: str = "conclave") -> NatsCluster:
-        route_ports = tuple(free_port() for _ in range(size))
+        # Every port is chosen up front: a server picking its own could take a later one's.
+        ports = free_ports(4 * size)
+        routes = tuple(ports[3 * size :])
         specs = [
             ServerSpec(
                 name=f"n{i + 1}",
                 data_dir=data_dir / f"n{i + 1}",
-                cluster_port=route_ports[i],
-                routes=route_ports,
+                port=ports[i],
+                http_port=ports[size + i],
+                leaf_port=ports[2 * size + i],
+                cluster_port=routes[i],
+                routes=routes,
                 cluster_name=name,
             )
             for i in range(size)

@@ -4,6 +4,7 @@ all stopped at teardown even when the test fails."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -80,10 +81,8 @@ class Processes:
 
 
 def with_signal(proc: subprocess.Popen[bytes], sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(proc.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import time
 from schemas import names
 from schemas.codec import BadMessage, decode
 from schemas.control import Lease
-from shared.bus import Bus, BusConfig
+from shared.bus import Bus
 from shared.leaseaudit import LeaseAudit
 from shared.natsserver import NatsServer
 from tests.conftest import Processes, eventually, process_config

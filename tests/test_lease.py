@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass, field
 
@@ -112,7 +113,7 @@ def simulate(seed: int, contenders: int, loss: float, latency: float, crashes: l
             step(c, server, now, rng, loss, latency)
         now += TICK
     terms = sorted((iv[0], iv[1], term) for c in cs for term, iv in c.intervals.items())
-    for (_, end_a, term_a), (start_b, _, term_b) in zip(terms, terms[1:], strict=False):
+    for (_, end_a, term_a), (start_b, _, term_b) in itertools.pairwise(terms):
         assert start_b > end_a, f"term {term_b} began at {start_b} before {term_a} ended at {end_a}"
     assert terms, "nobody was ever elected"
 

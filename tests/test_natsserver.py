@@ -1,4 +1,4 @@
-"""The embedded server: configs from the nats/ templates, start, restart on the same port, cluster."""
+"""The embedded server: configs from nats/ templates, start, restart on the same port, cluster."""
 
 from __future__ import annotations
 
