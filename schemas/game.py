@@ -1,0 +1,78 @@
+"""The finished self-play game record: what self-play workers publish and the trainer reads.
+
+`policy` is bulk data: the improved-policy targets as little-endian float32 bytes of shape
+(plies, num_actions), row-major; use `pack_policy` / `policy_targets`. Records travel as
+msgpack (`encode_record` / `decode_record`); a new layout gets a new `type` tag.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+_F32 = np.dtype("<f4")
+
+
+class GameRecord(msgspec.Struct, frozen=True, tag_field="type", tag="conclave.game.v1"):
+    """One finished game of self-play.
+
+    `outcome` is from the first player's view (+1 win, 0 draw, -1 loss); `root_values[i]` is the
+    search's value at ply i from the view of the player to move there. `would_resign` is the
+    player (0/1) who first fell below the resign threshold in a game where resigning was
+    disabled (None if nobody did) — a false resign when that player did not lose.
+    """
+
+    game: str
+    game_id: str
+    model_sha256: str
+    generation: int
+    moves: list[int]
+    policy: bytes
+    root_values: list[float]
+    outcome: float
+    plies: int
+    num_actions: int
+    search: str
+    sims_per_move: int
+    resigned: bool = False
+    resign_enabled: bool = False
+    would_resign: int | None = None
+    started_at: float = 0.0
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.moves) != self.plies:
+            raise ValueError(f"GameRecord.moves has {len(self.moves)} moves, plies={self.plies}")
+        if len(self.root_values) != self.plies:
+            raise ValueError(f"GameRecord.root_values has {len(self.root_values)} values")
+        if len(self.policy) != self.plies * self.num_actions * _F32.itemsize:
+            raise ValueError(f"GameRecord.policy has {len(self.policy)} bytes")
+        if self.outcome not in (-1.0, 0.0, 1.0):
+            raise ValueError(f"GameRecord.outcome must be -1, 0 or 1, got {self.outcome}")
+        if any(not 0 <= m < self.num_actions for m in self.moves):
+            raise ValueError("GameRecord.moves has an action out of range")
+
+
+def pack_policy(policy: npt.NDArray[np.float32]) -> bytes:
+    """(plies, num_actions) float array -> little-endian float32 bytes."""
+    return np.ascontiguousarray(policy, dtype=_F32).tobytes()
+
+
+def policy_targets(record: GameRecord) -> npt.NDArray[np.float32]:
+    """The (plies, num_actions) improved-policy targets of `record`."""
+    flat = np.frombuffer(record.policy, dtype=_F32).astype(np.float32)
+    return flat.reshape(record.plies, record.num_actions)
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(GameRecord)
+
+
+def encode_record(record: GameRecord) -> bytes:
+    return _encoder.encode(record)
+
+
+def decode_record(data: bytes) -> GameRecord:
+    """Decode msgpack bytes; raise msgspec.ValidationError/DecodeError or ValueError if bad."""
+    return _decoder.decode(data)
