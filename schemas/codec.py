@@ -40,6 +40,8 @@ def decode(data: bytes, kind: type[T], *, subject: str = "?") -> T:
         raise BadMessage(subject, field, reason) from e
     except msgspec.DecodeError as e:
         raise BadMessage(subject, "$", f"not valid JSON: {e}") from e
+    except UnicodeDecodeError as e:
+        raise BadMessage(subject, "$", f"invalid UTF-8 at byte {e.start}") from e
 
 
 def _split(text: str) -> tuple[str, str]:

@@ -71,7 +71,7 @@ class ServerSpec:
     http_port: int = -1
     leaf_port: int = -1
     cluster_port: int | None = None
-    routes: tuple[int, ...] = ()
+    routes: tuple[str, ...] = ()  # host:port of every route listener, ours included
     cluster_name: str = "conclave"
     domain: str = HUB_DOMAIN
 
@@ -90,7 +90,7 @@ class ServerSpec:
         }
         if self.cluster_port is None:
             return render("single", **common)
-        routes = ", ".join(f"nats-route://{self.host}:{p}" for p in self.routes)
+        routes = ", ".join(f"nats-route://{address}" for address in self.routes)
         return render(
             "cluster",
             **common,
@@ -237,7 +237,8 @@ class NatsCluster:
     def create(cls, data_dir: Path, size: int = 3, name: str = "conclave") -> NatsCluster:
         # Every port is chosen up front: a server picking its own could take a later one's.
         ports = free_ports(4 * size)
-        routes = tuple(ports[3 * size :])
+        route_ports = ports[3 * size :]
+        routes = tuple(f"127.0.0.1:{p}" for p in route_ports)
         specs = [
             ServerSpec(
                 name=f"n{i + 1}",
@@ -245,7 +246,7 @@ class NatsCluster:
                 port=ports[i],
                 http_port=ports[size + i],
                 leaf_port=ports[2 * size + i],
-                cluster_port=routes[i],
+                cluster_port=route_ports[i],
                 routes=routes,
                 cluster_name=name,
             )
@@ -285,3 +286,21 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+COMPOSE_SERVERS = ("nats1", "nats2", "nats3")
+
+
+def compose_config(name: str) -> str:
+    """The config compose.yaml mounts for one hub server (see nats/compose/)."""
+    spec = ServerSpec(
+        name=name,
+        data_dir=Path("/data"),
+        host="0.0.0.0",
+        port=4222,
+        http_port=8222,
+        leaf_port=7422,
+        cluster_port=6222,
+        routes=tuple(f"{server}:6222" for server in COMPOSE_SERVERS),
+    )
+    return spec.config()

@@ -1,0 +1,67 @@
+"""`conclave up` end to end: a leader is elected, `conclave status` shows it, SIGTERM stops all."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from shared.natsserver import free_port, pid_alive
+from tests.conftest import Processes, eventually
+from tests.test_node import _children_of, _is_zombie
+
+
+def conclave(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "services.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+async def test_up_elects_a_leader_that_status_reports_and_stops_cleanly(
+    processes: Processes, tmp_path: Path
+) -> None:
+    port = free_port()
+    out = tmp_path / "up.out"
+    up = processes.spawn(
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "up",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--nats-port",
+            str(port),
+            "--no-train",
+        ],
+        out,
+    )
+    await eventually(lambda: "leader elected" in out.read_text(), 60, what="leader elected")
+    url = f"nats://127.0.0.1:{port}"
+    report = json.loads(conclave("status", "--nats", url, "--json").stdout)
+    assert report["leader"]["node"] == "local" and report["leader"]["term"] >= 1
+    assert report["leader"]["since"] > 0
+    assert report["nats"]["url"] == url and url in report["nats"]["servers"]
+    node = report["nodes"][0]
+    assert node["id"] == "local" and node["alive"] and "coordinator" in node["roles"]
+    assert isinstance(node["loop_lag_ms"], float)
+    text = conclave("status", "--nats", url).stdout
+    assert "leader: local" in text and "nodes alive: 1/1" in text
+
+    children = _children_of(up.pid, 3) or []
+    up.send_signal(signal.SIGTERM)
+    assert up.wait(30) == 0
+    assert "conclave stopped" in out.read_text()
+    assert not [p for p in children if pid_alive(p) and not _is_zombie(p)]
+
+
+def test_status_without_a_cluster_fails_fast_with_a_clear_message() -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    result = conclave("status", "--nats", url)
+    assert result.returncode == 1 and "cannot connect" in result.stderr and url in result.stderr
+
+
+def test_unknown_role_is_refused_by_name() -> None:
+    result = conclave("node", "--roles", "coordinator,wizard", "--nats", "nats://127.0.0.1:1")
+    assert result.returncode == 2 and "wizard" in result.stderr
