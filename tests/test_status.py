@@ -1,0 +1,41 @@
+"""`conclave status`: live nodes, the leader, and bad entries reported by field."""
+
+from __future__ import annotations
+
+import time
+
+from schemas import names
+from schemas.codec import encode
+from schemas.control import Lease, NodeStatus, Resources, ServiceState
+from services.status import gather, render_text
+from shared.bus import Bus
+
+
+def status(node: str, sent_at: float, roles: list[str]) -> NodeStatus:
+    services = [ServiceState("heartbeat", True, 1, 0.2, 4.5), ServiceState("leader", False)]
+    return NodeStatus(node, roles, services, "0.1.0", Resources(2, 2**31), "h", 0.0, sent_at)
+
+
+async def test_report_counts_live_nodes_by_role_and_names_the_leader(bus: Bus) -> None:
+    now = time.time()
+    await bus.write(names.NODES_BUCKET, "a", encode(status("a", now, ["coordinator"])), ttl_s=5)
+    await bus.write(
+        names.NODES_BUCKET, "b", encode(status("b", now - 30, ["coordinator"])), ttl_s=5
+    )
+    lease = Lease("a", "inst", 0, now - 12, 3)
+    rev = await bus.write(names.ELECTION_BUCKET, names.LEADER_KEY, encode(lease), ttl_s=5)
+    report = await gather(bus)
+    assert report.leader is not None and (report.leader.node, report.leader.term) == ("a", rev)
+    assert 11 <= report.leader.held_s <= 14
+    assert [(n.id, n.alive) for n in report.nodes] == [("a", True), ("b", False)]
+    assert report.nodes_alive == 1 and report.alive_by_role == {"coordinator": 1}
+    assert report.nodes[0].loop_lag_ms == 4.5
+    text = render_text(report)
+    assert "leader: a" in text and "leader(down)" in text
+
+
+async def test_garbage_status_entries_are_reported_with_the_field_not_fatal(bus: Bus) -> None:
+    await bus.write(names.NODES_BUCKET, "junk", b'{"type":"conclave.node_status.v1","node":7}')
+    report = await gather(bus)
+    assert report.nodes == [] and report.leader is None
+    assert len(report.problems) == 1 and "$.node" in report.problems[0]
