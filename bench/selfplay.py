@@ -2,8 +2,12 @@
 
     .venv/bin/python bench/selfplay.py --game connect4 --json [--games G] [--sims N] [--seconds S]
 
-`ratio` = sims_per_s / nn_bound_sims_per_s, where the bound is the best positions/s of the bare
-evaluator at batch G and at batch G/2 (the pipelined halves' batch), measured in this run.
+The inference bound is measured in short bursts interleaved with self-play (between move
+steps, excluded from self-play time), so both see the same background load on a shared
+machine. `nn_bound_sims_per_s` is the bare evaluator's positions/s at batch G (the batch
+self-play sends), `ratio` = sims_per_s / nn_bound_sims_per_s, and `nn_busy` = network rows
+per second / bound: the fraction of time the network would be busy (below `ratio` because
+cache hits and terminal leaves need no network call).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,62 +27,87 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.evaluator import Evaluator, NetEvaluator
 from shared.games import get_game
-from shared.games.base import Game
+from shared.games.base import BoolArray, FloatArray, Game
 from shared.net import NetConfig, PolicyValueNet
 from shared.search import SearchStats
 from shared.selfplay import SelfPlayConfig, self_play
 
 
-def inference_rate(game: Game[Any], evaluator: Evaluator, batch: int, seconds: float) -> float:
-    """Positions/s of `evaluator` alone on batches of real positions."""
+def sample_batch(game: Game[Any], batch: int) -> tuple[FloatArray, BoolArray]:
+    """Encodings and masks of `batch` random early positions."""
     rng = np.random.default_rng(0)
     states = []
     for _ in range(batch):
         state = game.initial()
         for _ in range(int(rng.integers(0, 12))):
-            legal = np.flatnonzero(game.legal_mask(state))
-            if game.terminal_value(state) is not None or legal.size == 0:
+            if game.terminal_value(state) is not None:
                 break
-            state = game.apply(state, int(rng.choice(legal)))
+            state = game.apply(state, int(rng.choice(np.flatnonzero(game.legal_mask(state)))))
         states.append(state)
-    x = np.stack([game.encode(s) for s in states])
     masks = np.stack([game.legal_mask(s) for s in states])
-    for _ in range(3):
-        evaluator(x, masks)
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        evaluator(x, masks)
-        calls += 1
-    return calls * batch / (time.perf_counter() - start)
+    return np.stack([game.encode(s) for s in states]), masks
 
 
-def selfplay_rate(
-    game: Game[Any], evaluator: Evaluator, config: SelfPlayConfig, seconds: float
-) -> dict[str, float]:
-    """Run self-play for about `seconds`; count simulations, network rows and finished games."""
-    stats: list[SearchStats] = []
+@dataclass
+class Meter:
+    """Self-play counters, plus inference bursts run between move steps (time excluded)."""
+
+    evaluator: Evaluator
+    batch: tuple[FloatArray, BoolArray]
+    burst_every: float
+    burst_seconds: float
+    stats: list[SearchStats] = field(default_factory=list)
+    nn_rows: int = 0
+    nn_time: float = 0.0
+    excluded: float = 0.0
+    last_burst: float = field(default_factory=time.perf_counter)
+
+    def on_search(self, stats: SearchStats) -> None:
+        self.stats.append(stats)
+        if time.perf_counter() - self.last_burst >= self.burst_every:
+            self.burst()
+
+    def burst(self) -> None:
+        start = time.perf_counter()
+        while time.perf_counter() - start < self.burst_seconds:
+            self.evaluator(*self.batch)
+            self.nn_rows += len(self.batch[0])
+        self.last_burst = time.perf_counter()
+        self.nn_time += self.last_burst - start
+        self.excluded += self.last_burst - start
+
+
+def measure(
+    game: Game[Any], meter: Meter, config: SelfPlayConfig, seconds: float
+) -> dict[str, Any]:
+    """Self-play for about `seconds` of its own time, with interleaved inference bursts."""
+    meter.evaluator(*meter.batch)  # warm-up
+    meter.burst()
     start = time.perf_counter()
-    deadline = start + seconds
     games = 0
     for _ in self_play(
         game,
-        evaluator,
+        meter.evaluator,
         np.random.default_rng(1),
         config,
-        on_search=stats.append,
-        stop=lambda: time.perf_counter() >= deadline,
+        on_search=meter.on_search,
+        stop=lambda: time.perf_counter() - start - meter.excluded >= seconds,
     ):
         games += 1
-    elapsed = time.perf_counter() - start
-    sims = sum(s.simulations for s in stats)
+    meter.burst()
+    elapsed = time.perf_counter() - start - meter.excluded
+    sims = sum(s.simulations for s in meter.stats)
+    nn_bound = meter.nn_rows / meter.nn_time
     return {
-        "sims_per_s": sims / elapsed,
-        "games_per_s": games / elapsed,
-        "nn_evals_per_s": sum(s.nn_evals for s in stats) / elapsed,
-        "cache_hit_rate": sum(s.cache_hits for s in stats) / max(sims, 1),
-        "terminal_rate": sum(s.terminal_visits for s in stats) / max(sims, 1),
+        "sims_per_s": round(sims / elapsed, 1),
+        "games_per_s": round(games / elapsed, 3),
+        "nn_bound_sims_per_s": round(nn_bound, 1),
+        "ratio": round(sims / elapsed / nn_bound, 3),
+        "nn_busy": round(sum(s.nn_evals for s in meter.stats) / elapsed / nn_bound, 3),
+        "cache_hit_rate": round(sum(s.cache_hits for s in meter.stats) / max(sims, 1), 3),
+        "terminal_rate": round(sum(s.terminal_visits for s in meter.stats) / max(sims, 1), 3),
         "games_finished": games,
-        "seconds": elapsed,
+        "selfplay_seconds": round(elapsed, 2),
     }
 
 
@@ -87,27 +117,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     net = PolicyValueNet(NetConfig(), game.encoding_shape, game.num_actions)
     evaluator = NetEvaluator(net, threads=1)
     config = SelfPlayConfig(
-        concurrent_games=args.games, num_simulations=args.sims, pipeline=not args.no_pipeline
+        concurrent_games=args.games, num_simulations=args.sims, pipeline=args.pipeline
     )
-    measured = selfplay_rate(game, evaluator, config, args.seconds)
-    bounds = {
-        b: inference_rate(game, evaluator, b, args.nn_seconds)
-        for b in {args.games, max(1, args.games // 2)}
-    }
-    bound = max(bounds.values())
+    meter = Meter(evaluator, sample_batch(game, args.games), 2.0, 0.4)
+    main = measure(game, meter, config, args.seconds)
+    single = Meter(evaluator, sample_batch(game, 1), 1.0, 0.2)
     g1 = SelfPlayConfig(concurrent_games=1, num_simulations=args.sims, pipeline=False)
-    single = selfplay_rate(game, evaluator, g1, args.g1_seconds)
+    one = measure(game, single, g1, args.g1_seconds)
     return {
         "game": game.name,
         "concurrent_games": args.games,
         "sims_per_move": args.sims,
         "pipeline": config.pipeline,
         "torch_threads": torch.get_num_threads(),
-        **{k: round(v, 4) if isinstance(v, float) else v for k, v in measured.items()},
-        "nn_bound_sims_per_s": round(bound, 1),
-        "nn_bound_by_batch": {str(b): round(r, 1) for b, r in sorted(bounds.items())},
-        "ratio": round(measured["sims_per_s"] / bound, 3),
-        "g1_sims_per_s": round(single["sims_per_s"], 1),
+        **main,
+        "g1_sims_per_s": one["sims_per_s"],
+        "g1_nn_bound_sims_per_s": one["nn_bound_sims_per_s"],
     }
 
 
@@ -117,16 +142,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--games", type=int, default=64, help="concurrent games G")
     parser.add_argument("--sims", type=int, default=64, help="simulations per move")
-    parser.add_argument("--seconds", type=float, default=30.0, help="self-play measurement time")
-    parser.add_argument("--nn-seconds", type=float, default=5.0)
-    parser.add_argument("--g1-seconds", type=float, default=8.0)
-    parser.add_argument("--no-pipeline", action="store_true")
-    result = run(parser.parse_args(argv))
-    if parser.parse_args(argv).json:
+    parser.add_argument("--seconds", type=float, default=30.0, help="self-play time at G")
+    parser.add_argument("--g1-seconds", type=float, default=8.0, help="self-play time at G=1")
+    parser.add_argument("--pipeline", action="store_true", help="overlap halves on two threads")
+    args = parser.parse_args(argv)
+    result = run(args)
+    if args.json:
         print(json.dumps(result))
     else:
         for key, value in result.items():
-            print(f"{key:>22}: {value}")
+            print(f"{key:>24}: {value}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import numpy.typing as npt
 import torch
 
 from shared.games.base import BoolArray, FloatArray, Symmetry
+from shared.net import PolicyValueNet, inference_copy
 
 Evaluator = Callable[[FloatArray, BoolArray], tuple[FloatArray, FloatArray]]
 
@@ -21,17 +22,19 @@ _MASKED_LOGIT = -1e30
 
 
 class NetEvaluator:
-    """Batched inference of a policy-value module under `torch.inference_mode()`.
+    """Batched inference of a policy-value network under `torch.inference_mode()`.
 
-    `threads` sets torch's intra-op thread count (a process-wide torch setting) once, here.
+    Runs a snapshot of `net` with batch norms folded into the convolutions (build a new
+    evaluator after changing the weights). `threads` sets torch's intra-op thread count, a
+    process-wide torch setting, once, here.
     """
 
-    def __init__(self, net: torch.nn.Module, threads: int | None = 1) -> None:
+    def __init__(self, net: PolicyValueNet, threads: int | None = 1) -> None:
         if threads is not None:
             if threads < 1:
                 raise ValueError(f"threads must be >= 1, got {threads}")
             torch.set_num_threads(threads)
-        self.net = net.eval()
+        self.net = inference_copy(net)
 
     def __call__(self, encodings: FloatArray, masks: BoolArray) -> tuple[FloatArray, FloatArray]:
         if len(encodings) != len(masks):

@@ -7,6 +7,7 @@ generation, sha256 of the weights) plus the state dict, and is read back with
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import pickle
@@ -17,6 +18,7 @@ import msgspec
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 CHECKPOINT_FORMAT = "conclave.checkpoint.v1"
 
@@ -58,9 +60,9 @@ class _ResidualBlock(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
+        self.bn1: nn.Module = nn.BatchNorm2d(channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
+        self.bn2: nn.Module = nn.BatchNorm2d(channels)
 
     def forward(self, x: Tensor) -> Tensor:
         y = F.relu(self.bn1(self.conv1(x)))
@@ -79,23 +81,43 @@ class PolicyValueNet(nn.Module):
         self.config = config
         self.encoding_shape = encoding_shape
         self.num_actions = num_actions
-        self.stem = nn.Sequential(
-            nn.Conv2d(planes, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch), nn.ReLU()
-        )
+        self.stem_conv = nn.Conv2d(planes, ch, 3, padding=1, bias=False)
+        self.stem_bn: nn.Module = nn.BatchNorm2d(ch)
         self.tower = nn.Sequential(*(_ResidualBlock(ch) for _ in range(config.blocks)))
         pc, vc = config.policy_channels, config.value_channels
-        self.policy_conv = nn.Sequential(nn.Conv2d(ch, pc, 1, bias=False), nn.BatchNorm2d(pc))
+        self.policy_conv = nn.Conv2d(ch, pc, 1, bias=False)
+        self.policy_bn: nn.Module = nn.BatchNorm2d(pc)
         self.policy_fc = nn.Linear(pc * height * width, num_actions)
-        self.value_conv = nn.Sequential(nn.Conv2d(ch, vc, 1, bias=False), nn.BatchNorm2d(vc))
+        self.value_conv = nn.Conv2d(ch, vc, 1, bias=False)
+        self.value_bn: nn.Module = nn.BatchNorm2d(vc)
         self.value_fc1 = nn.Linear(vc * height * width, config.value_hidden)
         self.value_fc2 = nn.Linear(config.value_hidden, 1)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.tower(self.stem(x))
-        p = F.relu(self.policy_conv(h)).flatten(1)
-        v = F.relu(self.value_conv(h)).flatten(1)
+        h = self.tower(F.relu(self.stem_bn(self.stem_conv(x))))
+        p = F.relu(self.policy_bn(self.policy_conv(h))).flatten(1)
+        v = F.relu(self.value_bn(self.value_conv(h))).flatten(1)
         v = torch.tanh(self.value_fc2(F.relu(self.value_fc1(v))))
         return self.policy_fc(p), v.squeeze(1)
+
+
+def inference_copy(net: PolicyValueNet) -> PolicyValueNet:
+    """An eval-mode copy with every batch norm folded into the convolution before it."""
+    fused = copy.deepcopy(net).eval()
+    fused.stem_conv, fused.stem_bn = _fold(fused.stem_conv, fused.stem_bn)
+    fused.policy_conv, fused.policy_bn = _fold(fused.policy_conv, fused.policy_bn)
+    fused.value_conv, fused.value_bn = _fold(fused.value_conv, fused.value_bn)
+    for block in fused.tower:
+        if isinstance(block, _ResidualBlock):
+            block.conv1, block.bn1 = _fold(block.conv1, block.bn1)
+            block.conv2, block.bn2 = _fold(block.conv2, block.bn2)
+    return fused
+
+
+def _fold(conv: nn.Conv2d, bn: nn.Module) -> tuple[nn.Conv2d, nn.Module]:
+    if not isinstance(bn, nn.BatchNorm2d):
+        return conv, bn
+    return fuse_conv_bn_eval(conv, bn), nn.Identity()
 
 
 def weights_sha256(net: nn.Module) -> str:

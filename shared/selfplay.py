@@ -46,7 +46,7 @@ class SelfPlayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sample_plies: int = 8
     resign_value: float | None = None
     resign_disabled_fraction: float = 0.1
-    pipeline: bool = True
+    pipeline: bool = False
 
     def __post_init__(self) -> None:
         for name in ("concurrent_games", "num_simulations", "max_considered"):

@@ -18,6 +18,7 @@ from shared.net import (
     PolicyValueNet,
     WrongGame,
     checkpoint_bytes,
+    inference_copy,
     load_checkpoint,
     save_checkpoint,
     weights_sha256,
@@ -134,3 +135,14 @@ def test_malformed_rejected_without_running_code(kind: str) -> None:
     with pytest.raises(MalformedCheckpoint):
         load_checkpoint(data, "tictactoe")
     assert issubclass(MalformedCheckpoint, CheckpointError)
+
+
+def test_inference_copy_folds_batch_norm_without_changing_outputs() -> None:
+    net = tiny_net()
+    fused = inference_copy(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    x = torch.from_numpy(positions(["", "159", "24"])[0])
+    with torch.inference_mode():
+        (p0, v0), (p1, v1) = net(x), fused(x)
+    assert torch.allclose(p0, p1, atol=1e-5) and torch.allclose(v0, v1, atol=1e-5)
