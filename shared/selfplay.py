@@ -92,7 +92,7 @@ def self_play(
     model_sha256: str = "",
     generation: int = 0,
     clock: Callable[[], float] = time.time,
-    on_search: Callable[[SearchStats], None] | None = None,
+    on_search: Callable[[SearchStats], None] = lambda stats: None,
     stop: Callable[[], bool] | None = None,
 ) -> Iterator[GameRecord]:
     """Yield finished games until `num_games` have finished (or forever), or `stop()` is true.
@@ -109,21 +109,30 @@ def self_play(
         executor = stack.enter_context(ThreadPoolExecutor(1)) if config.pipeline else None
         while slots and not (stop is not None and stop()):
             outputs = _search(ctx, slots, evaluator, rng, executor)
-            if on_search is not None:
-                for out in outputs:
-                    on_search(out.stats)
-            rows = [(out, i) for out in outputs for i in range(len(out.action))]
-            survivors: list[_Slot] = []
-            for slot, (out, i) in zip(slots, rows, strict=True):
-                record = _play(ctx, slot, out, i, rng)
-                if record is None:
-                    survivors.append(slot)
-                    continue
+            for out in outputs:
+                on_search(out.stats)
+            slots, finished = _play_all(ctx, slots, outputs, rng)
+            for record in finished:
                 yield record
                 if num_games is None or started < num_games:
-                    survivors.append(_new_slot(ctx, rng))
+                    slots.append(_new_slot(ctx, rng))
                     started += 1
-            slots = survivors
+
+
+def _play_all(
+    ctx: _Context, slots: list[_Slot], outputs: list[SearchOutput], rng: np.random.Generator
+) -> tuple[list[_Slot], list[GameRecord]]:
+    """Play each slot's searched move; return the games still going and the finished records."""
+    rows = [(out, i) for out in outputs for i in range(len(out.action))]
+    going: list[_Slot] = []
+    finished: list[GameRecord] = []
+    for slot, (out, i) in zip(slots, rows, strict=True):
+        record = _play(ctx, slot, out, i, rng)
+        if record is None:
+            going.append(slot)
+        else:
+            finished.append(record)
+    return going, finished
 
 
 def _new_slot(ctx: _Context, rng: np.random.Generator) -> _Slot:
