@@ -11,11 +11,11 @@ from typing import Literal
 import msgspec
 
 
-class _Wire(msgspec.Struct, frozen=True, forbid_unknown_fields=False, tag_field="type"):
+class Wire(msgspec.Struct, frozen=True, forbid_unknown_fields=False, tag_field="type"):
     pass
 
 
-class ServicePulse(_Wire, frozen=True, tag="conclave.service_pulse.v1"):
+class ServicePulse(Wire, frozen=True, tag="conclave.service_pulse.v1"):
     """A service process's liveness and event-loop lag over the last interval."""
 
     node: str
@@ -42,7 +42,7 @@ class Resources(msgspec.Struct, frozen=True):
     gpus: list[str] = []
 
 
-class NodeStatus(_Wire, frozen=True, tag="conclave.node_status.v1"):
+class NodeStatus(Wire, frozen=True, tag="conclave.node_status.v1"):
     """What a node's heartbeat writes into KV `nodes` about once a second, with a per-key TTL."""
 
     node: str
@@ -55,7 +55,7 @@ class NodeStatus(_Wire, frozen=True, tag="conclave.node_status.v1"):
     sent_at: float
 
 
-class Lease(_Wire, frozen=True, tag="conclave.lease.v1"):
+class Lease(Wire, frozen=True, tag="conclave.lease.v1"):
     """The leader lease value; `term` is 0 on the acquiring write, whose revision is the term."""
 
     node: str
@@ -68,7 +68,7 @@ class Lease(_Wire, frozen=True, tag="conclave.lease.v1"):
 LeaderEventKind = Literal["elected", "lost", "fenced", "released"]
 
 
-class LeaderEvent(_Wire, frozen=True, tag="conclave.leader_event.v1"):
+class LeaderEvent(Wire, frozen=True, tag="conclave.leader_event.v1"):
     """Published on `events.leader.<kind>` when a node gains or gives up leadership."""
 
     kind: LeaderEventKind
@@ -79,7 +79,7 @@ class LeaderEvent(_Wire, frozen=True, tag="conclave.leader_event.v1"):
     reason: str = ""
 
 
-class LeaderValidity(_Wire, frozen=True, tag="conclave.leader_validity.v1"):
+class LeaderValidity(Wire, frozen=True, tag="conclave.leader_validity.v1"):
     """A holder's promise: it leads `term` from `valid_from` to `valid_until` at most."""
 
     node: str

@@ -11,7 +11,7 @@ import msgspec
 from schemas.control import CONTROL_MESSAGES
 
 # Modules that define wire messages beyond the control plane; each lists them in WIRE_MESSAGES.
-_MORE = ("schemas.game",)
+_MORE = ("schemas.jobs", "schemas.game")
 
 
 def wire_messages() -> list[type[Any]]:

@@ -76,3 +76,6 @@ def encode_record(record: GameRecord) -> bytes:
 def decode_record(data: bytes) -> GameRecord:
     """Decode msgpack bytes; raise msgspec.ValidationError/DecodeError or ValueError if bad."""
     return _decoder.decode(data)
+
+
+WIRE_MESSAGES = (GameRecord,)

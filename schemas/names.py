@@ -9,9 +9,20 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # KV buckets
 NODES_BUCKET = "nodes"
 ELECTION_BUCKET = "election"
+REGISTRY_BUCKET = "registry"  # per game: best-model pointer, model metadata
+LOOP_BUCKET = "loop"  # per game: the master loop's state, written by the leader only
+
+# Object stores
+MODELS_STORE = "models"  # checkpoint blobs, named by their sha256
 
 # Streams
 EVENTS_STREAM = "EVENTS"
+JOBS_STREAM = "JOBS"  # work queue: one durable pull consumer per job kind
+DLQ_STREAM = "DLQ"  # jobs that exhausted their deliveries, with the reason
+GAMES_STREAM = "GAMES"  # self-play game records (msgpack), deduplicated by game id
+RESULTS_STREAM = "RESULTS"  # evaluation match results: the ratings pool
+
+JOB_KINDS = ("selfplay", "train", "eval")
 
 # KV keys
 LEADER_KEY = "leader"
@@ -60,3 +71,52 @@ def kv_subject(bucket: str, key: str) -> str:
 
 def kv_stream(bucket: str) -> str:
     return f"KV_{bucket}"
+
+
+def job_subject(kind: str) -> str:
+    return f"jobs.{kind}"
+
+
+def job_consumer(kind: str) -> str:
+    """The one durable consumer shared by every worker of a job kind."""
+    return f"{kind}-workers"
+
+
+def dlq_subject(kind: str) -> str:
+    return f"dlq.{kind}"
+
+
+def max_deliveries_advisory(stream: str) -> str:
+    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.*"
+
+
+def games_subject(game: str) -> str:
+    return f"games.{check_token(game, 'game')}"
+
+
+def results_subject(game: str) -> str:
+    return f"results.{check_token(game, 'game')}"
+
+
+def model_event_subject(kind: str) -> str:
+    return f"events.model.{kind}"
+
+
+def job_failure_subject(job_id: str) -> str:
+    """One subject per job, so the last failure of a job is one direct read of the EVENTS stream."""
+    return f"events.job.failed.{check_token(job_id, 'job id')}"
+
+
+ADVISORIES_STREAM = "ADVISORIES"  # keeps max-delivery advisories until the leader handles them
+
+
+def best_key(game: str) -> str:
+    return f"{check_token(game, 'game')}.best"
+
+
+def model_key(game: str, sha256: str) -> str:
+    return f"{check_token(game, 'game')}.model.{sha256}"
+
+
+def loop_key(game: str) -> str:
+    return check_token(game, "game")

@@ -1,0 +1,141 @@
+"""Training-loop wire messages: jobs, results, model registry entries, dead letters."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from schemas.control import Wire
+
+
+class PlayerSpec(msgspec.Struct, frozen=True):
+    """One side of an evaluation game: a model by digest, or a baseline agent spec."""
+
+    name: str  # stable rating-pool id, e.g. "gen3" or "mcts:200"
+    sha256: str = ""  # set for models
+    agent: str = ""  # set for baselines: random | onestep | mcts:N
+    sims: int = 0  # search budget for models
+
+
+class SelfplayJob(Wire, frozen=True, tag="conclave.job.selfplay.v1"):
+    job_id: str
+    game: str
+    model_sha256: str  # "" means the uniform-policy bootstrap
+    generation: int
+    games: int
+    sims: int
+    term: int
+
+
+class TrainJob(Wire, frozen=True, tag="conclave.job.train.v1"):
+    job_id: str
+    game: str
+    generation: int  # the generation this training produces
+    parent_sha256: str  # "" trains from scratch
+    window_games: int
+    steps: int
+    term: int
+
+
+class EvalJob(Wire, frozen=True, tag="conclave.job.eval.v1"):
+    job_id: str
+    game: str
+    kind: Literal["match", "gauntlet", "rating"]
+    a: PlayerSpec
+    b: PlayerSpec
+    games: int  # played in colour-swapped pairs
+    term: int
+    seed: int = 0
+
+
+Job = SelfplayJob | TrainJob | EvalJob
+
+
+class EvalResult(Wire, frozen=True, tag="conclave.eval_result.v1"):
+    """The outcome of one evaluation job, from `a`'s side."""
+
+    job_id: str
+    game: str
+    kind: Literal["match", "gauntlet", "rating"]
+    a: PlayerSpec
+    b: PlayerSpec
+    wins_a: int
+    draws: int
+    wins_b: int
+    term: int
+    finished_at: float
+
+
+class ModelMeta(Wire, frozen=True, tag="conclave.model.v1"):
+    """A checkpoint in the object store `models`, named by `sha256`."""
+
+    sha256: str
+    game: str
+    generation: int
+    parent_sha256: str
+    size_bytes: int
+    window_first_seq: int
+    window_last_seq: int
+    positions: int
+    steps: int
+    policy_loss: float
+    value_loss: float
+    created_at: float
+    train_job: str
+
+
+class BestPointer(Wire, frozen=True, tag="conclave.best.v1"):
+    """Which model is the best of a game; moved only by compare-and-set, stamped with a term."""
+
+    game: str
+    generation: int
+    sha256: str
+    term: int
+    promoted_at: float
+    reason: str = ""
+
+
+class ModelEvent(Wire, frozen=True, tag="conclave.model_event.v1"):
+    kind: Literal["candidate", "promoted", "rejected"]
+    game: str
+    generation: int
+    sha256: str
+    at: float
+    detail: str = ""
+
+
+class JobFailure(Wire, frozen=True, tag="conclave.job_failure.v1"):
+    """A worker's report that an attempt failed; the dead-letter keeps the last reason."""
+
+    job_id: str
+    kind: str
+    node: str
+    reason: str
+    delivery: int
+    at: float
+
+
+class DeadLetter(Wire, frozen=True, tag="conclave.dead_letter.v1"):
+    """A job that exhausted its deliveries, with why, moved out of the work queue."""
+
+    kind: str
+    job_id: str
+    stream_seq: int
+    deliveries: int
+    reason: str
+    job: bytes  # the original job message
+    at: float
+
+
+WIRE_MESSAGES: tuple[type[msgspec.Struct], ...] = (
+    SelfplayJob,
+    TrainJob,
+    EvalJob,
+    EvalResult,
+    ModelMeta,
+    BestPointer,
+    ModelEvent,
+    JobFailure,
+    DeadLetter,
+)

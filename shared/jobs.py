@@ -1,0 +1,249 @@
+"""Jobs on a JetStream work queue: submit, pull, keep alive, finish, fail, and dead-letter."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
+
+from schemas import names
+from schemas.codec import BadMessage, decode, encode
+from schemas.jobs import DeadLetter, EvalJob, JobFailure, SelfplayJob, TrainJob
+from shared.bus import Bus, BusError, translated
+
+log = logging.getLogger("conclave.jobs")
+
+J = TypeVar("J", SelfplayJob, TrainJob, EvalJob)
+
+JOB_TYPES: dict[str, type[SelfplayJob] | type[TrainJob] | type[EvalJob]] = {
+    "selfplay": SelfplayJob,
+    "train": TrainJob,
+    "eval": EvalJob,
+}
+
+
+class JobSettings(msgspec.Struct, frozen=True):
+    ack_wait_s: float = 30.0
+    max_deliver: int = 5
+    max_ack_pending: int = 1000
+
+
+async def ensure_streams(bus: Bus) -> None:
+    """The work queue, the dead-letter stream, and a stream that keeps max-delivery advisories."""
+    await bus.ensure_stream(
+        StreamConfig(
+            name=names.JOBS_STREAM,
+            subjects=[names.job_subject("*")],
+            retention=RetentionPolicy.WORK_QUEUE,
+            duplicate_window=120,
+        )
+    )
+    await bus.ensure_stream(
+        StreamConfig(name=names.DLQ_STREAM, subjects=[names.dlq_subject("*")], max_age=30 * 86400)
+    )
+    await bus.ensure_stream(
+        StreamConfig(
+            name=names.ADVISORIES_STREAM,
+            subjects=[names.max_deliveries_advisory(names.JOBS_STREAM)],
+            max_age=7 * 86400,
+        )
+    )
+
+
+async def ensure_consumer(bus: Bus, kind: str, settings: JobSettings) -> None:
+    config = ConsumerConfig(
+        durable_name=names.job_consumer(kind),
+        filter_subject=names.job_subject(kind),
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=settings.ack_wait_s,
+        max_deliver=settings.max_deliver,
+        max_ack_pending=settings.max_ack_pending,
+    )
+    with translated(f"add consumer {kind}"):
+        await bus.js.add_consumer(names.JOBS_STREAM, config)
+
+
+async def submit(
+    bus: Bus, kind: str, job: SelfplayJob | TrainJob | EvalJob, attempt: int = 1
+) -> bool:
+    """Enqueue `job`; the message id makes a retried submit of the same attempt a no-op.
+
+    Returns False when JetStream recognised it as a duplicate.
+    """
+    msg_id = f"{job.job_id}-a{attempt}"
+    with translated(f"submit {kind} job"):
+        ack = await bus.js.publish(
+            names.job_subject(kind), encode(job), headers={"Nats-Msg-Id": msg_id}
+        )
+    return not ack.duplicate
+
+
+@dataclass
+class Delivery(Generic[J]):
+    """One delivery of a job to this worker."""
+
+    msg: Msg
+    job: J
+    kind: str
+
+    @property
+    def delivered(self) -> int:
+        return int(self.msg.metadata.num_delivered)
+
+    async def done(self) -> None:
+        """Acknowledge, waiting for the server: the job is gone from the queue once this returns."""
+        with translated("ack job"):
+            await self.msg.ack_sync()
+
+    async def retry(self, bus: Bus, node: str, reason: str, delay_s: float = 1.0) -> None:
+        """This attempt failed: say why (kept for the dead letter) and ask for redelivery."""
+        await report_failure(bus, self.kind, self.job.job_id, node, reason, self.delivered)
+        with translated("nak job"):
+            await self.msg.nak(delay=delay_s)
+
+    @asynccontextmanager
+    async def kept_alive(self, every_s: float) -> AsyncIterator[None]:
+        """Send in-progress acks while the body runs, so a long job is not redelivered."""
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(every_s)
+                try:
+                    await self.msg.in_progress()
+                except nats.errors.Error as e:
+                    log.warning("in-progress ack failed: %s", e)
+
+        task = asyncio.create_task(beat(), name=f"keepalive-{self.job.job_id}")
+        try:
+            yield
+        finally:
+            task.cancel()
+
+
+class Puller(Generic[J]):
+    """A worker's handle on the shared durable consumer of one job kind."""
+
+    def __init__(self, bus: Bus, kind: str, job_type: type[J]) -> None:
+        self.bus = bus
+        self.kind = kind
+        self.job_type: type[J] = job_type
+        self._sub: nats.js.JetStreamContext.PullSubscription | None = None
+
+    async def next(self, timeout_s: float = 5.0) -> Delivery[J] | None:
+        """The next job, or None if none came in time; a malformed job goes to the DLQ."""
+        sub = await self._subscription()
+        try:
+            msgs = await sub.fetch(1, timeout=timeout_s)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return None
+        except nats.errors.Error as e:
+            raise BusError(f"fetch {self.kind} job: {e!r}") from e
+        msg = msgs[0]
+        try:
+            job = decode(msg.data, self.job_type, subject=msg.subject)
+        except BadMessage as e:
+            await dead_letter_now(self.bus, self.kind, msg, f"bad job: field {e.field}: {e.reason}")
+            return None
+        return Delivery(msg, job, self.kind)
+
+    async def _subscription(self) -> nats.js.JetStreamContext.PullSubscription:
+        if self._sub is None:
+            with translated(f"bind {self.kind} consumer"):
+                self._sub = await self.bus.js.pull_subscribe_bind(
+                    names.job_consumer(self.kind), stream=names.JOBS_STREAM
+                )
+        return self._sub
+
+
+async def report_failure(
+    bus: Bus, kind: str, job_id: str, node: str, reason: str, delivery: int
+) -> None:
+    failure = JobFailure(job_id, kind, node, reason[:2000], delivery, time.time())
+    try:
+        await bus.publish_durable(names.job_failure_subject(job_id), encode(failure))
+    except BusError as e:
+        log.warning("failure report for %s not stored: %s", job_id, e)
+
+
+async def dead_letter_now(bus: Bus, kind: str, msg: Msg, reason: str) -> None:
+    """Move a job that must never be retried (it cannot even be read) to the DLQ at once."""
+    meta = msg.metadata
+    letter = DeadLetter(
+        kind, "", int(meta.sequence.stream), int(meta.num_delivered), reason, msg.data, time.time()
+    )
+    await bus.publish_durable(
+        names.dlq_subject(kind), encode(letter), msg_id=f"dlq-{meta.sequence.stream}"
+    )
+    with translated("terminate job"):
+        await msg.term()
+    log.error("dead-lettered %s job #%d: %s", kind, meta.sequence.stream, reason)
+
+
+class MaxDeliveries(msgspec.Struct, frozen=True):
+    """The server's advisory that a consumer gave up on a message (only the fields we use)."""
+
+    stream: str
+    consumer: str
+    stream_seq: int
+    deliveries: int
+
+
+async def dead_letter_exhausted(bus: Bus, advisory: MaxDeliveries) -> DeadLetter | None:
+    """Move an exhausted job from the work queue to the DLQ with the last failure reason.
+
+    Idempotent: the DLQ publish is deduplicated by stream sequence, and an already removed job
+    is skipped, so a leader that crashes half-way can simply do it again.
+    """
+    kind = advisory.consumer.removesuffix("-workers")
+    with translated("read exhausted job"):
+        try:
+            raw = await bus.js.get_msg(names.JOBS_STREAM, seq=advisory.stream_seq)
+        except nats.js.errors.NotFoundError:
+            return None
+    data = raw.data or b""
+    job_id = _job_id(kind, data)
+    reason = await last_failure(bus, job_id) if job_id else "unreadable job"
+    letter = DeadLetter(
+        kind, job_id, advisory.stream_seq, advisory.deliveries, reason, data, time.time()
+    )
+    await bus.publish_durable(
+        names.dlq_subject(kind), encode(letter), msg_id=f"dlq-{advisory.stream_seq}"
+    )
+    with translated("remove exhausted job"), suppress(nats.js.errors.NotFoundError):
+        await bus.js.delete_msg(names.JOBS_STREAM, advisory.stream_seq)
+    return letter
+
+
+def _job_id(kind: str, data: bytes) -> str:
+    job_type = JOB_TYPES.get(kind)
+    if job_type is None:
+        return ""
+    try:
+        return decode(data, job_type).job_id
+    except BadMessage:
+        return ""
+
+
+async def last_failure(bus: Bus, job_id: str) -> str:
+    with translated("read job failure"):
+        try:
+            raw = await bus.js.get_msg(
+                names.EVENTS_STREAM, subject=names.job_failure_subject(job_id)
+            )
+        except nats.js.errors.NotFoundError:
+            return "no failure report: the worker died or the ack wait expired on every delivery"
+    try:
+        failure = decode(raw.data or b"", JobFailure)
+    except BadMessage as e:
+        return f"unreadable failure report: {e}"
+    return f"{failure.reason} (delivery {failure.delivery} on {failure.node})"

@@ -1,0 +1,193 @@
+"""Model blobs in the JetStream object store `models`, named by sha256, with a verified local cache.
+
+nats-py's `ObjectStore.get` is capped near 40 MB/s by a 250 ms flow-control poll (nats.py#703),
+so downloads use our own reader: a pull consumer on the object's chunk subject, streaming to a
+temporary file and hashing as it goes. A blob is only ever renamed into the cache after its digest
+matches its name, so nothing unverified is loadable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    ObjectMeta,
+    ObjectMetaOptions,
+    ObjectStoreConfig,
+    StorageType,
+)
+from nats.js.object_store import ObjectStore
+
+from schemas import names
+from shared.bus import Bus, BusError, Unavailable, translated
+
+log = logging.getLogger("conclave.models")
+
+CHUNK_BYTES = 1024 * 1024
+FETCH_BATCH = 64
+
+
+class ModelError(BusError):
+    pass
+
+
+class ModelMissing(ModelError):
+    """No blob with that digest in the object store."""
+
+
+class DigestMismatch(ModelError):
+    """The bytes received do not hash to the name they were asked for."""
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class ModelStore:
+    """The object store plus this node's cache directory of verified blobs."""
+
+    def __init__(self, bus: Bus, cache_dir: Path, max_cache_bytes: int = 2 * 1024**3) -> None:
+        self.bus = bus
+        self.cache_dir = cache_dir
+        self.max_cache_bytes = max_cache_bytes
+        self._obs: ObjectStore | None = None
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def store(self) -> ObjectStore:
+        if self._obs is None:
+            config = ObjectStoreConfig(
+                bucket=names.MODELS_STORE,
+                storage=StorageType.FILE,
+                replicas=self.bus.cfg.replicas,
+            )
+            with translated("object store models"):
+                self._obs = await self.bus.js.create_object_store(names.MODELS_STORE, config=config)
+        return self._obs
+
+    async def put(self, data: bytes) -> str:
+        """Store a blob under its sha256 (a no-op if it is there already); return the digest."""
+        digest = await asyncio.to_thread(sha256_hex, data)
+        obs = await self.store()
+        if await self._exists(obs, digest):
+            return digest
+        meta = ObjectMeta(name=digest, options=ObjectMetaOptions(max_chunk_size=CHUNK_BYTES))
+        with translated(f"put model {digest[:12]}"):
+            await obs.put(digest, data, meta=meta)
+        return digest
+
+    async def _exists(self, obs: ObjectStore, digest: str) -> bool:
+        try:
+            info = await obs.get_info(digest)
+        except nats.js.errors.ObjectNotFoundError:
+            return False
+        except nats.js.errors.NotFoundError:
+            return False
+        return not info.deleted
+
+    def cached(self, digest: str) -> Path | None:
+        path = self.cache_dir / digest
+        return path if path.exists() else None
+
+    async def path(self, digest: str) -> Path:
+        """A local file holding the verified blob, downloading it once if needed."""
+        lock = self._locks.setdefault(digest, asyncio.Lock())
+        async with lock:
+            found = self.cached(digest)
+            if found is not None:
+                return found
+            await asyncio.to_thread(self.cache_dir.mkdir, parents=True, exist_ok=True)
+            path = await self._download(digest)
+            await asyncio.to_thread(self.evict, keep=digest)
+            return path
+
+    async def read(self, digest: str) -> bytes:
+        path = await self.path(digest)
+        return await asyncio.to_thread(path.read_bytes)
+
+    async def _download(self, digest: str) -> Path:
+        obs = await self.store()
+        with translated(f"model info {digest[:12]}"):
+            try:
+                info = await obs.get_info(digest)
+            except nats.js.errors.NotFoundError as e:
+                raise ModelMissing(f"model {digest} is not in the object store") from e
+        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=f".{digest[:12]}-")
+        os.close(fd)
+        try:
+            got = await self._stream_chunks(info.nuid, info.chunks or 0, Path(tmp))
+            if got != digest:
+                raise DigestMismatch(f"model {digest} arrived with sha256 {got}; discarded")
+            final = self.cache_dir / digest
+            await asyncio.to_thread(os.replace, tmp, final)
+            return final
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    async def _stream_chunks(self, nuid: str, chunks: int, target: Path) -> str:
+        subject = f"$O.{names.MODELS_STORE}.C.{nuid}"
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.ALL,
+            inactive_threshold=30.0,
+        )
+        hasher = hashlib.sha256()
+        with translated("read model chunks"):
+            sub = await self.bus.js.pull_subscribe(
+                subject, stream=f"OBJ_{names.MODELS_STORE}", config=config
+            )
+        try:
+            with target.open("wb") as sink:
+                received = 0
+                while received < chunks:
+                    msgs = await self._fetch(sub, min(FETCH_BATCH, chunks - received))
+                    payload = b"".join(m.data for m in msgs)
+                    await asyncio.to_thread(_write_and_hash, sink, hasher, payload)
+                    received += len(msgs)
+        finally:
+            await sub.unsubscribe()
+        return hasher.hexdigest()
+
+    async def _fetch(self, sub: JetStreamContext.PullSubscription, batch: int) -> list[Msg]:
+        try:
+            msgs: list[Msg] = await sub.fetch(batch, timeout=10)
+        except (TimeoutError, nats.errors.TimeoutError) as e:
+            raise Unavailable("model chunks stopped arriving") from e
+        return msgs
+
+    def evict(self, keep: str) -> list[str]:
+        """Remove the least recently used blobs until the cache fits its size limit."""
+        files = sorted(
+            (p for p in self.cache_dir.iterdir() if p.is_file() and not p.name.startswith(".")),
+            key=lambda p: p.stat().st_atime,
+        )
+        total = sum(p.stat().st_size for p in files)
+        removed = []
+        for path in files:
+            if total <= self.max_cache_bytes:
+                break
+            if path.name == keep:
+                continue
+            total -= path.stat().st_size
+            path.unlink()
+            removed.append(path.name)
+        return removed
+
+
+def _write_and_hash(sink: BinaryIO, hasher: hashlib._Hash, payload: bytes) -> None:
+    sink.write(payload)
+    hasher.update(payload)

@@ -1,0 +1,47 @@
+"""Model blobs through the object store: our chunk reader, digest checks, cache eviction."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from shared.bus import Bus
+from shared.models import DigestMismatch, ModelMissing, ModelStore, sha256_hex
+
+
+async def test_round_trip_is_byte_identical_and_cached(bus: Bus, tmp_path: Path) -> None:
+    data = os.urandom(5 * 1024 * 1024 + 123)
+    writer = ModelStore(bus, tmp_path / "writer")
+    digest = await writer.put(data)
+    assert digest == sha256_hex(data)
+    assert await writer.put(data) == digest  # idempotent
+    reader = ModelStore(bus, tmp_path / "reader")
+    path = await reader.path(digest)
+    assert path.read_bytes() == data
+    assert await reader.path(digest) == path
+
+
+async def test_a_blob_under_the_wrong_name_is_never_cached(bus: Bus, tmp_path: Path) -> None:
+    store = ModelStore(bus, tmp_path / "c")
+    obs = await store.store()
+    fake = sha256_hex(b"what the name promises")
+    await obs.put(fake, b"something else entirely")
+    with pytest.raises(DigestMismatch):
+        await store.path(fake)
+    assert list((tmp_path / "c").iterdir()) == []
+
+
+async def test_missing_model_is_a_typed_error(bus: Bus, tmp_path: Path) -> None:
+    with pytest.raises(ModelMissing):
+        await ModelStore(bus, tmp_path / "c").path("0" * 64)
+
+
+async def test_cache_evicts_least_recently_used_beyond_its_size(bus: Bus, tmp_path: Path) -> None:
+    store = ModelStore(bus, tmp_path / "c", max_cache_bytes=2 * 1024 * 1024)
+    digests = [await store.put(os.urandom(1024 * 1024)) for _ in range(3)]
+    for d in digests:
+        await store.path(d)
+    kept = {p.name for p in (tmp_path / "c").iterdir()}
+    assert digests[-1] in kept and len(kept) == 2
