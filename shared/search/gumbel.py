@@ -31,6 +31,7 @@ from shared.search.engine import (
 
 _LOW_LOGIT = -1e9
 _EPSILON = 1e-8
+_TINY = np.finfo(np.float32).tiny
 
 
 def considered_visit_sequence(max_considered: int, num_simulations: int) -> tuple[int, ...]:
@@ -63,11 +64,11 @@ def completed_q(
     """Q (n, A) with unvisited actions set to the mixed value v_mix (n,) of the paper's eq. 33."""
     visited = visits > 0
     sum_visits = visits.sum(axis=1)
-    probs = np.where(visited, np.maximum(priors, np.finfo(np.float32).tiny), 0.0)
-    sum_probs = probs.sum(axis=1)
-    weighted_q = (probs * q).sum(axis=1) / np.where(sum_probs > 0, sum_probs, 1.0)
+    probs = np.where(visited, np.maximum(priors, _TINY), 0.0)
+    weighted_q = (probs * q).sum(axis=1) / np.maximum(probs.sum(axis=1), _TINY)
     mixed = (raw_value + sum_visits * weighted_q) / (sum_visits + 1)
-    return np.where(visited, q, mixed[:, None]).astype(np.float32)
+    out: FloatArray = np.where(visited, q, mixed[:, None])
+    return out
 
 
 def sigma(
