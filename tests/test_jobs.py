@@ -1,0 +1,96 @@
+"""The job work queue on a real server: delivery, in-progress, redelivery, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import pytest
+
+from schemas import names
+from schemas.codec import decode
+from schemas.jobs import DeadLetter, SelfplayJob
+from shared.bus import Bus
+from shared.jobs import (
+    JobSettings,
+    MaxDeliveries,
+    Puller,
+    dead_letter_exhausted,
+    ensure_consumer,
+    ensure_streams,
+    submit,
+)
+
+FAST = JobSettings(ack_wait_s=1.0, max_deliver=2)
+
+
+def job(n: int) -> SelfplayJob:
+    return SelfplayJob(f"sp-{n}", "tictactoe", "", 0, 4, 8, term=1)
+
+
+@pytest.fixture
+async def queue(bus: Bus) -> Bus:
+    await ensure_streams(bus)
+    await ensure_consumer(bus, "selfplay", FAST)
+    return bus
+
+
+async def test_a_job_is_delivered_once_and_gone_after_done(queue: Bus) -> None:
+    assert await submit(queue, "selfplay", job(1))
+    assert not await submit(queue, "selfplay", job(1)), "same attempt id is a duplicate"
+    assert await submit(queue, "selfplay", job(1), attempt=2)
+    puller = Puller(queue, "selfplay", SelfplayJob)
+    first = await puller.next(2)
+    assert first is not None and first.job == job(1) and first.delivered == 1
+    await first.done()
+    second = await puller.next(2)
+    assert second is not None
+    await second.done()
+    assert await puller.next(0.5) is None
+
+
+async def test_in_progress_acks_hold_a_long_job(queue: Bus) -> None:
+    await submit(queue, "selfplay", job(2))
+    puller = Puller(queue, "selfplay", SelfplayJob)
+    delivery = await puller.next(2)
+    assert delivery is not None
+    async with delivery.kept_alive(every_s=0.3):
+        assert await puller.next(2.5) is None, "redelivered despite in-progress acks"
+    await delivery.done()
+
+
+async def test_exhausted_job_moves_to_the_dlq_with_the_workers_reason(queue: Bus) -> None:
+    await submit(queue, "selfplay", job(3))
+    puller = Puller(queue, "selfplay", SelfplayJob)
+    advisories = await queue.js.pull_subscribe(
+        names.max_deliveries_advisory(names.JOBS_STREAM),
+        durable="t",
+        stream=names.ADVISORIES_STREAM,
+    )
+    for attempt in range(FAST.max_deliver):
+        delivery = await puller.next(3)
+        assert delivery is not None and delivery.delivered == attempt + 1
+        await delivery.retry(queue, "n1", f"boom {attempt}", delay_s=0.1)
+    # The server gives up (and advises) when it would deliver again, i.e. to a waiting pull.
+    assert await puller.next(1) is None
+    [msg] = await advisories.fetch(1, timeout=5)
+    advisory = msgspec.json.decode(msg.data, type=MaxDeliveries)
+    letter = await dead_letter_exhausted(queue, advisory)
+    assert letter is not None and letter.job_id == "sp-3" and "boom 1" in letter.reason
+    stored = await queue.js.get_msg(names.DLQ_STREAM, subject=names.dlq_subject("selfplay"))
+    assert decode(stored.data or b"", DeadLetter).job_id == "sp-3"
+    assert (await queue.js.stream_info(names.JOBS_STREAM)).state.messages == 0
+    assert await dead_letter_exhausted(queue, advisory) is None, "handling twice is harmless"
+
+
+async def test_a_malformed_job_is_dead_lettered_at_once_naming_the_field(queue: Bus) -> None:
+    await queue.js.publish(
+        names.job_subject("selfplay"), b'{"type":"conclave.job.selfplay.v1","games":"x"}'
+    )
+    puller = Puller(queue, "selfplay", SelfplayJob)
+    assert await puller.next(2) is None
+    stored = await queue.js.get_msg(names.DLQ_STREAM, subject=names.dlq_subject("selfplay"))
+    letter = decode(stored.data or b"", DeadLetter)
+    assert "bad job" in letter.reason and "$." in letter.reason
+    await asyncio.sleep(1.5)
+    assert await puller.next(0.5) is None, "a terminated job is not redelivered"
