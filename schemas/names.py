@@ -91,11 +91,11 @@ def max_deliveries_advisory(stream: str) -> str:
 
 
 def games_subject(game: str) -> str:
-    return f"games.{check_token(game, 'game')}"
+    return f"games.{game if game == '*' else check_token(game, 'game')}"
 
 
 def results_subject(game: str) -> str:
-    return f"results.{check_token(game, 'game')}"
+    return f"results.{game if game == '*' else check_token(game, 'game')}"
 
 
 def model_event_subject(kind: str) -> str:

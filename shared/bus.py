@@ -17,11 +17,12 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RawStreamMsg, StorageType, StreamConfig
+from nats.js.api import RawStreamMsg, StorageType, StreamConfig
 from nats.js.kv import KeyValue
 
 import nats
 from schemas import names
+from shared import provision
 
 log = logging.getLogger("conclave.bus")
 
@@ -104,7 +105,6 @@ class Bus:
         self.cfg = cfg
         self.js: JetStreamContext = nc.jetstream(domain=cfg.domain, timeout=cfg.request_timeout_s)
         self._kv: dict[str, KeyValue] = {}
-        self.reconnect_hooks: list[Callable[[], Awaitable[None]]] = []
         self.closing = False
 
     @classmethod
@@ -121,8 +121,6 @@ class Bus:
 
         async def on_reconnect() -> None:
             log.info("nats reconnected", extra={"url": str(holder[0].nc.connected_url)})
-            for hook in holder[0].reconnect_hooks:
-                await hook()
 
         options: dict[str, Any] = {
             "servers": cfg.servers,
@@ -147,27 +145,24 @@ class Bus:
         return bus
 
     async def close(self) -> None:
+        """Flush what we published, then close (a drain would wait out open pull requests)."""
         self.closing = True
-        if not self.nc.is_closed:
-            try:
-                await asyncio.wait_for(self.nc.drain(), 5)
-            except (TimeoutError, nats.errors.Error):
-                await self.nc.close()
+        if self.nc.is_closed:
+            return
+        with suppress(TimeoutError, nats.errors.Error):
+            await self.nc.flush(timeout=2)
+        await self.nc.close()
 
     # -- provisioning -------------------------------------------------------------------------
 
     async def provision(self) -> None:
-        """Create (or bring up to date) every stream and bucket the control plane uses."""
-        await self.ensure_kv(names.NODES_BUCKET, marker_ttl_s=2)
-        await self.ensure_kv(names.ELECTION_BUCKET, marker_ttl_s=1)
-        await self.ensure_stream(
-            StreamConfig(
-                name=names.EVENTS_STREAM,
-                subjects=names.events_subjects(),
-                max_age=7 * 24 * 3600,
-                max_bytes=256 * 1024 * 1024,
-            )
-        )
+        """Create (or bring up to date) every stream and bucket Conclave uses."""
+        for config in provision.streams():
+            await self.ensure_stream(config)
+        for store in provision.object_stores(self.cfg.replicas):
+            with translated(f"object store {store.bucket}"):
+                # nats-py overwrites config.bucket with its first argument, so pass both.
+                await self.js.create_object_store(store.bucket or "", config=store)
 
     async def ensure_stream(self, config: StreamConfig) -> None:
         config.num_replicas = self.cfg.replicas
@@ -179,22 +174,6 @@ class Bus:
                 if e.err_code != _STREAM_NAME_IN_USE:
                     raise
                 await self.js.update_stream(config)
-
-    async def ensure_kv(self, bucket: str, marker_ttl_s: float | None = None) -> KeyValue:
-        """A history-1 bucket with per-message TTL and, optionally, expiry markers for watchers."""
-        config = StreamConfig(
-            name=names.kv_stream(bucket),
-            subjects=[f"$KV.{bucket}.>"],
-            allow_rollup_hdrs=True,
-            allow_msg_ttl=True,
-            deny_delete=True,
-            discard=DiscardPolicy.NEW,
-            duplicate_window=120,
-            max_msgs_per_subject=1,
-            subject_delete_marker_ttl=marker_ttl_s,
-        )
-        await self.ensure_stream(config)
-        return await self.kv(bucket)
 
     async def kv(self, bucket: str) -> KeyValue:
         if bucket not in self._kv:

@@ -14,7 +14,7 @@ import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from schemas import names
 from schemas.codec import BadMessage, decode, encode
@@ -36,28 +36,6 @@ class JobSettings(msgspec.Struct, frozen=True):
     ack_wait_s: float = 30.0
     max_deliver: int = 5
     max_ack_pending: int = 1000
-
-
-async def ensure_streams(bus: Bus) -> None:
-    """The work queue, the dead-letter stream, and a stream that keeps max-delivery advisories."""
-    await bus.ensure_stream(
-        StreamConfig(
-            name=names.JOBS_STREAM,
-            subjects=[names.job_subject("*")],
-            retention=RetentionPolicy.WORK_QUEUE,
-            duplicate_window=120,
-        )
-    )
-    await bus.ensure_stream(
-        StreamConfig(name=names.DLQ_STREAM, subjects=[names.dlq_subject("*")], max_age=30 * 86400)
-    )
-    await bus.ensure_stream(
-        StreamConfig(
-            name=names.ADVISORIES_STREAM,
-            subjects=[names.max_deliveries_advisory(names.JOBS_STREAM)],
-            max_age=7 * 86400,
-        )
-    )
 
 
 async def ensure_consumer(bus: Bus, kind: str, settings: JobSettings) -> None:

@@ -27,8 +27,6 @@ from nats.js.api import (
     DeliverPolicy,
     ObjectMeta,
     ObjectMetaOptions,
-    ObjectStoreConfig,
-    StorageType,
 )
 from nats.js.object_store import ObjectStore
 
@@ -69,13 +67,8 @@ class ModelStore:
 
     async def store(self) -> ObjectStore:
         if self._obs is None:
-            config = ObjectStoreConfig(
-                bucket=names.MODELS_STORE,
-                storage=StorageType.FILE,
-                replicas=self.bus.cfg.replicas,
-            )
             with translated("object store models"):
-                self._obs = await self.bus.js.create_object_store(names.MODELS_STORE, config=config)
+                self._obs = await self.bus.js.object_store(names.MODELS_STORE)
         return self._obs
 
     async def put(self, data: bytes) -> str:

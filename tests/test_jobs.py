@@ -17,7 +17,6 @@ from shared.jobs import (
     Puller,
     dead_letter_exhausted,
     ensure_consumer,
-    ensure_streams,
     submit,
 )
 
@@ -30,7 +29,6 @@ def job(n: int) -> SelfplayJob:
 
 @pytest.fixture
 async def queue(bus: Bus) -> Bus:
-    await ensure_streams(bus)
     await ensure_consumer(bus, "selfplay", FAST)
     return bus
 

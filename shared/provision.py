@@ -1,0 +1,67 @@
+"""Every stream, KV bucket and object store Conclave uses, as configuration (no I/O here).
+
+`Bus.provision()` creates or updates all of them idempotently; replicas come from the bus config.
+"""
+
+from __future__ import annotations
+
+from nats.js.api import DiscardPolicy, ObjectStoreConfig, RetentionPolicy, StorageType, StreamConfig
+
+from schemas import names
+
+DAY = 86400.0
+
+
+def kv_stream(bucket: str, marker_ttl_s: float | None = None) -> StreamConfig:
+    """A history-1 KV bucket that allows per-message TTLs, with optional expiry markers."""
+    return StreamConfig(
+        name=names.kv_stream(bucket),
+        subjects=[f"$KV.{bucket}.>"],
+        allow_rollup_hdrs=True,
+        allow_msg_ttl=True,
+        deny_delete=True,
+        discard=DiscardPolicy.NEW,
+        duplicate_window=120,
+        max_msgs_per_subject=1,
+        subject_delete_marker_ttl=marker_ttl_s,
+    )
+
+
+def streams() -> list[StreamConfig]:
+    return [
+        kv_stream(names.NODES_BUCKET, marker_ttl_s=2),
+        kv_stream(names.ELECTION_BUCKET, marker_ttl_s=1),
+        kv_stream(names.REGISTRY_BUCKET),
+        kv_stream(names.LOOP_BUCKET),
+        StreamConfig(
+            name=names.EVENTS_STREAM,
+            subjects=names.events_subjects(),
+            max_age=7 * DAY,
+            max_bytes=256 * 1024**2,
+        ),
+        StreamConfig(
+            name=names.JOBS_STREAM,
+            subjects=[names.job_subject("*")],
+            retention=RetentionPolicy.WORK_QUEUE,
+            duplicate_window=120,
+        ),
+        StreamConfig(name=names.DLQ_STREAM, subjects=[names.dlq_subject("*")], max_age=30 * DAY),
+        StreamConfig(
+            name=names.ADVISORIES_STREAM,
+            subjects=[names.max_deliveries_advisory(names.JOBS_STREAM)],
+            max_age=7 * DAY,
+        ),
+        StreamConfig(
+            name=names.GAMES_STREAM,
+            subjects=[names.games_subject("*")],
+            max_bytes=8 * 1024**3,
+            duplicate_window=300,
+        ),
+        StreamConfig(name=names.RESULTS_STREAM, subjects=[names.results_subject("*")]),
+    ]
+
+
+def object_stores(replicas: int) -> list[ObjectStoreConfig]:
+    return [
+        ObjectStoreConfig(bucket=names.MODELS_STORE, storage=StorageType.FILE, replicas=replicas)
+    ]
