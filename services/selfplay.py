@@ -1,0 +1,168 @@
+"""selfplay service: pulls self-play jobs, plays them with the batched engine, publishes the games.
+
+A job is acknowledged only after JetStream has acknowledged every game it produced, so a worker
+killed mid-job loses nothing acknowledged: the job is redelivered and plays fresh games (new ids).
+Search and inference run in a worker thread; the event loop only moves messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import msgspec
+import numpy as np
+
+from schemas import names
+from schemas.game import GameRecord, encode_record
+from schemas.jobs import SelfplayJob
+from shared.bus import Bus, BusError, Unavailable, translated
+from shared.games import get_game
+from shared.jobs import Delivery, JobSettings, Puller, ensure_consumer
+from shared.modelcache import Evaluators
+from shared.models import ModelStore
+from shared.net import CheckpointError
+from shared.selfplay import SelfPlayConfig, self_play
+from shared.service import main as service_main
+from shared.service import wait_or_stop
+
+log = logging.getLogger("conclave.selfplay")
+
+
+class SelfplayWorkerConfig(msgspec.Struct, frozen=True):
+    node_id: str
+    cache_dir: str
+    threads: int = 1
+    concurrent_games: int = 32
+    keepalive_s: float = 10.0
+    jobs: JobSettings = JobSettings()
+    engine: SelfPlayConfig = SelfPlayConfig()
+
+
+class Worker:
+    def __init__(self, bus: Bus, cfg: SelfplayWorkerConfig, stop: asyncio.Event) -> None:
+        self.bus, self.cfg, self.stop = bus, cfg, stop
+        self.halt = threading.Event()  # tells the playing thread to give up
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="selfplay")
+        self.evaluators = Evaluators(ModelStore(bus, Path(cfg.cache_dir)), self.pool, cfg.threads)
+        self.games_published = 0
+
+    async def serve(self) -> None:
+        puller = Puller(self.bus, "selfplay", SelfplayJob)
+        while not self.stop.is_set():
+            try:
+                delivery = await puller.next(timeout_s=2.0)
+            except BusError as e:
+                log.warning("cannot pull jobs: %s", e)
+                await wait_or_stop(self.stop, 1.0)
+                continue
+            if delivery is not None:
+                await self.work(delivery)
+
+    async def work(self, delivery: Delivery[SelfplayJob]) -> None:
+        job = delivery.job
+        log.info(
+            "job %s: %d games of %s", job.job_id, job.games, job.game, extra={"job": job.job_id}
+        )
+        async with delivery.kept_alive(self.cfg.keepalive_s):
+            try:
+                finished = await self.play(job)
+            except (CheckpointError, BusError, ValueError) as e:
+                log.error("job %s failed: %r", job.job_id, e, extra={"job": job.job_id})
+                await delivery.retry(self.bus, self.cfg.node_id, repr(e))
+                return
+        if not finished:  # stopping: hand the job back at once rather than after ack-wait
+            with translated("nak job"):
+                await delivery.msg.nak()
+            return
+        await delivery.done()
+
+    async def play(self, job: SelfplayJob) -> bool:
+        """Play the job's games, publishing each as it ends; False if stopped before the end."""
+        game = get_game(job.game)
+        evaluator = await self.evaluators.get(game, job.model_sha256)
+        engine = msgspec.structs.replace(
+            self.cfg.engine,
+            concurrent_games=min(self.cfg.concurrent_games, job.games),
+            num_simulations=job.sims,
+        )
+        loop = asyncio.get_running_loop()
+        records: asyncio.Queue[GameRecord | None] = asyncio.Queue()
+        given_up = threading.Event()
+
+        def stopped() -> bool:
+            return self.halt.is_set() or given_up.is_set()
+
+        def produce() -> None:
+            try:
+                for record in self_play(
+                    game,
+                    evaluator,
+                    np.random.default_rng(),
+                    engine,
+                    num_games=job.games,
+                    model_sha256=job.model_sha256,
+                    generation=job.generation,
+                    stop=stopped,
+                ):
+                    loop.call_soon_threadsafe(records.put_nowait, record)
+            finally:
+                loop.call_soon_threadsafe(records.put_nowait, None)
+
+        playing = loop.run_in_executor(self.pool, produce)
+        try:
+            published = await self.publish_all(records)
+        finally:
+            given_up.set()
+            await playing  # re-raises anything the engine raised
+        return published == job.games
+
+    async def publish_all(self, records: asyncio.Queue[GameRecord | None]) -> int:
+        count = 0
+        while (record := await records.get()) is not None:
+            await publish_game(self.bus, record)
+            count += 1
+            self.games_published += 1
+        return count
+
+
+async def publish_game(bus: Bus, record: GameRecord, attempts: int = 20) -> None:
+    """Store one game; retries reuse the game id, so JetStream keeps exactly one copy."""
+    subject, data = names.games_subject(record.game), encode_record(record)
+    for attempt in range(attempts):
+        try:
+            await bus.publish_durable(subject, data, msg_id=record.game_id)
+            return
+        except Unavailable:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+
+
+async def run(bus: Bus, cfg: SelfplayWorkerConfig, stop: asyncio.Event) -> None:
+    await bus.provision()
+    await ensure_consumer(bus, "selfplay", cfg.jobs)
+    worker = Worker(bus, cfg, stop)
+    watcher = asyncio.create_task(_halt_on_stop(stop, worker.halt))
+    try:
+        await worker.serve()
+    finally:
+        watcher.cancel()
+        worker.halt.set()
+        worker.pool.shutdown(wait=True, cancel_futures=True)
+
+
+async def _halt_on_stop(stop: asyncio.Event, halt: threading.Event) -> None:
+    await stop.wait()
+    halt.set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return service_main("selfplay", SelfplayWorkerConfig, run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""The selfplay service as a real process: games published before the job is acked, kill safety."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from schemas import names
+from schemas.game import decode_record
+from schemas.jobs import SelfplayJob
+from shared.bus import Bus
+from shared.jobs import JobSettings, ensure_consumer, submit
+from shared.natsserver import NatsServer
+from tests.conftest import Processes, eventually, process_config
+
+
+async def games_in_stream(bus: Bus) -> list[str]:
+    info = await bus.js.stream_info(names.GAMES_STREAM)
+    ids = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        if info.state.messages == 0:
+            break
+        msg = await bus.js.get_msg(names.GAMES_STREAM, seq=seq)
+        ids.append(decode_record(msg.data or b"").game_id)
+    return ids
+
+
+async def queue_empty(bus: Bus) -> bool:
+    return (await bus.js.stream_info(names.JOBS_STREAM)).state.messages == 0
+
+
+def start_worker(processes: Processes, url: str, tmp_path: Path, node: str = "w1") -> object:
+    cfg = {
+        "node_id": node,
+        "cache_dir": str(tmp_path / node),
+        "concurrent_games": 4,
+        "jobs": {"ack_wait_s": 3.0, "max_deliver": 5},
+    }
+    return processes.service("services.selfplay", process_config(url, node, "selfplay"), cfg)
+
+
+async def test_job_games_are_published_then_the_job_acknowledged(
+    nats_server: NatsServer, bus: Bus, processes: Processes, tmp_path: Path
+) -> None:
+    await ensure_consumer(bus, "selfplay", JobSettings(ack_wait_s=3.0, max_deliver=5))
+    await submit(bus, "selfplay", SelfplayJob("sp-1", "tictactoe", "", 0, games=6, sims=8, term=1))
+    start_worker(processes, nats_server.url, tmp_path)
+    await eventually(lambda: queue_empty(bus), 60, what="job acknowledged")
+    ids = await games_in_stream(bus)
+    assert len(ids) == 6 and len(set(ids)) == 6
+
+
+async def test_a_worker_killed_mid_job_loses_no_acknowledged_game(
+    nats_server: NatsServer, bus: Bus, processes: Processes, tmp_path: Path
+) -> None:
+    await ensure_consumer(bus, "selfplay", JobSettings(ack_wait_s=3.0, max_deliver=5))
+    await submit(
+        bus, "selfplay", SelfplayJob("sp-2", "tictactoe", "", 0, games=400, sims=16, term=1)
+    )
+    first = start_worker(processes, nats_server.url, tmp_path)
+    await eventually(lambda: _some_games(bus), 60, what="first games")
+    first.kill()  # type: ignore[attr-defined]
+    first.wait()  # type: ignore[attr-defined]
+    before = await games_in_stream(bus)
+    start_worker(processes, nats_server.url, tmp_path, node="w2")
+    await eventually(lambda: queue_empty(bus), 120, what="redelivered job acknowledged")
+    after = await games_in_stream(bus)
+    assert after[: len(before)] == before, "an acknowledged game was lost"
+    assert len(after) == len(set(after)), "a game was stored twice"
+    assert len(after) >= 400
+
+
+async def _some_games(bus: Bus) -> bool:
+    return (await bus.js.stream_info(names.GAMES_STREAM)).state.messages >= 8
