@@ -7,7 +7,7 @@ from shared.sprt import SprtConfig, elo_from_score, elo_interval, llr, score_fro
 
 
 def _logistic(elo: float) -> float:
-    return 1.0 / (1.0 + 10.0 ** (-elo / 400.0))
+    return 1.0 / (1.0 + math.pow(10.0, -elo / 400.0))
 
 
 def _gsprt_by_hand(w: float, d: float, lo: float, elo0: float, elo1: float) -> float:
