@@ -268,7 +268,8 @@ def apply_game(state: GameState, action: Action) -> GameState:
         return msgspec.structs.replace(state, training_in_progress=False)
     if isinstance(action, StartMatch):
         return _start_match(state, action)
-    _require(state.training_in_progress or state.pending_eval == action.candidate, action)
+    ungated = isinstance(action, Promote) and action.result is None and state.training_in_progress
+    _require(ungated or state.pending_eval == action.candidate, action)
     _require(action.generation == state.generation + 1, action)
     done = msgspec.structs.replace(
         state, training_in_progress=False, pending_eval=None, match_games=0

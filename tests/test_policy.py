@@ -223,6 +223,12 @@ def test_apply_refuses_a_second_training() -> None:
         apply(_one(TRAINING), StartTraining("c4", 4, 6, 2000))
     with pytest.raises(ValueError, match="Promote"):
         apply(_one(BEST), Promote("c4", "x", 4))
+    with pytest.raises(ValueError, match="StartMatch"):
+        apply(_one(BEST), StartMatch("c4", "x", "b3", 8))
+    result = next_actions(_one(EVALUATING), _snap(match=MatchScore("cand", 0, 0, 80)), CFG)[0]
+    assert isinstance(result, Reject)
+    with pytest.raises(ValueError, match="Reject"):
+        apply(_one(TRAINING), result)
 
 
 def test_state_round_trips_through_json() -> None:
