@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,8 +13,9 @@ import torch
 from shared.evaluator import NetEvaluator, symmetrised, uniform_evaluator
 from shared.games.connect4 import GAME as CONNECT4
 from shared.games.tictactoe import GAME as TICTACTOE
-from shared.net import NetConfig, PolicyValueNet
+from shared.net import NetConfig, PolicyValueNet, WrongGame, save_checkpoint
 from shared.search import gumbel_search, puct_search
+from shared.search.agent import checkpoint_agent
 
 LINES = (0o7, 0o70, 0o700, 0o111, 0o222, 0o444, 0o421, 0o124)
 FULL = 0o777
@@ -136,3 +138,16 @@ def test_connect4_mirror_through_the_net() -> None:
     priors, values = evaluate(x, masks)
     assert np.allclose(priors[1], priors[0][::-1], atol=1e-5)
     assert np.isclose(values[0], values[1], atol=1e-5)
+
+
+def test_checkpoint_agent_plays_the_search_move(tmp_path: Path) -> None:
+    net = PolicyValueNet(NetConfig(blocks=1, channels=8), TICTACTOE.encoding_shape, 9)
+    path = tmp_path / "gen2.ckpt"
+    save_checkpoint(path, net, "tictactoe", generation=2)
+    agent = checkpoint_agent(TICTACTOE, path, sims=32)
+    assert agent.name.startswith("gen2-")
+    assert agent.choose(TICTACTOE, TICTACTOE.parse("1425"), np.random.default_rng(0)) == 2
+    with pytest.raises(WrongGame):
+        checkpoint_agent(CONNECT4, path, sims=8)
+    with pytest.raises(ValueError, match="finished"):
+        agent.choose(TICTACTOE, TICTACTOE.parse("14253"), np.random.default_rng(0))
