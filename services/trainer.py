@@ -1,0 +1,210 @@
+"""trainer service: keeps a replay window per game from the games stream and runs training jobs.
+
+On start it reads only the tail of the games stream that fits the windows, so a restart does not
+re-read everything; records are replayed through the rules (in a worker thread) before use, and a
+game id seen twice is kept once. A training job warm-starts from its parent checkpoint, writes the
+new checkpoint to the object store and its metadata to KV `registry`, then announces a candidate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from schemas import names
+from schemas.codec import encode
+from schemas.game import decode_record
+from schemas.jobs import ModelEvent, ModelMeta, TrainJob
+from shared.bus import Bus, BusError, translated
+from shared.games import UnknownGame, get_game
+from shared.jobs import Delivery, JobSettings, Puller, ensure_consumer
+from shared.models import ModelStore
+from shared.net import CheckpointError, NetConfig, PolicyValueNet, checkpoint_bytes, load_checkpoint
+from shared.replay import GamePositions, RejectedRecord, ReplayWindow, positions_of
+from shared.service import main as service_main
+from shared.service import wait_or_stop
+from shared.training import TrainReport, TrainSettings, new_net, train
+
+log = logging.getLogger("conclave.trainer")
+
+INGEST_BATCH = 256
+
+
+class TrainerConfig(msgspec.Struct, frozen=True):
+    node_id: str
+    cache_dir: str
+    threads: int = 1
+    window_games: int = 20000
+    max_reuse: int = 8
+    net: NetConfig = NetConfig()
+    train: TrainSettings = TrainSettings()
+    keepalive_s: float = 10.0
+    jobs: JobSettings = JobSettings(ack_wait_s=60.0)
+
+
+class Trainer:
+    def __init__(self, bus: Bus, cfg: TrainerConfig) -> None:
+        self.bus, self.cfg = bus, cfg
+        self.windows: dict[str, ReplayWindow] = {}
+        self.rejected: Counter[str] = Counter()
+        self.pending: list[tuple[int, bytes]] = []
+        self.arrived = asyncio.Event()
+        self.ingest_pool = ThreadPoolExecutor(1, thread_name_prefix="ingest")
+        self.train_pool = ThreadPoolExecutor(1, thread_name_prefix="train")
+        self.models = ModelStore(bus, Path(cfg.cache_dir))
+        self.last_seq = 0
+
+    def window(self, game: str) -> ReplayWindow:
+        if game not in self.windows:
+            self.windows[game] = ReplayWindow(self.cfg.window_games, self.cfg.max_reuse)
+        return self.windows[game]
+
+    # -- feeding the windows --------------------------------------------------------------------
+
+    async def follow_games(self) -> None:
+        """Subscribe to the games stream from where the windows' tail begins."""
+        info = await self.bus.js.stream_info(names.GAMES_STREAM)
+        start = max(info.state.first_seq, info.state.last_seq - 2 * self.cfg.window_games + 1, 1)
+        with translated("follow games"):
+            await self.bus.js.subscribe(
+                names.games_subject("*"),
+                stream=names.GAMES_STREAM,
+                cb=self._on_game,
+                ordered_consumer=True,
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
+                ),
+            )
+
+    async def _on_game(self, msg: Msg) -> None:
+        self.pending.append((int(msg.metadata.sequence.stream), msg.data))
+        self.arrived.set()
+
+    async def ingest(self, stop: asyncio.Event) -> None:
+        """Validate arrived records off the loop, in batches, and add them to the windows."""
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            await self.arrived.wait()
+            self.arrived.clear()
+            while self.pending:
+                batch, self.pending = self.pending[:INGEST_BATCH], self.pending[INGEST_BATCH:]
+                kept = await loop.run_in_executor(self.ingest_pool, self._validate, batch)
+                for game, positions in kept:
+                    self.window(game).add(positions)
+                self.last_seq = max(self.last_seq, batch[-1][0])
+
+    def _validate(self, batch: list[tuple[int, bytes]]) -> list[tuple[str, GamePositions]]:
+        kept = []
+        for seq, data in batch:
+            try:
+                record = decode_record(data)
+                kept.append((record.game, positions_of(get_game(record.game), record, seq)))
+            except (RejectedRecord, UnknownGame, msgspec.DecodeError, ValueError) as e:
+                reason = type(e).__name__ if not isinstance(e, RejectedRecord) else str(e)
+                self.rejected[reason.split(":")[0]] += 1
+                log.warning("rejected game record #%d: %s", seq, e)
+        return kept
+
+    # -- training jobs --------------------------------------------------------------------------
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        puller = Puller(self.bus, "train", TrainJob)
+        while not stop.is_set():
+            try:
+                delivery = await puller.next(timeout_s=2.0)
+            except BusError as e:
+                log.warning("cannot pull train jobs: %s", e)
+                await wait_or_stop(stop, 1.0)
+                continue
+            if delivery is not None:
+                await self.work(delivery)
+
+    async def work(self, delivery: Delivery[TrainJob]) -> None:
+        job = delivery.job
+        async with delivery.kept_alive(self.cfg.keepalive_s):
+            try:
+                meta = await self.run_job(job)
+            except (CheckpointError, BusError, UnknownGame, ValueError) as e:
+                log.error("train job %s failed: %r", job.job_id, e, extra={"job": job.job_id})
+                await delivery.retry(self.bus, self.cfg.node_id, repr(e), delay_s=5.0)
+                return
+        await delivery.done()
+        log.info("generation %d trained: %s", meta.generation, meta.sha256[:12])
+
+    async def run_job(self, job: TrainJob) -> ModelMeta:
+        game = get_game(job.game)
+        parent = await self.models.read(job.parent_sha256) if job.parent_sha256 else None
+        loop = asyncio.get_running_loop()
+        window = self.window(job.game)
+        net, report = await loop.run_in_executor(
+            self.train_pool, self._train, game, parent, window, job.steps
+        )
+        if report.steps == 0:
+            raise ValueError(f"no positions to train on for {job.game} (window empty)")
+        data = await loop.run_in_executor(
+            self.train_pool, checkpoint_bytes, net, job.game, job.generation
+        )
+        digest = await self.models.put(data)
+        first, last = window.seq_range()
+        meta = ModelMeta(
+            digest,
+            job.game,
+            job.generation,
+            job.parent_sha256,
+            len(data),
+            first,
+            last,
+            report.positions,
+            report.steps,
+            report.policy_loss,
+            report.value_loss,
+            time.time(),
+            job.job_id,
+        )
+        await self.bus.write(names.REGISTRY_BUCKET, names.model_key(job.game, digest), encode(meta))
+        event = ModelEvent("candidate", job.game, job.generation, digest, time.time())
+        await self.bus.publish_durable(names.model_event_subject("candidate"), encode(event))
+        return meta
+
+    def _train(
+        self, game: Any, parent: bytes | None, window: ReplayWindow, steps: int
+    ) -> tuple[PolicyValueNet, TrainReport]:
+        import torch
+
+        torch.set_num_threads(self.cfg.threads)
+        net = load_checkpoint(parent, game.name).net if parent else new_net(game, self.cfg.net)
+        report = train(net, game, window, steps, self.cfg.train, np.random.default_rng())
+        return net, report
+
+
+async def run(bus: Bus, cfg: TrainerConfig, stop: asyncio.Event) -> None:
+    await bus.provision()
+    await ensure_consumer(bus, "train", cfg.jobs)
+    trainer = Trainer(bus, cfg)
+    await trainer.follow_games()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            ingest = tg.create_task(trainer.ingest(stop), name="ingest")
+            await trainer.serve(stop)
+            ingest.cancel()
+    finally:
+        trainer.train_pool.shutdown(wait=True, cancel_futures=True)
+        trainer.ingest_pool.shutdown(wait=True, cancel_futures=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return service_main("trainer", TrainerConfig, run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

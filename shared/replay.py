@@ -1,0 +1,175 @@
+"""The trainer's sliding window of self-play positions: validated, deduplicated, reuse-capped.
+
+Every record is replayed through the game's rules before its positions are kept, so an illegal
+move, an outcome the moves do not produce, or a malformed policy target is rejected with a reason.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from schemas.game import GameRecord, policy_targets
+from shared.games.base import FloatArray, Game, IllegalMove
+
+POLICY_TOLERANCE = 1e-3
+
+
+class RejectedRecord(ValueError):
+    """A game record that does not replay under the rules; the message says why."""
+
+
+@dataclass
+class GamePositions:
+    """One game's training positions: inputs, targets, and how often each was sampled."""
+
+    game_id: str
+    seq: int
+    encodings: FloatArray  # (plies, C, H, W)
+    policies: FloatArray  # (plies, A)
+    values: FloatArray  # (plies,) final outcome from the view of the player to move
+    uses: npt.NDArray[np.int32]
+
+
+def positions_of(game: Game[Any], record: GameRecord, seq: int = 0) -> GamePositions:
+    """Replay `record` under the rules; raise RejectedRecord naming what is wrong."""
+    if record.game != game.name:
+        raise RejectedRecord(f"record is for {record.game!r}, not {game.name!r}")
+    if record.num_actions != game.num_actions:
+        raise RejectedRecord(f"num_actions {record.num_actions} != {game.num_actions}")
+    policies = _checked_policies(record)
+    state = game.initial()
+    encodings, values = [], []
+    for ply, move in enumerate(record.moves):
+        if game.terminal_value(state) is not None:
+            raise RejectedRecord(f"move {ply + 1} played after the game ended")
+        if not game.legal_mask(state)[move]:
+            raise RejectedRecord(f"move {ply + 1} ({game.action_name(move)}) is illegal")
+        encodings.append(game.encode(state))
+        values.append(record.outcome if game.to_play(state) == 0 else -record.outcome)
+        try:
+            state = game.apply(state, move)
+        except IllegalMove as e:
+            raise RejectedRecord(f"move {ply + 1}: {e}") from e
+    _check_outcome(game, state, record)
+    shape = (0, *game.encoding_shape)
+    return GamePositions(
+        record.game_id,
+        seq,
+        np.stack(encodings) if encodings else np.zeros(shape, np.float32),
+        policies,
+        np.asarray(values, dtype=np.float32),
+        np.zeros(record.plies, dtype=np.int32),
+    )
+
+
+def _checked_policies(record: GameRecord) -> FloatArray:
+    policies = policy_targets(record)
+    if not np.all(np.isfinite(policies)) or np.any(policies < 0):
+        raise RejectedRecord("policy targets must be finite and non-negative")
+    sums = policies.sum(axis=1)
+    if np.any(np.abs(sums - 1.0) > POLICY_TOLERANCE):
+        bad = int(np.argmax(np.abs(sums - 1.0)))
+        raise RejectedRecord(f"policy target at ply {bad + 1} sums to {sums[bad]:.4f}")
+    return policies
+
+
+def _check_outcome(game: Game[Any], final: Any, record: GameRecord) -> None:
+    value = game.terminal_value(final)
+    if value is None:
+        if not record.resigned:
+            raise RejectedRecord("the moves do not end the game and nobody resigned")
+        return
+    first_player_view = value if game.to_play(final) == 0 else -value
+    if first_player_view != record.outcome:
+        raise RejectedRecord(f"outcome {record.outcome} but the moves give {first_player_view}")
+
+
+class ReplayWindow:
+    """The last `window_games` games of one game kind, each position used at most `max_reuse`."""
+
+    def __init__(self, window_games: int, max_reuse: int) -> None:
+        if window_games < 1 or max_reuse < 1:
+            raise ValueError("window_games and max_reuse must be >= 1")
+        self.window_games, self.max_reuse = window_games, max_reuse
+        self.games: OrderedDict[str, GamePositions] = OrderedDict()
+        self.duplicates = 0
+        # The trainer adds from its ingest thread while it samples in its training thread.
+        self._lock = threading.Lock()
+
+    def add(self, positions: GamePositions) -> bool:
+        """Keep a game's positions; False (and counted) if that game id is already here."""
+        with self._lock:
+            return self._add(positions)
+
+    def _add(self, positions: GamePositions) -> bool:
+        if positions.game_id in self.games:
+            self.duplicates += 1
+            return False
+        self.games[positions.game_id] = positions
+        while len(self.games) > self.window_games:
+            self.games.popitem(last=False)
+        return True
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(g.values) for g in self.games.values())
+
+    def seq_range(self) -> tuple[int, int]:
+        with self._lock:
+            seqs = [g.seq for g in self.games.values()]
+        return (min(seqs), max(seqs)) if seqs else (0, 0)
+
+    def sample(self, batch: int, rng: np.random.Generator) -> Batch | None:
+        """A batch of positions not yet used `max_reuse` times (counts updated), or None."""
+        with self._lock:
+            return self._sample(batch, rng)
+
+    def _sample(self, batch: int, rng: np.random.Generator) -> Batch | None:
+        entries = list(self.games.values())
+        lengths = np.array([len(g.values) for g in entries])
+        uses = np.concatenate([g.uses for g in entries]) if entries else np.zeros(0, np.int32)
+        fresh = np.flatnonzero(uses < self.max_reuse)
+        if len(fresh) == 0:
+            return None
+        chosen = rng.choice(fresh, size=min(batch, len(fresh)), replace=False)
+        owners = np.searchsorted(np.cumsum(lengths), chosen, side="right")
+        offsets = chosen - (np.cumsum(lengths) - lengths)[owners]
+        for owner, offset in zip(owners.tolist(), offsets.tolist(), strict=True):
+            entries[owner].uses[offset] += 1
+        return Batch(
+            np.stack([entries[o].encodings[i] for o, i in zip(owners, offsets, strict=True)]),
+            np.stack([entries[o].policies[i] for o, i in zip(owners, offsets, strict=True)]),
+            np.array(
+                [entries[o].values[i] for o, i in zip(owners, offsets, strict=True)], np.float32
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class Batch:
+    encodings: FloatArray  # (B, C, H, W)
+    policies: FloatArray  # (B, A)
+    values: FloatArray  # (B,)
+
+
+def augment(game: Game[Any], batch: Batch, rng: np.random.Generator) -> Batch:
+    """Apply a random board symmetry to each position (inputs and policy targets alike)."""
+    symmetries = game.symmetries()
+    picks = rng.integers(0, len(symmetries), size=len(batch.values))
+    encodings = batch.encodings.copy()
+    policies = batch.policies.copy()
+    for k, sym in enumerate(symmetries):
+        rows = np.flatnonzero(picks == k)
+        if len(rows) == 0 or k == 0:
+            continue
+        encodings[rows] = sym.planes(batch.encodings[rows])
+        mapped = np.zeros_like(batch.policies[rows])
+        mapped[:, sym.actions] = batch.policies[rows]
+        policies[rows] = mapped
+    return Batch(encodings, policies, batch.values)
