@@ -38,9 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
-def unavailable_checkpoint_loader(game: Game[Any], path: Path, sims: int) -> Agent:
-    # Replaced by the network + search chooser once shared.net and shared.search are committed.
-    raise SetupError(f"--checkpoint {str(path)!r}: network search is not available yet")
+def search_checkpoint_loader(game: Game[Any], path: Path, sims: int) -> Agent:
+    """The network at `path` with Gumbel search of `sims` simulations per move."""
+    from shared.search.agent import checkpoint_agent  # torch loads only when a net is wanted
+
+    return checkpoint_agent(game, path, sims)
 
 
 def run(
@@ -48,7 +50,7 @@ def run(
     stdin: TextIO,
     stdout: TextIO,
     *,
-    load_checkpoint: CheckpointLoader = unavailable_checkpoint_loader,
+    load_checkpoint: CheckpointLoader = search_checkpoint_loader,
 ) -> int:
     """Answer every line of `stdin`; exit 0, 1 if some lines were errors, 2 on bad options."""
     try:

@@ -82,7 +82,6 @@ def test_same_seed_same_answers() -> None:
         (["--game", "chess", "--agent", "random"], "error: --game: unknown game 'chess'; known:"),
         (["--agent", "random", "--sims", "5"], "error: --sims: only used with --checkpoint"),
         (["--checkpoint", "net.ckpt", "--sims", "0"], "error: --sims: must be at least 1, got 0"),
-        (["--checkpoint", "net.ckpt"], "error: --checkpoint 'net.ckpt': network search is not"),
     ],
 )
 def test_bad_options(argv: list[str], message: str) -> None:
@@ -116,3 +115,32 @@ def test_checkpoint_load_errors_name_the_file() -> None:
 
     code, lines = bestmove(["--checkpoint", "gone.ckpt"], "4\n", load_checkpoint=load)
     assert (code, lines) == (2, ["error: --checkpoint 'gone.ckpt': no such file: gone.ckpt"])
+
+
+def test_checkpoint_searches_with_a_real_network(tmp_path: Path) -> None:
+    from shared.games import get_game
+    from shared.net import NetConfig, PolicyValueNet, save_checkpoint
+
+    game = get_game("connect4")
+    net = PolicyValueNet(NetConfig(blocks=1, channels=8), game.encoding_shape, game.num_actions)
+    save_checkpoint(tmp_path / "net.ckpt", net, "connect4", generation=3)
+    argv = ["--checkpoint", str(tmp_path / "net.ckpt"), "--sims", "16"]
+    code, lines = bestmove(argv, "\n4453\n4444444\n")
+    assert code == 1
+    assert lines[0] in set("1234567") and lines[1] in set("1234567")
+    assert lines[2] == "error: position '4444444': column 4 is full at move 7"
+
+
+def test_unusable_checkpoints_are_named(tmp_path: Path) -> None:
+    from shared.games import get_game
+    from shared.net import NetConfig, PolicyValueNet, save_checkpoint
+
+    game = get_game("tictactoe")
+    net = PolicyValueNet(NetConfig(blocks=0, channels=4), game.encoding_shape, game.num_actions)
+    save_checkpoint(tmp_path / "ttt.ckpt", net, "tictactoe", generation=1)
+    code, lines = bestmove(["--checkpoint", str(tmp_path / "ttt.ckpt")], "4\n")
+    assert code == 2
+    assert lines[0].startswith(f"error: --checkpoint '{tmp_path / 'ttt.ckpt'}': checkpoint is for")
+    code, lines = bestmove(["--checkpoint", str(tmp_path / "missing.ckpt")], "4\n")
+    assert code == 2
+    assert lines[0].startswith(f"error: --checkpoint '{tmp_path / 'missing.ckpt'}': ")
