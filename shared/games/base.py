@@ -49,7 +49,9 @@ class Game(Protocol[S]):
 
     def initial(self) -> S: ...
 
-    def legal_mask(self, state: S) -> BoolArray: ...
+    def legal_mask(self, state: S) -> BoolArray:
+        """Shape (num_actions,), all False once the game is over; may be shared and read-only."""
+        ...
 
     def apply(self, state: S, action: int) -> S:
         """Return the position after `action`; raise IllegalMove if it is not legal."""
