@@ -160,9 +160,8 @@ def _move_all(
     for side, movers in enumerate(by_side):
         if not movers:
             continue
-        for table, action in zip(
-            movers, _choose(game, players[side], side, movers, rng), strict=True
-        ):
+        actions = _choose(game, players[side], side, movers, rng)
+        for table, action in zip(movers, actions, strict=True):
             table.state = game.apply(table.state, action)
             table.moves.append(action)
 

@@ -222,16 +222,16 @@ def test_a_stop_request_ends_the_match() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "field"),
+    ("kwargs", "name"),
     [
         ({"games": 0}, "games"),
         ({"opening_plies": -1}, "opening_plies"),
         ({"concurrent": 0}, "concurrent"),
     ],
 )
-def test_bad_arguments_are_named(kwargs: dict[str, int], field: str) -> None:
+def test_bad_arguments_are_named(kwargs: dict[str, int], name: str) -> None:
     args: dict[str, Any] = {"games": 2, **kwargs}
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ValueError, match=name):
         play_match(TICTACTOE, RANDOM, RANDOM, rng=np.random.default_rng(0), **args)
 
 
