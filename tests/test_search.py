@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from shared.evaluator import uniform_evaluator
 from shared.games.base import BoolArray, FloatArray, Symmetry
 from shared.games.tictactoe import GAME as TICTACTOE
-from shared.search import Cache, considered_visit_sequence, gumbel_search, puct_search
+from shared.search import (
+    Cache,
+    SearchOutput,
+    Steps,
+    considered_visit_sequence,
+    drive,
+    drive_pipelined,
+    gumbel_search,
+    gumbel_steps,
+    puct_search,
+)
 from shared.search.gumbel import completed_q, interior_action, sigma
 from shared.search.tree import new_tree
 
@@ -195,3 +209,58 @@ def test_puct_policy_is_visit_distribution() -> None:
     )
     assert np.allclose(out.policy, out.visits / 64)
     assert out.action[0] == 2  # completes 1-2-3
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    moves=st.lists(st.integers(0, 8), max_size=6),
+    sims=st.integers(1, 40),
+    considered=st.integers(1, 16),
+    gumbel_scale=st.sampled_from([0.0, 1.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_search_output_invariants(
+    moves: list[int], sims: int, considered: int, gumbel_scale: float, seed: int
+) -> None:
+    state = TICTACTOE.initial()
+    for move in moves:
+        if TICTACTOE.terminal_value(state) is None and TICTACTOE.legal_mask(state)[move]:
+            state = TICTACTOE.apply(state, move)
+    assume(TICTACTOE.terminal_value(state) is None)
+    legal = TICTACTOE.legal_mask(state)
+    out = gumbel_search(
+        TICTACTOE,
+        [state],
+        fixed_priors([0.1 * a for a in range(9)]),
+        np.random.default_rng(seed),
+        num_simulations=sims,
+        max_considered=considered,
+        gumbel_scale=gumbel_scale,
+    )
+    assert out.visits[0].sum() == sims
+    assert np.all(out.visits[0][~legal] == 0) and legal[out.action[0]]
+    assert out.visits[0][out.action[0]] == out.visits[0].max()
+    assert np.isclose(out.policy[0].sum(), 1.0, atol=1e-5) and np.all(out.policy[0][~legal] == 0)
+    assert np.count_nonzero(out.visits[0]) <= min(considered, legal.sum())
+
+
+def test_pipelined_driver_matches_separate_searches() -> None:
+    roots = [TICTACTOE.parse(t) for t in ("", "5", "19", "1597")]
+
+    def steps(part: Sequence[object], seed: int) -> Steps[SearchOutput]:
+        caches: list[Cache] = [{} for _ in part]
+        return gumbel_steps(
+            TICTACTOE, part, caches, np.random.default_rng(seed), num_simulations=12
+        )
+
+    with ThreadPoolExecutor(1) as executor:
+        both = drive_pipelined(
+            [steps(roots[:2], 1), steps(roots[2:], 2)], fixed_priors([0.0] * 9), executor
+        )
+    alone = [
+        drive(steps(roots[:2], 1), uniform_evaluator),
+        drive(steps(roots[2:], 2), uniform_evaluator),
+    ]
+    for a, b in zip(both, alone, strict=True):
+        assert np.array_equal(a.visits, b.visits) and np.array_equal(a.action, b.action)
+        assert np.allclose(a.policy, b.policy)
