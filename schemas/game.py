@@ -40,6 +40,10 @@ class GameRecord(msgspec.Struct, frozen=True, tag_field="type", tag="conclave.ga
     would_resign: int | None = None
     started_at: float = 0.0
     seconds: float = 0.0
+    nn_evals: int = 0  # network rows spent on this game's searches
+    cache_hits: int = 0  # leaves answered by the game's evaluation cache
+    terminal_visits: int = 0  # simulations that ended in a finished position
+    max_depth: int = 0  # deepest simulation, in plies from a root
 
     def __post_init__(self) -> None:
         if len(self.moves) != self.plies:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
 from schemas.game import GameRecord, pack_policy
 from shared.evaluator import Evaluator
@@ -71,6 +72,7 @@ class _Slot:
     policies: list[FloatArray] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
     would_resign: int | None = None
+    stats: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(4, dtype=np.int64))
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,8 @@ def _play(
 ) -> GameRecord | None:
     """Play one searched move in `slot`; return the record if the game ended."""
     game, policy = ctx.game, out.policy[i]
+    slot.stats[:3] += out.stats.per_game[i, :3]
+    slot.stats[3] = max(slot.stats[3], out.stats.per_game[i, 3])
     mover = game.to_play(slot.state)
     action = _choose(ctx, slot, out, i, rng)
     resign = ctx.config.resign_value
@@ -238,4 +242,8 @@ def _record(ctx: _Context, slot: _Slot, *, outcome: float, resigned: bool) -> Ga
         would_resign=slot.would_resign,
         started_at=slot.started_at,
         seconds=ctx.clock() - slot.started_at,
+        nn_evals=int(slot.stats[0]),
+        cache_hits=int(slot.stats[1]),
+        terminal_visits=int(slot.stats[2]),
+        max_depth=int(slot.stats[3]),
     )

@@ -61,6 +61,12 @@ def test_selfplay_records_are_valid(search: Literal["gumbel", "puct"], pipeline:
         assert (record.generation, record.search, record.sims_per_move) == (3, search, 8)
     total_plies = sum(r.plies for r in records)
     assert sum(s.simulations for s in stats) == 8 * total_plies
+    # Every simulation either needed the network, hit the cache or ended in a terminal state;
+    # root evaluations add network rows or cache hits on top.
+    for record in records:
+        settled = record.nn_evals + record.cache_hits + record.terminal_visits
+        assert 8 * record.plies <= settled <= 9 * record.plies
+        assert 1 <= record.max_depth <= 9
 
 
 def test_connect4_selfplay() -> None:

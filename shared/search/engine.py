@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from shared.evaluator import Evaluator
 from shared.games.base import BoolArray, FloatArray, Game
@@ -34,13 +35,20 @@ Cache = dict[Hashable, tuple[FloatArray, BoolArray, float]]
 
 @dataclass(frozen=True)
 class SearchStats:
-    """Counts over one batched search."""
+    """Counts over one batched search; `per_game` (B, 4) splits them by game."""
 
     simulations: int
     nn_evals: int
     cache_hits: int
     terminal_visits: int
     max_depth: int
+    per_game: npt.NDArray[np.int64]  # (B, 4): nn evals, cache hits, terminal visits, max depth
+
+
+def _stats(num_simulations: int, per_game: npt.NDArray[np.int64]) -> SearchStats:
+    n, hits, terminal = (int(c) for c in per_game[:, :3].sum(axis=0))
+    depth = int(per_game[:, 3].max())
+    return SearchStats(num_simulations * len(per_game), n, hits, terminal, depth, per_game)
 
 
 @dataclass(frozen=True)
@@ -74,26 +82,25 @@ def simulate(
 ) -> Steps[SearchStats]:
     """Evaluate the roots, then run `num_simulations` simulations in every game of `tree`."""
     all_rows = np.arange(tree.batch)
-    counts = np.zeros(3, dtype=np.int64)  # nn evals, cache hits, terminal visits
+    counts = np.zeros((tree.batch, 4), dtype=np.int64)  # see SearchStats.per_game
     roots = np.zeros(tree.batch, dtype=np.intp)
     pending = _classify(game, tree, caches, all_rows, roots, counts)
     if pending.rows.size:
         _finish(tree, caches, pending, (yield pending.encodings, pending.masks))
-    max_depth = 0
     for sim in range(num_simulations):
         leaves = T.descend(tree, sim, root_select, interior)
-        max_depth = max(max_depth, leaves.depth)
-        fresh = np.flatnonzero(leaves.node == T.NO_CHILD)
+        np.maximum(counts[:, 3], leaves.depth, out=counts[:, 3])
+        fresh = leaves.node == T.NO_CHILD
+        counts[~fresh, 2] += 1  # revisits of terminal nodes
+        fresh = np.flatnonzero(fresh)
         nodes = leaves.node.copy()
         nodes[fresh] = T.add_children(tree, fresh, leaves.parent[fresh], leaves.action[fresh])
         _apply_moves(game, tree, fresh, leaves.parent[fresh], leaves.action[fresh])
-        counts[2] += tree.batch - fresh.size
         pending = _classify(game, tree, caches, fresh, nodes[fresh], counts)
         if pending.rows.size:
             _finish(tree, caches, pending, (yield pending.encodings, pending.masks))
         T.backup(tree, all_rows, nodes)
-    n, hits, terminal = (int(c) for c in counts)
-    return SearchStats(num_simulations * tree.batch, n, hits, terminal, max_depth)
+    return _stats(num_simulations, counts)
 
 
 def _apply_moves(
@@ -132,32 +139,36 @@ def _classify(
         encodings[len(miss)] = game.encode(state)
         masks[len(miss)] = game.legal_mask(state)
         miss.append((b, n, key))
-    _settle(tree, term, hit)
-    counts += (len(miss), len(hit), len(term))
+    _settle(tree, term, hit, counts)
     k = len(miss)
-    return _Pending(
+    pending = _Pending(
         rows=np.fromiter((m[0] for m in miss), dtype=np.intp, count=k),
         nodes=np.fromiter((m[1] for m in miss), dtype=np.intp, count=k),
         keys=[m[2] for m in miss],
         encodings=encodings[:k],
         masks=masks[:k],
     )
+    counts[pending.rows, 0] += 1  # a game has at most one leaf per step: no repeated rows
+    return pending
 
 
 def _settle(
     tree: T.Tree,
     term: list[tuple[int, int, float]],
     hit: list[tuple[int, int, tuple[FloatArray, BoolArray, float]]],
+    counts: np.ndarray[Any, np.dtype[np.int64]],
 ) -> None:
     if term:
         rows, nodes, exact = zip(*term, strict=True)
         T.set_terminal(tree, np.array(rows), np.array(nodes), np.array(exact, np.float32))
+        counts[np.array(rows), 2] += 1
     if hit:
         rows, nodes, entries = zip(*hit, strict=True)
         priors = np.stack([e[0] for e in entries])
         legal = np.stack([e[1] for e in entries])
         values = np.array([e[2] for e in entries], dtype=np.float32)
         T.set_evaluated(tree, np.array(rows), np.array(nodes), priors, legal, values)
+        counts[np.array(rows), 1] += 1
 
 
 def _finish(tree: T.Tree, caches: Sequence[Cache], pending: _Pending, reply: EvalReply) -> None:

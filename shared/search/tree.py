@@ -81,7 +81,7 @@ class Leaves:
     parent: Index  # (B,)
     action: Index  # (B,)
     node: Index  # (B,)
-    depth: int
+    depth: Index  # (B,) plies from the root to `node` (or to the node to create)
 
 
 def descend(tree: Tree, sim: int, root_select: RootSelect, interior: InteriorSelect) -> Leaves:
@@ -92,7 +92,7 @@ def descend(tree: Tree, sim: int, root_select: RootSelect, interior: InteriorSel
     node = tree.children[rows, parent, action]
     active = np.flatnonzero(node != NO_CHILD)
     active = active[~tree.terminal[active, node[active]]]
-    depth = 1
+    depth = np.ones(tree.batch, dtype=np.intp)
     while active.size:
         at = node[active]
         chosen = interior(tree, active, at)
@@ -103,7 +103,7 @@ def descend(tree: Tree, sim: int, root_select: RootSelect, interior: InteriorSel
         keep = nxt != NO_CHILD
         active, nxt = active[keep], nxt[keep]
         active = active[~tree.terminal[active, nxt]]
-        depth += 1
+        depth[active] += 1
     return Leaves(parent, action, node, depth)
 
 
