@@ -130,6 +130,8 @@ def test_sequential_halving_visits_in_a_bandit() -> None:
     assert out.visits[0].tolist() == [1, 3, 1, 3, 0, 0]
     assert out.action[0] == 1
     assert out.q[0, :4].tolist() == [-1.0, 1.0, 0.0, 0.5]
+    # The root's value averages its own raw value (0) with the 8 backed-up values (mctx).
+    assert np.isclose(out.root_value[0], (0.0 - 1 + 3 * 1.0 + 0 + 3 * 0.5) / 9)
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -87,6 +87,7 @@ def simulate(
     pending = _classify(game, tree, caches, all_rows, roots, counts)
     if pending.rows.size:
         _finish(tree, caches, pending, (yield pending.encodings, pending.masks))
+    tree.node_visits[:, 0] = 1  # the root's own evaluation counts once, as in mctx
     for sim in range(num_simulations):
         leaves = T.descend(tree, sim, root_select, interior)
         np.maximum(counts[:, 3], leaves.depth, out=counts[:, 3])
