@@ -26,6 +26,7 @@ class SelfplayJob(Wire, frozen=True, tag="conclave.job.selfplay.v1"):
     games: int
     sims: int
     term: int
+    group: str = ""  # default: the game
 
 
 class TrainJob(Wire, frozen=True, tag="conclave.job.train.v1"):
@@ -36,6 +37,7 @@ class TrainJob(Wire, frozen=True, tag="conclave.job.train.v1"):
     window_games: int
     steps: int
     term: int
+    group: str = ""
 
 
 class EvalJob(Wire, frozen=True, tag="conclave.job.eval.v1"):
@@ -47,6 +49,7 @@ class EvalJob(Wire, frozen=True, tag="conclave.job.eval.v1"):
     games: int  # played in colour-swapped pairs
     term: int
     seed: int = 0
+    group: str = ""
 
 
 Job = SelfplayJob | TrainJob | EvalJob
@@ -79,8 +82,8 @@ class ModelMeta(Wire, frozen=True, tag="conclave.model.v1"):
     window_last_seq: int
     positions: int
     steps: int
-    policy_loss: float
-    value_loss: float
+    policy_loss: float | None  # None when no step was taken (the initial network)
+    value_loss: float | None
     created_at: float
     train_job: str
 
@@ -96,8 +99,11 @@ class BestPointer(Wire, frozen=True, tag="conclave.best.v1"):
     reason: str = ""
 
 
+ModelEventKind = Literal["candidate", "promoted", "rejected"]
+
+
 class ModelEvent(Wire, frozen=True, tag="conclave.model_event.v1"):
-    kind: Literal["candidate", "promoted", "rejected"]
+    kind: ModelEventKind
     game: str
     generation: int
     sha256: str
@@ -139,3 +145,8 @@ WIRE_MESSAGES: tuple[type[msgspec.Struct], ...] = (
     JobFailure,
     DeadLetter,
 )
+
+
+def job_group(job: SelfplayJob | TrainJob | EvalJob) -> str:
+    """The subject group of a job: its own `group`, else its game."""
+    return job.group or job.game

@@ -73,8 +73,18 @@ def kv_stream(bucket: str) -> str:
     return f"KV_{bucket}"
 
 
-def job_subject(kind: str) -> str:
-    return f"jobs.{kind}"
+def job_subject(kind: str, group: str) -> str:
+    """Jobs of a kind are grouped (e.g. per game, per match) so queues can be counted per group."""
+    return f"jobs.{kind}.{check_token(group, 'job group')}"
+
+
+def job_filter(kind: str) -> str:
+    return f"jobs.{kind}.>"
+
+
+def group_of(subject: str) -> str:
+    """The group token of a job, dead-letter or result subject."""
+    return subject.split(".", 2)[2]
 
 
 def job_consumer(kind: str) -> str:
@@ -82,8 +92,8 @@ def job_consumer(kind: str) -> str:
     return f"{kind}-workers"
 
 
-def dlq_subject(kind: str) -> str:
-    return f"dlq.{kind}"
+def dlq_subject(kind: str, group: str) -> str:
+    return f"dlq.{kind}.{check_token(group, 'job group')}"
 
 
 def max_deliveries_advisory(stream: str) -> str:
@@ -94,8 +104,8 @@ def games_subject(game: str) -> str:
     return f"games.{game if game == '*' else check_token(game, 'game')}"
 
 
-def results_subject(game: str) -> str:
-    return f"results.{game if game == '*' else check_token(game, 'game')}"
+def results_subject(game: str, group: str) -> str:
+    return f"results.{check_token(game, 'game')}.{check_token(group, 'job group')}"
 
 
 def model_event_subject(kind: str) -> str:
@@ -116,6 +126,11 @@ def best_key(game: str) -> str:
 
 def model_key(game: str, sha256: str) -> str:
     return f"{check_token(game, 'game')}.model.{sha256}"
+
+
+def trained_key(job_id: str) -> str:
+    """Registry key the trainer writes when a training job has produced its candidate."""
+    return f"trained.{check_token(job_id, 'job id')}"
 
 
 def loop_key(game: str) -> str:

@@ -26,6 +26,11 @@ def _nats_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _game_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--game", default="connect4", choices=["connect4", "tictactoe"])
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker process")
+
+
 def _lease_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lease-ttl", type=int, default=3, help="leader lease TTL, whole seconds")
     p.add_argument("--lease-renew", type=float, default=1.0, help="seconds between renewals")
@@ -46,20 +51,26 @@ def cmd_node(args: argparse.Namespace) -> int:
         replicas=args.replicas,
         log_dir=args.log_dir,
         log_level=args.log_level,
+        game=args.game,
+        cache_dir=str(Path(args.cache_dir).absolute()),
+        threads=args.threads,
     )
     return asyncio.run(launcher.node_main(opts))
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from services import launcher
+    from services import up
 
-    opts = launcher.UpOptions(
+    opts = up.UpOptions(
         data_dir=str(Path(args.data_dir).absolute()),
         nats_port=args.nats_port,
         no_train=args.no_train,
         lease=_lease(args),
+        game=args.game,
+        generations=args.generations,
+        threads=args.threads,
     )
-    return asyncio.run(launcher.up_main(opts))
+    return asyncio.run(up.up_main(opts))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -86,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--node-id", default=None, help="default: the host name")
     node.add_argument("--replicas", type=int, default=1, help="stream replicas (3 on a cluster)")
     node.add_argument("--log-dir", default=None, help="service logs here instead of stderr")
+    node.add_argument("--cache-dir", default="conclave-cache", help="verified model cache")
+    _game_options(node)
     _nats_option(node)
     _lease_options(node)
     node.set_defaults(handler=cmd_node)
@@ -94,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--nats-port", type=int, default=4222)
     up.add_argument("--data-dir", default=str(Path.cwd() / "conclave-data"))
     up.add_argument("--no-train", action="store_true", help="control plane only")
+    up.add_argument("--generations", type=int, default=None, help="stop after N promotions")
+    _game_options(up)
     _lease_options(up)
     up.set_defaults(handler=cmd_up)
 

@@ -9,25 +9,30 @@ import socket
 from pathlib import Path
 
 import msgspec
-from nats.aio.msg import Msg
 
-from schemas import names
-from schemas.codec import BadMessage, decode, encode
-from schemas.control import LeaderEvent
+from schemas.codec import encode
+from services.evaluator import EvaluatorConfig
 from services.heartbeat import HeartbeatConfig
 from services.leader import LeaderConfig
+from services.scheduler import SchedulerConfig
+from services.selfplay import SelfplayWorkerConfig
+from services.trainer import TrainerConfig
 from shared.bus import BusConfig
 from shared.lease import LeaseParams
-from shared.natsserver import NatsServer, ServerSpec
-from shared.service import ProcessConfig, connect_until
+from shared.presets import Preset, preset
+from shared.service import ProcessConfig
 from shared.supervisor import Child, ChildSpec, Limits, python_module_argv
 
 log = logging.getLogger("conclave.launcher")
 
 # Services each role runs; every node also runs `heartbeat`.
 ROLE_SERVICES: dict[str, tuple[str, ...]] = {
-    "coordinator": ("leader",),
+    "coordinator": ("leader", "scheduler"),
+    "selfplay": ("selfplay",),
+    "trainer": ("trainer",),
+    "evaluator": ("evaluator",),
 }
+CONTROL_ROLES = ("coordinator",)
 ALL_ROLES = tuple(ROLE_SERVICES)
 
 
@@ -46,6 +51,9 @@ class NodeOptions(msgspec.Struct, frozen=True):
     replicas: int = 1
     log_dir: str | None = None
     log_level: str = "info"
+    game: str = "connect4"
+    cache_dir: str = "conclave-cache"
+    threads: int = 1
 
 
 def parse_roles(text: str) -> list[str]:
@@ -74,6 +82,23 @@ def service_config(service: str, opts: NodeOptions) -> msgspec.Struct:
         return HeartbeatConfig(opts.node_id, opts.roles, services_for(opts.roles))
     if service == "leader":
         return LeaderConfig(opts.node_id, opts.lease)
+    return loop_service_config(service, opts, preset(opts.game))
+
+
+def loop_service_config(service: str, opts: NodeOptions, p: Preset) -> msgspec.Struct:
+    cache = str(Path(opts.cache_dir) / opts.node_id / service)
+    if service == "scheduler":
+        return SchedulerConfig(opts.node_id, loop=p.loop, effects=p.effects)
+    if service == "selfplay":
+        return SelfplayWorkerConfig(
+            opts.node_id, cache, opts.threads, concurrent_games=p.selfplay_concurrency
+        )
+    if service == "trainer":
+        return TrainerConfig(
+            opts.node_id, cache, opts.threads, p.window_games, p.max_reuse, p.net, p.train
+        )
+    if service == "evaluator":
+        return EvaluatorConfig(opts.node_id, cache, opts.threads)
     raise UnknownRole(f"no configuration for service {service!r}")
 
 
@@ -126,64 +151,3 @@ async def node_main(opts: NodeOptions) -> int:
     print(f"node {opts.node_id}: roles {roles}; NATS {urls}", flush=True)
     await run_node(opts, stop)
     return 0
-
-
-class UpOptions(msgspec.Struct, frozen=True):
-    data_dir: str
-    nats_port: int = 4222
-    no_train: bool = False
-    node_id: str = "local"
-    lease: LeaseParams = LeaseParams()
-
-
-async def up_main(opts: UpOptions) -> int:
-    """Start the embedded NATS server and one node with every role; stop all on Ctrl-C/SIGTERM."""
-    stop = asyncio.Event()
-    stop_on_signals(stop)
-    data = Path(opts.data_dir)
-    server = NatsServer(ServerSpec("conclave", data / "nats", port=opts.nats_port))
-    await asyncio.to_thread(server.start)
-    try:
-        node = NodeOptions(
-            node_id=opts.node_id,
-            roles=list(ALL_ROLES),
-            nats_urls=[server.url],
-            lease=opts.lease,
-            log_dir=str(data / "logs"),
-        )
-        _print_where(server, data, opts)
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(_print_leader_events(server.url, stop), name="leader-events")
-            await run_node(node, stop)
-    finally:
-        await asyncio.to_thread(server.stop)
-    print("conclave stopped")
-    return 0
-
-
-def _print_where(server: NatsServer, data: Path, opts: UpOptions) -> None:
-    print(f"conclave up: NATS {server.url} (monitor {server.monitor_url})", flush=True)
-    print(f"  data {data}; service logs {data / 'logs'}", flush=True)
-    print(f"  status: conclave status --nats {server.url}", flush=True)
-    if not opts.no_train:
-        print("  training loop: not built yet; running the control plane only", flush=True)
-
-
-async def _print_leader_events(url: str, stop: asyncio.Event) -> None:
-    bus = await connect_until(BusConfig(servers=[url], name="up-console"), stop)
-    if bus is None:
-        return
-
-    async def show(msg: Msg) -> None:
-        try:
-            event = decode(msg.data, LeaderEvent, subject=msg.subject)
-        except BadMessage as e:
-            log.warning("%s", e)
-            return
-        print(
-            f"leader {event.kind}: node {event.node}, term {event.term} {event.reason}", flush=True
-        )
-
-    await bus.subscribe(names.leader_event_subject("*"), show)
-    await stop.wait()
-    await bus.close()

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -17,6 +16,7 @@ from schemas.control import LeaderEvent, LeaderEventKind, LeaderValidity, Lease
 from shared import lease
 from shared.bus import Bus, BusError, CasFailed, Entry, Unavailable
 from shared.lease import Held, LeaseParams, Observed
+from shared.leasewatch import KeyChanges
 from shared.service import main as service_main
 from shared.service import wait_or_stop
 
@@ -144,40 +144,6 @@ async def _quietly(op: object) -> None:
         await op  # type: ignore[misc]
     except BusError as e:
         log.warning("not published: %s", e)
-
-
-class KeyChanges:
-    """Wakes a waiter when the lease key changes; a lost watch only delays it to its deadline."""
-
-    def __init__(self) -> None:
-        self.changed = asyncio.Event()
-
-    async def follow(self, bus: Bus) -> None:
-        while True:
-            try:
-                async with bus.watch(names.ELECTION_BUCKET, names.LEADER_KEY) as watcher:
-                    async for _ in watcher:
-                        self.changed.set()
-            except BusError as e:
-                log.warning("lease watch lost: %s", e)
-            await asyncio.sleep(RETRY_S)
-
-    async def wait(self, stop: asyncio.Event, until: float) -> None:
-        try:
-            async with asyncio.timeout(max(0.0, until - time.monotonic())):
-                await _first(stop.wait(), self.changed.wait())
-        except TimeoutError:
-            pass
-        self.changed.clear()
-
-
-async def _first(*waits: Awaitable[object]) -> None:
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
 
 
 async def run(bus: Bus, cfg: LeaderConfig, stop: asyncio.Event) -> None:

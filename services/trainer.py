@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -149,7 +150,8 @@ class Trainer:
         net, report = await loop.run_in_executor(
             self.train_pool, self._train, game, parent, window, job.steps
         )
-        if report.steps == 0:
+        # Generation 0 may start with no games: it is the untrained initial network.
+        if report.steps == 0 and job.parent_sha256:
             raise ValueError(f"no positions to train on for {job.game} (window empty)")
         data = await loop.run_in_executor(
             self.train_pool, checkpoint_bytes, net, job.game, job.generation
@@ -172,6 +174,7 @@ class Trainer:
             job.job_id,
         )
         await self.bus.write(names.REGISTRY_BUCKET, names.model_key(job.game, digest), encode(meta))
+        await self.bus.write(names.REGISTRY_BUCKET, names.trained_key(job.job_id), encode(meta))
         event = ModelEvent("candidate", job.game, job.generation, digest, time.time())
         await self.bus.publish_durable(names.model_event_subject("candidate"), encode(event))
         return meta
@@ -185,6 +188,10 @@ class Trainer:
         net = load_checkpoint(parent, game.name).net if parent else new_net(game, self.cfg.net)
         report = train(net, game, window, steps, self.cfg.train, np.random.default_rng())
         return net, report
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 async def run(bus: Bus, cfg: TrainerConfig, stop: asyncio.Event) -> None:

@@ -17,7 +17,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import RawStreamMsg, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, RawStreamMsg, StorageType, StreamConfig
 from nats.js.kv import KeyValue
 
 import nats
@@ -255,6 +255,28 @@ class Bus:
         finally:
             with suppress(TimeoutError, nats.errors.Error):
                 await watcher.stop()  # type: ignore[no-untyped-call]
+
+    async def subject_counts(self, stream: str, subjects: str) -> dict[str, int]:
+        """Messages per subject matching `subjects` (a filter with wildcards) in `stream`."""
+        with translated(f"count {subjects}"):
+            info = await self.js.stream_info(stream, subjects_filter=subjects)
+        return dict(info.state.subjects or {})
+
+    async def read_all(self, stream: str, subject: str, batch: int = 256) -> list[Msg]:
+        """Every message stored on `subject` (a filter), oldest first; no durable consumer."""
+        total = sum((await self.subject_counts(stream, subject)).values())
+        if total == 0:
+            return []
+        config = ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=30.0)
+        msgs: list[Msg] = []
+        with translated(f"read {subject}"):
+            sub = await self.js.pull_subscribe(subject, stream=stream, config=config)
+            try:
+                while len(msgs) < total:
+                    msgs += await sub.fetch(min(batch, total - len(msgs)), timeout=5)
+            finally:
+                await sub.unsubscribe()
+        return msgs
 
     # -- messages ------------------------------------------------------------------------------
 

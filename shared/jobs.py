@@ -18,7 +18,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from schemas import names
 from schemas.codec import BadMessage, decode, encode
-from schemas.jobs import DeadLetter, EvalJob, JobFailure, SelfplayJob, TrainJob
+from schemas.jobs import DeadLetter, EvalJob, JobFailure, SelfplayJob, TrainJob, job_group
 from shared.bus import Bus, BusError, translated
 
 log = logging.getLogger("conclave.jobs")
@@ -41,7 +41,7 @@ class JobSettings(msgspec.Struct, frozen=True):
 async def ensure_consumer(bus: Bus, kind: str, settings: JobSettings) -> None:
     config = ConsumerConfig(
         durable_name=names.job_consumer(kind),
-        filter_subject=names.job_subject(kind),
+        filter_subject=names.job_filter(kind),
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=settings.ack_wait_s,
         max_deliver=settings.max_deliver,
@@ -59,10 +59,9 @@ async def submit(
     Returns False when JetStream recognised it as a duplicate.
     """
     msg_id = f"{job.job_id}-a{attempt}"
+    subject = names.job_subject(kind, job_group(job))
     with translated(f"submit {kind} job"):
-        ack = await bus.js.publish(
-            names.job_subject(kind), encode(job), headers={"Nats-Msg-Id": msg_id}
-        )
+        ack = await bus.js.publish(subject, encode(job), headers={"Nats-Msg-Id": msg_id})
     return not ack.duplicate
 
 
@@ -160,7 +159,9 @@ async def dead_letter_now(bus: Bus, kind: str, msg: Msg, reason: str) -> None:
         kind, "", int(meta.sequence.stream), int(meta.num_delivered), reason, msg.data, time.time()
     )
     await bus.publish_durable(
-        names.dlq_subject(kind), encode(letter), msg_id=f"dlq-{meta.sequence.stream}"
+        names.dlq_subject(kind, names.group_of(msg.subject)),
+        encode(letter),
+        msg_id=f"dlq-{meta.sequence.stream}",
     )
     with translated("terminate job"):
         await msg.term()
@@ -195,7 +196,9 @@ async def dead_letter_exhausted(bus: Bus, advisory: MaxDeliveries) -> DeadLetter
         kind, job_id, advisory.stream_seq, advisory.deliveries, reason, data, time.time()
     )
     await bus.publish_durable(
-        names.dlq_subject(kind), encode(letter), msg_id=f"dlq-{advisory.stream_seq}"
+        names.dlq_subject(kind, names.group_of(raw.subject or "dlq.x.unknown")),
+        encode(letter),
+        msg_id=f"dlq-{advisory.stream_seq}",
     )
     with translated("remove exhausted job"), suppress(nats.js.errors.NotFoundError):
         await bus.js.delete_msg(names.JOBS_STREAM, advisory.stream_seq)
@@ -225,3 +228,33 @@ async def last_failure(bus: Bus, job_id: str) -> str:
     except BadMessage as e:
         return f"unreadable failure report: {e}"
     return f"{failure.reason} (delivery {failure.delivery} on {failure.node})"
+
+
+async def handle_dead_letters(bus: Bus, stop: asyncio.Event) -> None:
+    """Move every job the server gave up on to the DLQ; advisories wait in a stream meanwhile."""
+    with translated("bind dead-letter consumer"):
+        sub = await bus.js.pull_subscribe(
+            names.max_deliveries_advisory(names.JOBS_STREAM),
+            durable="dead-letters",
+            stream=names.ADVISORIES_STREAM,
+        )
+    while not stop.is_set():
+        try:
+            msgs = await sub.fetch(16, timeout=2.0)
+        except (TimeoutError, nats.errors.TimeoutError):
+            continue
+        for msg in msgs:
+            await _dead_letter_one(bus, msg)
+
+
+async def _dead_letter_one(bus: Bus, msg: Msg) -> None:
+    try:
+        advisory = msgspec.json.decode(msg.data, type=MaxDeliveries)
+    except msgspec.DecodeError as e:
+        log.error("unreadable advisory: %s", e)
+    else:
+        letter = await dead_letter_exhausted(bus, advisory)
+        if letter is not None:
+            log.error("dead-lettered %s job %s: %s", letter.kind, letter.job_id, letter.reason)
+    with translated("ack advisory"):
+        await msg.ack_sync()

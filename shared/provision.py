@@ -41,11 +41,11 @@ def streams() -> list[StreamConfig]:
         ),
         StreamConfig(
             name=names.JOBS_STREAM,
-            subjects=[names.job_subject("*")],
+            subjects=["jobs.>"],
             retention=RetentionPolicy.WORK_QUEUE,
             duplicate_window=120,
         ),
-        StreamConfig(name=names.DLQ_STREAM, subjects=[names.dlq_subject("*")], max_age=30 * DAY),
+        StreamConfig(name=names.DLQ_STREAM, subjects=["dlq.>"], max_age=30 * DAY),
         StreamConfig(
             name=names.ADVISORIES_STREAM,
             subjects=[names.max_deliveries_advisory(names.JOBS_STREAM)],
@@ -57,7 +57,7 @@ def streams() -> list[StreamConfig]:
             max_bytes=8 * 1024**3,
             duplicate_window=300,
         ),
-        StreamConfig(name=names.RESULTS_STREAM, subjects=[names.results_subject("*")]),
+        StreamConfig(name=names.RESULTS_STREAM, subjects=["results.>"]),
     ]
 
 

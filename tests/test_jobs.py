@@ -75,7 +75,9 @@ async def test_exhausted_job_moves_to_the_dlq_with_the_workers_reason(queue: Bus
     advisory = msgspec.json.decode(msg.data, type=MaxDeliveries)
     letter = await dead_letter_exhausted(queue, advisory)
     assert letter is not None and letter.job_id == "sp-3" and "boom 1" in letter.reason
-    stored = await queue.js.get_msg(names.DLQ_STREAM, subject=names.dlq_subject("selfplay"))
+    stored = await queue.js.get_msg(
+        names.DLQ_STREAM, subject=names.dlq_subject("selfplay", "tictactoe")
+    )
     assert decode(stored.data or b"", DeadLetter).job_id == "sp-3"
     assert (await queue.js.stream_info(names.JOBS_STREAM)).state.messages == 0
     assert await dead_letter_exhausted(queue, advisory) is None, "handling twice is harmless"
@@ -83,11 +85,14 @@ async def test_exhausted_job_moves_to_the_dlq_with_the_workers_reason(queue: Bus
 
 async def test_a_malformed_job_is_dead_lettered_at_once_naming_the_field(queue: Bus) -> None:
     await queue.js.publish(
-        names.job_subject("selfplay"), b'{"type":"conclave.job.selfplay.v1","games":"x"}'
+        names.job_subject("selfplay", "tictactoe"),
+        b'{"type":"conclave.job.selfplay.v1","games":"x"}',
     )
     puller = Puller(queue, "selfplay", SelfplayJob)
     assert await puller.next(2) is None
-    stored = await queue.js.get_msg(names.DLQ_STREAM, subject=names.dlq_subject("selfplay"))
+    stored = await queue.js.get_msg(
+        names.DLQ_STREAM, subject=names.dlq_subject("selfplay", "tictactoe")
+    )
     letter = decode(stored.data or b"", DeadLetter)
     assert "bad job" in letter.reason and "$." in letter.reason
     await asyncio.sleep(1.5)

@@ -19,7 +19,9 @@ from shared.natsserver import (
 
 def test_rendered_configs_pass_the_servers_own_check(tmp_path: Path) -> None:
     single = ServerSpec("s", tmp_path / "s").config(leaf_port=7422)
-    cluster = ServerSpec("c", tmp_path / "c", cluster_port=6222, routes=("h1:6222", "h2:6222")).config()
+    cluster = ServerSpec(
+        "c", tmp_path / "c", cluster_port=6222, routes=("h1:6222", "h2:6222")
+    ).config()
     leaf = render(
         "leaf",
         server_name="edge",

@@ -1,0 +1,168 @@
+"""The `conclave up` console: leader and model events as they happen, and a progress line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import msgspec
+from nats.aio.msg import Msg
+
+from schemas import names
+from schemas.codec import BadMessage, decode
+from schemas.control import LeaderEvent
+from schemas.jobs import ModelEvent, ModelMeta
+from services.scheduler import STATE_KEY, LoopRecord
+from shared.bus import Bus, BusConfig, BusError
+from shared.fencing import read_termed
+from shared.models import ModelStore
+from shared.observe import count, train_job_id
+from shared.ratingjobs import game_ratings
+from shared.ratings import Rating
+from shared.service import connect_until, wait_or_stop
+
+log = logging.getLogger("conclave.console")
+
+
+class Console:
+    def __init__(
+        self, url: str, data: Path, game: str, generations: int | None, every_s: float
+    ) -> None:
+        self.url, self.data, self.game = url, data, game
+        self.generations, self.every_s = generations, every_s
+        self.last_decision = "-"
+        self.started = time.monotonic()
+        self.done = False
+
+    async def run(self, stop: asyncio.Event, training: bool) -> None:
+        bus = await connect_until(BusConfig(servers=[self.url], name="up-console"), stop)
+        if bus is None:
+            return
+        try:
+            await bus.subscribe(names.leader_event_subject("*"), self._leader_event)
+            if training:
+                await bus.subscribe(names.model_event_subject("*"), self._model_handler(bus, stop))
+                await self._progress(bus, stop)
+                await self._write_ratings(bus)
+            else:
+                await stop.wait()
+        finally:
+            await bus.close()
+
+    async def _leader_event(self, msg: Msg) -> None:
+        try:
+            event = decode(msg.data, LeaderEvent, subject=msg.subject)
+        except BadMessage as e:
+            log.warning("%s", e)
+            return
+        _say(f"leader {event.kind}: node {event.node}, term {event.term} {event.reason}")
+
+    def _model_handler(self, bus: Bus, stop: asyncio.Event) -> Callable[[Msg], Awaitable[None]]:
+        async def on_event(msg: Msg) -> None:
+            try:
+                event = decode(msg.data, ModelEvent, subject=msg.subject)
+            except BadMessage as e:
+                log.warning("%s", e)
+                return
+            if event.game != self.game:
+                return
+            if event.kind != "candidate":
+                self.last_decision = f"gen {event.generation} {event.kind}"
+            _say(
+                f"{event.game} generation {event.generation} {event.kind} "
+                f"({event.sha256[:12]}) {event.detail}"
+            )
+            if event.kind == "promoted":
+                await self._save_checkpoint(bus, event)
+                if self.generations is not None and event.generation >= self.generations:
+                    self.done = True
+                    stop.set()
+
+        return on_event
+
+    async def _save_checkpoint(self, bus: Bus, event: ModelEvent) -> None:
+        run = self.data / "run" / event.game
+        try:
+            blob = await ModelStore(bus, self.data / "cache" / "console").read(event.sha256)
+        except BusError as e:
+            log.warning("checkpoint %s not saved: %s", event.sha256[:12], e)
+            return
+        path = run / f"gen{event.generation:03d}-{event.sha256[:12]}.ckpt"
+        await asyncio.to_thread(_write, path, blob)
+
+    async def _progress(self, bus: Bus, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            if await wait_or_stop(stop, self.every_s):
+                break
+            try:
+                _say(await self.progress_line(bus))
+            except (BusError, BadMessage) as e:
+                log.warning("progress not read: %s", e)
+
+    async def progress_line(self, bus: Bus) -> str:
+        record, _ = await read_termed(bus, names.LOOP_BUCKET, STATE_KEY, LoopRecord)
+        state = record.state.game(self.game) if record else None
+        games = await count(bus, names.GAMES_STREAM, names.games_subject(self.game))
+        loss = await self._last_loss(bus, state.trainings if state else 0)
+        ratings, _ = await game_ratings(bus, self.game)
+        generation = state.generation if state else -1
+        elo = _elo(ratings.get(f"gen{generation}"))
+        minutes = (time.monotonic() - self.started) / 60
+        return (
+            f"[{minutes:5.1f} min] {self.game}: generation {generation}, {games} games, "
+            f"loss {loss}, last decision {self.last_decision}, best Elo {elo}"
+        )
+
+    async def _last_loss(self, bus: Bus, trainings: int) -> str:
+        if trainings < 1:
+            return "-"
+        for training in (trainings, trainings - 1):
+            key = names.trained_key(train_job_id(self.game, training))
+            entry = await bus.last(names.REGISTRY_BUCKET, key)
+            if entry.value is not None:
+                meta = decode(entry.value, ModelMeta, subject=key)
+                if meta.policy_loss is None or meta.value_loss is None:
+                    continue
+                return f"{meta.policy_loss:.3f}+{meta.value_loss:.3f}"
+        return "-"
+
+    async def _write_ratings(self, bus: Bus) -> None:
+        try:
+            ratings, _ = await game_ratings(bus, self.game)
+        except BusError as e:
+            log.warning("ratings not written: %s", e)
+            return
+        table = ratings_markdown(ratings)
+        path = self.data / "run" / self.game / "ratings.md"
+        await asyncio.to_thread(_write, path, table.encode())
+        await asyncio.to_thread(
+            _write, path.with_suffix(".json"), msgspec.json.format(msgspec.json.encode(ratings))
+        )
+        _say(f"ratings table: {path}\n{table}")
+
+
+def ratings_markdown(ratings: dict[str, Rating]) -> str:
+    rows = sorted(ratings.items(), key=lambda kv: -kv[1].elo)
+    lines = ["| player | Elo | 95% interval | games |", "|---|---:|---|---:|"]
+    lines += [
+        f"| {name} | {r.elo:+.0f} | [{r.lo:+.0f}, {r.hi:+.0f}] | {r.games} |" for name, r in rows
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _elo(rating: Rating | None) -> str:
+    if rating is None:
+        return "-"
+    return f"{rating.elo:+.0f} ± {(rating.hi - rating.lo) / 2:.0f}"
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)

@@ -1,0 +1,65 @@
+"""`conclave up`: an embedded NATS server plus one node with every role, with live progress."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+
+from services.console import Console
+from services.launcher import ALL_ROLES, CONTROL_ROLES, NodeOptions, run_node, stop_on_signals
+from shared.lease import LeaseParams
+from shared.natsserver import NatsServer, ServerSpec
+
+
+class UpOptions(msgspec.Struct, frozen=True):
+    data_dir: str
+    nats_port: int = 4222
+    no_train: bool = False
+    node_id: str = "local"
+    lease: LeaseParams = LeaseParams()
+    game: str = "connect4"
+    generations: int | None = None
+    threads: int = 1
+    progress_every_s: float = 10.0
+
+
+async def up_main(opts: UpOptions) -> int:
+    """Run until Ctrl-C, SIGTERM, or `generations` promotions; then stop everything."""
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    data = Path(opts.data_dir)
+    server = NatsServer(ServerSpec("conclave", data / "nats", port=opts.nats_port))
+    await asyncio.to_thread(server.start)
+    try:
+        node = NodeOptions(
+            node_id=opts.node_id,
+            roles=list(CONTROL_ROLES if opts.no_train else ALL_ROLES),
+            nats_urls=[server.url],
+            lease=opts.lease,
+            log_dir=str(data / "logs"),
+            game=opts.game,
+            cache_dir=str(data / "cache"),
+            threads=opts.threads,
+        )
+        _print_where(server, data, opts)
+        console = Console(server.url, data, opts.game, opts.generations, opts.progress_every_s)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(console.run(stop, training=not opts.no_train), name="console")
+            await run_node(node, stop)
+    finally:
+        await asyncio.to_thread(server.stop)
+    print("conclave stopped", flush=True)
+    return 0
+
+
+def _print_where(server: NatsServer, data: Path, opts: UpOptions) -> None:
+    print(f"conclave up: NATS {server.url} (monitor {server.monitor_url})", flush=True)
+    print(f"  data {data}; service logs {data / 'logs'}", flush=True)
+    print(f"  status: conclave status --nats {server.url}", flush=True)
+    if opts.no_train:
+        print("  control plane only (--no-train)", flush=True)
+    else:
+        until = f" for {opts.generations} generations" if opts.generations else ""
+        print(f"  training {opts.game}{until}; checkpoints in {data / 'run'}", flush=True)

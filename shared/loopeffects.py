@@ -1,0 +1,190 @@
+"""Carrying out the master loop's actions: jobs, the best-model pointer, model events.
+
+Every effect is idempotent, because a leader may die between acting and recording: job ids are
+derived from the loop state (so JetStream drops a re-submission), and the best pointer only ever
+moves forward by compare-and-set, stamped with the promoting term.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+import msgspec
+
+from schemas import names
+from schemas.codec import encode
+from schemas.jobs import (
+    BestPointer,
+    EvalJob,
+    ModelEvent,
+    ModelEventKind,
+    PlayerSpec,
+    SelfplayJob,
+    TrainJob,
+)
+from shared.bus import Bus
+from shared.fencing import StaleTerm, cas_put, read_termed
+from shared.jobs import submit
+from shared.observe import match_group, train_group, train_job_id
+from shared.policy import (
+    AbandonTraining,
+    Action,
+    EnqueueSelfplay,
+    LoopConfig,
+    LoopState,
+    Promote,
+    Reject,
+    StartMatch,
+    StartTraining,
+)
+from shared.sprt import SprtResult
+
+log = logging.getLogger("conclave.effects")
+
+
+class EffectSettings(msgspec.Struct, frozen=True):
+    selfplay_sims: int = 64
+    eval_sims: int = 64
+    train_steps: int = 400
+    window_games: int = 20000
+    gauntlet: tuple[str, ...] = ("random", "onestep", "mcts:200")
+    gauntlet_games: int = 20
+
+
+def model_name(generation: int) -> str:
+    return f"gen{generation}"
+
+
+class Effects:
+    def __init__(self, bus: Bus, loop: LoopConfig, settings: EffectSettings, term: int) -> None:
+        self.bus, self.loop, self.settings, self.term = bus, loop, settings, term
+
+    async def carry_out(self, action: Action, state: LoopState) -> None:
+        game = state.game(action.game)
+        match action:
+            case EnqueueSelfplay():
+                await self.selfplay(action, game.generation)
+            case StartTraining():
+                await self.train(action, game.best)
+            case StartMatch():
+                first_job = game.match_games // self.loop.eval_games_per_job
+                if game.pending_eval != action.candidate:
+                    first_job = 0
+                await self.match(action, game.generation, game.trainings, first_job)
+            case Promote():
+                await self.promote(action)
+            case Reject():
+                await self.event(
+                    "rejected",
+                    action.game,
+                    action.generation,
+                    action.candidate,
+                    _sprt_detail(action.result),
+                )
+            case AbandonTraining():
+                log.warning(
+                    "training %d of %s dead-lettered; retrying", action.training, action.game
+                )
+
+    async def selfplay(self, action: EnqueueSelfplay, generation: int) -> None:
+        for _ in range(action.jobs):
+            job_id = f"{action.game}-sp-{uuid.uuid4().hex[:12]}"
+            job = SelfplayJob(
+                job_id,
+                action.game,
+                action.model,
+                generation,
+                action.games_per_job,
+                self.settings.selfplay_sims,
+                self.term,
+            )
+            await submit(self.bus, "selfplay", job)
+
+    async def train(self, action: StartTraining, parent: str | None) -> None:
+        job = TrainJob(
+            train_job_id(action.game, action.training),
+            action.game,
+            action.generation,
+            parent or "",
+            self.settings.window_games,
+            self.settings.train_steps,
+            self.term,
+            group=train_group(action.game, action.training),
+        )
+        await submit(self.bus, "train", job)
+
+    async def match(self, action: StartMatch, generation: int, training: int, first: int) -> None:
+        group = match_group(action.game, training)
+        a = PlayerSpec(model_name(generation + 1), action.candidate, sims=self.settings.eval_sims)
+        b = PlayerSpec(model_name(generation), action.best, sims=self.settings.eval_sims)
+        per_job = self.loop.eval_games_per_job
+        for k in range(first, first + action.games // per_job):
+            job = EvalJob(
+                f"{group}-{k}",
+                action.game,
+                "match",
+                a,
+                b,
+                per_job,
+                self.term,
+                seed=k + 1,
+                group=group,
+            )
+            await submit(self.bus, "eval", job)
+
+    async def promote(self, action: Promote) -> None:
+        key = names.best_key(action.game)
+        current, revision = await read_termed(self.bus, names.REGISTRY_BUCKET, key, BestPointer)
+        if current is not None and current.term > self.term:
+            raise StaleTerm(f"best pointer of {action.game} moved by term {current.term}")
+        if current is None or current.generation < action.generation:
+            detail = _sprt_detail(action.result) if action.result else "first network, ungated"
+            pointer = BestPointer(
+                action.game, action.generation, action.candidate, self.term, time.time(), detail
+            )
+            await cas_put(self.bus, names.REGISTRY_BUCKET, key, pointer, revision)
+        await self.event(
+            "promoted",
+            action.game,
+            action.generation,
+            action.candidate,
+            _sprt_detail(action.result) if action.result else "ungated",
+        )
+        await self.gauntlet(action)
+
+    async def gauntlet(self, action: Promote) -> None:
+        group = f"{action.game}-g{action.generation}"
+        me = PlayerSpec(
+            model_name(action.generation), action.candidate, sims=self.settings.eval_sims
+        )
+        for k, agent in enumerate(self.settings.gauntlet):
+            job = EvalJob(
+                f"{group}-{k}",
+                action.game,
+                "gauntlet",
+                me,
+                PlayerSpec(agent, agent=agent),
+                self.settings.gauntlet_games,
+                self.term,
+                seed=k + 1,
+                group=group,
+            )
+            await submit(self.bus, "eval", job)
+
+    async def event(
+        self, kind: ModelEventKind, game: str, generation: int, sha: str, detail: str
+    ) -> None:
+        event = ModelEvent(kind, game, generation, sha, time.time(), detail)
+        await self.bus.publish_durable(names.model_event_subject(kind), encode(event))
+        log.info("generation %d of %s %s: %s", generation, game, kind, detail)
+
+
+def _sprt_detail(r: SprtResult | None) -> str:
+    if r is None:
+        return ""
+    return (
+        f"{r.games} games, elo {r.elo:+.0f} [{r.elo_lo:+.0f}, {r.elo_hi:+.0f}], "
+        f"llr {r.llr:.2f} in [{r.lower:.2f}, {r.upper:.2f}] -> {r.decision}"
+    )

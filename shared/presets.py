@@ -1,0 +1,67 @@
+"""Per-game settings for the whole loop, sized for a small machine."""
+
+from __future__ import annotations
+
+import msgspec
+
+from shared.loopeffects import EffectSettings
+from shared.net import NetConfig
+from shared.policy import LoopConfig
+from shared.sprt import SprtConfig
+from shared.training import TrainSettings
+
+
+class Preset(msgspec.Struct, frozen=True):
+    loop: LoopConfig
+    effects: EffectSettings
+    net: NetConfig
+    train: TrainSettings
+    window_games: int
+    max_reuse: int
+    selfplay_concurrency: int
+
+
+TICTACTOE = Preset(
+    loop=LoopConfig(
+        games=("tictactoe",),
+        games_per_generation=400,
+        selfplay_games_per_job=100,
+        eval_games_per_job=20,
+        sprt=SprtConfig(max_games=200),
+    ),
+    effects=EffectSettings(
+        selfplay_sims=32, eval_sims=32, train_steps=300, window_games=4000, gauntlet_games=20
+    ),
+    net=NetConfig(blocks=2, channels=32, value_hidden=32),
+    train=TrainSettings(batch_size=128),
+    window_games=4000,
+    max_reuse=8,
+    selfplay_concurrency=64,
+)
+
+CONNECT4 = Preset(
+    loop=LoopConfig(
+        games=("connect4",),
+        games_per_generation=600,
+        selfplay_games_per_job=32,
+        eval_games_per_job=20,
+        sprt=SprtConfig(max_games=200),
+    ),
+    effects=EffectSettings(
+        selfplay_sims=64, eval_sims=64, train_steps=600, window_games=6000, gauntlet_games=40
+    ),
+    net=NetConfig(),
+    train=TrainSettings(batch_size=256),
+    window_games=6000,
+    max_reuse=8,
+    selfplay_concurrency=32,
+)
+
+PRESETS = {"tictactoe": TICTACTOE, "connect4": CONNECT4}
+
+
+def preset(game: str) -> Preset:
+    try:
+        return PRESETS[game]
+    except KeyError:
+        raise ValueError(f"no preset for game {game!r}; known: {', '.join(PRESETS)}") from None

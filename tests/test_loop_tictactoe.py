@@ -1,0 +1,104 @@
+"""Acceptance: the whole loop as separate processes learns tic-tac-toe to perfect play.
+
+`conclave up --game tictactoe` runs NATS and every service (leader, scheduler, selfplay, trainer,
+evaluator) as supervised processes. Perfect play: at every position reachable with the best model
+to move (as either side, against every reply), its move keeps the game-theoretic value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from schemas import names
+from schemas.codec import decode
+from schemas.jobs import BestPointer
+from shared.bus import Bus, BusConfig, BusError
+from shared.games import get_game
+from shared.models import ModelStore
+from shared.natsserver import free_port
+from shared.presets import TICTACTOE
+from shared.search.agent import checkpoint_agent
+from shared.solver.small import PerfectPlayReport, check_perfect_play
+from tests.conftest import Processes
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+LIMIT_S = 600.0
+
+
+async def best_pointer(bus: Bus) -> BestPointer | None:
+    entry = await bus.last(names.REGISTRY_BUCKET, names.best_key("tictactoe"))
+    return decode(entry.value, BestPointer) if entry.value else None
+
+
+def perfect_play(path: Path) -> PerfectPlayReport:
+    game = get_game("tictactoe")
+    agent = checkpoint_agent(game, path, TICTACTOE.effects.eval_sims)
+    rng = np.random.default_rng(0)
+    return check_perfect_play(game, lambda state: agent.choose(game, state, rng))
+
+
+async def test_tictactoe_reaches_perfect_play_within_ten_minutes(
+    processes: Processes, tmp_path: Path
+) -> None:
+    port = free_port()
+    up = processes.spawn(
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "up",
+            "--game",
+            "tictactoe",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--nats-port",
+            str(port),
+        ],
+        tmp_path / "up.out",
+    )
+    started = time.monotonic()
+    bus = await _connect(f"nats://127.0.0.1:{port}")
+    store = ModelStore(bus, tmp_path / "check-cache")
+    checked: dict[str, PerfectPlayReport] = {}
+    try:
+        while time.monotonic() - started < LIMIT_S:
+            pointer = await best_pointer(bus)
+            if pointer is not None and pointer.sha256 not in checked:
+                report = perfect_play(await store.path(pointer.sha256))
+                checked[pointer.sha256] = report
+                print(
+                    f"{time.monotonic() - started:.0f}s gen {pointer.generation}: "
+                    f"{len(report.mistakes)} mistakes in {report.positions} positions"
+                )
+                if report.perfect:
+                    break
+            await asyncio.sleep(5)
+    finally:
+        await bus.close()
+        up.send_signal(signal.SIGTERM)
+        up.wait(60)
+    elapsed = time.monotonic() - started
+    assert any(r.perfect for r in checked.values()), (
+        f"no perfect model in {elapsed:.0f}s: {[len(r.mistakes) for r in checked.values()]}"
+    )
+    assert elapsed < LIMIT_S
+
+
+async def _connect(url: str) -> Bus:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return await Bus.connect(
+                BusConfig(servers=[url], name="loop-test", connect_timeout_s=2)
+            )
+        except BusError:
+            if time.monotonic() > deadline:
+                raise
