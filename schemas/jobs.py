@@ -26,7 +26,7 @@ class SelfplayJob(Wire, frozen=True, tag="conclave.job.selfplay.v1"):
     games: int
     sims: int
     term: int
-    group: str = ""  # default: the game
+    group: str = "sp"
 
 
 class TrainJob(Wire, frozen=True, tag="conclave.job.train.v1"):
@@ -37,7 +37,7 @@ class TrainJob(Wire, frozen=True, tag="conclave.job.train.v1"):
     window_games: int
     steps: int
     term: int
-    group: str = ""
+    group: str = "t"
 
 
 class EvalJob(Wire, frozen=True, tag="conclave.job.eval.v1"):
@@ -49,7 +49,7 @@ class EvalJob(Wire, frozen=True, tag="conclave.job.eval.v1"):
     games: int  # played in colour-swapped pairs
     term: int
     seed: int = 0
-    group: str = ""
+    group: str = "e"
 
 
 Job = SelfplayJob | TrainJob | EvalJob
@@ -148,5 +148,5 @@ WIRE_MESSAGES: tuple[type[msgspec.Struct], ...] = (
 
 
 def job_group(job: SelfplayJob | TrainJob | EvalJob) -> str:
-    """The subject group of a job: its own `group`, else its game."""
-    return job.group or job.game
+    """The subject group of a job within its game (e.g. "m3" for the third match)."""
+    return job.group

@@ -73,18 +73,19 @@ def kv_stream(bucket: str) -> str:
     return f"KV_{bucket}"
 
 
-def job_subject(kind: str, group: str) -> str:
-    """Jobs of a kind are grouped (e.g. per game, per match) so queues can be counted per group."""
-    return f"jobs.{kind}.{check_token(group, 'job group')}"
+def job_subject(kind: str, game: str, group: str) -> str:
+    """Jobs are filed by kind, game and group (e.g. a match) so queues can be counted by each."""
+    return f"jobs.{kind}.{check_token(game, 'game')}.{check_token(group, 'job group')}"
 
 
 def job_filter(kind: str) -> str:
     return f"jobs.{kind}.>"
 
 
-def group_of(subject: str) -> str:
-    """The group token of a job, dead-letter or result subject."""
-    return subject.split(".", 2)[2]
+def game_and_group(subject: str) -> tuple[str, str]:
+    """The last two tokens of a job or dead-letter subject: its game and group."""
+    *_, game, group = subject.split(".")
+    return game, group
 
 
 def job_consumer(kind: str) -> str:
@@ -92,8 +93,8 @@ def job_consumer(kind: str) -> str:
     return f"{kind}-workers"
 
 
-def dlq_subject(kind: str, group: str) -> str:
-    return f"dlq.{kind}.{check_token(group, 'job group')}"
+def dlq_subject(kind: str, game: str, group: str) -> str:
+    return f"dlq.{kind}.{check_token(game, 'game')}.{check_token(group, 'job group')}"
 
 
 def max_deliveries_advisory(stream: str) -> str:

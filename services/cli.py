@@ -79,6 +79,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     return asyncio.run(status_main(args.nats, args.json, args.watch))
 
 
+def cmd_ratings(args: argparse.Namespace) -> int:
+    from services.models_cli import ratings_main
+
+    return asyncio.run(ratings_main(args.nats, args.game, args.json))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from services.models_cli import export_main
+
+    return asyncio.run(export_main(args.nats, args.game, Path(args.out).absolute()))
+
+
 def cmd_schemas(args: argparse.Namespace) -> int:
     from schemas.export import export
 
@@ -118,6 +130,20 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--watch", type=float, default=None, metavar="SECONDS")
     status.set_defaults(handler=cmd_status)
 
+    ratings = sub.add_parser("ratings", help="Bradley-Terry ratings of models and baselines")
+    ratings.add_argument("--game", required=True)
+    ratings.add_argument("--json", action="store_true")
+    _nats_option(ratings)
+    ratings.set_defaults(handler=cmd_ratings)
+
+    models = sub.add_parser("models", help="the model registry")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    export = models_sub.add_parser("export", help="write the best checkpoint of a game to a file")
+    export.add_argument("--game", required=True)
+    export.add_argument("--out", required=True, help="directory")
+    _nats_option(export)
+    export.set_defaults(handler=cmd_export)
+
     schemas = sub.add_parser("schemas", help="export JSON Schema for every wire message")
     schemas.add_argument("--out", required=True)
     schemas.set_defaults(handler=cmd_schemas)
@@ -127,10 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_bestmove(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    try:
-        from shared import bestmove
-    except ImportError:
-        return
+    from shared import bestmove
+
     p = sub.add_parser("bestmove", help="choose moves for positions read from stdin")
     bestmove.add_arguments(p)
     p.set_defaults(handler=lambda a: bestmove.run(a, sys.stdin, sys.stdout))

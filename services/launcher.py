@@ -91,7 +91,11 @@ def loop_service_config(service: str, opts: NodeOptions, p: Preset) -> msgspec.S
         return SchedulerConfig(opts.node_id, loop=p.loop, effects=p.effects)
     if service == "selfplay":
         return SelfplayWorkerConfig(
-            opts.node_id, cache, opts.threads, concurrent_games=p.selfplay_concurrency
+            opts.node_id,
+            cache,
+            opts.threads,
+            concurrent_games=p.selfplay_concurrency,
+            engine=p.selfplay,
         )
     if service == "trainer":
         return TrainerConfig(

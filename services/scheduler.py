@@ -39,6 +39,28 @@ class LoopRecord(msgspec.Struct, frozen=True, tag_field="type", tag="conclave.lo
     state: LoopState
     updated_at: float
     ticks: int = 0
+    # Per game, (time, games so far) about once a minute for the last hour: games/hour in status.
+    game_counts: dict[str, list[tuple[float, int]]] = {}
+
+
+def sampled(
+    counts: dict[str, list[tuple[float, int]]], now: float, totals: dict[str, int]
+) -> dict[str, list[tuple[float, int]]]:
+    """Add a sample per game if the last is a minute old; keep the last hour (61 samples)."""
+    out = {}
+    for game, total in totals.items():
+        series = list(counts.get(game, []))
+        if not series or now - series[-1][0] >= 60.0:
+            series.append((now, total))
+        out[game] = series[-61:]
+    return out
+
+
+def games_per_hour(series: list[tuple[float, int]]) -> float:
+    if len(series) < 2 or series[-1][0] <= series[0][0]:
+        return 0.0
+    (t0, n0), (t1, n1) = series[0], series[-1]
+    return (n1 - n0) * 3600.0 / (t1 - t0)
 
 
 class SchedulerConfig(msgspec.Struct, frozen=True):
@@ -74,12 +96,15 @@ class MasterLoop:
         for action in actions:
             await self.effects.carry_out(action, state)
             state = apply(state, action)
+        now = time.time()
         ticks = (record.ticks if record else 0) + 1
+        totals = {name: g.games_total for name, g in snapshot.games.items()}
+        counts = sampled(record.game_counts if record else {}, now, totals)
         await cas_put(
             self.bus,
             names.LOOP_BUCKET,
             STATE_KEY,
-            LoopRecord(self.term, state, time.time(), ticks),
+            LoopRecord(self.term, state, now, ticks, counts),
             revision,
         )
         return len(actions)

@@ -10,7 +10,11 @@ import msgspec
 from schemas import names
 from schemas.codec import BadMessage, decode
 from schemas.control import Lease, NodeStatus
+from services.scheduler import STATE_KEY, LoopRecord, games_per_hour
 from shared.bus import Bus, BusConfig, Entry
+from shared.fencing import read_termed
+from shared.observe import count
+from shared.ratingjobs import game_ratings
 
 
 class LeaderInfo(msgspec.Struct, frozen=True):
@@ -45,6 +49,19 @@ class NatsInfo(msgspec.Struct, frozen=True):
     version: str
 
 
+class GameInfo(msgspec.Struct, frozen=True):
+    game: str
+    generation: int
+    best_sha256: str
+    best_elo: float | None
+    best_elo_ci: float | None
+    candidate: str | None
+    games_total: int
+    games_per_hour: float
+    queues: dict[str, int]
+    dead_letters: int
+
+
 class StatusReport(msgspec.Struct, frozen=True):
     leader: LeaderInfo | None
     nodes: list[NodeInfo]
@@ -53,6 +70,7 @@ class StatusReport(msgspec.Struct, frozen=True):
     nats: NatsInfo
     problems: list[str]
     at: float
+    games: list[GameInfo] = []
 
 
 def leader_info(entry: Entry, now: float) -> LeaderInfo | None:
@@ -103,7 +121,44 @@ async def gather(bus: Bus) -> StatusReport:
     except BadMessage as e:
         leader, problems = None, [*problems, f"lease: {e}"]
     alive = [n for n in nodes if n.alive]
-    return StatusReport(leader, nodes, len(alive), by_role(alive), nats_info(bus), problems, now)
+    games = await games_info(bus, problems)
+    return StatusReport(
+        leader, nodes, len(alive), by_role(alive), nats_info(bus), problems, now, games
+    )
+
+
+async def games_info(bus: Bus, problems: list[str]) -> list[GameInfo]:
+    """Per game: best model and its rating, queues, dead letters and throughput."""
+    try:
+        record, _ = await read_termed(bus, names.LOOP_BUCKET, STATE_KEY, LoopRecord)
+    except BadMessage as e:
+        problems.append(f"loop state: {e}")
+        return []
+    if record is None:
+        return []
+    return [await game_info(bus, record, name) for name in sorted(record.state.games)]
+
+
+async def game_info(bus: Bus, record: LoopRecord, game: str) -> GameInfo:
+    state = record.state.game(game)
+    ratings, _ = await game_ratings(bus, game)
+    best = ratings.get(f"gen{state.generation}")
+    queues = {
+        kind: await count(bus, names.JOBS_STREAM, f"jobs.{kind}.{game}.>")
+        for kind in names.JOB_KINDS
+    }
+    return GameInfo(
+        game=game,
+        generation=state.generation,
+        best_sha256=state.best or "",
+        best_elo=round(best.elo, 1) if best else None,
+        best_elo_ci=round((best.hi - best.lo) / 2, 1) if best else None,
+        candidate=state.pending_eval,
+        games_total=await count(bus, names.GAMES_STREAM, names.games_subject(game)),
+        games_per_hour=round(games_per_hour(record.game_counts.get(game, [])), 1),
+        queues=queues,
+        dead_letters=await count(bus, names.DLQ_STREAM, f"dlq.*.{game}.>"),
+    )
 
 
 def nats_info(bus: Bus) -> NatsInfo:
@@ -133,6 +188,14 @@ def render_text(report: StatusReport) -> str:
         lines.append(
             f"  {node.id:<20} {state:<12} lag {node.loop_lag_ms:7.1f}ms  "
             f"[{','.join(node.roles)}]  {services}"
+        )
+    for g in report.games:
+        elo = f"{g.best_elo:+.0f} ± {g.best_elo_ci:.0f}" if g.best_elo is not None else "-"
+        queues = " ".join(f"{k} {v}" for k, v in g.queues.items())
+        lines.append(
+            f"{g.game}: best gen {g.generation} ({g.best_sha256[:12] or '-'}) Elo {elo}; "
+            f"{g.games_total} games ({g.games_per_hour:.0f}/h); queued {queues}; "
+            f"dead letters {g.dead_letters}"
         )
     lines += [f"problem: {p}" for p in report.problems]
     return "\n".join(lines)

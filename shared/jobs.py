@@ -59,7 +59,7 @@ async def submit(
     Returns False when JetStream recognised it as a duplicate.
     """
     msg_id = f"{job.job_id}-a{attempt}"
-    subject = names.job_subject(kind, job_group(job))
+    subject = names.job_subject(kind, job.game, job_group(job))
     with translated(f"submit {kind} job"):
         ack = await bus.js.publish(subject, encode(job), headers={"Nats-Msg-Id": msg_id})
     return not ack.duplicate
@@ -159,7 +159,7 @@ async def dead_letter_now(bus: Bus, kind: str, msg: Msg, reason: str) -> None:
         kind, "", int(meta.sequence.stream), int(meta.num_delivered), reason, msg.data, time.time()
     )
     await bus.publish_durable(
-        names.dlq_subject(kind, names.group_of(msg.subject)),
+        names.dlq_subject(kind, *names.game_and_group(msg.subject)),
         encode(letter),
         msg_id=f"dlq-{meta.sequence.stream}",
     )
@@ -196,7 +196,7 @@ async def dead_letter_exhausted(bus: Bus, advisory: MaxDeliveries) -> DeadLetter
         kind, job_id, advisory.stream_seq, advisory.deliveries, reason, data, time.time()
     )
     await bus.publish_durable(
-        names.dlq_subject(kind, names.group_of(raw.subject or "dlq.x.unknown")),
+        names.dlq_subject(kind, *names.game_and_group(raw.subject or "jobs.x.unknown.unknown")),
         encode(letter),
         msg_id=f"dlq-{advisory.stream_seq}",
     )

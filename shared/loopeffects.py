@@ -14,12 +14,13 @@ import uuid
 import msgspec
 
 from schemas import names
-from schemas.codec import encode
+from schemas.codec import decode, encode
 from schemas.jobs import (
     BestPointer,
     EvalJob,
     ModelEvent,
     ModelEventKind,
+    ModelMeta,
     PlayerSpec,
     SelfplayJob,
     TrainJob,
@@ -67,7 +68,7 @@ class Effects:
             case EnqueueSelfplay():
                 await self.selfplay(action, game.generation)
             case StartTraining():
-                await self.train(action, game.best)
+                await self.train(action, await self.parent(action, game.best))
             case StartMatch():
                 first_job = game.match_games // self.loop.eval_games_per_job
                 if game.pending_eval != action.candidate:
@@ -102,6 +103,17 @@ class Effects:
             )
             await submit(self.bus, "selfplay", job)
 
+    async def parent(self, action: StartTraining, best: str | None) -> str | None:
+        """Training continues from the previous candidate, promoted or not, so no learning is
+        thrown away with a rejected net; the best net is the fallback (and self-play's net)."""
+        if best is None or action.training < 2:
+            return best
+        key = names.trained_key(train_job_id(action.game, action.training - 1))
+        entry = await self.bus.last(names.REGISTRY_BUCKET, key)
+        if entry.value is None:
+            return best
+        return decode(entry.value, ModelMeta, subject=key).sha256
+
     async def train(self, action: StartTraining, parent: str | None) -> None:
         job = TrainJob(
             train_job_id(action.game, action.training),
@@ -111,18 +123,18 @@ class Effects:
             self.settings.window_games,
             self.settings.train_steps,
             self.term,
-            group=train_group(action.game, action.training),
+            group=train_group(action.training),
         )
         await submit(self.bus, "train", job)
 
     async def match(self, action: StartMatch, generation: int, training: int, first: int) -> None:
-        group = match_group(action.game, training)
+        group = match_group(training)
         a = PlayerSpec(model_name(generation + 1), action.candidate, sims=self.settings.eval_sims)
         b = PlayerSpec(model_name(generation), action.best, sims=self.settings.eval_sims)
         per_job = self.loop.eval_games_per_job
         for k in range(first, first + action.games // per_job):
             job = EvalJob(
-                f"{group}-{k}",
+                f"{action.game}-{group}-{k}",
                 action.game,
                 "match",
                 a,
@@ -155,13 +167,13 @@ class Effects:
         await self.gauntlet(action)
 
     async def gauntlet(self, action: Promote) -> None:
-        group = f"{action.game}-g{action.generation}"
+        group = f"g{action.generation}"
         me = PlayerSpec(
             model_name(action.generation), action.candidate, sims=self.settings.eval_sims
         )
         for k, agent in enumerate(self.settings.gauntlet):
             job = EvalJob(
-                f"{group}-{k}",
+                f"{action.game}-{group}-{k}",
                 action.game,
                 "gauntlet",
                 me,
@@ -177,7 +189,9 @@ class Effects:
         self, kind: ModelEventKind, game: str, generation: int, sha: str, detail: str
     ) -> None:
         event = ModelEvent(kind, game, generation, sha, time.time(), detail)
-        await self.bus.publish_durable(names.model_event_subject(kind), encode(event))
+        # A leader that dies between this and its state write repeats the action: same id.
+        msg_id = f"{kind}-{game}-{generation}-{sha[:16]}"
+        await self.bus.publish_durable(names.model_event_subject(kind), encode(event), msg_id)
         log.info("generation %d of %s %s: %s", generation, game, kind, detail)
 
 

@@ -27,16 +27,16 @@ from shared.policy import (
 log = logging.getLogger("conclave.observe")
 
 
-def train_group(game: str, training: int) -> str:
-    return f"{game}-t{training}"
+def train_group(training: int) -> str:
+    return f"t{training}"
 
 
-def match_group(game: str, training: int) -> str:
-    return f"{game}-m{training}"
+def match_group(training: int) -> str:
+    return f"m{training}"
 
 
 def train_job_id(game: str, training: int) -> str:
-    return f"{train_group(game, training)}-0"
+    return f"{game}-t{training}"
 
 
 async def live_workers(bus: Bus) -> dict[str, int]:
@@ -67,7 +67,9 @@ async def observe(bus: Bus, state: LoopState, cfg: LoopConfig) -> Snapshot:
 async def observe_game(bus: Bus, game: str, state: GameState, cfg: LoopConfig) -> GameSnapshot:
     return GameSnapshot(
         games_total=await count(bus, names.GAMES_STREAM, names.games_subject(game)),
-        queued_selfplay=await count(bus, names.JOBS_STREAM, names.job_subject("selfplay", game)),
+        queued_selfplay=await count(
+            bus, names.JOBS_STREAM, names.job_subject("selfplay", game, "sp")
+        ),
         trained=await trained(bus, game, state),
         failed_training=await failed_training(bus, game, state),
         match=await match_score(bus, game, state, cfg),
@@ -88,7 +90,7 @@ async def trained(bus: Bus, game: str, state: GameState) -> Trained | None:
 async def failed_training(bus: Bus, game: str, state: GameState) -> int | None:
     if not state.training_in_progress:
         return None
-    subject = names.dlq_subject("train", train_group(game, state.trainings))
+    subject = names.dlq_subject("train", game, train_group(state.trainings))
     return state.trainings if await count(bus, names.DLQ_STREAM, subject) else None
 
 
@@ -96,7 +98,7 @@ async def match_score(bus: Bus, game: str, state: GameState, cfg: LoopConfig) ->
     """The candidate's W/D/L so far, each job's result counted once however often delivered."""
     if state.pending_eval is None:
         return None
-    group = match_group(game, state.trainings)
+    group = match_group(state.trainings)
     results: dict[str, EvalResult] = {}
     for msg in await bus.read_all(names.RESULTS_STREAM, names.results_subject(game, group)):
         try:
@@ -105,7 +107,7 @@ async def match_score(bus: Bus, game: str, state: GameState, cfg: LoopConfig) ->
             log.warning("%s", e)
             continue
         results[result.job_id] = result
-    lost_jobs = await count(bus, names.DLQ_STREAM, names.dlq_subject("eval", group))
+    lost_jobs = await count(bus, names.DLQ_STREAM, names.dlq_subject("eval", game, group))
     wins, draws, losses = _tally(results.values(), state.pending_eval)
     lost = lost_jobs * cfg.eval_games_per_job
     return MatchScore(state.pending_eval, wins, draws, losses, lost)

@@ -7,6 +7,7 @@ import msgspec
 from shared.loopeffects import EffectSettings
 from shared.net import NetConfig
 from shared.policy import LoopConfig
+from shared.selfplay import SelfPlayConfig
 from shared.sprt import SprtConfig
 from shared.training import TrainSettings
 
@@ -19,6 +20,7 @@ class Preset(msgspec.Struct, frozen=True):
     window_games: int
     max_reuse: int
     selfplay_concurrency: int
+    selfplay: SelfPlayConfig = SelfPlayConfig()
 
 
 TICTACTOE = Preset(
@@ -30,13 +32,16 @@ TICTACTOE = Preset(
         sprt=SprtConfig(max_games=200),
     ),
     effects=EffectSettings(
-        selfplay_sims=32, eval_sims=32, train_steps=300, window_games=4000, gauntlet_games=20
+        selfplay_sims=32, eval_sims=64, train_steps=300, window_games=4000, gauntlet_games=20
     ),
     net=NetConfig(blocks=2, channels=32, value_hidden=32),
     train=TrainSettings(batch_size=128),
     window_games=4000,
     max_reuse=8,
     selfplay_concurrency=64,
+    # The root's Gumbel noise already varies play; sampling every ply of a 9-ply game would
+    # fill the value targets with blunders.
+    selfplay=SelfPlayConfig(sample_plies=2),
 )
 
 CONNECT4 = Preset(
@@ -55,6 +60,7 @@ CONNECT4 = Preset(
     window_games=6000,
     max_reuse=8,
     selfplay_concurrency=32,
+    selfplay=SelfPlayConfig(sample_plies=6),
 )
 
 PRESETS = {"tictactoe": TICTACTOE, "connect4": CONNECT4}

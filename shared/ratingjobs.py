@@ -80,7 +80,7 @@ class RatingScheduler:
                 players[b],
                 self.settings.gauntlet_games,
                 self.term,
-                group=f"{game}-r",
+                group="r",
             )
             await submit(self.bus, "eval", job)
         return len(pairs)

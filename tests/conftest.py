@@ -78,6 +78,9 @@ class Processes:
                 with_signal(proc, signal.SIGCONT)
                 proc.kill()
             proc.wait()
+            # A launcher started in its own session leaves children: end its whole group.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def with_signal(proc: subprocess.Popen[bytes], sig: int) -> None:

@@ -76,7 +76,7 @@ async def test_exhausted_job_moves_to_the_dlq_with_the_workers_reason(queue: Bus
     letter = await dead_letter_exhausted(queue, advisory)
     assert letter is not None and letter.job_id == "sp-3" and "boom 1" in letter.reason
     stored = await queue.js.get_msg(
-        names.DLQ_STREAM, subject=names.dlq_subject("selfplay", "tictactoe")
+        names.DLQ_STREAM, subject=names.dlq_subject("selfplay", "tictactoe", "sp")
     )
     assert decode(stored.data or b"", DeadLetter).job_id == "sp-3"
     assert (await queue.js.stream_info(names.JOBS_STREAM)).state.messages == 0
@@ -85,13 +85,13 @@ async def test_exhausted_job_moves_to_the_dlq_with_the_workers_reason(queue: Bus
 
 async def test_a_malformed_job_is_dead_lettered_at_once_naming_the_field(queue: Bus) -> None:
     await queue.js.publish(
-        names.job_subject("selfplay", "tictactoe"),
+        names.job_subject("selfplay", "tictactoe", "sp"),
         b'{"type":"conclave.job.selfplay.v1","games":"x"}',
     )
     puller = Puller(queue, "selfplay", SelfplayJob)
     assert await puller.next(2) is None
     stored = await queue.js.get_msg(
-        names.DLQ_STREAM, subject=names.dlq_subject("selfplay", "tictactoe")
+        names.DLQ_STREAM, subject=names.dlq_subject("selfplay", "tictactoe", "sp")
     )
     letter = decode(stored.data or b"", DeadLetter)
     assert "bad job" in letter.reason and "$." in letter.reason
