@@ -1,0 +1,184 @@
+"""evaluator service: pulls evaluation jobs, plays the matches, publishes the results.
+
+A job is acknowledged only after JetStream has stored its result (deduplicated by job id, so a
+redelivered job that finishes twice leaves one result). Model loading, search and inference run
+in a worker thread; the event loop only moves messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from schemas import names
+from schemas.codec import encode
+from schemas.jobs import EvalJob, EvalResult, PlayerSpec, job_group
+from shared.arena import AgentPlayer, MatchOutcome, MatchStopped, ModelPlayer, Player, play_match
+from shared.baselines import make_agent
+from shared.bus import Bus, BusError, translated
+from shared.games import Game, UnknownGame, get_game
+from shared.jobs import Delivery, JobSettings, Puller, ensure_consumer
+from shared.modelcache import Evaluators
+from shared.models import ModelStore
+from shared.service import main as service_main
+from shared.service import wait_or_stop
+
+log = logging.getLogger("conclave.evaluator")
+
+
+class BadPlayer(ValueError):
+    """A player spec that names no usable agent or model."""
+
+
+class EvaluatorConfig(msgspec.Struct, frozen=True):
+    node_id: str
+    cache_dir: str
+    threads: int = 1
+    concurrent_games: int = 32
+    opening_plies: int = 2
+    keepalive_s: float = 10.0
+    jobs: JobSettings = JobSettings()
+
+    def __post_init__(self) -> None:
+        for name in ("threads", "concurrent_games"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EvaluatorConfig.{name} must be >= 1")
+        if self.opening_plies < 0:
+            raise ValueError("EvaluatorConfig.opening_plies must be >= 0")
+        if self.keepalive_s <= 0:
+            raise ValueError("EvaluatorConfig.keepalive_s must be > 0")
+
+
+class Worker:
+    def __init__(self, bus: Bus, cfg: EvaluatorConfig, stop: asyncio.Event) -> None:
+        self.bus, self.cfg, self.stop = bus, cfg, stop
+        self.halt = threading.Event()  # tells the playing thread to give up
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="evaluator")
+        self.evaluators = Evaluators(ModelStore(bus, Path(cfg.cache_dir)), self.pool, cfg.threads)
+
+    async def serve(self) -> None:
+        puller = Puller(self.bus, "eval", EvalJob)
+        while not self.stop.is_set():
+            try:
+                delivery = await puller.next(timeout_s=2.0)
+            except BusError as e:
+                log.warning("cannot pull jobs: %s", e)
+                await wait_or_stop(self.stop, 1.0)
+                continue
+            if delivery is not None:
+                await self.work(delivery)
+
+    async def work(self, delivery: Delivery[EvalJob]) -> None:
+        job = delivery.job
+        log.info(
+            "job %s: %d games of %s, %s against %s",
+            job.job_id,
+            job.games,
+            job.game,
+            job.a.name,
+            job.b.name,
+            extra={"job": job.job_id},
+        )
+        async with delivery.kept_alive(self.cfg.keepalive_s):
+            try:
+                await self.publish(job, await self.evaluate(job))
+            except MatchStopped:  # stopping: hand the job back at once rather than after ack-wait
+                with translated("nak job"):
+                    await delivery.msg.nak()
+                return
+            except (BusError, ValueError, UnknownGame) as e:
+                log.error("job %s failed: %r", job.job_id, e, extra={"job": job.job_id})
+                await delivery.retry(self.bus, self.cfg.node_id, f"{type(e).__name__}: {e}")
+                return
+        await delivery.done()
+
+    async def evaluate(self, job: EvalJob) -> MatchOutcome:
+        """Resolve both players and play the match in the worker thread; raise MatchStopped."""
+        game = get_game(job.game)
+        a = await self.player(game, job.a, "a")
+        b = await self.player(game, job.b, "b")
+        match = partial(
+            play_match,
+            game,
+            a,
+            b,
+            job.games,
+            np.random.default_rng(job.seed or None),
+            opening_plies=self.cfg.opening_plies,
+            concurrent=self.cfg.concurrent_games,
+            stop=self.halt.is_set,
+        )
+        return await asyncio.get_running_loop().run_in_executor(self.pool, match)
+
+    async def player(self, game: Game[Any], spec: PlayerSpec, side: str) -> Player:
+        """A baseline agent or a searched model; raise BadPlayer naming the side and the cause."""
+        try:
+            check_spec(spec)
+            if spec.agent:
+                return AgentPlayer(make_agent(spec.agent))
+            return ModelPlayer(await self.evaluators.get(game, spec.sha256), spec.sims)
+        except (BusError, ValueError) as e:
+            raise BadPlayer(f"player {side} ({spec.name}): {e}") from e
+
+    async def publish(self, job: EvalJob, outcome: MatchOutcome) -> None:
+        result = EvalResult(
+            job_id=job.job_id,
+            game=job.game,
+            kind=job.kind,
+            a=job.a,
+            b=job.b,
+            wins_a=outcome.wins_a,
+            draws=outcome.draws,
+            wins_b=outcome.wins_b,
+            term=job.term,
+            finished_at=time.time(),
+        )
+        subject = names.results_subject(job.game, job_group(job))
+        await self.bus.publish_durable(subject, encode(result), msg_id=f"result-{job.job_id}")
+        score = f"{outcome.wins_a}-{outcome.draws}-{outcome.wins_b}"
+        log.info(
+            "job %s: %s %s %s", job.job_id, job.a.name, score, job.b.name, extra={"job": job.job_id}
+        )
+
+
+def check_spec(spec: PlayerSpec) -> None:
+    """A player is an agent spec or a model digest ("" is the uniform bootstrap) with sims >= 1."""
+    if spec.agent and spec.sha256:
+        raise BadPlayer("PlayerSpec sets both agent and sha256")
+    if not spec.agent and spec.sims < 1:
+        raise BadPlayer(f"PlayerSpec.sims must be >= 1 for model {spec.sha256!r}, got {spec.sims}")
+
+
+async def run(bus: Bus, cfg: EvaluatorConfig, stop: asyncio.Event) -> None:
+    await bus.provision()
+    await ensure_consumer(bus, "eval", cfg.jobs)
+    worker = Worker(bus, cfg, stop)
+    watcher = asyncio.create_task(_halt_on_stop(stop, worker.halt))
+    try:
+        await worker.serve()
+    finally:
+        watcher.cancel()
+        worker.halt.set()
+        worker.pool.shutdown(wait=True, cancel_futures=True)
+
+
+async def _halt_on_stop(stop: asyncio.Event, halt: threading.Event) -> None:
+    await stop.wait()
+    halt.set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return service_main("evaluator", EvaluatorConfig, run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

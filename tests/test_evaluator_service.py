@@ -1,0 +1,148 @@
+"""The evaluator service as a real process: results stored before the job is acked, failures."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from schemas import names
+from schemas.codec import BadMessage, decode
+from schemas.jobs import EvalJob, EvalResult, PlayerSpec, job_group
+from services.evaluator import BadPlayer, EvaluatorConfig, check_spec
+from shared.bus import Bus
+from shared.games.tictactoe import GAME as TICTACTOE
+from shared.jobs import JobSettings, Puller, ensure_consumer, last_failure, submit
+from shared.models import ModelStore
+from shared.natsserver import NatsServer
+from shared.net import NetConfig, PolicyValueNet, checkpoint_bytes
+from tests.conftest import Processes, eventually, process_config
+
+RANDOM = PlayerSpec("random", agent="random")
+ONESTEP = PlayerSpec("onestep", agent="onestep")
+
+
+def start_evaluator(
+    processes: Processes, url: str, tmp_path: Path, settings: JobSettings
+) -> subprocess.Popen[bytes]:
+    cfg = {
+        "node_id": "e1",
+        "cache_dir": str(tmp_path / "e1"),
+        "concurrent_games": 8,
+        "jobs": {"ack_wait_s": settings.ack_wait_s, "max_deliver": settings.max_deliver},
+    }
+    return processes.service("services.evaluator", process_config(url, "e1", "evaluator"), cfg)
+
+
+async def results(bus: Bus) -> dict[str, EvalResult]:
+    info = (await bus.js.stream_info(names.RESULTS_STREAM)).state
+    found = {}
+    for seq in range(info.first_seq, info.last_seq + 1 if info.messages else info.first_seq):
+        msg = await bus.js.get_msg(names.RESULTS_STREAM, seq=seq)
+        result = decode(msg.data or b"", EvalResult)
+        found[result.job_id] = result
+    return found
+
+
+async def queue_empty(bus: Bus) -> bool:
+    return (await bus.js.stream_info(names.JOBS_STREAM)).state.messages == 0
+
+
+async def store_tiny_model(bus: Bus, tmp_path: Path) -> str:
+    net = PolicyValueNet(
+        NetConfig(blocks=1, channels=8, value_hidden=8),
+        TICTACTOE.encoding_shape,
+        TICTACTOE.num_actions,
+    )
+    return await ModelStore(bus, tmp_path / "writer").put(checkpoint_bytes(net, "tictactoe", 1))
+
+
+async def test_matches_are_played_and_results_stored_before_the_jobs_are_acked(
+    nats_server: NatsServer, bus: Bus, processes: Processes, tmp_path: Path
+) -> None:
+    settings = JobSettings(ack_wait_s=10.0, max_deliver=3)
+    await ensure_consumer(bus, "eval", settings)
+    model = PlayerSpec("gen1", sha256=await store_tiny_model(bus, tmp_path), sims=8)
+    gauntlet = EvalJob("ev-1", "tictactoe", "gauntlet", RANDOM, ONESTEP, 20, 1, seed=3)
+    await submit(bus, "eval", gauntlet)
+    match = EvalJob("ev-2", "tictactoe", "match", model, RANDOM, 6, 1, seed=7, group="m1")
+    await submit(bus, "eval", match)
+    start_evaluator(processes, nats_server.url, tmp_path, settings)
+    await eventually(lambda: queue_empty(bus), 20, what="both jobs acknowledged")
+    stored = await results(bus)
+    first, second = stored["ev-1"], stored["ev-2"]
+    assert (first.a, first.b, first.kind) == (RANDOM, ONESTEP, "gauntlet")
+    assert first.wins_a + first.draws + first.wins_b == 20
+    assert first.wins_b > first.wins_a
+    assert (second.a, second.b) == (model, RANDOM)
+    assert second.wins_a + second.draws + second.wins_b == 6
+    for job in (gauntlet, match):  # filed under the job's own game and group
+        subject = names.results_subject(job.game, job_group(job))
+        filed = await bus.js.get_msg(names.RESULTS_STREAM, subject=subject)
+        assert decode(filed.data or b"", EvalResult).job_id == job.job_id
+
+
+async def test_unusable_players_are_retried_with_the_reason_reported(
+    nats_server: NatsServer, bus: Bus, processes: Processes, tmp_path: Path
+) -> None:
+    settings = JobSettings(ack_wait_s=2.0, max_deliver=2)
+    await ensure_consumer(bus, "eval", settings)
+    missing = PlayerSpec("gen9", sha256="ab" * 32, sims=8)
+    bad_agent = PlayerSpec("mcts:x", agent="mcts:x")
+    await submit(bus, "eval", EvalJob("ev-3", "tictactoe", "match", missing, RANDOM, 4, 1))
+    await submit(bus, "eval", EvalJob("ev-5", "tictactoe", "match", RANDOM, bad_agent, 4, 1))
+    start_evaluator(processes, nats_server.url, tmp_path, settings)
+
+    def second_failure(job_id: str) -> Callable[[], Awaitable[str]]:
+        async def reason() -> str:
+            text = await last_failure(bus, job_id)
+            return text if "delivery 2" in text else ""
+
+        return reason
+
+    reason = await eventually(second_failure("ev-3"), 15, what="ev-3's second failure report")
+    assert "ab" * 32 in reason and "player a (gen9)" in reason
+    reason = await eventually(second_failure("ev-5"), 15, what="ev-5's second failure report")
+    assert "'mcts:x'" in reason and "player b" in reason
+    assert await results(bus) == {}
+
+
+def test_a_player_is_an_agent_or_a_searched_model() -> None:
+    check_spec(RANDOM)
+    check_spec(PlayerSpec("bootstrap", sims=4))
+    with pytest.raises(BadPlayer, match="both agent and sha256"):
+        check_spec(PlayerSpec("x", sha256="ab" * 32, agent="random", sims=4))
+    with pytest.raises(BadPlayer, match="sims"):
+        check_spec(PlayerSpec("gen1", sha256="ab" * 32))
+
+
+@pytest.mark.parametrize("field", ["threads", "concurrent_games", "opening_plies", "keepalive_s"])
+def test_a_bad_config_names_the_field(field: str) -> None:
+    config = {"node_id": "e1", "cache_dir": "/tmp/e1", field: -1}
+    with pytest.raises(BadMessage, match=field):
+        decode(json.dumps(config).encode(), EvaluatorConfig)
+
+
+async def test_a_stopped_evaluator_hands_its_job_back(
+    nats_server: NatsServer, bus: Bus, processes: Processes, tmp_path: Path
+) -> None:
+    settings = JobSettings(ack_wait_s=60.0, max_deliver=3)
+    await ensure_consumer(bus, "eval", settings)
+    slow = PlayerSpec("mcts:2000", agent="mcts:2000")
+    await submit(bus, "eval", EvalJob("ev-4", "connect4", "match", slow, slow, 200, 1))
+    proc = start_evaluator(processes, nats_server.url, tmp_path, settings)
+
+    async def being_played() -> bool:
+        info = await bus.js.consumer_info(names.JOBS_STREAM, names.job_consumer("eval"))
+        return bool(info.num_ack_pending == 1)
+
+    await eventually(being_played, 15, what="the job being played")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    redelivered = await Puller(bus, "eval", EvalJob).next(timeout_s=5.0)  # well inside ack wait
+    assert redelivered is not None
+    assert (redelivered.job.job_id, redelivered.delivered) == ("ev-4", 2)
