@@ -4,6 +4,9 @@ Negamax with alpha-beta over values {-1, 0, +1} in the design of Pascal Pons' so
 (blog.gamesolver.org): bitboards from `shared.games.connect4`, only moves that do not hand the
 opponent an immediate win, move ordering by the number of threats a move creates (centre first
 on ties), and a transposition table of value bounds keyed by `position + mask`.
+
+`move_values` and `scores` use the same design in C (`shared.solver._c4solver`, about 50x faster)
+when it is built, as `pip install -e .` does; `Solver` is the pure-Python fallback and reference.
 """
 
 from __future__ import annotations
@@ -12,6 +15,13 @@ from dataclasses import dataclass, field
 
 from shared.games.base import IllegalMove
 from shared.games.connect4 import BOTTOM, CELLS, HEIGHT, WIDTH, Connect4State, aligned
+
+try:
+    from shared.solver import _c4solver
+
+    HAVE_C_SOLVER = True
+except ImportError:  # not built: `move_values` falls back to the pure-Python Solver
+    HAVE_C_SOLVER = False
 
 WIN, DRAW, LOSS = 1, 0, -1
 
@@ -181,3 +191,24 @@ class Solver:
         if len(self.table) >= self.max_entries:
             self.table.clear()  # crude, but keeps memory bounded on hard positions
         self.table[key] = _CODES[lower, upper]
+
+
+def move_values(state: Connect4State) -> dict[int, int]:
+    """`{action: WIN | DRAW | LOSS}` for every legal action; by the C solver when it is built."""
+    _check_open(state)
+    if not HAVE_C_SOLVER:
+        return Solver().move_values(state)
+    values = _c4solver.move_scores(state.moves, weak=True)
+    return {action: value for action, value in enumerate(values) if value is not None}
+
+
+def scores(state: Connect4State) -> dict[int, int]:
+    """Pons' score of every legal action (22 - the winner's stones, signed); needs the C solver.
+
+    Raises RuntimeError if `shared.solver._c4solver` is not built.
+    """
+    _check_open(state)
+    if not HAVE_C_SOLVER:
+        raise RuntimeError("shared.solver._c4solver is not built: run `pip install -e .`")
+    values = _c4solver.move_scores(state.moves)
+    return {action: value for action, value in enumerate(values) if value is not None}

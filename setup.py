@@ -1,0 +1,13 @@
+"""Builds the C extension; all other metadata lives in pyproject.toml."""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "shared.solver._c4solver",
+            ["shared/solver/_c4solver.c"],
+            extra_compile_args=["-O3", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        )
+    ]
+)
