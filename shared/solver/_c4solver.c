@@ -1,10 +1,11 @@
 /* Exact Connect Four solver as a CPython extension.
 
-   Written for Conclave (not derived from Pons' AGPL sources) after the design Pascal Pons describes at blog.gamesolver.org ("Solving
-   Connect 4: how to build a perfect AI"): bitboards in which column c holds bits 7c..7c+5 and bit
-   7c+6 is an empty sentinel; negamax with alpha-beta that only ever tries moves which do not hand
-   the opponent an immediate win; a null-window binary search on the score; a transposition table
-   of score bounds keyed by position + mask; moves ordered by the number of threats they create,
+   Written for Conclave (not derived from Pons' AGPL sources) after the design Pascal Pons
+   describes at blog.gamesolver.org ("Solving Connect 4: how to build a perfect AI"): bitboards
+   in which column c holds bits 7c..7c+5 and bit 7c+6 is an empty sentinel; negamax with
+   alpha-beta that only ever tries moves which do not hand the opponent an immediate win; a
+   null-window binary search on the score; a transposition table of score bounds keyed by
+   position + mask; moves ordered by the number of threats they create,
    centre first on ties. Added to that design: mirror images share one table entry; buckets of
    two slots keep the entry nearest the root next to the newest one; and enhanced transposition
    cutoffs look up the children before searching any of them.
