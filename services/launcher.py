@@ -99,7 +99,13 @@ def loop_service_config(service: str, opts: NodeOptions, p: Preset) -> msgspec.S
         )
     if service == "trainer":
         return TrainerConfig(
-            opts.node_id, cache, opts.threads, p.window_games, p.max_reuse, p.net, p.train
+            opts.node_id,
+            cache,
+            opts.threads,
+            window_games=p.window_games,
+            max_reuse=p.max_reuse,
+            net=p.net,
+            train=p.train,
         )
     if service == "evaluator":
         return EvaluatorConfig(opts.node_id, cache, opts.threads)

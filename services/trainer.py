@@ -47,6 +47,7 @@ class TrainerConfig(msgspec.Struct, frozen=True):
     threads: int = 1
     window_games: int = 20000
     max_reuse: int = 8
+    root_value_weight: float = 0.5  # value target = mix of outcome and search root value
     net: NetConfig = NetConfig()
     train: TrainSettings = TrainSettings()
     keepalive_s: float = 10.0
@@ -109,7 +110,9 @@ class Trainer:
         for seq, data in batch:
             try:
                 record = decode_record(data)
-                kept.append((record.game, positions_of(get_game(record.game), record, seq)))
+                game = get_game(record.game)
+                positions = positions_of(game, record, seq, self.cfg.root_value_weight)
+                kept.append((record.game, positions))
             except (RejectedRecord, UnknownGame, msgspec.DecodeError, ValueError) as e:
                 reason = type(e).__name__ if not isinstance(e, RejectedRecord) else str(e)
                 self.rejected[reason.split(":")[0]] += 1

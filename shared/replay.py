@@ -36,8 +36,15 @@ class GamePositions:
     uses: npt.NDArray[np.int32]
 
 
-def positions_of(game: Game[Any], record: GameRecord, seq: int = 0) -> GamePositions:
-    """Replay `record` under the rules; raise RejectedRecord naming what is wrong."""
+def positions_of(
+    game: Game[Any], record: GameRecord, seq: int = 0, root_value_weight: float = 0.0
+) -> GamePositions:
+    """Replay `record` under the rules; raise RejectedRecord naming what is wrong.
+
+    Value targets are the outcome blended with the search's root value at each ply
+    (`root_value_weight` of it): a sampled exploratory blunder late in a game then does not
+    teach that every earlier position was lost.
+    """
     if record.game != game.name:
         raise RejectedRecord(f"record is for {record.game!r}, not {game.name!r}")
     if record.num_actions != game.num_actions:
@@ -51,7 +58,9 @@ def positions_of(game: Game[Any], record: GameRecord, seq: int = 0) -> GamePosit
         if not game.legal_mask(state)[move]:
             raise RejectedRecord(f"move {ply + 1} ({game.action_name(move)}) is illegal")
         encodings.append(game.encode(state))
-        values.append(record.outcome if game.to_play(state) == 0 else -record.outcome)
+        outcome = record.outcome if game.to_play(state) == 0 else -record.outcome
+        root = record.root_values[ply]
+        values.append((1.0 - root_value_weight) * outcome + root_value_weight * root)
         try:
             state = game.apply(state, move)
         except IllegalMove as e:
