@@ -159,7 +159,7 @@ def markdown(run: dict[str, Any]) -> str:
     lines = [
         f"# {run['game']} run: promoted generations",
         "",
-        "| gen | minutes | Elo ± 95% | vs onestep | vs mcts:200 | mistakes: all, <=14, 15-28, >28 |",
+        "| gen | minutes | Elo ± 95% | vs onestep | vs mcts:200 | mistakes: all, ≤14, 15-28, >28 |",
         "|---:|---:|---|---|---|---|",
     ]
     for r in run["generations"]:
