@@ -86,6 +86,9 @@ class ModelMeta(Wire, frozen=True, tag="conclave.model.v1"):
     value_loss: float | None
     created_at: float
     train_job: str
+    window_games: int = 0  # distinct games in the replay window when training began
+    duplicates_skipped: int = 0  # game records seen again (same id) and not kept twice
+    rejected_records: int = 0  # records that failed replay under the rules
 
 
 class BestPointer(Wire, frozen=True, tag="conclave.best.v1"):

@@ -171,10 +171,13 @@ class Trainer:
             last,
             report.positions,
             report.steps,
-            report.policy_loss,
-            report.value_loss,
+            _finite(report.policy_loss),
+            _finite(report.value_loss),
             time.time(),
             job.job_id,
+            window_games=len(window.games),
+            duplicates_skipped=window.duplicates,
+            rejected_records=sum(self.rejected.values()),
         )
         await self.bus.write(names.REGISTRY_BUCKET, names.model_key(job.game, digest), encode(meta))
         await self.bus.write(names.REGISTRY_BUCKET, names.trained_key(job.job_id), encode(meta))
