@@ -7,8 +7,12 @@ import time
 from schemas import names
 from schemas.codec import encode
 from schemas.control import Lease, NodeStatus, Resources, ServiceState
-from services.status import gather, render_text
+from schemas.jobs import DeadLetter, EvalResult, PlayerSpec, SelfplayJob
+from services.scheduler import STATE_KEY, LoopRecord
+from services.status import games_info, gather, render_text
 from shared.bus import Bus
+from shared.jobs import submit
+from shared.policy import GameState, LoopState
 
 
 def status(node: str, sent_at: float, roles: list[str]) -> NodeStatus:
@@ -39,3 +43,21 @@ async def test_garbage_status_entries_are_reported_with_the_field_not_fatal(bus:
     report = await gather(bus)
     assert report.nodes == [] and report.leader is None
     assert len(report.problems) == 1 and "$.node" in report.problems[0]
+
+
+async def test_games_section_reports_best_elo_queues_and_dead_letters(bus: Bus) -> None:
+    state = LoopState({"tictactoe": GameState(generation=2, best="ab" * 32, trainings=2)})
+    counts = {"tictactoe": [(0.0, 0), (1800.0, 500)]}
+    await bus.write(names.LOOP_BUCKET, STATE_KEY, encode(LoopRecord(3, state, 0.0, 1, counts)))
+    gen2, rnd = PlayerSpec("gen2", "ab" * 32, sims=8), PlayerSpec("random", agent="random")
+    result = EvalResult("tictactoe-g2-0", "tictactoe", "gauntlet", gen2, rnd, 15, 3, 2, 3, 0.0)
+    await bus.publish_durable(names.results_subject("tictactoe", "g2"), encode(result))
+    await submit(bus, "selfplay", SelfplayJob("tictactoe-sp-1", "tictactoe", "", 2, 10, 8, 3))
+    letter = DeadLetter("eval", "tictactoe-m2-0", 9, 5, "boom", b"{}", 0.0)
+    await bus.publish_durable(names.dlq_subject("eval", "tictactoe", "m2"), encode(letter))
+
+    [info] = await games_info(bus, [])
+    assert (info.game, info.generation, info.best_sha256) == ("tictactoe", 2, "ab" * 32)
+    assert info.best_elo is not None and info.best_elo > 0 and info.best_elo_ci
+    assert info.queues["selfplay"] == 1 and info.dead_letters == 1
+    assert info.games_per_hour == 1000.0
