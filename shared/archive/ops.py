@@ -1,0 +1,287 @@
+"""Archive operations over any `Store`: game shards with manifests, models, JSON documents.
+
+Ordering is the integrity rule: a shard is written before its manifest and a checkpoint before its
+metadata document, so a manifest means a complete shard. Readers verify every checksum and raise
+`CorruptArchive` naming the key instead of returning bad bytes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import itertools
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from shared.archive import layout
+from shared.archive.errors import ArchiveConflict, ArchiveError, ArchiveNotFound, CorruptArchive
+from shared.archive.store import Store
+
+T = TypeVar("T")
+GZIP_LEVEL = 6
+HASH_CHUNK = 1024 * 1024
+
+
+class Manifest(msgspec.Struct, frozen=True, tag_field="type", tag="conclave.archive_manifest.v1"):
+    """What a shard holds; `shard_sha256` is of the stored (gzip'd) object, `raw_sha256` of the
+    msgpack payload inside it."""
+
+    game: str
+    first_seq: int
+    last_seq: int
+    count: int
+    game_ids: list[str]
+    shard_key: str
+    shard_bytes: int
+    shard_sha256: str
+    raw_sha256: str
+    created_at: float
+
+
+class _RecordId(msgspec.Struct):
+    game_id: str
+
+
+_id_decoder = msgspec.msgpack.Decoder(_RecordId)
+_shard_decoder = msgspec.msgpack.Decoder(list[bytes])
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def record_game_id(seq: int, data: bytes) -> str:
+    """The `game_id` field of a msgpack game record, the only field the archive reads."""
+    try:
+        return _id_decoder.decode(data).game_id
+    except msgspec.DecodeError as e:
+        raise ArchiveError(f"record at seq {seq} has no readable game_id: {e}") from e
+
+
+def encode_shard(records: Sequence[bytes]) -> tuple[bytes, bytes]:
+    """(raw msgpack payload, gzip'd shard); deterministic (mtime 0), so re-encoding is identical."""
+    raw = msgspec.msgpack.encode(list(records))
+    return raw, gzip.compress(raw, compresslevel=GZIP_LEVEL, mtime=0)
+
+
+def _check_records(records: Sequence[tuple[int, bytes]], game_ids: Sequence[str] | None) -> None:
+    if not records:
+        raise ValueError("write_shard: records must not be empty")
+    seqs = [seq for seq, _ in records]
+    if any(b <= a for a, b in itertools.pairwise(seqs)):
+        raise ValueError("write_shard: record seqs must be strictly increasing")
+    if game_ids is not None and len(game_ids) != len(records):
+        raise ValueError(f"write_shard: {len(game_ids)} game_ids for {len(records)} records")
+
+
+def build_shard(
+    game: str,
+    records: Sequence[tuple[int, bytes]],
+    *,
+    game_ids: Sequence[str] | None = None,
+    created_at: float,
+) -> tuple[Manifest, bytes]:
+    """The manifest and gzip'd bytes of a shard of `records` (seq, msgpack bytes), pure."""
+    _check_records(records, game_ids)
+    first, last = records[0][0], records[-1][0]
+    ids = list(game_ids) if game_ids is not None else [record_game_id(s, d) for s, d in records]
+    raw, shard = encode_shard([data for _, data in records])
+    manifest = Manifest(
+        game=game,
+        first_seq=first,
+        last_seq=last,
+        count=len(records),
+        game_ids=ids,
+        shard_key=layout.shard_key(game, first, last),
+        shard_bytes=len(shard),
+        shard_sha256=sha256_hex(shard),
+        raw_sha256=sha256_hex(raw),
+        created_at=created_at,
+    )
+    return manifest, shard
+
+
+def write_shard(
+    store: Store,
+    game: str,
+    records: Sequence[tuple[int, bytes]],
+    *,
+    game_ids: Sequence[str] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Manifest:
+    """Archive `records` as one shard, then its manifest; return the committed manifest.
+
+    Idempotent: if a manifest for the same seq range with the same checksums exists, nothing is
+    written and that manifest is returned. The same range with different content raises
+    `ArchiveConflict`. `game_ids` default to each record's `game_id` field.
+    """
+    manifest, shard = build_shard(game, records, game_ids=game_ids, created_at=clock())
+    existing = _committed(store, game, manifest.first_seq, manifest.last_seq)
+    if existing is not None:
+        if (existing.shard_sha256, existing.raw_sha256) != (
+            manifest.shard_sha256,
+            manifest.raw_sha256,
+        ):
+            raise ArchiveConflict(f"{existing.shard_key} is archived with different content")
+        return existing
+    meta = {"sha256": manifest.shard_sha256, "count": str(manifest.count)}
+    store.put_bytes(manifest.shard_key, shard, metadata=meta)
+    key = layout.manifest_key(game, manifest.first_seq, manifest.last_seq)
+    store.put_bytes(key, msgspec.json.encode(manifest))
+    return manifest
+
+
+def _committed(store: Store, game: str, first: int, last: int) -> Manifest | None:
+    try:
+        return read_manifest(store, game, first, last)
+    except ArchiveNotFound:
+        return None
+
+
+def read_manifest(store: Store, game: str, first_seq: int, last_seq: int) -> Manifest:
+    key = layout.manifest_key(game, first_seq, last_seq)
+    data = store.get_bytes(key)
+    try:
+        manifest = msgspec.json.decode(data, type=Manifest)
+    except msgspec.DecodeError as e:
+        raise CorruptArchive(f"manifest {key} is unreadable: {e}") from e
+    if (manifest.game, manifest.first_seq, manifest.last_seq) != (game, first_seq, last_seq):
+        raise CorruptArchive(
+            f"manifest {key} describes {manifest.game} {manifest.first_seq}-{manifest.last_seq}"
+        )
+    return manifest
+
+
+def archived_ranges(store: Store, game: str) -> list[tuple[int, int]]:
+    """The (first_seq, last_seq) of every committed shard of `game`, in order."""
+    ranges = (layout.parse_manifest_key(game, k) for k in store.list(layout.manifests_prefix(game)))
+    return sorted(r for r in ranges if r is not None)
+
+
+def list_manifests(store: Store, game: str) -> list[Manifest]:
+    """Every committed manifest of `game` in seq order (what a disaster restore replays)."""
+    return [read_manifest(store, game, first, last) for first, last in archived_ranges(store, game)]
+
+
+def read_shard(store: Store, game: str, manifest: Manifest) -> list[bytes]:
+    """The records of a shard, verified against both checksums and the count of `manifest`."""
+    key = layout.shard_key(game, manifest.first_seq, manifest.last_seq)
+    shard = store.get_bytes(key)
+    if sha256_hex(shard) != manifest.shard_sha256:
+        raise CorruptArchive(f"shard {key}: sha256 of the stored bytes does not match its manifest")
+    try:
+        raw = gzip.decompress(shard)
+    except (OSError, EOFError, zlib.error) as e:
+        raise CorruptArchive(f"shard {key}: not valid gzip: {e}") from e
+    if sha256_hex(raw) != manifest.raw_sha256:
+        raise CorruptArchive(f"shard {key}: sha256 of the payload does not match its manifest")
+    try:
+        records = _shard_decoder.decode(raw)
+    except msgspec.DecodeError as e:
+        raise CorruptArchive(f"shard {key}: payload is not a msgpack list of records: {e}") from e
+    if len(records) != manifest.count:
+        raise CorruptArchive(f"shard {key}: {len(records)} records, manifest says {manifest.count}")
+    return records
+
+
+def put_model(store: Store, game: str, sha256: str, data: bytes, meta_json: bytes) -> bool:
+    """Archive a checkpoint and its metadata document; False if both were already there."""
+    key = layout.model_key(game, sha256)
+    if sha256_hex(data) != sha256:
+        raise CorruptArchive(f"model {key}: the data's sha256 is {sha256_hex(data)}, not its name")
+    return _put_model(
+        store,
+        game,
+        sha256,
+        len(data),
+        lambda: store.put_bytes(key, data, metadata={"sha256": sha256}),
+        meta_json,
+    )
+
+
+def put_model_file(store: Store, game: str, sha256: str, path: Path, meta_json: bytes) -> bool:
+    """`put_model` for a checkpoint file, streamed (multipart on S3) with bounded memory."""
+    key = layout.model_key(game, sha256)
+    got = file_sha256(path)
+    if got != sha256:
+        raise CorruptArchive(f"model {key}: file {path} has sha256 {got}, not its name")
+    size = path.stat().st_size
+    return _put_model(
+        store,
+        game,
+        sha256,
+        size,
+        lambda: store.put_file(key, path, metadata={"sha256": sha256}),
+        meta_json,
+    )
+
+
+def _put_model(
+    store: Store, game: str, sha256: str, size: int, upload: Callable[[], None], meta_json: bytes
+) -> bool:
+    key, meta_key = layout.model_key(game, sha256), layout.model_meta_key(game, sha256)
+    info, meta_info = store.head(key), store.head(meta_key)
+    done = info is not None and info.size == size
+    meta_done = meta_info is not None and meta_info.size == len(meta_json)
+    if not done:
+        upload()
+    if not (done and meta_done):
+        store.put_bytes(meta_key, meta_json)  # after the checkpoint: metadata means complete
+    return not (done and meta_done)
+
+
+def get_model(store: Store, game: str, sha256: str) -> bytes:
+    """The checkpoint named `sha256`, verified; `CorruptArchive` if its bytes hash otherwise."""
+    key = layout.model_key(game, sha256)
+    data = store.get_bytes(key)
+    if sha256_hex(data) != sha256:
+        raise CorruptArchive(f"model {key}: stored bytes have sha256 {sha256_hex(data)}")
+    return data
+
+
+def get_model_file(store: Store, game: str, sha256: str, path: Path) -> None:
+    """Download a checkpoint to `path`, verified; on a mismatch `path` is removed and
+    `CorruptArchive` raised."""
+    key = layout.model_key(game, sha256)
+    store.get_file(key, path)
+    got = file_sha256(path)
+    if got != sha256:
+        path.unlink(missing_ok=True)
+        raise CorruptArchive(f"model {key}: stored bytes have sha256 {got}")
+
+
+def get_model_meta(store: Store, game: str, sha256: str) -> bytes:
+    return store.get_bytes(layout.model_meta_key(game, sha256))
+
+
+def list_models(store: Store, game: str) -> list[str]:
+    """The sha256 of every archived checkpoint of `game`."""
+    shas = (layout.parse_model_key(game, k) for k in store.list(layout.models_prefix(game)))
+    return [s for s in shas if s is not None]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def put_json(store: Store, key: str, doc: Any) -> None:
+    """Store a JSON document (a msgspec Struct, dict, list...) under `key`."""
+    store.put_bytes(key, msgspec.json.encode(doc), metadata={"content-type": "application/json"})
+
+
+def get_json(store: Store, key: str, type_: type[T]) -> T:
+    """The document under `key` decoded as `type_`; `CorruptArchive` naming the key if it is not."""
+    data = store.get_bytes(key)
+    try:
+        return msgspec.json.decode(data, type=type_)
+    except msgspec.DecodeError as e:
+        raise CorruptArchive(f"document {key} is not a valid {type_.__name__}: {e}") from e
