@@ -6,7 +6,7 @@
 A mistake is a move whose win/draw/loss value is worse than the best available (the measure of
 Pons' test sets in AlphaZero.jl's Connect Four benchmark). Positions come from seeded games of
 random and `onestep` moves mixed, stopped at a ply drawn within each stage (<= 14, 15-28, > 28
-moves played; the first stage starts at 8 moves, where the solver needs well under a second);
+moves played; the first stage starts at 8 moves, where labelling takes the C solver ~0.5 s);
 every legal move is labelled by `shared.solver.connect4.move_values`, and a position is kept
 only if its moves do not all have the same value. The labelled set is cached under
 --cache (default ~/.cache/conclave) by seed and size. Every agent sees each position with the
