@@ -119,16 +119,22 @@ class S3Store:
         if self.limiter is not None:
             self.limiter.take(n)
 
-    def create_bucket(self) -> None:
-        """Create the bucket if missing (tests, local MinIO); production buckets are provisioned."""
+    def bucket_exists(self) -> bool:
+        """Whether the bucket is there (a missing bucket otherwise looks like missing keys)."""
         with translated(self.cfg.bucket, ""):
             try:
                 self.client.head_bucket(Bucket=self.cfg.bucket)
-                return
             except botocore.exceptions.ClientError as e:
-                if _code(e) not in _NOT_FOUND_CODES | {"NoSuchBucket"}:
-                    raise
-            self.client.create_bucket(Bucket=self.cfg.bucket)
+                if _code(e) in _NOT_FOUND_CODES | {"NoSuchBucket"}:
+                    return False
+                raise
+        return True
+
+    def create_bucket(self) -> None:
+        """Create the bucket if missing (tests, local MinIO); production buckets are provisioned."""
+        if not self.bucket_exists():
+            with translated(self.cfg.bucket, ""):
+                self.client.create_bucket(Bucket=self.cfg.bucket)
 
     def put_bytes(self, key: str, data: bytes, *, metadata: dict[str, str] | None = None) -> None:
         meta, full = check_metadata(key, metadata), self._key(key)

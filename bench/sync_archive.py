@@ -1,0 +1,169 @@
+"""The S3 half of the sync benchmark: archive-layer uploads against raw boto3, same bytes, same run.
+
+    .venv/bin/python bench/sync_archive.py --json
+
+Starts its own moto S3 server on 127.0.0.1. The same pre-built shard objects (default 200 MB)
+and one model file (default 64 MB) are uploaded through `S3Store` (`put_bytes` + manifest per
+shard, `put_model_file` with its digest check) and through raw boto3 `put_object` / `upload_file`
+with boto3's default transfer settings. Rounds alternate which path goes first. `ratio` is
+archive MB/s over raw MB/s (target >= 0.8). `write_shard_mb_per_s` is the end-to-end rate of
+`write_shard` (msgpack + gzip + checksums + upload) over `--e2e-mb` of raw game records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from shared.archive import S3Config, S3Store, layout, put_model_file, write_shard  # noqa: E402
+from shared.archive.ops import Manifest, build_shard  # noqa: E402
+from tests.s3server import FAKE_AWS_ENV, MotoServer, running_moto  # noqa: E402
+
+MB = 1_000_000
+GAME = "connect4"
+
+
+def game_records(
+    first_seq: int, raw_bytes: int, rng: np.random.Generator
+) -> list[tuple[int, bytes]]:
+    """Connect-4-sized msgpack records (~40 plies, float32 policy rows) totalling `raw_bytes`."""
+    out: list[tuple[int, bytes]] = []
+    seq, total = first_seq, 0
+    while total < raw_bytes:
+        plies = int(rng.integers(10, 43))
+        policy = rng.dirichlet(np.ones(7), size=plies).astype("<f4").tobytes()
+        doc = {
+            "type": "conclave.game.v1",
+            "game_id": f"g{seq}",
+            "moves": [3] * plies,
+            "policy": policy,
+            "plies": plies,
+            "num_actions": 7,
+        }
+        data = msgspec.msgpack.encode(doc)
+        out.append((seq, data))
+        seq, total = seq + 1, total + len(data)
+    return out
+
+
+def build_shards(
+    total_mb: float, shard_mb: float, rng: np.random.Generator, distinct: int = 4
+) -> list[tuple[Manifest, bytes]]:
+    """Shards totalling `total_mb`; only `distinct` are encoded, the rest reuse their bytes
+    under other seq ranges (generating 250 MB of records would dominate the run)."""
+    made: list[tuple[Manifest, bytes]] = []
+    size, seq = 0, 1
+    while size < total_mb * MB:
+        if len(made) < distinct:
+            recs = game_records(seq, int(shard_mb * MB * 1.1), rng)
+            manifest, blob = build_shard(GAME, recs, created_at=time.time())
+        else:
+            manifest, blob = made[len(made) % distinct]
+            last = seq + manifest.count - 1
+            key = layout.shard_key(GAME, seq, last)
+            manifest = msgspec.structs.replace(
+                manifest, first_seq=seq, last_seq=last, shard_key=key
+            )
+        made.append((manifest, blob))
+        size, seq = size + len(blob), manifest.last_seq + 1
+    return made
+
+
+def archive_round(
+    store: S3Store, shards: list[tuple[Manifest, bytes]], model: Path, sha: str
+) -> float:
+    start = time.perf_counter()
+    for manifest, blob in shards:
+        store.put_bytes(manifest.shard_key, blob, metadata={"sha256": manifest.shard_sha256})
+        key = layout.manifest_key(GAME, manifest.first_seq, manifest.last_seq)
+        store.put_bytes(key, msgspec.json.encode(manifest))
+    put_model_file(store, GAME, sha, model, b"{}")
+    return time.perf_counter() - start
+
+
+def raw_round(client: Any, bucket: str, shards: list[tuple[Manifest, bytes]], model: Path) -> float:
+    start = time.perf_counter()
+    for manifest, blob in shards:
+        client.put_object(Bucket=bucket, Key=f"raw/{manifest.shard_key}", Body=blob)
+    client.upload_file(str(model), bucket, "raw/model.ckpt")
+    return time.perf_counter() - start
+
+
+def e2e_write_shard(store: S3Store, raw_mb: float, rng: np.random.Generator) -> float:
+    batches = [
+        game_records(10**9 + i * 10**6, int(4 * MB), rng) for i in range(max(1, int(raw_mb / 4)))
+    ]
+    raw = sum(len(d) for b in batches for _, d in b)
+    start = time.perf_counter()
+    for recs in batches:
+        write_shard(store, GAME, recs)
+    return raw / MB / (time.perf_counter() - start)
+
+
+def run(server: MotoServer, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    shards = build_shards(args.shard_total_mb, args.shard_mb, rng)
+    model = work / "model.ckpt"
+    model.write_bytes(os.urandom(int(args.model_mb * MB)))
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    total = (sum(len(b) for _, b in shards) + model.stat().st_size) / MB
+    t_archive = t_raw = 0.0
+    for r in range(args.rounds):
+        store = S3Store(S3Config(bucket=f"bench-{uuid.uuid4().hex[:8]}", endpoint_url=server.url))
+        store.create_bucket()
+        first, second = ("archive", "raw") if r % 2 == 0 else ("raw", "archive")
+        for path in (first, second):
+            if path == "archive":
+                t_archive += archive_round(store, shards, model, sha)
+            else:
+                t_raw += raw_round(store.client, store.cfg.bucket, shards, model)
+    archive_rate, raw_rate = total * args.rounds / t_archive, total * args.rounds / t_raw
+    return {
+        "mb_per_round": round(total, 1),
+        "shards": len(shards),
+        "rounds": args.rounds,
+        "archive_mb_per_s": round(archive_rate, 1),
+        "raw_boto3_mb_per_s": round(raw_rate, 1),
+        "ratio": round(archive_rate / raw_rate, 3),
+        "write_shard_mb_per_s": round(e2e_write_shard(store, args.e2e_mb, rng), 1)
+        if args.e2e_mb
+        else None,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--shard-total-mb", type=float, default=200.0)
+    parser.add_argument("--shard-mb", type=float, default=4.0, help="compressed size of each shard")
+    parser.add_argument("--model-mb", type=float, default=64.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--e2e-mb", type=float, default=32.0, help="raw MB through write_shard; 0 skips"
+    )
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    os.environ.update(FAKE_AWS_ENV)  # moto accepts any credentials; never real ones here
+    with tempfile.TemporaryDirectory() as tmp, running_moto(Path(tmp) / "moto.log") as server:
+        result = run(server, args, Path(tmp))
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
