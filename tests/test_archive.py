@@ -28,10 +28,12 @@ from shared.archive import (
     Store,
     TokenBucket,
     archived_ranges,
+    covers,
     get_json,
     get_model,
     get_model_file,
     get_model_meta,
+    last_archived_seq,
     layout,
     list_manifests,
     list_models,
@@ -188,6 +190,15 @@ def test_archived_ranges(store: Store) -> None:
     assert archived_ranges(store, GAME) == [(1, 10), (101, 110), (201, 210), (1001, 1010)]
     assert archived_ranges(store, "connect4") == [(1, 3)]
     assert archived_ranges(store, "othello") == []
+    ranges = archived_ranges(store, GAME)
+    assert [s for s in (0, 1, 10, 11, 100, 105, 210, 211, 1010, 1011) if covers(ranges, s)] == [
+        1,
+        10,
+        105,
+        210,
+        1010,
+    ]
+    assert last_archived_seq(ranges) == 1010 and last_archived_seq([]) == 0
 
 
 def test_corrupt_shard_is_detected(store: Store) -> None:

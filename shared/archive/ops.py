@@ -7,6 +7,7 @@ metadata document, so a manifest means a complete shard. Readers verify every ch
 
 from __future__ import annotations
 
+import bisect
 import gzip
 import hashlib
 import itertools
@@ -20,6 +21,7 @@ import msgspec
 
 from shared.archive import layout
 from shared.archive.errors import ArchiveConflict, ArchiveError, ArchiveNotFound, CorruptArchive
+from shared.archive.layout import MAX_SEQ
 from shared.archive.store import Store
 
 T = TypeVar("T")
@@ -161,6 +163,17 @@ def archived_ranges(store: Store, game: str) -> list[tuple[int, int]]:
     """The (first_seq, last_seq) of every committed shard of `game`, in order."""
     ranges = (layout.parse_manifest_key(game, k) for k in store.list(layout.manifests_prefix(game)))
     return sorted(r for r in ranges if r is not None)
+
+
+def covers(ranges: Sequence[tuple[int, int]], seq: int) -> bool:
+    """Whether `seq` lies in one of the sorted, disjoint `ranges` (from `archived_ranges`)."""
+    i = bisect.bisect_right(ranges, (seq, MAX_SEQ)) - 1
+    return i >= 0 and ranges[i][0] <= seq <= ranges[i][1]
+
+
+def last_archived_seq(ranges: Sequence[tuple[int, int]]) -> int:
+    """The highest archived seq, 0 if none: where a restarted syncer resumes."""
+    return max((last for _, last in ranges), default=0)
 
 
 def list_manifests(store: Store, game: str) -> list[Manifest]:
