@@ -2,12 +2,15 @@
 
     .venv/bin/python bench/sync_archive.py --json
 
-Starts its own moto S3 server on 127.0.0.1. The same pre-built shard objects (default 200 MB)
-and one model file (default 64 MB) are uploaded through `S3Store` (`put_bytes` + manifest per
-shard, `put_model_file` with its digest check) and through raw boto3 `put_object` / `upload_file`
-with boto3's default transfer settings. Rounds alternate which path goes first. `ratio` is
-archive MB/s over raw MB/s (target >= 0.8). `write_shard_mb_per_s` is the end-to-end rate of
-`write_shard` (msgpack + gzip + checksums + upload) over `--e2e-mb` of raw game records.
+Starts its own moto S3 server on 127.0.0.1. The same pre-built shard objects (default 200 MB
+in 8 MB shards) and one model file (default 64 MB) go up three ways in each round:
+- archive: what the syncer does, `S3Store.put_bytes` of each shard then its manifest, and
+  `put_model_file` (sha256 check of the file, then a multipart upload, then its metadata);
+- store: the same objects through `S3Store.put_bytes` / `put_file` alone;
+- raw: boto3 `put_object` / `upload_file` with boto3's default transfer settings.
+Rounds rotate which path goes first; MB/s count shard + model bytes only. `ratio` is archive over
+raw (target >= 0.8), `store_ratio` store over raw. `write_shard_mb_per_s` is the end-to-end rate
+of `write_shard` (msgpack + gzip + checksums + upload) over `--e2e-mb` of raw game records.
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ def build_shards(
 def archive_round(
     store: S3Store, shards: list[tuple[Manifest, bytes]], model: Path, sha: str
 ) -> float:
+    """What the syncer does: each shard then its manifest; the model after its digest check."""
     start = time.perf_counter()
     for manifest, blob in shards:
         store.put_bytes(manifest.shard_key, blob, metadata={"sha256": manifest.shard_sha256})
@@ -95,12 +99,27 @@ def archive_round(
     return time.perf_counter() - start
 
 
+def store_round(store: S3Store, shards: list[tuple[Manifest, bytes]], model: Path) -> float:
+    """The byte layer alone: the same objects through `S3Store.put_bytes` / `put_file`."""
+    start = time.perf_counter()
+    for manifest, blob in shards:
+        store.put_bytes(f"store/{manifest.shard_key}", blob)
+    store.put_file("store/model.ckpt", model)
+    return time.perf_counter() - start
+
+
 def raw_round(client: Any, bucket: str, shards: list[tuple[Manifest, bytes]], model: Path) -> float:
     start = time.perf_counter()
     for manifest, blob in shards:
         client.put_object(Bucket=bucket, Key=f"raw/{manifest.shard_key}", Body=blob)
     client.upload_file(str(model), bucket, "raw/model.ckpt")
     return time.perf_counter() - start
+
+
+def empty_bucket(client: Any, bucket: str) -> None:
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            client.delete_object(Bucket=bucket, Key=obj["Key"])
 
 
 def e2e_write_shard(store: S3Store, raw_mb: float, rng: np.random.Generator) -> float:
@@ -121,27 +140,32 @@ def run(server: MotoServer, args: argparse.Namespace, work: Path) -> dict[str, A
     model.write_bytes(os.urandom(int(args.model_mb * MB)))
     sha = hashlib.sha256(model.read_bytes()).hexdigest()
     total = (sum(len(b) for _, b in shards) + model.stat().st_size) / MB
-    t_archive = t_raw = 0.0
+    times = {"archive": 0.0, "store": 0.0, "raw": 0.0}
     for r in range(args.rounds):
         store = S3Store(S3Config(bucket=f"bench-{uuid.uuid4().hex[:8]}", endpoint_url=server.url))
         store.create_bucket()
-        first, second = ("archive", "raw") if r % 2 == 0 else ("raw", "archive")
-        for path in (first, second):
+        order = ["archive", "store", "raw"]
+        for path in order[r % 3 :] + order[: r % 3]:  # rotate who goes first
             if path == "archive":
-                t_archive += archive_round(store, shards, model, sha)
+                times[path] += archive_round(store, shards, model, sha)
+            elif path == "store":
+                times[path] += store_round(store, shards, model)
             else:
-                t_raw += raw_round(store.client, store.cfg.bucket, shards, model)
-    archive_rate, raw_rate = total * args.rounds / t_archive, total * args.rounds / t_raw
+                times[path] += raw_round(store.client, store.cfg.bucket, shards, model)
+        if r < args.rounds - 1:
+            empty_bucket(store.client, store.cfg.bucket)  # moto holds objects in memory
+    rate = {path: total * args.rounds / t for path, t in times.items()}
+    e2e = e2e_write_shard(store, args.e2e_mb, rng) if args.e2e_mb else None
     return {
         "mb_per_round": round(total, 1),
         "shards": len(shards),
         "rounds": args.rounds,
-        "archive_mb_per_s": round(archive_rate, 1),
-        "raw_boto3_mb_per_s": round(raw_rate, 1),
-        "ratio": round(archive_rate / raw_rate, 3),
-        "write_shard_mb_per_s": round(e2e_write_shard(store, args.e2e_mb, rng), 1)
-        if args.e2e_mb
-        else None,
+        "archive_mb_per_s": round(rate["archive"], 1),
+        "store_mb_per_s": round(rate["store"], 1),
+        "raw_boto3_mb_per_s": round(rate["raw"], 1),
+        "ratio": round(rate["archive"] / rate["raw"], 3),
+        "store_ratio": round(rate["store"] / rate["raw"], 3),
+        "write_shard_mb_per_s": round(e2e, 1) if e2e else None,
     }
 
 
@@ -150,9 +174,9 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--shard-total-mb", type=float, default=200.0)
-    parser.add_argument("--shard-mb", type=float, default=4.0, help="compressed size of each shard")
+    parser.add_argument("--shard-mb", type=float, default=8.0, help="compressed size of each shard")
     parser.add_argument("--model-mb", type=float, default=64.0)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--e2e-mb", type=float, default=32.0, help="raw MB through write_shard; 0 skips"
     )

@@ -339,6 +339,20 @@ def test_multipart_upload_with_bounded_parts(
     assert peak < 12 * 1024 * 1024, peak
     get_model_file(store, GAME, sha, tmp_path / "back.ckpt")
     assert (tmp_path / "back.ckpt").read_bytes() == src.read_bytes()
+    blob = os.urandom(6 * 1024 * 1024)  # put_bytes above the threshold goes multipart too
+    store.put_bytes("big/blob", blob, metadata={"kind": "test"})
+    info = store.head("big/blob")
+    assert info is not None and info.etag.endswith("-2") and info.metadata == {"kind": "test"}
+    assert store.get_bytes("big/blob") == blob
+
+
+def test_s3_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="part_size_mb"):
+        S3Config(bucket="b", part_size_mb=4)
+    with pytest.raises(ValueError, match="prefix"):
+        S3Config(bucket="b", prefix="conclave/")
+    with pytest.raises(ValueError, match="max_bytes_per_s"):
+        S3Config(bucket="b", max_bytes_per_s=0)
 
 
 def _client_error(code: str, status: int) -> botocore.exceptions.ClientError:

@@ -53,6 +53,8 @@ class S3Config(msgspec.Struct, frozen=True):
     def __post_init__(self) -> None:
         if not self.bucket:
             raise ValueError("S3Config.bucket must not be empty")
+        if self.prefix.startswith("/") or self.prefix.endswith("/"):
+            raise ValueError(f"S3Config.prefix {self.prefix!r} must not start or end with '/'")
         if self.part_size_mb < MIN_PART_MB:
             raise ValueError(f"S3Config.part_size_mb must be >= {MIN_PART_MB}")
         if self.max_bytes_per_s is not None and self.max_bytes_per_s <= 0:
