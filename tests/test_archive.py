@@ -41,6 +41,7 @@ from shared.archive import (
     put_model,
     put_model_file,
     read_shard,
+    restore_shards,
     write_shard,
 )
 from shared.archive.ops import sha256_hex
@@ -199,6 +200,16 @@ def test_archived_ranges(store: Store) -> None:
         1010,
     ]
     assert last_archived_seq(ranges) == 1010 and last_archived_seq([]) == 0
+
+
+def test_restore_replays_shards_in_order(store: Store) -> None:
+    written = {first: records(first, 5) for first in (11, 1, 21)}
+    for recs in written.values():
+        write_shard(store, GAME, recs)
+    restored = [(m.first_seq, recs) for m, recs in restore_shards(store, GAME)]
+    assert restored == [(f, [d for _, d in written[f]]) for f in (1, 11, 21)]
+    assert [m.first_seq for m, _ in restore_shards(store, GAME, after_seq=14)] == [11, 21]
+    assert [m.first_seq for m, _ in restore_shards(store, GAME, after_seq=15)] == [21]
 
 
 def test_corrupt_shard_is_detected(store: Store) -> None:

@@ -29,6 +29,7 @@ from shared.archive.ops import (
     put_model_file,
     read_manifest,
     read_shard,
+    restore_shards,
     write_shard,
 )
 from shared.archive.s3 import S3Config, S3Store, TokenBucket
@@ -63,5 +64,6 @@ __all__ = [
     "put_model_file",
     "read_manifest",
     "read_shard",
+    "restore_shards",
     "write_shard",
 ]

@@ -13,7 +13,7 @@ import hashlib
 import itertools
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -179,6 +179,17 @@ def last_archived_seq(ranges: Sequence[tuple[int, int]]) -> int:
 def list_manifests(store: Store, game: str) -> list[Manifest]:
     """Every committed manifest of `game` in seq order (what a disaster restore replays)."""
     return [read_manifest(store, game, first, last) for first, last in archived_ranges(store, game)]
+
+
+def restore_shards(
+    store: Store, game: str, *, after_seq: int = 0
+) -> Iterator[tuple[Manifest, list[bytes]]]:
+    """Disaster restore: every committed shard of `game` whose range ends after `after_seq`, in
+    seq order, with its verified records (the first corrupt shard raises `CorruptArchive`)."""
+    for first, last in archived_ranges(store, game):
+        if last > after_seq:
+            manifest = read_manifest(store, game, first, last)
+            yield manifest, read_shard(store, game, manifest)
 
 
 def read_shard(store: Store, game: str, manifest: Manifest) -> list[bytes]:
