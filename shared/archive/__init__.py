@@ -1,7 +1,16 @@
 """The S3 archive: durable copies of models, game shards and registry documents (no NATS here).
 
-`Store` is the byte-level interface (`S3Store`, `LocalStore`); `layout` names every key;
-`ops` writes and verifies shards, models and JSON documents on any store.
+All calls are synchronous; an async service runs them with `asyncio.to_thread`.
+- `Store` (`S3Store(S3Config(...))`, `LocalStore(root)`): put_bytes / put_file / get_bytes /
+  get_file / head / list / delete on keys relative to the archive root.
+- `layout`: every key (models, shards, manifests, registry, ratings).
+- Shards: `write_shard` (idempotent; shard before manifest), `archived_ranges`, `covers`,
+  `last_archived_seq`, `read_shard` (verified), `restore_shards` (disaster restore, in seq order).
+- Models: `put_model` / `put_model_file` (digest checked before upload, skipped when present),
+  `get_model` / `get_model_file` (verified), `list_models`, `get_model_meta`.
+- Documents: `put_json`, `get_json`.
+Errors: `ArchiveUnavailable` (retry later), `ArchiveNotFound`, `CorruptArchive`,
+`ArchiveConflict`, all `ArchiveError`; `ValueError` for a malformed key, game or argument.
 """
 
 from shared.archive import layout
