@@ -7,8 +7,9 @@
    null-window binary search on the score; a transposition table of score bounds keyed by
    position + mask; moves ordered by the number of threats they create,
    centre first on ties. Added to that design: mirror images share one table entry; buckets of
-   two slots keep the entry nearest the root next to the newest one; and enhanced transposition
-   cutoffs look up the children before searching any of them.
+   two slots keep the entry nearest the root next to the newest one; enhanced transposition
+   cutoffs look up the children before searching any of them; and Allis' "claimeven" bounds the
+   score when every column has an even number of empty cells.
 
    Scores follow Pons' convention, from the side to move: a win with one's k-th stone scores
    22 - k, a draw 0, a loss with the opponent's k-th stone -(22 - k). The table, the node counter
@@ -66,6 +67,19 @@ static inline uint64_t winning_cells(uint64_t stones, uint64_t mask)
         cells |= pair & ((stones << s) | (stones >> 3 * s));
     }
     return cells & (BOARD ^ mask);
+}
+
+#define ODD_ROWS (BOTTOM_ROW * 0x2a) /* bit rows 1, 3 and 5 */
+
+static inline int has_four(uint64_t stones)
+{
+    static const int shifts[4] = {1, H1, HEIGHT, HEIGHT + 2};
+    for (int i = 0; i < 4; i++) {
+        uint64_t pairs = stones & (stones >> shifts[i]);
+        if (pairs & (pairs >> 2 * shifts[i]))
+            return 1;
+    }
+    return 0;
 }
 
 static inline uint64_t playable(const Board *b) { return (b->mask + BOTTOM_ROW) & BOARD; }
@@ -205,6 +219,20 @@ static int negamax(const Board *b, int alpha, int beta)
         }
     } else if (code) {
         upper = CODE_UPPER(code);
+    }
+    uint64_t below = playable(b);
+    if (!(below & ODD_ROWS)) {
+        /* Every column has an even number of empty cells, so the opponent can answer each move
+           on top of it and take every second empty cell of each column: we can only ever own
+           the others. Without a four among those and our stones we cannot win; if the
+           opponent has one among theirs, they will complete it. */
+        uint64_t ours = (below | below << 2 | below << 4) & (BOARD ^ b->mask);
+        if (!has_four(b->position | ours)) {
+            uint64_t theirs = (BOARD ^ b->mask) & ~ours;
+            int cap = has_four((b->position ^ b->mask) | theirs) ? -1 : 0;
+            if (upper > cap)
+                upper = cap;
+        }
     }
     if (beta > upper) {
         beta = upper;
