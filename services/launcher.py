@@ -31,8 +31,9 @@ ROLE_SERVICES: dict[str, tuple[str, ...]] = {
     "selfplay": ("selfplay",),
     "trainer": ("trainer",),
     "evaluator": ("evaluator",),
+    "control": ("leader",),  # leadership without the training loop (`up --no-train`)
 }
-CONTROL_ROLES = ("coordinator",)
+LOOP_ROLES = ("coordinator", "selfplay", "trainer", "evaluator")
 ALL_ROLES = tuple(ROLE_SERVICES)
 
 

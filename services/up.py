@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 
 from services.console import Console
-from services.launcher import ALL_ROLES, CONTROL_ROLES, NodeOptions, run_node, stop_on_signals
+from services.launcher import LOOP_ROLES, NodeOptions, run_node, stop_on_signals
 from shared.lease import LeaseParams
 from shared.natsserver import NatsServer, ServerSpec
 
@@ -35,7 +35,7 @@ async def up_main(opts: UpOptions) -> int:
     try:
         node = NodeOptions(
             node_id=opts.node_id,
-            roles=list(CONTROL_ROLES if opts.no_train else ALL_ROLES),
+            roles=["control"] if opts.no_train else list(LOOP_ROLES),
             nats_urls=[server.url],
             lease=opts.lease,
             log_dir=str(data / "logs"),

@@ -21,13 +21,14 @@ RETRY_S = 0.2
 class KeyChanges:
     """Wakes a waiter when the lease key changes; a lost watch only delays it to its deadline."""
 
-    def __init__(self) -> None:
+    def __init__(self, key: str = names.LEADER_KEY) -> None:
+        self.key = key
         self.changed = asyncio.Event()
 
     async def follow(self, bus: Bus) -> None:
         while True:
             try:
-                async with bus.watch(names.ELECTION_BUCKET, names.LEADER_KEY) as watcher:
+                async with bus.watch(names.ELECTION_BUCKET, self.key) as watcher:
                     async for _ in watcher:
                         self.changed.set()
             except BusError as e:

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from services.launcher import ROLE_SERVICES
+from services.launcher import LOOP_ROLES, ROLE_SERVICES
 from shared.natsserver import COMPOSE_SERVERS, compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,4 +42,4 @@ def test_every_role_named_is_a_known_role() -> None:
             roles = command[command.index("--roles") + 1].split(",")
             roles_seen |= set(roles)
             assert set(roles) <= set(ROLE_SERVICES), roles
-    assert roles_seen == set(ROLE_SERVICES), "compose should run every role at least once"
+    assert roles_seen >= set(LOOP_ROLES), "compose should run every role of the loop"

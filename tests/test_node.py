@@ -15,11 +15,13 @@ import pytest
 from schemas import names
 from schemas.codec import decode
 from schemas.control import NodeStatus
-from services.launcher import NodeOptions, build_children, supervise
+from services.launcher import NodeOptions, build_children, services_for, supervise
 from shared.bus import Bus
 from shared.natsserver import NatsServer, pid_alive
 from shared.supervisor import Child
 from tests.conftest import Processes, eventually, process_config
+
+COORDINATOR = services_for(["coordinator"])
 
 
 async def node_status(bus: Bus, node: str) -> NodeStatus | None:
@@ -53,9 +55,11 @@ async def node(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Running
 
 
 async def test_status_lists_services_with_loop_lag(node: RunningNode, bus: Bus) -> None:
-    status = await eventually(lambda: _with_services(bus, "n1", 2), 20, what="status with services")
+    status = await eventually(
+        lambda: _with_services(bus, "n1", len(COORDINATOR)), 20, what="status with services"
+    )
     assert status.roles == ["coordinator"]
-    assert {s.name for s in status.services} == {"heartbeat", "leader"}
+    assert {s.name for s in status.services} == set(COORDINATOR)
     assert all(s.alive and s.lag_max_ms >= 0 for s in status.services)
     assert status.resources.cores == os.cpu_count()
 
@@ -68,7 +72,9 @@ async def _with_services(bus: Bus, node: str, count: int) -> NodeStatus | None:
 
 
 async def test_sigstopped_service_is_killed_and_restarted(node: RunningNode, bus: Bus) -> None:
-    await eventually(lambda: _with_services(bus, "n1", 2), 20, what="both services alive")
+    await eventually(
+        lambda: _with_services(bus, "n1", len(COORDINATOR)), 20, what="all services alive"
+    )
     leader = node.children["leader"]
     stopped_pid = leader.pid
     assert stopped_pid is not None
@@ -76,11 +82,15 @@ async def test_sigstopped_service_is_killed_and_restarted(node: RunningNode, bus
     await eventually(lambda: leader.pid != stopped_pid, 10, what="a new leader process")
     assert leader.last_outcome == "stalled" and leader.restarts == 1
     assert not pid_alive(stopped_pid) or _is_zombie(stopped_pid)
-    await eventually(lambda: _with_services(bus, "n1", 2), 20, what="services alive again")
+    await eventually(
+        lambda: _with_services(bus, "n1", len(COORDINATOR)), 20, what="services alive again"
+    )
 
 
 async def test_crashed_service_is_restarted(node: RunningNode, bus: Bus) -> None:
-    await eventually(lambda: _with_services(bus, "n1", 2), 20, what="both services alive")
+    await eventually(
+        lambda: _with_services(bus, "n1", len(COORDINATOR)), 20, what="all services alive"
+    )
     heartbeat = node.children["heartbeat"]
     old = heartbeat.pid
     assert old is not None

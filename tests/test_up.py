@@ -44,7 +44,7 @@ async def test_up_elects_a_leader_that_status_reports_and_stops_cleanly(
     assert report["leader"]["since"] > 0
     assert report["nats"]["url"] == url and url in report["nats"]["servers"]
     node = report["nodes"][0]
-    assert node["id"] == "local" and node["alive"] and "coordinator" in node["roles"]
+    assert node["id"] == "local" and node["alive"] and node["roles"] == ["control"]
     assert isinstance(node["loop_lag_ms"], float)
     text = conclave("status", "--nats", url).stdout
     assert "leader: local" in text and "nodes alive: 1/1" in text
