@@ -54,6 +54,8 @@ def cmd_node(args: argparse.Namespace) -> int:
         game=args.game,
         cache_dir=str(Path(args.cache_dir).absolute()),
         threads=args.threads,
+        archive=args.archive,
+        s3_endpoint=args.s3_endpoint,
     )
     return asyncio.run(launcher.node_main(opts))
 
@@ -110,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--replicas", type=int, default=1, help="stream replicas (3 on a cluster)")
     node.add_argument("--log-dir", default=None, help="service logs here instead of stderr")
     node.add_argument("--cache-dir", default="conclave-cache", help="verified model cache")
+    node.add_argument(
+        "--archive", default="conclave-archive", help="syncer target: s3://BUCKET/PREFIX or a dir"
+    )
+    node.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL")
     _game_options(node)
     _nats_option(node)
     _lease_options(node)

@@ -16,7 +16,9 @@ from services.heartbeat import HeartbeatConfig
 from services.leader import LeaderConfig
 from services.scheduler import SchedulerConfig
 from services.selfplay import SelfplayWorkerConfig
+from services.syncer import SyncerConfig
 from services.trainer import TrainerConfig
+from shared.archive import S3Config
 from shared.bus import BusConfig
 from shared.lease import LeaseParams
 from shared.presets import Preset, preset
@@ -31,9 +33,10 @@ ROLE_SERVICES: dict[str, tuple[str, ...]] = {
     "selfplay": ("selfplay",),
     "trainer": ("trainer",),
     "evaluator": ("evaluator",),
+    "syncer": ("syncer",),
     "control": ("leader",),  # leadership without the training loop (`up --no-train`)
 }
-LOOP_ROLES = ("coordinator", "selfplay", "trainer", "evaluator")
+LOOP_ROLES = ("coordinator", "selfplay", "trainer", "evaluator", "syncer")
 ALL_ROLES = tuple(ROLE_SERVICES)
 
 
@@ -55,6 +58,8 @@ class NodeOptions(msgspec.Struct, frozen=True):
     game: str = "connect4"
     cache_dir: str = "conclave-cache"
     threads: int = 1
+    archive: str = "conclave-archive"  # s3://bucket/prefix, or a local directory
+    s3_endpoint: str | None = None
 
 
 def parse_roles(text: str) -> list[str]:
@@ -110,6 +115,8 @@ def loop_service_config(service: str, opts: NodeOptions, p: Preset) -> msgspec.S
         )
     if service == "evaluator":
         return EvaluatorConfig(opts.node_id, cache, opts.threads)
+    if service == "syncer":
+        return syncer_config(opts, cache)
     raise UnknownRole(f"no configuration for service {service!r}")
 
 
@@ -126,6 +133,16 @@ def child_spec(service: str, opts: NodeOptions) -> ChildSpec:
 
     log_path = Path(opts.log_dir) / f"{opts.node_id}-{service}.log" if opts.log_dir else None
     return ChildSpec(service, argv, log_path)
+
+
+def syncer_config(opts: NodeOptions, cache: str) -> SyncerConfig:
+    if not opts.archive.startswith("s3://"):
+        return SyncerConfig(opts.node_id, cache, local_dir=str(Path(opts.archive).absolute()))
+    bucket, _, prefix = opts.archive.removeprefix("s3://").partition("/")
+    s3 = S3Config(
+        bucket=bucket, prefix=prefix.strip("/") or "conclave", endpoint_url=opts.s3_endpoint
+    )
+    return SyncerConfig(opts.node_id, cache, s3=s3)
 
 
 def build_children(opts: NodeOptions) -> list[Child]:

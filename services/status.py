@@ -11,6 +11,7 @@ from schemas import names
 from schemas.codec import BadMessage, decode
 from schemas.control import Lease, NodeStatus
 from services.scheduler import STATE_KEY, LoopRecord, games_per_hour
+from services.syncer import GAMES_CONSUMER, SyncStatus
 from shared.bus import Bus, BusConfig, Entry
 from shared.fencing import read_termed
 from shared.observe import count
@@ -62,6 +63,16 @@ class GameInfo(msgspec.Struct, frozen=True):
     dead_letters: int
 
 
+class ArchiveInfo(msgspec.Struct, frozen=True):
+    target: str
+    node: str
+    games_not_archived: int
+    archived_through: dict[str, int]
+    newest_model: str
+    last_error: str
+    last_error_age_s: float | None
+
+
 class StatusReport(msgspec.Struct, frozen=True):
     leader: LeaderInfo | None
     nodes: list[NodeInfo]
@@ -71,6 +82,7 @@ class StatusReport(msgspec.Struct, frozen=True):
     problems: list[str]
     at: float
     games: list[GameInfo] = []
+    archive: ArchiveInfo | None = None
 
 
 def leader_info(entry: Entry, now: float) -> LeaderInfo | None:
@@ -122,8 +134,30 @@ async def gather(bus: Bus) -> StatusReport:
         leader, problems = None, [*problems, f"lease: {e}"]
     alive = [n for n in nodes if n.alive]
     games = await games_info(bus, problems)
+    archive = await archive_info(bus, now, problems)
     return StatusReport(
-        leader, nodes, len(alive), by_role(alive), nats_info(bus), problems, now, games
+        leader, nodes, len(alive), by_role(alive), nats_info(bus), problems, now, games, archive
+    )
+
+
+async def archive_info(bus: Bus, now: float, problems: list[str]) -> ArchiveInfo | None:
+    """Archive lag: games the syncer has not yet stored (its consumer's backlog)."""
+    entry = await bus.last(names.REGISTRY_BUCKET, "sync.status")
+    if entry.value is None:
+        return None
+    try:
+        sync = decode(entry.value, SyncStatus, subject="sync.status")
+    except BadMessage as e:
+        problems.append(f"sync status: {e}")
+        return None
+    try:
+        info = await bus.js.consumer_info(names.GAMES_STREAM, GAMES_CONSUMER)
+        lag = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+    except Exception:
+        lag = -1
+    age = round(now - sync.last_error_at, 1) if sync.last_error else None
+    return ArchiveInfo(
+        sync.target, sync.node, lag, sync.archived_through, sync.newest_model, sync.last_error, age
     )
 
 
@@ -196,6 +230,15 @@ def render_text(report: StatusReport) -> str:
             f"{g.game}: best gen {g.generation} ({g.best_sha256[:12] or '-'}) Elo {elo}; "
             f"{g.games_total} games ({g.games_per_hour:.0f}/h); queued {queues}; "
             f"dead letters {g.dead_letters}"
+        )
+    if report.archive is not None:
+        a = report.archive
+        error = (
+            f"; last error {a.last_error_age_s:.0f}s ago: {a.last_error}" if a.last_error else ""
+        )
+        lines.append(
+            f"archive {a.target}: {a.games_not_archived} games not yet archived, "
+            f"newest model {a.newest_model[:12] or '-'}{error}"
         )
     lines += [f"problem: {p}" for p in report.problems]
     return "\n".join(lines)

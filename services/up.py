@@ -41,6 +41,7 @@ async def up_main(opts: UpOptions) -> int:
             log_dir=str(data / "logs"),
             game=opts.game,
             cache_dir=str(data / "cache"),
+            archive=str(data / "archive"),
             threads=opts.threads,
         )
         _print_where(server, data, opts)
@@ -63,3 +64,4 @@ def _print_where(server: NatsServer, data: Path, opts: UpOptions) -> None:
     else:
         until = f" for {opts.generations} generations" if opts.generations else ""
         print(f"  training {opts.game}{until}; checkpoints in {data / 'run'}", flush=True)
+        print(f"  archive (the S3 layout, on disk): {data / 'archive'}", flush=True)

@@ -1,0 +1,306 @@
+"""syncer service: the durable copy in S3 (or a local directory) of games, models and registry.
+
+One instance archives at a time (a lease on `election/syncer`). Games are read with a durable
+consumer and acknowledged only after the shard holding them and its manifest are stored, so an S3
+outage delays the archive and loses nothing; ranges already archived are skipped after a restart,
+so nothing is archived twice. All S3 work runs in threads, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from schemas import names
+from schemas.codec import BadMessage, decode, encode
+from schemas.jobs import BestPointer, ModelEvent
+from services.scheduler import STATE_KEY, LoopRecord
+from shared import archive
+from shared.archive import S3Config, S3Store, Store
+from shared.bus import Bus, BusError, translated
+from shared.fencing import read_termed
+from shared.lease import LeaseParams
+from shared.leaseholder import Contender, contend
+from shared.leasewatch import KeyChanges
+from shared.models import ModelStore
+from shared.ratingjobs import game_ratings
+from shared.service import main as service_main
+from shared.service import wait_or_stop
+
+log = logging.getLogger("conclave.syncer")
+
+SYNCER_KEY = "syncer"
+GAMES_CONSUMER = "syncer-games"
+MODELS_CONSUMER = "syncer-models"
+
+
+class SyncerConfig(msgspec.Struct, frozen=True):
+    node_id: str
+    cache_dir: str
+    s3: S3Config | None = None
+    local_dir: str | None = None  # used when no S3 bucket is configured
+    shard_games: int = 256
+    flush_s: float = 20.0
+    ack_wait_s: float = 30.0  # above flush_s; a dead syncer's unacked games return this fast
+    docs_every_s: float = 60.0
+    lease: LeaseParams = LeaseParams(ttl_s=10, renew_every_s=3.0, margin_s=2.0, recheck_s=3.0)
+
+
+class SyncStatus(msgspec.Struct, frozen=True, tag_field="type", tag="conclave.sync_status.v1"):
+    """What `conclave status` shows about the archive (KV `registry/sync.status`)."""
+
+    node: str
+    target: str
+    archived_through: dict[str, int]
+    games_archived: int
+    newest_model: str
+    last_error: str
+    last_error_at: float
+    updated_at: float
+
+
+def open_store(cfg: SyncerConfig) -> tuple[Store, str]:
+    if cfg.s3 is not None:
+        return S3Store(cfg.s3), f"s3://{cfg.s3.bucket}/{cfg.s3.prefix}"
+    if cfg.local_dir is None:
+        raise ValueError("SyncerConfig needs s3 or local_dir")
+    return archive.LocalStore(Path(cfg.local_dir)), f"file://{cfg.local_dir}"
+
+
+class Archiver:
+    def __init__(self, bus: Bus, cfg: SyncerConfig, store: Store, target: str) -> None:
+        self.bus, self.cfg, self.store, self.target = bus, cfg, store, target
+        self.pending: dict[str, dict[int, Msg]] = defaultdict(dict)
+        self.oldest: dict[str, float] = {}
+        self.ranges: dict[str, list[tuple[int, int]]] = {}
+        self.archived_through: dict[str, int] = {}
+        self.games_archived = 0
+        self.newest_model = ""
+        self.last_error, self.last_error_at = "", 0.0
+
+    async def ranges_of(self, game: str) -> list[tuple[int, int]]:
+        if game not in self.ranges:
+            self.ranges[game] = await asyncio.to_thread(archive.archived_ranges, self.store, game)
+        return self.ranges[game]
+
+    async def take(self, msg: Msg) -> None:
+        """Buffer a game record, or ack it at once if an earlier run already archived it."""
+        game = msg.subject.split(".")[-1]
+        seq = int(msg.metadata.sequence.stream)
+        if archive.covers(await self.ranges_of(game), seq):
+            await msg.ack()
+            return
+        self.pending[game][seq] = msg
+        self.oldest.setdefault(game, time.monotonic())
+
+    def due(self) -> list[str]:
+        now = time.monotonic()
+        return [
+            game
+            for game, msgs in self.pending.items()
+            if msgs
+            and (
+                len(msgs) >= self.cfg.shard_games
+                or now - self.oldest.get(game, now) >= self.cfg.flush_s
+            )
+        ]
+
+    async def flush(self, game: str) -> bool:
+        """Store the buffered games of `game` as one shard; ack them only once it is stored."""
+        msgs = self.pending[game]
+        seqs = sorted(msgs)
+        records = [(s, msgs[s].data) for s in seqs]
+        ids = [(msgs[s].headers or {}).get("Nats-Msg-Id", "") or f"seq-{s}" for s in seqs]
+        try:
+            manifest = await asyncio.to_thread(
+                archive.write_shard, self.store, game, records, game_ids=ids
+            )
+        except archive.ArchiveError as e:
+            self.failed(f"shard of {game}: {e}")
+            await self.hold(msgs.values())
+            return False
+        for s in seqs:
+            await msgs[s].ack()
+        await self.bus.nc.flush()
+        self.ranges.setdefault(game, []).append((manifest.first_seq, manifest.last_seq))
+        self.archived_through[game] = max(self.archived_through.get(game, 0), seqs[-1])
+        self.games_archived += len(seqs)
+        del self.pending[game]
+        self.oldest.pop(game, None)
+        return True
+
+    async def hold(self, msgs: Iterable[Msg]) -> None:
+        # While S3 is down the games stay unacknowledged; keep them from being redelivered.
+        for msg in msgs:
+            with contextlib.suppress(nats.errors.Error):
+                await msg.in_progress()
+
+    def failed(self, what: str) -> None:
+        self.last_error, self.last_error_at = what, time.time()
+        log.warning("archive: %s", what)
+
+    async def report(self) -> None:
+        status = SyncStatus(
+            self.cfg.node_id,
+            self.target,
+            dict(self.archived_through),
+            self.games_archived,
+            self.newest_model,
+            self.last_error,
+            self.last_error_at,
+            time.time(),
+        )
+        try:
+            await self.bus.write(names.REGISTRY_BUCKET, "sync.status", encode(status))
+        except BusError as e:
+            log.warning("sync status not written: %s", e)
+
+    # -- models and documents --------------------------------------------------------------------
+
+    async def archive_model(self, models: ModelStore, event: ModelEvent) -> None:
+        data = await models.read(event.sha256)
+        meta = await self.bus.last(names.REGISTRY_BUCKET, names.model_key(event.game, event.sha256))
+        await asyncio.to_thread(
+            archive.put_model, self.store, event.game, event.sha256, data, meta.value or b"{}"
+        )
+        self.newest_model = event.sha256
+
+    async def archive_documents(self, games: list[str]) -> None:
+        for game in games:
+            best = await self.bus.last(names.REGISTRY_BUCKET, names.best_key(game))
+            if best.value is not None:
+                pointer = decode(best.value, BestPointer)
+                await asyncio.to_thread(
+                    archive.put_json, self.store, archive.layout.registry_best_key(game), pointer
+                )
+            ratings, _ = await game_ratings(self.bus, game)
+            await asyncio.to_thread(
+                archive.put_json, self.store, archive.layout.ratings_key(game), ratings
+            )
+            history = await promotions(self.bus, game)
+            await asyncio.to_thread(
+                archive.put_json, self.store, archive.layout.registry_history_key(game), history
+            )
+
+
+async def promotions(bus: Bus, game: str) -> list[ModelEvent]:
+    msgs = await bus.read_all(names.EVENTS_STREAM, names.model_event_subject("promoted"))
+    events = [decode(m.data, ModelEvent) for m in msgs]
+    return [e for e in events if e.game == game]
+
+
+async def games_loop(bus: Bus, arch: Archiver, me: Contender, stop: asyncio.Event) -> None:
+    config = ConsumerConfig(
+        durable_name=GAMES_CONSUMER,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=arch.cfg.ack_wait_s,
+        max_ack_pending=20 * arch.cfg.shard_games,
+        filter_subject=names.games_subject("*"),
+    )
+    with translated("syncer games consumer"):
+        sub = await bus.js.pull_subscribe(
+            names.games_subject("*"),
+            durable=GAMES_CONSUMER,
+            stream=names.GAMES_STREAM,
+            config=config,
+        )
+    while not stop.is_set():
+        if me.held is None:
+            await wait_or_stop(stop, 1.0)
+            continue
+        try:
+            msgs = await sub.fetch(arch.cfg.shard_games, timeout=1.0)
+        except (TimeoutError, nats.errors.TimeoutError):
+            msgs = []
+        for msg in msgs:
+            await arch.take(msg)
+        for game in arch.due():
+            if not await arch.flush(game):
+                await wait_or_stop(stop, 2.0)
+        await arch.report()
+
+
+async def models_loop(bus: Bus, arch: Archiver, me: Contender, stop: asyncio.Event) -> None:
+    models = ModelStore(bus, Path(arch.cfg.cache_dir))
+    with translated("syncer models consumer"):
+        sub = await bus.js.pull_subscribe(
+            names.model_event_subject("candidate"),
+            durable=MODELS_CONSUMER,
+            stream=names.EVENTS_STREAM,
+        )
+    last_docs = 0.0
+    while not stop.is_set():
+        if me.held is None:
+            await wait_or_stop(stop, 1.0)
+            continue
+        try:
+            msgs = await sub.fetch(8, timeout=1.0)
+        except (TimeoutError, nats.errors.TimeoutError):
+            msgs = []
+        for msg in msgs:
+            await archive_one_model(arch, models, msg)
+        if time.monotonic() - last_docs >= arch.cfg.docs_every_s:
+            last_docs = time.monotonic()
+            await archive_documents_quietly(bus, arch)
+
+
+async def archive_one_model(arch: Archiver, models: ModelStore, msg: Msg) -> None:
+    try:
+        event = decode(msg.data, ModelEvent, subject=msg.subject)
+    except BadMessage as e:
+        log.error("unreadable model event: %s", e, extra={"field": e.field})
+        await msg.term()
+        return
+    try:
+        await arch.archive_model(models, event)
+    except (archive.ArchiveError, BusError) as e:
+        arch.failed(f"model {event.sha256[:12]}: {e}")
+        await msg.nak(delay=5)
+        return
+    await msg.ack()
+
+
+async def archive_documents_quietly(bus: Bus, arch: Archiver) -> None:
+    try:
+        record, _ = await read_termed(bus, names.LOOP_BUCKET, STATE_KEY, LoopRecord)
+        games = sorted(record.state.games) if record else []
+        await arch.archive_documents(games)
+    except (archive.ArchiveError, BusError, BadMessage) as e:
+        arch.failed(f"documents: {e}")
+
+
+async def run(bus: Bus, cfg: SyncerConfig, stop: asyncio.Event) -> None:
+    await bus.provision()
+    store, target = open_store(cfg)
+    arch = Archiver(bus, cfg, store, target)
+    me = Contender(bus, cfg.node_id, cfg.lease, key=SYNCER_KEY, announce=False)
+    changes = KeyChanges(SYNCER_KEY)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            watch = tg.create_task(changes.follow(bus), name="lease-watch")
+            holding = tg.create_task(contend(me, changes, stop), name="lease")
+            games = tg.create_task(games_loop(bus, arch, me, stop), name="games")
+            models = tg.create_task(models_loop(bus, arch, me, stop), name="models")
+            await stop.wait()
+            for task in (watch, holding, games, models):
+                task.cancel()
+    finally:
+        await me.release()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return service_main("syncer", SyncerConfig, run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
