@@ -93,6 +93,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return asyncio.run(export_main(args.nats, args.game, Path(args.out).absolute()))
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    from services.restore import restore_main
+
+    cache = Path(args.cache_dir).absolute()
+    return asyncio.run(restore_main(args.nats, args.source, args.s3_endpoint, args.window, cache))
+
+
 def cmd_schemas(args: argparse.Namespace) -> int:
     from schemas.export import export
 
@@ -149,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="directory")
     _nats_option(export)
     export.set_defaults(handler=cmd_export)
+
+    restore = sub.add_parser("restore", help="bring an archive back into a (fresh) cluster")
+    restore.add_argument("--from", dest="source", required=True, help="s3://BUCKET/PREFIX or a dir")
+    restore.add_argument("--s3-endpoint", default=None)
+    restore.add_argument("--window", type=int, default=20000, help="newest games to republish")
+    restore.add_argument("--cache-dir", default="conclave-cache")
+    _nats_option(restore)
+    restore.set_defaults(handler=cmd_restore)
 
     schemas = sub.add_parser("schemas", help="export JSON Schema for every wire message")
     schemas.add_argument("--out", required=True)

@@ -1,0 +1,113 @@
+"""Archive and restore round trip through a real S3-compatible server into a fresh cluster."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from schemas import names
+from schemas.codec import decode, encode
+from schemas.jobs import BestPointer, ModelEvent
+from services.scheduler import STATE_KEY, LoopRecord
+from shared import archive
+from shared.archive import S3Store
+from shared.bus import Bus, BusConfig
+from shared.models import ModelStore, sha256_hex
+from shared.natsserver import NatsServer, ServerSpec
+from shared.policy import GameState, LoopState
+from tests.conftest import Processes, eventually
+from tests.s3server import FAKE_AWS_ENV, MotoServer
+from tests.test_syncer import archived, publish_games, s3_config, start_syncer
+
+pytest_plugins = ["tests.s3server"]
+
+
+async def seed_cluster(bus: Bus, tmp: Path) -> tuple[bytes, bytes]:
+    """A best model, a second model, a promotion and a loop state, as the loop would leave them."""
+    models = ModelStore(bus, tmp / "seed")
+    good, other = os.urandom(300_000), os.urandom(200_000)
+    for data, generation in ((good, 3), (other, 4)):
+        sha = await models.put(data)
+        event = ModelEvent("candidate", "tictactoe", generation, sha, time.time())
+        await bus.publish_durable(names.model_event_subject("candidate"), encode(event))
+    best = BestPointer("tictactoe", 3, sha256_hex(good), 7, time.time(), "sprt")
+    await bus.write(names.REGISTRY_BUCKET, names.best_key("tictactoe"), encode(best))
+    promoted = ModelEvent("promoted", "tictactoe", 3, sha256_hex(good), time.time())
+    await bus.publish_durable(names.model_event_subject("promoted"), encode(promoted))
+    state = LoopState({"tictactoe": GameState(generation=3, best=sha256_hex(good), trainings=3)})
+    await bus.write(names.LOOP_BUCKET, STATE_KEY, encode(LoopRecord(7, state, time.time())))
+    return good, other
+
+
+async def test_restore_brings_back_models_pointer_history_and_games_and_refuses_corruption(
+    nats_server: NatsServer,
+    bus: Bus,
+    processes: Processes,
+    fresh_moto: MotoServer,
+    aws_env: None,
+    tmp_path: Path,
+) -> None:
+    store = S3Store(s3_config(fresh_moto))
+    store.create_bucket()
+    good, other = await seed_cluster(bus, tmp_path)
+    games = await publish_games(bus, 12, seed=5)
+    start_syncer(processes, nats_server.url, fresh_moto, tmp_path, "s1")
+    await eventually(lambda: len(archived(store)) == 12, 60, what="games archived")
+    await eventually(
+        lambda: (
+            len(archive.list_models(store, "tictactoe")) == 2
+            and store.head(archive.layout.registry_history_key("tictactoe")) is not None
+        ),
+        60,
+        what="models and documents archived",
+    )
+    corrupt_key = archive.layout.model_key("tictactoe", sha256_hex(other))
+    store.put_bytes(corrupt_key, b"flipped" + other[7:])
+
+    fresh = NatsServer(ServerSpec("fresh", tmp_path / "fresh")).start()
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "services.cli",
+                "restore",
+                "--from",
+                "s3://archive/conclave",
+                "--s3-endpoint",
+                fresh_moto.url,
+                "--nats",
+                fresh.url,
+                "--cache-dir",
+                str(tmp_path / "restore-cache"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, **FAKE_AWS_ENV},
+        )
+        assert result.returncode == 1, result.stderr  # the corrupt model is reported
+        assert "corrupt, not restored" in result.stdout and corrupt_key in result.stdout
+        await check_restored(fresh.url, good, games, tmp_path)
+    finally:
+        fresh.stop()
+
+
+async def check_restored(url: str, good: bytes, games: dict[str, bytes], tmp: Path) -> None:
+    bus = await Bus.connect(BusConfig(servers=[url], name="check"))
+    try:
+        entry = await bus.last(names.REGISTRY_BUCKET, names.best_key("tictactoe"))
+        best = decode(entry.value or b"", BestPointer)
+        assert (best.generation, best.sha256, best.term) == (3, sha256_hex(good), 0)
+        assert await ModelStore(bus, tmp / "check").read(best.sha256) == good
+        record = decode((await bus.last(names.LOOP_BUCKET, STATE_KEY)).value or b"", LoopRecord)
+        assert record.state.game("tictactoe").generation == 3 and record.term == 0
+        msgs = await bus.read_all(names.GAMES_STREAM, names.games_subject("tictactoe"))
+        assert sorted(m.data for m in msgs) == sorted(games.values())
+        promoted = await bus.read_all(names.EVENTS_STREAM, names.model_event_subject("promoted"))
+        assert [decode(m.data, ModelEvent).generation for m in promoted] == [3]
+    finally:
+        await bus.close()
