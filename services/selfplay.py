@@ -25,6 +25,7 @@ from shared.jobs import Delivery, JobSettings, Puller, ensure_consumer
 from shared.modelcache import Evaluators
 from shared.models import ModelStore
 from shared.net import CheckpointError
+from shared.prefetch import prefetch_promoted
 from shared.selfplay import SelfPlayConfig, self_play
 from shared.service import main as service_main
 from shared.service import wait_or_stop
@@ -147,10 +148,12 @@ async def run(bus: Bus, cfg: SelfplayWorkerConfig, stop: asyncio.Event) -> None:
     await ensure_consumer(bus, "selfplay", cfg.jobs)
     worker = Worker(bus, cfg, stop)
     watcher = asyncio.create_task(_halt_on_stop(stop, worker.halt))
+    prefetch = asyncio.create_task(prefetch_promoted(bus, worker.evaluators.store, stop))
     try:
         await worker.serve()
     finally:
         watcher.cancel()
+        prefetch.cancel()
         worker.halt.set()
         worker.pool.shutdown(wait=True, cancel_futures=True)
 

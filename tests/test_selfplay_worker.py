@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 from schemas import names
+from schemas.codec import encode
 from schemas.game import decode_record
-from schemas.jobs import SelfplayJob
+from schemas.jobs import ModelEvent, SelfplayJob
 from shared.bus import Bus
 from shared.jobs import JobSettings, ensure_consumer, submit
+from shared.models import ModelStore
 from shared.natsserver import NatsServer
 from tests.conftest import Processes, eventually, process_config
 
@@ -71,3 +75,17 @@ async def test_a_worker_killed_mid_job_loses_no_acknowledged_game(
 
 async def _some_games(bus: Bus) -> bool:
     return (await bus.js.stream_info(names.GAMES_STREAM)).state.messages >= 8
+
+
+async def test_a_promoted_model_is_prefetched_into_the_workers_cache(
+    nats_server: NatsServer, bus: Bus, processes: Processes, tmp_path: Path
+) -> None:
+    start_worker(processes, nats_server.url, tmp_path)
+    digest = await ModelStore(bus, tmp_path / "trainer").put(os.urandom(2_000_000))
+    event = ModelEvent("promoted", "tictactoe", 1, digest, time.time())
+
+    async def cached() -> bool:
+        await bus.publish(names.model_event_subject("promoted"), encode(event))
+        return (tmp_path / "w1" / digest).exists()
+
+    await eventually(cached, 30, every=1.0, what="the promoted model in the worker's cache")
