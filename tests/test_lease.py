@@ -115,7 +115,8 @@ def simulate(seed: int, contenders: int, loss: float, latency: float, crashes: l
     terms = sorted((iv[0], iv[1], term) for c in cs for term, iv in c.intervals.items())
     for (_, end_a, term_a), (start_b, _, term_b) in itertools.pairwise(terms):
         assert start_b > end_a, f"term {term_b} began at {start_b} before {term_a} ended at {end_a}"
-    assert terms, "nobody was ever elected"
+    if any(c.dies_at > 10.0 for c in cs):  # liveness, once someone outlives a few TTLs
+        assert terms, "nobody was ever elected"
 
 
 def step(
