@@ -28,9 +28,11 @@ async def run(bus: Bus, cfg: LeaderConfig, stop: asyncio.Event) -> None:
     changes = KeyChanges(names.LEADER_KEY)
     try:
         async with asyncio.TaskGroup() as tg:
-            follower = tg.create_task(changes.follow(bus), name="lease-watch")
-            await contend(me, changes, stop)
-            follower.cancel()
+            tg.create_task(changes.follow(bus), name="lease-watch")
+            try:
+                await contend(me, changes, stop)
+            finally:
+                await changes.close()
     finally:
         await me.release()
 

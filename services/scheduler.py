@@ -171,15 +171,17 @@ async def run(bus: Bus, cfg: SchedulerConfig, stop: asyncio.Event) -> None:
     await ensure_consumer(bus, "train", cfg.train_jobs)
     changes = KeyChanges()
     async with asyncio.TaskGroup() as tg:
-        follower = tg.create_task(changes.follow(bus), name="lease-watch")
-        while not stop.is_set():
-            holder = await wait_for_leadership(bus, cfg.node_id, changes, stop)
-            if holder is None:
-                break
-            log.info("scheduling as leader", extra={"term": holder.term})
-            await lead_while_holding(bus, cfg, holder.term, stop)
-            await wait_or_stop(stop, 0.5)
-        follower.cancel()
+        tg.create_task(changes.follow(bus), name="lease-watch")
+        try:
+            while not stop.is_set():
+                holder = await wait_for_leadership(bus, cfg.node_id, changes, stop)
+                if holder is None:
+                    break
+                log.info("scheduling as leader", extra={"term": holder.term})
+                await lead_while_holding(bus, cfg, holder.term, stop)
+                await wait_or_stop(stop, 0.5)
+        finally:
+            await changes.close()
 
 
 def main(argv: list[str] | None = None) -> int:

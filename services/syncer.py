@@ -287,13 +287,13 @@ async def run(bus: Bus, cfg: SyncerConfig, stop: asyncio.Event) -> None:
     changes = KeyChanges(SYNCER_KEY)
     try:
         async with asyncio.TaskGroup() as tg:
-            watch = tg.create_task(changes.follow(bus), name="lease-watch")
-            holding = tg.create_task(contend(me, changes, stop), name="lease")
-            games = tg.create_task(games_loop(bus, arch, me, stop), name="games")
-            models = tg.create_task(models_loop(bus, arch, me, stop), name="models")
-            await stop.wait()
-            for task in (watch, holding, games, models):
-                task.cancel()
+            tg.create_task(changes.follow(bus), name="lease-watch")
+            tg.create_task(games_loop(bus, arch, me, stop), name="games")
+            tg.create_task(models_loop(bus, arch, me, stop), name="models")
+            try:
+                await contend(me, changes, stop)
+            finally:
+                await changes.close()
     finally:
         await me.release()
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
+
+import nats.errors
+from nats.js.kv import KeyValue
 
 from schemas import names
 from schemas.codec import BadMessage, decode
@@ -24,16 +28,28 @@ class KeyChanges:
     def __init__(self, key: str = names.LEADER_KEY) -> None:
         self.key = key
         self.changed = asyncio.Event()
+        self._closed = False
+        self._watcher: KeyValue.KeyWatcher | None = None
 
     async def follow(self, bus: Bus) -> None:
-        while True:
+        """Until `close()`: ends by stopping the watcher, because nats-py can swallow a task
+        cancellation that lands while it unsubscribes (seen: a leader that never released)."""
+        while not self._closed:
             try:
                 async with bus.watch(names.ELECTION_BUCKET, self.key) as watcher:
+                    self._watcher = watcher
                     async for _ in watcher:
                         self.changed.set()
             except BusError as e:
                 log.warning("lease watch lost: %s", e)
-            await asyncio.sleep(RETRY_S)
+            if not self._closed:
+                await asyncio.sleep(RETRY_S)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._watcher is not None:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await self._watcher.stop()  # type: ignore[no-untyped-call]
 
     async def wait(self, stop: asyncio.Event, until: float) -> None:
         try:

@@ -9,17 +9,18 @@ import time
 from schemas import names
 from schemas.codec import BadMessage, decode
 from schemas.control import Lease
-from shared.bus import Bus
+from shared.bus import Bus, BusError
 from shared.leaseaudit import LeaseAudit
 from shared.natsserver import NatsServer
 from tests.conftest import Processes, eventually, process_config
 
 
 async def current_lease(bus: Bus) -> Lease | None:
-    entry = await bus.last(names.ELECTION_BUCKET, names.LEADER_KEY)
+    """The lease now; None when absent, unreadable, or not readable while a server is down."""
     try:
+        entry = await bus.last(names.ELECTION_BUCKET, names.LEADER_KEY)
         return decode(entry.value, Lease) if entry.value else None
-    except BadMessage:
+    except (BadMessage, BusError):
         return None
 
 
