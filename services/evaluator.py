@@ -30,7 +30,7 @@ from shared.jobs import Delivery, JobSettings, Puller, ensure_consumer
 from shared.modelcache import Evaluators
 from shared.models import ModelStore
 from shared.service import main as service_main
-from shared.service import wait_or_stop
+from shared.service import set_when, wait_or_stop
 
 log = logging.getLogger("conclave.evaluator")
 
@@ -162,18 +162,13 @@ async def run(bus: Bus, cfg: EvaluatorConfig, stop: asyncio.Event) -> None:
     await bus.provision()
     await ensure_consumer(bus, "eval", cfg.jobs)
     worker = Worker(bus, cfg, stop)
-    watcher = asyncio.create_task(_halt_on_stop(stop, worker.halt))
+    watcher = asyncio.create_task(set_when(stop, worker.halt))
     try:
         await worker.serve()
     finally:
         watcher.cancel()
         worker.halt.set()
         worker.pool.shutdown(wait=True, cancel_futures=True)
-
-
-async def _halt_on_stop(stop: asyncio.Event, halt: threading.Event) -> None:
-    await stop.wait()
-    halt.set()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import msgspec
 from schemas import names
 from shared.bus import Bus
 from shared.lease import LeaseParams
-from shared.leaseholder import Contender, contend
+from shared.leaseholder import Contender, hold
 from shared.leasewatch import KeyChanges
 from shared.service import main as service_main
 
@@ -24,17 +24,7 @@ class LeaderConfig(msgspec.Struct, frozen=True):
 
 async def run(bus: Bus, cfg: LeaderConfig, stop: asyncio.Event) -> None:
     await bus.provision()
-    me = Contender(bus, cfg.node_id, cfg.lease)
-    changes = KeyChanges(names.LEADER_KEY)
-    try:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(changes.follow(bus), name="lease-watch")
-            try:
-                await contend(me, changes, stop)
-            finally:
-                await changes.close()
-    finally:
-        await me.release()
+    await hold(Contender(bus, cfg.node_id, cfg.lease), KeyChanges(names.LEADER_KEY), stop)
 
 
 def main(argv: list[str] | None = None) -> int:

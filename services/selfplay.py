@@ -28,7 +28,7 @@ from shared.net import CheckpointError
 from shared.prefetch import prefetch_promoted
 from shared.selfplay import SelfPlayConfig, self_play
 from shared.service import main as service_main
-from shared.service import wait_or_stop
+from shared.service import set_when, wait_or_stop
 
 log = logging.getLogger("conclave.selfplay")
 
@@ -147,7 +147,7 @@ async def run(bus: Bus, cfg: SelfplayWorkerConfig, stop: asyncio.Event) -> None:
     await bus.provision()
     await ensure_consumer(bus, "selfplay", cfg.jobs)
     worker = Worker(bus, cfg, stop)
-    watcher = asyncio.create_task(_halt_on_stop(stop, worker.halt))
+    watcher = asyncio.create_task(set_when(stop, worker.halt))
     prefetch = asyncio.create_task(prefetch_promoted(bus, worker.evaluators.store, stop))
     try:
         await worker.serve()
@@ -156,11 +156,6 @@ async def run(bus: Bus, cfg: SelfplayWorkerConfig, stop: asyncio.Event) -> None:
         prefetch.cancel()
         worker.halt.set()
         worker.pool.shutdown(wait=True, cancel_futures=True)
-
-
-async def _halt_on_stop(stop: asyncio.Event, halt: threading.Event) -> None:
-    await stop.wait()
-    halt.set()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ from shared.archive import S3Config, S3Store, Store
 from shared.bus import Bus, BusError, translated
 from shared.fencing import read_termed
 from shared.lease import LeaseParams
-from shared.leaseholder import Contender, contend
+from shared.leaseholder import Contender, hold
 from shared.leasewatch import KeyChanges
 from shared.models import ModelStore
 from shared.ratingjobs import game_ratings
@@ -284,18 +284,10 @@ async def run(bus: Bus, cfg: SyncerConfig, stop: asyncio.Event) -> None:
     store, target = open_store(cfg)
     arch = Archiver(bus, cfg, store, target)
     me = Contender(bus, cfg.node_id, cfg.lease, key=SYNCER_KEY, announce=False)
-    changes = KeyChanges(SYNCER_KEY)
-    try:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(changes.follow(bus), name="lease-watch")
-            tg.create_task(games_loop(bus, arch, me, stop), name="games")
-            tg.create_task(models_loop(bus, arch, me, stop), name="models")
-            try:
-                await contend(me, changes, stop)
-            finally:
-                await changes.close()
-    finally:
-        await me.release()
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(games_loop(bus, arch, me, stop), name="games")
+        tg.create_task(models_loop(bus, arch, me, stop), name="models")
+        await hold(me, KeyChanges(SYNCER_KEY), stop)
 
 
 def main(argv: list[str] | None = None) -> int:

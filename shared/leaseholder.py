@@ -163,3 +163,19 @@ async def contend(me: Contender, changes: KeyChanges, stop: asyncio.Event) -> No
                 await me.give_up("fenced", reason)
         if not done:
             await wait_or_stop(stop, RETRY_S)
+
+
+async def hold(me: Contender, changes: KeyChanges, stop: asyncio.Event) -> None:
+    """Contend for `me`'s lease until `stop`, following its key; release it on the way out."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            follower = tg.create_task(changes.follow(me.bus), name="lease-watch")
+            try:
+                await contend(me, changes, stop)
+            finally:
+                await me.release()  # first: a contender should not wait on our housekeeping
+                await changes.close()
+                await asyncio.wait({follower}, timeout=2.0)
+                follower.cancel()  # no-op when the watch ended by itself, as it should
+    finally:
+        await me.release()

@@ -38,6 +38,8 @@ class KeyChanges:
             try:
                 async with bus.watch(names.ELECTION_BUCKET, self.key) as watcher:
                     self._watcher = watcher
+                    if self._closed:  # closed while the watch was being set up
+                        return
                     async for _ in watcher:
                         self.changed.set()
             except BusError as e:

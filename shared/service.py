@@ -9,6 +9,7 @@ import os
 import signal
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -142,6 +143,12 @@ async def connect_until(cfg: BusConfig, stop: asyncio.Event) -> Bus | None:
             await wait_or_stop(stop, delay)
             delay = min(delay * 2, 10.0)
     return None
+
+
+async def set_when(stop: asyncio.Event, halt: threading.Event) -> None:
+    """Mirror `stop` into a thread-side event, so work running in a thread can give up too."""
+    await stop.wait()
+    halt.set()
 
 
 async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:
