@@ -68,6 +68,7 @@ class EvalResult(Wire, frozen=True, tag="conclave.eval_result.v1"):
     wins_b: int
     term: int
     finished_at: float
+    group: str = ""  # the job's group, so an archived result can be filed again on restore
 
 
 class ModelMeta(Wire, frozen=True, tag="conclave.model.v1"):

@@ -141,6 +141,7 @@ class Worker:
             wins_b=outcome.wins_b,
             term=job.term,
             finished_at=time.time(),
+            group=job_group(job),
         )
         subject = names.results_subject(job.game, job_group(job))
         await self.bus.publish_durable(subject, encode(result), msg_id=f"result-{job.job_id}")

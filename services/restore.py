@@ -17,9 +17,10 @@ from pathlib import Path
 import msgspec
 
 from schemas import names
-from schemas.codec import encode
-from schemas.jobs import BestPointer, ModelEvent
+from schemas.codec import decode, encode
+from schemas.jobs import BestPointer, EvalResult, ModelEvent
 from services.scheduler import STATE_KEY, LoopRecord
+from services.syncer import RESULTS_SUFFIX
 from shared import archive
 from shared.archive import S3Config, S3Store, Store
 from shared.bus import Bus, BusConfig
@@ -36,6 +37,7 @@ class RestoreReport(msgspec.Struct):
     best_generation: int = -1
     promotions: int = 0
     games: int = 0
+    results: int = 0
 
 
 def open_source(source: str, endpoint: str | None) -> Store:
@@ -60,6 +62,7 @@ async def restore_game(
     report.best_generation = best.generation if best else -1
     report.promotions = await restore_history(bus, store, game)
     report.games = await restore_games(bus, store, game, window)
+    report.results = await restore_results(bus, store, game)
     if best is not None:
         state = GameState(generation=best.generation, best=best.sha256)
         record = LoopRecord(0, LoopState({game: state}), time.time())
@@ -125,6 +128,21 @@ async def restore_games(bus: Bus, store: Store, game: str, window: int) -> int:
     return count
 
 
+async def restore_results(bus: Bus, store: Store, game: str) -> int:
+    """File every archived evaluation result again: the ratings pool comes back whole."""
+    shards = await asyncio.to_thread(
+        lambda: list(archive.restore_shards(store, f"{game}{RESULTS_SUFFIX}"))
+    )
+    count = 0
+    for manifest, records in shards:
+        for msg_id, data in zip(manifest.game_ids, records, strict=True):
+            result = decode(data, EvalResult)
+            subject = names.results_subject(game, result.group or "restored")
+            await bus.publish_durable(subject, data, msg_id=msg_id)
+            count += 1
+    return count
+
+
 async def restore_main(
     url: str, source: str, endpoint: str | None, window: int, cache: Path
 ) -> int:
@@ -141,7 +159,7 @@ async def restore_main(
     for r in reports:
         print(
             f"{r.game}: {r.models} models, best generation {r.best_generation}, "
-            f"{r.promotions} promotions, {r.games} games restored"
+            f"{r.promotions} promotions, {r.games} games and {r.results} results restored"
         )
         for problem in r.corrupt:
             print(f"  corrupt, not restored: {problem}")

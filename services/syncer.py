@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import msgspec
@@ -41,6 +41,8 @@ log = logging.getLogger("conclave.syncer")
 
 SYNCER_KEY = "syncer"
 GAMES_CONSUMER = "syncer-games"
+RESULTS_CONSUMER = "syncer-results"
+RESULTS_SUFFIX = "__results"  # a reserved suffix: no game name may end with it
 MODELS_CONSUMER = "syncer-models"
 
 
@@ -77,9 +79,27 @@ def open_store(cfg: SyncerConfig) -> tuple[Store, str]:
     return archive.LocalStore(Path(cfg.local_dir)), f"file://{cfg.local_dir}"
 
 
+def games_name(subject: str) -> str:
+    return subject.split(".")[1]
+
+
+def results_name(subject: str) -> str:
+    """Evaluation results are archived as shards of their own, beside the game's shards."""
+    return f"{subject.split('.')[1]}{RESULTS_SUFFIX}"
+
+
 class Archiver:
-    def __init__(self, bus: Bus, cfg: SyncerConfig, store: Store, target: str) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        cfg: SyncerConfig,
+        store: Store,
+        target: str,
+        name_of: Callable[[str], str] = games_name,
+    ) -> None:
         self.bus, self.cfg, self.store, self.target = bus, cfg, store, target
+        self.name_of = name_of
+        self.reports = name_of is games_name  # sync.status speaks for the games archive
         self.pending: dict[str, dict[int, Msg]] = defaultdict(dict)
         self.oldest: dict[str, float] = {}
         self.ranges: dict[str, list[tuple[int, int]]] = {}
@@ -95,7 +115,7 @@ class Archiver:
 
     async def take(self, msg: Msg) -> None:
         """Buffer a game record, or ack it at once if an earlier run already archived it."""
-        game = msg.subject.split(".")[-1]
+        game = self.name_of(msg.subject)
         seq = int(msg.metadata.sequence.stream)
         if archive.covers(await self.ranges_of(game), seq):
             await msg.ack()
@@ -150,6 +170,8 @@ class Archiver:
         log.warning("archive: %s", what)
 
     async def report(self) -> None:
+        if not self.reports:
+            return
         status = SyncStatus(
             self.cfg.node_id,
             self.target,
@@ -200,20 +222,32 @@ async def promotions(bus: Bus, game: str) -> list[ModelEvent]:
 
 
 async def games_loop(bus: Bus, arch: Archiver, me: Contender, stop: asyncio.Event) -> None:
+    await shard_loop(bus, arch, me, stop, names.GAMES_STREAM, "games.*", GAMES_CONSUMER)
+
+
+async def results_loop(bus: Bus, arch: Archiver, me: Contender, stop: asyncio.Event) -> None:
+    await shard_loop(bus, arch, me, stop, names.RESULTS_STREAM, "results.>", RESULTS_CONSUMER)
+
+
+async def shard_loop(
+    bus: Bus,
+    arch: Archiver,
+    me: Contender,
+    stop: asyncio.Event,
+    stream: str,
+    subjects: str,
+    durable: str,
+) -> None:
+    """Archive a stream in shards; a message is acked only once its shard is stored."""
     config = ConsumerConfig(
-        durable_name=GAMES_CONSUMER,
+        durable_name=durable,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=arch.cfg.ack_wait_s,
         max_ack_pending=20 * arch.cfg.shard_games,
-        filter_subject=names.games_subject("*"),
+        filter_subject=subjects,
     )
-    with translated("syncer games consumer"):
-        sub = await bus.js.pull_subscribe(
-            names.games_subject("*"),
-            durable=GAMES_CONSUMER,
-            stream=names.GAMES_STREAM,
-            config=config,
-        )
+    with translated(f"syncer consumer {durable}"):
+        sub = await bus.js.pull_subscribe(subjects, durable=durable, stream=stream, config=config)
     while not stop.is_set():
         if me.held is None:
             await wait_or_stop(stop, 1.0)
@@ -284,8 +318,10 @@ async def run(bus: Bus, cfg: SyncerConfig, stop: asyncio.Event) -> None:
     store, target = open_store(cfg)
     arch = Archiver(bus, cfg, store, target)
     me = Contender(bus, cfg.node_id, cfg.lease, key=SYNCER_KEY, announce=False)
+    results = Archiver(bus, cfg, store, target, results_name)
     async with asyncio.TaskGroup() as tg:
         tg.create_task(games_loop(bus, arch, me, stop), name="games")
+        tg.create_task(results_loop(bus, results, me, stop), name="results")
         tg.create_task(models_loop(bus, arch, me, stop), name="models")
         await hold(me, KeyChanges(SYNCER_KEY), stop)
 

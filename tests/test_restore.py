@@ -10,7 +10,7 @@ from pathlib import Path
 
 from schemas import names
 from schemas.codec import decode, encode
-from schemas.jobs import BestPointer, ModelEvent
+from schemas.jobs import BestPointer, EvalResult, ModelEvent, PlayerSpec
 from services.scheduler import STATE_KEY, LoopRecord
 from shared import archive
 from shared.archive import S3Store
@@ -54,12 +54,28 @@ async def test_restore_brings_back_models_pointer_history_and_games_and_refuses_
     store.create_bucket()
     good, other = await seed_cluster(bus, tmp_path)
     games = await publish_games(bus, 12, seed=5)
+    gen3 = PlayerSpec("gen3", sha256_hex(good), sims=8)
+    result = EvalResult(
+        "tictactoe-g3-0",
+        "tictactoe",
+        "gauntlet",
+        gen3,
+        PlayerSpec("random", agent="random"),
+        9,
+        1,
+        0,
+        7,
+        time.time(),
+        "g3",
+    )
+    await bus.publish_durable(names.results_subject("tictactoe", "g3"), encode(result), "r-g3-0")
     start_syncer(processes, nats_server.url, fresh_moto, tmp_path, "s1")
     await eventually(lambda: len(archived(store)) == 12, 60, what="games archived")
     await eventually(
         lambda: (
             len(archive.list_models(store, "tictactoe")) == 2
             and store.head(archive.layout.registry_history_key("tictactoe")) is not None
+            and bool(archive.archived_ranges(store, "tictactoe__results"))
         ),
         60,
         what="models and documents archived",
@@ -107,6 +123,8 @@ async def check_restored(url: str, good: bytes, games: dict[str, bytes], tmp: Pa
         assert record.state.game("tictactoe").generation == 3 and record.term == 0
         msgs = await bus.read_all(names.GAMES_STREAM, names.games_subject("tictactoe"))
         assert sorted(m.data for m in msgs) == sorted(games.values())
+        results = await bus.read_all(names.RESULTS_STREAM, names.results_subject("tictactoe", "g3"))
+        assert [decode(m.data, EvalResult).wins_a for m in results] == [9]
         promoted = await bus.read_all(names.EVENTS_STREAM, names.model_event_subject("promoted"))
         assert [decode(m.data, ModelEvent).generation for m in promoted] == [3]
     finally:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from schemas import names
 from schemas.game import decode_record, encode_record
@@ -25,6 +28,7 @@ from tests.conftest import Processes, eventually, process_config
 from tests.s3server import FAKE_AWS_ENV, MotoServer
 
 pytest_plugins = ["tests.s3server"]
+pytestmark = pytest.mark.timeout(400)
 
 GAME = get_game("tictactoe")
 
@@ -103,11 +107,15 @@ async def test_archive_survives_an_outage_and_a_killed_syncer(
     await eventually(lambda: len(archived(store)) == 25, 60, what="first games archived")
 
     assert fresh_moto.proc is not None
-    os.kill(fresh_moto.proc.pid, signal.SIGSTOP)  # S3 stops answering
+    os.kill(fresh_moto.proc.pid, signal.SIGSTOP)  # S3 stops answering for 30 s
+    outage_started = time.monotonic()
     try:
         games |= await publish_games(bus, 20, seed=2)
+        await asyncio.sleep(15)
         first.send_signal(signal.SIGKILL)  # and the syncer dies meanwhile
         first.wait()
+        games |= await publish_games(bus, 10, seed=4)
+        await asyncio.sleep(max(0.0, 30 - (time.monotonic() - outage_started)))
     finally:
         os.kill(fresh_moto.proc.pid, signal.SIGCONT)
     games |= await publish_games(bus, 15, seed=3)
