@@ -16,12 +16,10 @@ from schemas import names
 from schemas.codec import BadMessage, decode, encode
 from schemas.control import NodeStatus, Resources, ServicePulse, ServiceState
 from shared.bus import Bus, BusError
+from shared.service import VERSION, wait_or_stop
 from shared.service import main as service_main
-from shared.service import wait_or_stop
 
 log = logging.getLogger("conclave.heartbeat")
-
-VERSION = "0.1.0"
 
 
 class HeartbeatConfig(msgspec.Struct, frozen=True):

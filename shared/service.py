@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -15,6 +16,9 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import msgspec
+import nats.errors
+from nats.micro import add_service
+from nats.micro.service import Service, ServiceConfig
 
 from schemas import names
 from schemas.codec import BadMessage, decode, encode
@@ -28,6 +32,7 @@ C = TypeVar("C")
 RunFn = Callable[[Bus, C, asyncio.Event], Awaitable[None]]
 
 LAG_TICK_S = 0.05
+VERSION = "0.1.0"
 
 
 class ProcessConfig(msgspec.Struct, frozen=True):
@@ -125,11 +130,31 @@ async def serve(proc: ProcessConfig, cfg: C, run: RunFn[C]) -> None:
         bus = await connect_until(proc.bus, stop)
         if bus is not None:
             pulse.bus = bus
+            micro = await register(bus, proc)
             try:
                 await run(bus, cfg, stop)
             finally:
+                if micro is not None:
+                    with contextlib.suppress(nats.errors.Error, TimeoutError):
+                        await micro.stop()
                 await bus.close()
         pulse_task.cancel()
+
+
+async def register(bus: Bus, proc: ProcessConfig) -> Service | None:
+    """Announce this process as a NATS micro service, so `nats micro ls` and `$SRV.PING` see it
+    (behind NAT too: it answers over its own outbound connection)."""
+    config = ServiceConfig(
+        name=f"conclave-{proc.service}",
+        version=VERSION,
+        description=f"Conclave {proc.service} on {proc.node_id}",
+        metadata={"node": proc.node_id, "service": proc.service, "pid": str(os.getpid())},
+    )
+    try:
+        return await add_service(bus.nc, config)
+    except (nats.errors.Error, TimeoutError) as e:
+        log.warning("not registered as a micro service: %r", e)
+        return None
 
 
 async def connect_until(cfg: BusConfig, stop: asyncio.Event) -> Bus | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from nats.aio.msg import Msg
 
 from schemas import names
 from schemas.codec import decode
@@ -190,3 +192,27 @@ def _children_of(pid: int, count: int) -> list[int] | None:
         if int(fields[1]) == pid:
             found.append(int(stat.parent.name))
     return found if len(found) >= count else None
+
+
+async def test_every_service_answers_srv_ping_with_its_node(node: RunningNode, bus: Bus) -> None:
+    await eventually(lambda: _with_services(bus, "n1", len(COORDINATOR)), 20, what="services up")
+
+    async def pinged() -> set[str] | None:
+        replies: list[bytes] = []
+
+        async def collect(msg: Msg) -> None:
+            replies.append(msg.data)
+
+        inbox = bus.nc.new_inbox()
+        sub = await bus.nc.subscribe(inbox, cb=collect)
+        await bus.nc.publish("$SRV.PING", b"", reply=inbox)
+        await asyncio.sleep(0.5)
+        await sub.unsubscribe()
+        found = {
+            json.loads(r)["metadata"]["service"]
+            for r in replies
+            if json.loads(r)["metadata"].get("node") == "n1"
+        }
+        return found if found >= set(COORDINATOR) else None
+
+    assert await eventually(pinged, 20, every=0.5, what="$SRV.PING replies")
