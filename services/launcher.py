@@ -17,7 +17,6 @@ from services.leader import LeaderConfig
 from services.scheduler import SchedulerConfig
 from services.selfplay import SelfplayWorkerConfig
 from services.syncer import SyncerConfig
-from services.trainer import TrainerConfig
 from shared.archive import S3Config
 from shared.bus import BusConfig
 from shared.lease import LeaseParams
@@ -104,6 +103,9 @@ def loop_service_config(service: str, opts: NodeOptions, p: Preset) -> msgspec.S
             engine=p.selfplay,
         )
     if service == "trainer":
+        # Imported only where a trainer runs: its module loads torch, which other launchers skip.
+        from services.trainer import TrainerConfig
+
         return TrainerConfig(
             opts.node_id,
             cache,

@@ -24,7 +24,7 @@ from shared.games import get_game
 from shared.jobs import Delivery, JobSettings, Puller, ensure_consumer
 from shared.modelcache import Evaluators
 from shared.models import ModelStore
-from shared.net import CheckpointError
+from shared.netconfig import CheckpointError
 from shared.prefetch import prefetch_promoted
 from shared.selfplay import SelfPlayConfig, self_play
 from shared.service import main as service_main

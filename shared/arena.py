@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from shared.baselines import Agent
-from shared.evaluator import Evaluator
+from shared.evaltypes import Evaluator
 from shared.games.base import Game
 from shared.search import Cache, drive, gumbel_steps
 

@@ -1,4 +1,4 @@
-"""The evaluator interface search is given, and batched network inference behind it.
+"""Batched network inference behind the evaluator interface (`shared.evaltypes`).
 
 An `Evaluator` maps encodings (B, C, H, W) float32 and legal masks (B, A) bool to priors (B, A)
 (a softmax over the legal actions, 0 elsewhere) and values (B,) in [-1, 1], each from the view of
@@ -7,16 +7,15 @@ the player to move. Search only ever sees this callable (mctx's "the network pas
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
+from shared.evaltypes import Evaluator, uniform_evaluator
 from shared.games.base import BoolArray, FloatArray, Symmetry
 from shared.net import PolicyValueNet, inference_copy
-
-Evaluator = Callable[[FloatArray, BoolArray], tuple[FloatArray, FloatArray]]
 
 _MASKED_LOGIT = -1e30
 
@@ -48,13 +47,6 @@ class NetEvaluator:
             return priors.numpy(), values.float().numpy()
 
 
-def uniform_evaluator(encodings: FloatArray, masks: BoolArray) -> tuple[FloatArray, FloatArray]:
-    """Uniform priors over legal actions and value 0: search reduces to plain MCTS."""
-    legal = masks.astype(np.float32)
-    counts = np.maximum(legal.sum(axis=1, keepdims=True), 1.0)
-    return legal / counts, np.zeros(len(masks), dtype=np.float32)
-
-
 def symmetrised(evaluator: Evaluator, symmetries: Sequence[Symmetry]) -> Evaluator:
     """Average `evaluator` over all board symmetries, so its outputs are exactly equivariant."""
     inverse = [_inverse(s.actions) for s in symmetries]
@@ -77,3 +69,6 @@ def _inverse(permutation: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     inverse = np.empty_like(permutation)
     inverse[permutation] = np.arange(len(permutation))
     return inverse
+
+
+__all__ = ["Evaluator", "NetEvaluator", "symmetrised", "uniform_evaluator"]

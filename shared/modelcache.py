@@ -7,10 +7,9 @@ from collections import OrderedDict
 from concurrent.futures import Executor
 from typing import Any
 
-from shared.evaluator import Evaluator, NetEvaluator, uniform_evaluator
+from shared.evaltypes import Evaluator, uniform_evaluator
 from shared.games import Game
 from shared.models import ModelStore
-from shared.net import load_checkpoint
 
 
 class Evaluators:
@@ -35,5 +34,9 @@ class Evaluators:
         return self._loaded[key]
 
     def _load(self, path: Any, game: str) -> Evaluator:
+        # torch loads here, in the worker thread, not when a launcher imports the config.
+        from shared.evaluator import NetEvaluator
+        from shared.net import load_checkpoint
+
         checkpoint = load_checkpoint(path, game)
         return NetEvaluator(checkpoint.net, self.threads)

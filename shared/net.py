@@ -20,40 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from shared.netconfig import BadDigest, CheckpointError, MalformedCheckpoint, NetConfig, WrongGame
+
 CHECKPOINT_FORMAT = "conclave.checkpoint.v1"
-
-
-class NetConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Architecture: `blocks` residual blocks of `channels` 3x3 convolutions."""
-
-    blocks: int = 4
-    channels: int = 64
-    policy_channels: int = 2
-    value_channels: int = 1
-    value_hidden: int = 64
-
-    def __post_init__(self) -> None:
-        for field in self.__struct_fields__:
-            value = getattr(self, field)
-            low = 0 if field == "blocks" else 1
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"NetConfig.{field} must be an int >= {low}, got {value!r}")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used."""
-
-
-class WrongGame(CheckpointError):
-    """A checkpoint trained for another game."""
-
-
-class BadDigest(CheckpointError):
-    """Weights whose sha256 differs from the one recorded in the checkpoint."""
-
-
-class MalformedCheckpoint(CheckpointError):
-    """Bytes that are not a Conclave checkpoint (or not one this code can read)."""
 
 
 class _ResidualBlock(nn.Module):
@@ -212,3 +181,19 @@ def _build(payload: dict[str, Any], state: dict[str, Tensor]) -> PolicyValueNet:
     except (KeyError, ValueError, TypeError, RuntimeError, msgspec.ValidationError) as e:
         raise MalformedCheckpoint(f"checkpoint does not describe a network: {e}") from e
     return net.eval()
+
+
+__all__ = [
+    "BadDigest",
+    "Checkpoint",
+    "CheckpointError",
+    "MalformedCheckpoint",
+    "NetConfig",
+    "PolicyValueNet",
+    "WrongGame",
+    "checkpoint_bytes",
+    "inference_copy",
+    "load_checkpoint",
+    "save_checkpoint",
+    "weights_sha256",
+]

@@ -5,11 +5,10 @@ from __future__ import annotations
 import msgspec
 
 from shared.loopeffects import EffectSettings
-from shared.net import NetConfig
+from shared.netconfig import NetConfig, TrainSettings
 from shared.policy import LoopConfig
 from shared.selfplay import SelfPlayConfig
 from shared.sprt import SprtConfig
-from shared.training import TrainSettings
 
 
 class Preset(msgspec.Struct, frozen=True):

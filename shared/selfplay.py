@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from schemas.game import GameRecord, pack_policy
-from shared.evaluator import Evaluator
+from shared.evaltypes import Evaluator
 from shared.games.base import FloatArray, Game
 from shared.search import Cache, SearchOutput, SearchStats, Steps, drive, drive_pipelined
 from shared.search.gumbel import gumbel_steps

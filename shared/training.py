@@ -5,21 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from shared.games.base import Game
-from shared.net import NetConfig, PolicyValueNet
+from shared.net import PolicyValueNet
+from shared.netconfig import NetConfig, TrainSettings
 from shared.replay import ReplayWindow, augment
-
-
-class TrainSettings(msgspec.Struct, frozen=True):
-    batch_size: int = 256
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    value_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -71,3 +64,6 @@ def train(
 
 def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
+
+
+__all__ = ["TrainReport", "TrainSettings", "new_net", "train"]

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from shared.evaluator import Evaluator
+from shared.evaltypes import Evaluator
 from shared.games.base import BoolArray, FloatArray, Game
 from shared.search import tree as T
 

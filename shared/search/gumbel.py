@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.evaluator import Evaluator
+from shared.evaltypes import Evaluator
 from shared.games.base import BoolArray, FloatArray, Game
 from shared.search import tree as T
 from shared.search.engine import (

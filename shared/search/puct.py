@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.evaluator import Evaluator
+from shared.evaltypes import Evaluator
 from shared.games.base import FloatArray, Game
 from shared.search import tree as T
 from shared.search.engine import Cache, SearchOutput, Steps, check_roots, drive, simulate
