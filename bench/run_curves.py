@@ -126,7 +126,7 @@ def svg(run: dict[str, Any]) -> str:
         )
 
     elo = [(r["minutes"], r["elo"]) for r in rows if r["elo"] is not None]
-    miss = [(r["minutes"], r["mistakes"]["all"]["rate"]) for r in rows if "mistakes" in r]
+    miss = [(r["minutes"], r["mistakes"]["overall"]["rate"]) for r in rows if "mistakes" in r]
     parts = []
     if elo:
         parts.append(
@@ -165,14 +165,16 @@ def markdown(run: dict[str, Any]) -> str:
     for r in run["generations"]:
         g = r["gauntlet"]
         m = r.get("mistakes")
-        rates = " / ".join(str(m[s]["rate"]) for s in ("all", "<=14", "15-28", ">28")) if m else "-"
+        rates = (
+            " / ".join(str(m[s]["rate"]) for s in ("overall", "<=14", "15-28", ">28")) if m else "-"
+        )
         lines.append(
             f"| {r['generation']} | {r['minutes']} | {r['elo']} ± {r['elo_ci']} | "
             f"{g.get('onestep', {}).get('score', '-')} | {g.get('mcts:200', {}).get('score', '-')} "
             f"| {rates} |"
         )
     for name, stages in run.get("baseline_mistakes", {}).items():
-        rates = " / ".join(str(stages[s]["rate"]) for s in ("all", "<=14", "15-28", ">28"))
+        rates = " / ".join(str(stages[s]["rate"]) for s in ("overall", "<=14", "15-28", ">28"))
         lines.append(f"\nBaseline `{name}` mistakes (all / <=14 / 15-28 / >28): {rates}")
     return "\n".join(lines) + "\n"
 
