@@ -81,6 +81,22 @@ class Processes:
             # A launcher started in its own session leaves children: end its whole group.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
+        # Anything still running from this test's directory (e.g. the NATS server of a
+        # `conclave up` that was SIGKILLed when its test failed) goes too.
+        for pid in pids_mentioning(str(self.log_dir.parent)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def pids_mentioning(text: str) -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return [pid for pid in found if pid != os.getpid()]
 
 
 def with_signal(proc: subprocess.Popen[bytes], sig: int) -> None:
