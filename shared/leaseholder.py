@@ -14,12 +14,10 @@ from schemas.control import LeaderEvent, LeaderEventKind, LeaderValidity, Lease
 from shared import lease
 from shared.bus import Bus, BusError, CasFailed, Entry, Unavailable
 from shared.lease import Held, LeaseParams, Observed
-from shared.leasewatch import KeyChanges
+from shared.leasewatch import RETRY_S, KeyChanges
 from shared.service import wait_or_stop
 
 log = logging.getLogger("conclave.lease")
-
-RETRY_S = 0.2
 
 
 @dataclass
