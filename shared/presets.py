@@ -53,7 +53,7 @@ CONNECT4 = Preset(
         sprt=SprtConfig(max_games=200),
     ),
     effects=EffectSettings(
-        selfplay_sims=64, eval_sims=64, train_steps=600, window_games=6000, gauntlet_games=40
+        selfplay_sims=64, eval_sims=64, train_steps=600, window_games=6000, gauntlet_games=100
     ),
     net=NetConfig(),
     train=TrainSettings(batch_size=256),
@@ -62,6 +62,8 @@ CONNECT4 = Preset(
     selfplay_concurrency=32,
     selfplay=SelfPlayConfig(sample_plies=8, c_scale=0.1),
 )
+# Gauntlets of 100 games: 40 left a ±14% interval on the mcts:200 score (gen 12 of the first
+# hour-long run scored 72.5% over 40 games and 78% over 100).
 
 PRESETS = {"tictactoe": TICTACTOE, "connect4": CONNECT4}
 
