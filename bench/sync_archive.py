@@ -4,8 +4,9 @@
 
 Starts its own moto S3 server on 127.0.0.1. The same pre-built shard objects (default 200 MB
 in 8 MB shards) and one model file (default 64 MB) go up three ways in each round:
-- archive: what the syncer does, `S3Store.put_bytes` of each shard then its manifest, and
-  `put_model_file` (sha256 check of the file, then a multipart upload, then its metadata);
+- archive: what the syncer does, `store_shard` of each shard (the shard and its manifest put side
+  by side), and `put_model_file` (sha256 check of the file, then a multipart upload, then its
+  metadata);
 - store: the same objects through `S3Store.put_bytes` / `put_file` alone;
 - raw: boto3 `put_object` / `upload_file` with boto3's default transfer settings.
 Rounds rotate which path goes first; MB/s count shard + model bytes only. `ratio` is archive over
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shared.archive import S3Config, S3Store, layout, put_model_file, write_shard  # noqa: E402
-from shared.archive.ops import Manifest, build_shard  # noqa: E402
+from shared.archive.ops import Manifest, build_shard, store_shard  # noqa: E402
 from tests.s3server import FAKE_AWS_ENV, MotoServer, running_moto  # noqa: E402
 
 MB = 1_000_000
@@ -77,7 +78,7 @@ def build_shards(
         else:
             manifest, blob = made[len(made) % distinct]
             last = seq + manifest.count - 1
-            key = layout.shard_key(GAME, seq, last)
+            key = layout.shard_key(GAME, seq, last, manifest.shard_sha256)
             manifest = msgspec.structs.replace(
                 manifest, first_seq=seq, last_seq=last, shard_key=key
             )
@@ -89,12 +90,11 @@ def build_shards(
 def archive_round(
     store: S3Store, shards: list[tuple[Manifest, bytes]], model: Path, sha: str
 ) -> float:
-    """What the syncer does: each shard then its manifest; the model after its digest check."""
+    """What the syncer does: `store_shard` for each shard (the shard and its manifest side by
+    side), `put_model_file` for the model (digest check, existence check, upload, metadata)."""
     start = time.perf_counter()
     for manifest, blob in shards:
-        store.put_bytes(manifest.shard_key, blob, metadata={"sha256": manifest.shard_sha256})
-        key = layout.manifest_key(GAME, manifest.first_seq, manifest.last_seq)
-        store.put_bytes(key, msgspec.json.encode(manifest))
+        store_shard(store, manifest, blob)
     put_model_file(store, GAME, sha, model, b"{}")
     return time.perf_counter() - start
 

@@ -119,13 +119,14 @@ async def restore_games(bus: Bus, store: Store, game: str, window: int) -> int:
             break
         chosen.append(manifest)
         total += manifest.count
-    count = 0
+    seen: set[str] = set()  # two syncers in a lease gap may have archived a game twice
     for manifest in reversed(chosen):
         records = await asyncio.to_thread(archive.read_shard, store, game, manifest)
         for game_id, data in zip(manifest.game_ids, records, strict=True):
-            await bus.publish_durable(names.games_subject(game), data, msg_id=game_id)
-            count += 1
-    return count
+            if game_id not in seen:
+                seen.add(game_id)
+                await bus.publish_durable(names.games_subject(game), data, msg_id=game_id)
+    return len(seen)
 
 
 async def restore_results(bus: Bus, store: Store, game: str) -> int:
@@ -133,14 +134,16 @@ async def restore_results(bus: Bus, store: Store, game: str) -> int:
     shards = await asyncio.to_thread(
         lambda: list(archive.restore_shards(store, f"{game}{RESULTS_SUFFIX}"))
     )
-    count = 0
+    seen: set[str] = set()
     for manifest, records in shards:
         for msg_id, data in zip(manifest.game_ids, records, strict=True):
+            if msg_id in seen:
+                continue
+            seen.add(msg_id)
             result = decode(data, EvalResult)
             subject = names.results_subject(game, result.group or "restored")
             await bus.publish_durable(subject, data, msg_id=msg_id)
-            count += 1
-    return count
+    return len(seen)
 
 
 async def restore_main(

@@ -17,7 +17,6 @@ import msgspec
 import pytest
 
 from shared.archive import (
-    ArchiveConflict,
     ArchiveError,
     ArchiveNotFound,
     ArchiveUnavailable,
@@ -28,6 +27,7 @@ from shared.archive import (
     Store,
     TokenBucket,
     archived_ranges,
+    build_shard,
     covers,
     get_json,
     get_model,
@@ -159,7 +159,8 @@ def test_shard_round_trip(store: Store) -> None:
     assert manifest.game_ids == [f"g{s}" for s in range(101, 151)]
     assert manifest.created_at == 1234.5
     assert read_shard(store, GAME, manifest) == [data for _, data in recs]
-    shard = store.get_bytes(layout.shard_key(GAME, 101, 150))
+    assert manifest.shard_key == layout.shard_key(GAME, 101, 150, manifest.shard_sha256)
+    shard = store.get_bytes(manifest.shard_key)
     assert sha256_hex(shard) == manifest.shard_sha256
     assert msgspec.msgpack.decode(gzip.decompress(shard)) == [data for _, data in recs]
     assert list_manifests(store, GAME) == [manifest]
@@ -170,18 +171,34 @@ def test_shard_rewrite_is_idempotent(store: Store) -> None:
     first = write_shard(store, GAME, recs, clock=lambda: 1.0)
     keys = store.list("")
     again = write_shard(store, GAME, recs, clock=lambda: 2.0)
-    assert again == first and store.list("") == keys and len(keys) == 2
-    with pytest.raises(ArchiveConflict, match=layout.shard_key(GAME, 1, 20)):
-        write_shard(store, GAME, [(s, record(f"other{s}")) for s, _ in recs])
+    assert store.list("") == keys and len(keys) == 2
+    assert list_manifests(store, GAME) == [again]
+    assert again.shard_key == first.shard_key and again.shard_sha256 == first.shard_sha256
 
 
-def test_shard_without_manifest_is_not_archived(store: Store) -> None:
-    """A crash between the shard and its manifest: the range is redone, not trusted."""
+def test_other_content_for_a_range_never_replaces_a_shard(store: Store) -> None:
+    """Two syncers in a lease gap: both shards stay whole and readable; ranges merge."""
+    recs = records(1, 20)
+    mine = write_shard(store, GAME, recs)
+    theirs = write_shard(store, GAME, [(s, record(f"other{s}")) for s in range(1, 21)])
+    wider = write_shard(store, GAME, records(11, 20))
+    assert len({mine.shard_key, theirs.shard_key, wider.shard_key}) == 3
+    assert read_shard(store, GAME, mine) == [d for _, d in recs]
+    assert len(list_manifests(store, GAME)) == 3
+    assert archived_ranges(store, GAME) == [(1, 30)]
+
+
+def test_half_stored_pair_is_not_archived(store: Store) -> None:
+    """A crash between the two puts: a lone shard or a lone manifest is redone, not trusted."""
     recs = records(1, 5)
-    store.put_bytes(layout.shard_key(GAME, 1, 5), b"half-written")
-    assert archived_ranges(store, GAME) == []
-    manifest = write_shard(store, GAME, recs)
-    assert read_shard(store, GAME, manifest) == [d for _, d in recs]
+    manifest, shard = build_shard(GAME, recs, created_at=1.0)
+    store.put_bytes(manifest.shard_key, shard)
+    lone = layout.manifest_key(GAME, 6, 9, "ab" * 32)
+    store.put_bytes(lone, b"{}")
+    assert archived_ranges(store, GAME) == [] and list_manifests(store, GAME) == []
+    again = write_shard(store, GAME, recs)
+    assert read_shard(store, GAME, again) == [d for _, d in recs]
+    assert archived_ranges(store, GAME) == [(1, 5)]
 
 
 def test_archived_ranges(store: Store) -> None:
@@ -214,7 +231,7 @@ def test_restore_replays_shards_in_order(store: Store) -> None:
 
 def test_corrupt_shard_is_detected(store: Store) -> None:
     manifest = write_shard(store, GAME, records(1, 10))
-    key = layout.shard_key(GAME, 1, 10)
+    key = manifest.shard_key
     good = store.get_bytes(key)
     clobber(store, key, good[:100] + bytes([good[100] ^ 0xFF]) + good[101:])
     with pytest.raises(CorruptArchive, match=key):
@@ -239,15 +256,11 @@ def test_payload_checksum_is_checked_after_the_shard_checksum(tmp_path: Path) ->
     store = LocalStore(tmp_path)
     manifest = write_shard(store, GAME, records(1, 4))
     forged = gzip.compress(msgspec.msgpack.encode([b"a", b"b", b"c", b"d"]))
-    store.put_bytes(manifest.shard_key, forged)
-    forged_manifest = msgspec.structs.replace(manifest, shard_sha256=sha256_hex(forged))
-    with pytest.raises(CorruptArchive, match="payload"):
-        read_shard(store, GAME, forged_manifest)
-    store.put_bytes(manifest.shard_key, b"not gzip")
-    with pytest.raises(CorruptArchive, match="gzip"):
-        read_shard(
-            store, GAME, msgspec.structs.replace(manifest, shard_sha256=sha256_hex(b"not gzip"))
-        )
+    for bad, error in ((forged, "payload"), (b"not gzip", "gzip")):
+        sha = sha256_hex(bad)
+        store.put_bytes(layout.shard_key(GAME, 1, 4, sha), bad)
+        with pytest.raises(CorruptArchive, match=error):
+            read_shard(store, GAME, msgspec.structs.replace(manifest, shard_sha256=sha))
 
 
 class Best(msgspec.Struct, frozen=True):
@@ -278,7 +291,7 @@ def test_local_store_leaves_no_temp_files(tmp_path: Path) -> None:
 def test_unavailable_then_recovers(aws_env: None, fresh_moto: MotoServer) -> None:
     store = s3_store(fresh_moto, max_attempts=1, connect_timeout_s=1.0)
     fresh_moto.stop()
-    with pytest.raises(ArchiveUnavailable, match="manifests"):
+    with pytest.raises(ArchiveUnavailable, match="shards/"):
         write_shard(store, GAME, records(1, 3))
     with pytest.raises(ArchiveUnavailable):
         store.head("x")

@@ -80,6 +80,14 @@ async def test_restore_brings_back_models_pointer_history_and_games_and_refuses_
         60,
         what="models and documents archived",
     )
+    # A second syncer in a lease gap archived five of the games again, in a shard of its own.
+    again = sorted(games.items())[:5]
+    archive.write_shard(
+        store,
+        "tictactoe",
+        [(1000 + i, data) for i, (_, data) in enumerate(again)],
+        game_ids=[game_id for game_id, _ in again],
+    )
     corrupt_key = archive.layout.model_key("tictactoe", sha256_hex(other))
     store.put_bytes(corrupt_key, b"flipped" + other[7:])
 

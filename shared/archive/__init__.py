@@ -4,18 +4,18 @@ All calls are synchronous; an async service runs them with `asyncio.to_thread`.
 - `Store` (`S3Store(S3Config(...))`, `LocalStore(root)`): put_bytes / put_file / get_bytes /
   get_file / head / list / delete on keys relative to the archive root.
 - `layout`: every key (models, shards, manifests, registry, ratings).
-- Shards: `write_shard` (idempotent; shard before manifest), `archived_ranges`, `covers`,
-  `last_archived_seq`, `read_shard` (verified), `restore_shards` (disaster restore, in seq order).
+- Shards: `write_shard` / `store_shard` (idempotent; shard and manifest side by side, named by
+  range and digest), `committed_entries`, `archived_ranges`, `covers`, `last_archived_seq`,
+  `read_shard` (verified), `restore_shards` (disaster restore, in seq order).
 - Models: `put_model` / `put_model_file` (digest checked before upload, skipped when present),
   `get_model` / `get_model_file` (verified), `list_models`, `get_model_meta`.
 - Documents: `put_json`, `get_json`.
-Errors: `ArchiveUnavailable` (retry later), `ArchiveNotFound`, `CorruptArchive`,
-`ArchiveConflict`, all `ArchiveError`; `ValueError` for a malformed key, game or argument.
+Errors: `ArchiveUnavailable` (retry later), `ArchiveNotFound`, `CorruptArchive`, all
+`ArchiveError`; `ValueError` for a malformed key, game or argument.
 """
 
 from shared.archive import layout
 from shared.archive.errors import (
-    ArchiveConflict,
     ArchiveError,
     ArchiveNotFound,
     ArchiveUnavailable,
@@ -25,6 +25,7 @@ from shared.archive.ops import (
     Manifest,
     archived_ranges,
     build_shard,
+    committed_entries,
     covers,
     get_json,
     get_model,
@@ -39,13 +40,13 @@ from shared.archive.ops import (
     read_manifest,
     read_shard,
     restore_shards,
+    store_shard,
     write_shard,
 )
 from shared.archive.s3 import S3Config, S3Store, TokenBucket
 from shared.archive.store import LocalStore, ObjectInfo, Store
 
 __all__ = [
-    "ArchiveConflict",
     "ArchiveError",
     "ArchiveNotFound",
     "ArchiveUnavailable",
@@ -59,6 +60,7 @@ __all__ = [
     "TokenBucket",
     "archived_ranges",
     "build_shard",
+    "committed_entries",
     "covers",
     "get_json",
     "get_model",
@@ -74,5 +76,6 @@ __all__ = [
     "read_manifest",
     "read_shard",
     "restore_shards",
+    "store_shard",
     "write_shard",
 ]

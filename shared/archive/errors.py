@@ -17,7 +17,3 @@ class ArchiveNotFound(ArchiveError):
 
 class CorruptArchive(ArchiveError):
     """An object's bytes do not match the checksum or format recorded for them."""
-
-
-class ArchiveConflict(ArchiveError):
-    """A write would replace committed, different content (e.g. a shard's seq range)."""

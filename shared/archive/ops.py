@@ -1,32 +1,36 @@
 """Archive operations over any `Store`: game shards with manifests, models, JSON documents.
 
-Ordering is the integrity rule: a shard is written before its manifest and a checkpoint before its
-metadata document, so a manifest means a complete shard. Readers verify every checksum and raise
+A shard and its manifest are named by the shard's range and digest and count as archived only when
+both are stored; a checkpoint is written before its metadata document, so metadata means a complete
+checkpoint. Readers verify every checksum and raise
 `CorruptArchive` naming the key instead of returning bad bytes.
 """
 
 from __future__ import annotations
 
 import bisect
+import concurrent.futures as futures
 import gzip
 import hashlib
 import itertools
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
 
 from shared.archive import layout
-from shared.archive.errors import ArchiveConflict, ArchiveError, ArchiveNotFound, CorruptArchive
+from shared.archive.errors import ArchiveError, CorruptArchive
 from shared.archive.layout import MAX_SEQ
 from shared.archive.store import Store
 
 T = TypeVar("T")
 GZIP_LEVEL = 6
 HASH_CHUNK = 1024 * 1024
+# Manifests go up beside their shards; a few threads, shared by every caller in the process.
+_beside = futures.ThreadPoolExecutor(4, thread_name_prefix="archive-manifest")
 
 
 class Manifest(msgspec.Struct, frozen=True, tag_field="type", tag="conclave.archive_manifest.v1"):
@@ -93,15 +97,16 @@ def build_shard(
     first, last = records[0][0], records[-1][0]
     ids = list(game_ids) if game_ids is not None else [record_game_id(s, d) for s, d in records]
     raw, shard = encode_shard([data for _, data in records])
+    shard_sha256 = sha256_hex(shard)
     manifest = Manifest(
         game=game,
         first_seq=first,
         last_seq=last,
         count=len(records),
         game_ids=ids,
-        shard_key=layout.shard_key(game, first, last),
+        shard_key=layout.shard_key(game, first, last, shard_sha256),
         shard_bytes=len(shard),
-        shard_sha256=sha256_hex(shard),
+        shard_sha256=shard_sha256,
         raw_sha256=sha256_hex(raw),
         created_at=created_at,
     )
@@ -116,53 +121,57 @@ def write_shard(
     game_ids: Sequence[str] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Manifest:
-    """Archive `records` as one shard, then its manifest; return the committed manifest.
+    """Archive `records` as one shard with its manifest; return the manifest.
 
-    Idempotent: if a manifest for the same seq range with the same checksums exists, nothing is
-    written and that manifest is returned. The same range with different content raises
-    `ArchiveConflict`. `game_ids` default to each record's `game_id` field.
+    Idempotent: the same records make the same keys, so writing them again replaces the pair
+    with identical bytes and never duplicates. `game_ids` default to each record's `game_id`.
     """
     manifest, shard = build_shard(game, records, game_ids=game_ids, created_at=clock())
-    existing = _committed(store, game, manifest.first_seq, manifest.last_seq)
-    if existing is not None:
-        if (existing.shard_sha256, existing.raw_sha256) != (
-            manifest.shard_sha256,
-            manifest.raw_sha256,
-        ):
-            raise ArchiveConflict(f"{existing.shard_key} is archived with different content")
-        return existing
+    store_shard(store, manifest, shard)
+    return manifest
+
+
+def store_shard(store: Store, manifest: Manifest, shard: bytes) -> None:
+    """Store a built shard and its manifest side by side, in one round trip rather than two.
+
+    Their names carry the shard's digest, so a shard of the same range with other content never
+    replaces this one; a range counts as archived only once both objects are stored.
+    """
+    key = layout.manifest_key(
+        manifest.game, manifest.first_seq, manifest.last_seq, manifest.shard_sha256
+    )
+    beside = _beside.submit(store.put_bytes, key, msgspec.json.encode(manifest))
     meta = {"sha256": manifest.shard_sha256, "count": str(manifest.count)}
-    store.put_bytes(manifest.shard_key, shard, metadata=meta)
-    key = layout.manifest_key(game, manifest.first_seq, manifest.last_seq)
-    store.put_bytes(key, msgspec.json.encode(manifest))
-    return manifest
-
-
-def _committed(store: Store, game: str, first: int, last: int) -> Manifest | None:
     try:
-        return read_manifest(store, game, first, last)
-    except ArchiveNotFound:
-        return None
+        store.put_bytes(manifest.shard_key, shard, metadata=meta)
+    except BaseException:
+        futures.wait([beside])
+        raise
+    beside.result()
 
 
-def read_manifest(store: Store, game: str, first_seq: int, last_seq: int) -> Manifest:
-    key = layout.manifest_key(game, first_seq, last_seq)
-    data = store.get_bytes(key)
-    try:
-        manifest = msgspec.json.decode(data, type=Manifest)
-    except msgspec.DecodeError as e:
-        raise CorruptArchive(f"manifest {key} is unreadable: {e}") from e
-    if (manifest.game, manifest.first_seq, manifest.last_seq) != (game, first_seq, last_seq):
-        raise CorruptArchive(
-            f"manifest {key} describes {manifest.game} {manifest.first_seq}-{manifest.last_seq}"
-        )
-    return manifest
+def committed_entries(store: Store, game: str) -> list[layout.Entry]:
+    """The (first_seq, last_seq, tag) of every shard of `game` stored with its manifest."""
+    manifests = store.list(layout.manifests_prefix(game))
+    shards = store.list(layout.shards_prefix(game))
+    entries = {layout.parse_manifest_key(game, k) for k in manifests}
+    entries &= {layout.parse_shard_key(game, k) for k in shards}
+    return sorted(e for e in entries if e is not None)
 
 
 def archived_ranges(store: Store, game: str) -> list[tuple[int, int]]:
-    """The (first_seq, last_seq) of every committed shard of `game`, in order."""
-    ranges = (layout.parse_manifest_key(game, k) for k in store.list(layout.manifests_prefix(game)))
-    return sorted(r for r in ranges if r is not None)
+    """The seq ranges archived for `game`: sorted, disjoint, overlapping shards merged."""
+    return merged((first, last) for first, last, _ in committed_entries(store, game))
+
+
+def merged(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for first, last in sorted(ranges):
+        if out and first <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], last))
+        else:
+            out.append((first, last))
+    return out
 
 
 def covers(ranges: Sequence[tuple[int, int]], seq: int) -> bool:
@@ -176,9 +185,28 @@ def last_archived_seq(ranges: Sequence[tuple[int, int]]) -> int:
     return max((last for _, last in ranges), default=0)
 
 
+def read_manifest(store: Store, game: str, entry: layout.Entry) -> Manifest:
+    key = layout.manifest_key_of(game, entry)
+    data = store.get_bytes(key)
+    try:
+        manifest = msgspec.json.decode(data, type=Manifest)
+    except msgspec.DecodeError as e:
+        raise CorruptArchive(f"manifest {key} is unreadable: {e}") from e
+    described = (manifest.game, manifest.first_seq, manifest.last_seq, manifest.shard_sha256)
+    if described[:3] != (game, *entry[:2]) or not described[3].startswith(entry[2]):
+        raise CorruptArchive(
+            f"manifest {key} describes {manifest.game} {manifest.first_seq}-{manifest.last_seq}"
+            f" with shard sha256 {manifest.shard_sha256[:16]}"
+        )
+    return manifest
+
+
 def list_manifests(store: Store, game: str) -> list[Manifest]:
-    """Every committed manifest of `game` in seq order (what a disaster restore replays)."""
-    return [read_manifest(store, game, first, last) for first, last in archived_ranges(store, game)]
+    """Every committed manifest of `game` in seq order (what a disaster restore replays).
+
+    Shards of one syncer never overlap; two syncers in a lease gap could archive a game twice,
+    so readers of several shards skip game ids they have already seen."""
+    return [read_manifest(store, game, entry) for entry in committed_entries(store, game)]
 
 
 def restore_shards(
@@ -186,15 +214,15 @@ def restore_shards(
 ) -> Iterator[tuple[Manifest, list[bytes]]]:
     """Disaster restore: every committed shard of `game` whose range ends after `after_seq`, in
     seq order, with its verified records (the first corrupt shard raises `CorruptArchive`)."""
-    for first, last in archived_ranges(store, game):
-        if last > after_seq:
-            manifest = read_manifest(store, game, first, last)
+    for entry in committed_entries(store, game):
+        if entry[1] > after_seq:
+            manifest = read_manifest(store, game, entry)
             yield manifest, read_shard(store, game, manifest)
 
 
 def read_shard(store: Store, game: str, manifest: Manifest) -> list[bytes]:
     """The records of a shard, verified against both checksums and the count of `manifest`."""
-    key = layout.shard_key(game, manifest.first_seq, manifest.last_seq)
+    key = layout.shard_key(game, manifest.first_seq, manifest.last_seq, manifest.shard_sha256)
     shard = store.get_bytes(key)
     if sha256_hex(shard) != manifest.shard_sha256:
         raise CorruptArchive(f"shard {key}: sha256 of the stored bytes does not match its manifest")
