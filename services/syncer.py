@@ -190,10 +190,10 @@ class Archiver:
     # -- models and documents --------------------------------------------------------------------
 
     async def archive_model(self, models: ModelStore, event: ModelEvent) -> None:
-        data = await models.read(event.sha256)
+        path = await models.path(event.sha256)  # streamed from the file: memory stays bounded
         meta = await self.bus.last(names.REGISTRY_BUCKET, names.model_key(event.game, event.sha256))
         await asyncio.to_thread(
-            archive.put_model, self.store, event.game, event.sha256, data, meta.value or b"{}"
+            archive.put_model_file, self.store, event.game, event.sha256, path, meta.value or b"{}"
         )
         self.newest_model = event.sha256
 
