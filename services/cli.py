@@ -56,6 +56,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         threads=args.threads,
         archive=args.archive,
         s3_endpoint=args.s3_endpoint,
+        via_leaf=[u.strip() for u in (args.via_leaf or "").split(",") if u.strip()],
     )
     return asyncio.run(launcher.node_main(opts))
 
@@ -123,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--archive", default="conclave-archive", help="syncer target: s3://BUCKET/PREFIX or a dir"
     )
     node.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL")
+    node.add_argument(
+        "--via-leaf",
+        default=None,
+        metavar="HUB_LEAF_URLS",
+        help="behind NAT: run a local leaf server linked to these hub leaf URLs "
+        "(comma-separated, e.g. nats://hub:7422) and connect through it; --nats is then unused",
+    )
     _game_options(node)
     _nats_option(node)
     _lease_options(node)

@@ -14,12 +14,14 @@ from schemas.codec import encode
 from services.evaluator import EvaluatorConfig
 from services.heartbeat import HeartbeatConfig
 from services.leader import LeaderConfig
+from services.leaf import LocalLeaf
 from services.scheduler import SchedulerConfig
 from services.selfplay import SelfplayWorkerConfig
 from services.syncer import SyncerConfig
 from shared.archive import S3Config
 from shared.bus import BusConfig
 from shared.lease import LeaseParams
+from shared.natsserver import HUB_DOMAIN
 from shared.presets import Preset, preset
 from shared.service import ProcessConfig
 from shared.supervisor import Child, ChildSpec, Limits, python_module_argv
@@ -59,6 +61,8 @@ class NodeOptions(msgspec.Struct, frozen=True):
     threads: int = 1
     archive: str = "conclave-archive"  # s3://bucket/prefix, or a local directory
     s3_endpoint: str | None = None
+    via_leaf: list[str] = []  # hub leaf URLs: run a local leaf server and connect through it
+    domain: str | None = None  # the hub's JetStream domain, when connected through a leaf
 
 
 def parse_roles(text: str) -> list[str]:
@@ -124,7 +128,10 @@ def loop_service_config(service: str, opts: NodeOptions, p: Preset) -> msgspec.S
 
 def child_spec(service: str, opts: NodeOptions) -> ChildSpec:
     bus = BusConfig(
-        servers=opts.nats_urls, name=f"{opts.node_id}/{service}", replicas=opts.replicas
+        servers=opts.nats_urls,
+        name=f"{opts.node_id}/{service}",
+        replicas=opts.replicas,
+        domain=opts.domain,
     )
     proc = ProcessConfig(opts.node_id, service, bus, log_level=opts.log_level)
     config = encode(service_config(service, opts)).decode()
@@ -177,7 +184,24 @@ def stop_on_signals(stop: asyncio.Event) -> None:
 async def node_main(opts: NodeOptions) -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
-    roles, urls = ", ".join(opts.roles) or "-", ", ".join(opts.nats_urls)
-    print(f"node {opts.node_id}: roles {roles}; NATS {urls}", flush=True)
-    await run_node(opts, stop)
+    if not opts.via_leaf:
+        _print_node(opts, ", ".join(opts.nats_urls))
+        await run_node(opts, stop)
+        return 0
+    leaf = LocalLeaf(opts.node_id, Path(opts.cache_dir) / opts.node_id / "leaf", opts.via_leaf)
+    await leaf.start()
+    opts = msgspec.structs.replace(opts, nats_urls=[leaf.url], domain=HUB_DOMAIN)
+    _print_node(opts, f"{leaf.url}, a leaf server linked to {', '.join(opts.via_leaf)}")
+    leaf_stop = asyncio.Event()  # the leaf outlives the services, so their goodbyes get out
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(leaf.keep_running(leaf_stop), name="leaf")
+        try:
+            await run_node(opts, stop)
+        finally:
+            leaf_stop.set()
     return 0
+
+
+def _print_node(opts: NodeOptions, where: str) -> None:
+    roles = ", ".join(opts.roles) or "-"
+    print(f"node {opts.node_id}: roles {roles}; NATS {where}", flush=True)

@@ -211,18 +211,23 @@ class Bus:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(expect_last)
         with translated(f"write {bucket}/{key}"):
             ack = await self.js.publish(
-                names.kv_subject(bucket, key),
+                self._put_subject(bucket, key),
                 value,
                 headers=headers or None,
                 timeout=timeout or self.cfg.request_timeout_s,
             )
         return int(ack.seq)
 
+    def _put_subject(self, bucket: str, key: str) -> str:
+        # Through a leaf server, writes reach the hub's KV stream only by its domain's API prefix.
+        subject = names.kv_subject(bucket, key)
+        return f"$JS.{self.cfg.domain}.API.{subject}" if self.cfg.domain else subject
+
     async def cas_delete(self, bucket: str, key: str, last: int, timeout: float = 2.0) -> int:
         headers = {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(last)}
         with translated(f"delete {bucket}/{key}"):
             ack = await self.js.publish(
-                names.kv_subject(bucket, key), b"", headers=headers, timeout=timeout
+                self._put_subject(bucket, key), b"", headers=headers, timeout=timeout
             )
         return int(ack.seq)
 

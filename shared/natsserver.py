@@ -15,6 +15,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
+from typing import Any
 
 NATS_DIR = Path(__file__).resolve().parents[1] / "nats"
 HUB_DOMAIN = "hub"
@@ -100,11 +101,41 @@ class ServerSpec:
         )
 
 
+@dataclass(frozen=True)
+class LeafSpec:
+    """A leaf server for a NAT-blocked node: local clients connect to it, and it makes one
+    outbound connection to one of `hub_urls` (the hub servers' leaf listeners). It runs no
+    JetStream; clients reach the hub's through its domain."""
+
+    name: str
+    data_dir: Path
+    hub_urls: tuple[str, ...]
+    host: str = "127.0.0.1"
+    port: int = -1
+    http_port: int = -1
+
+    def config(
+        self, port: int | None = None, http_port: int | None = None, leaf_port: int | None = None
+    ) -> str:
+        if not self.hub_urls:
+            raise NatsServerError(f"leaf server {self.name} needs at least one hub leaf URL")
+        return render(
+            "leaf",
+            server_name=self.name,
+            host=self.host,
+            port=self.port if port is None else port,
+            http_port=self.http_port if http_port is None else http_port,
+            ports_dir=self.data_dir / "ports",
+            hub_urls=", ".join(json.dumps(url) for url in self.hub_urls),
+        )
+
+
 @dataclass
 class NatsServer:
-    """A running nats-server process; `start()` returns once it serves JetStream."""
+    """A running nats-server process; `start()` returns once it serves JetStream (a hub server)
+    or once it is connected to its hub (a leaf server)."""
 
-    spec: ServerSpec
+    spec: ServerSpec | LeafSpec
     process: subprocess.Popen[bytes] | None = None
     ports: dict[str, list[str]] = field(default_factory=dict)
     leaf_port: int = -1  # the ports file does not list it; read from /varz after start
@@ -127,7 +158,13 @@ class NatsServer:
             raise NatsServerError(f"server {self.spec.name} is not running")
         return self.process.pid
 
-    def start(self, timeout: float = 20.0, wait_jetstream: bool = True) -> NatsServer:
+    def start(
+        self, timeout: float = 20.0, wait_jetstream: bool = True, *, dies_with_parent: bool = False
+    ) -> NatsServer:
+        """Start the server; a leaf server waits for its hub link only if `wait_jetstream`.
+
+        `dies_with_parent` (Linux): the kernel stops the server when the calling thread's process
+        dies, so a SIGKILLed launcher leaves no server behind."""
         conf = self._write_config()
         log = (self.spec.data_dir / "nats.log").open("ab")
         self.process = subprocess.Popen(
@@ -135,12 +172,15 @@ class NatsServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent if dies_with_parent else None,
         )
         log.close()
         deadline = time.monotonic() + timeout
         self.ports = self._wait_ports(deadline)
         self.leaf_port = self._leaf_port()
-        if wait_jetstream:
+        if wait_jetstream and isinstance(self.spec, LeafSpec):
+            self._wait_leaf_connected(deadline)
+        elif wait_jetstream:
             self._wait_healthy(deadline)
         return self
 
@@ -176,9 +216,27 @@ class NatsServer:
         return conf
 
     def _leaf_port(self) -> int:
-        with urllib.request.urlopen(f"{self.monitor_url}/varz", timeout=5) as r:
-            varz = json.loads(r.read())
-        return int(varz["leaf"]["port"])
+        leaf = self._monitor("varz").get("leaf", {})
+        return int(leaf.get("port", -1))
+
+    def _monitor(self, endpoint: str) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.monitor_url}/{endpoint}", timeout=5) as r:
+            data: dict[str, Any] = json.loads(r.read())
+            return data
+
+    def leaf_connections(self) -> int:
+        """How many leaf connections this server has (a leaf server: 1 when linked to its hub)."""
+        return int(self._monitor("leafz").get("leafnodes", 0))
+
+    def _wait_leaf_connected(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            self._check_running()
+            if self.leaf_connections() > 0:
+                return
+            time.sleep(0.05)
+        raise NatsServerError(
+            f"leaf server {self.spec.name} did not reach its hub: see {self._log()}"
+        )
 
     def _previous_ports(self) -> dict[str, int]:
         # A restarted server keeps its ports, so clients and leaf nodes reconnect to it.
@@ -274,6 +332,14 @@ class NatsCluster:
             if server.spec.name == name:
                 return server
         raise NatsServerError(f"no server named {name!r}")
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _port_of(url: str) -> int:
