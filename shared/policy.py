@@ -44,6 +44,7 @@ class LoopConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     selfplay_games_per_job: int = 64
     queue_target_per_worker: int = 2
     max_enqueue: int = 256
+    selfplay_job_cap: int | None = None  # most self-play jobs stored (queued or in flight) per game
     eval_games_per_job: int = 16
     eval_jobs_per_worker: int = 1
     gate: Literal["sprt", "none"] = "sprt"
@@ -64,6 +65,10 @@ class LoopConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"LoopConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.selfplay_job_cap is not None and self.selfplay_job_cap < 1:
+            raise ValueError(
+                f"LoopConfig.selfplay_job_cap must be >= 1, got {self.selfplay_job_cap}"
+            )
 
 
 class GameState(msgspec.Struct, frozen=True, tag="conclave.loop_state.v1"):
@@ -201,7 +206,8 @@ Action = EnqueueSelfplay | StartTraining | AbandonTraining | StartMatch | Promot
 def selfplay_jobs_to_enqueue(
     live_workers: int, queued: int, cfg: LoopConfig, *, share: float = 1.0
 ) -> int:
-    """Jobs to add so ceil(share * workers * queue_target_per_worker) wait: in [0, max_enqueue]."""
+    """Jobs to add so ceil(share * workers * queue_target_per_worker) wait, at most
+    `selfplay_job_cap`: in [0, max_enqueue]."""
     if live_workers < 0:
         raise ValueError(f"live_workers must be >= 0, got {live_workers}")
     if queued < 0:
@@ -209,6 +215,8 @@ def selfplay_jobs_to_enqueue(
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"share must be in [0, 1], got {share}")
     target = math.ceil(share * live_workers * cfg.queue_target_per_worker)
+    if cfg.selfplay_job_cap is not None:
+        target = min(target, cfg.selfplay_job_cap)
     return max(0, min(target - queued, cfg.max_enqueue))
 
 

@@ -63,6 +63,16 @@ def test_selfplay_jobs_fill_the_queue_target(
     assert selfplay_jobs_to_enqueue(workers, queued, CFG, share=share) == jobs
 
 
+def test_selfplay_job_cap_bounds_what_is_stored_however_many_workers_live() -> None:
+    capped = msgspec.structs.replace(CFG, selfplay_job_cap=3)
+    assert selfplay_jobs_to_enqueue(1000, 0, capped) == 3
+    assert selfplay_jobs_to_enqueue(1000, 2, capped) == 1  # stored jobs count, in flight too
+    assert selfplay_jobs_to_enqueue(1000, 5, capped) == 0
+    assert selfplay_jobs_to_enqueue(1, 0, capped) == 2  # below the cap the per-worker target rules
+    with pytest.raises(ValueError, match="selfplay_job_cap"):
+        msgspec.structs.replace(CFG, selfplay_job_cap=0)
+
+
 def test_selfplay_share_rounds_up() -> None:
     # 3 workers * 2 jobs / 2 games = 3 each; one worker and three games still gets a job each.
     assert selfplay_jobs_to_enqueue(3, 0, CFG, share=0.5) == 3
