@@ -12,6 +12,7 @@ from pathlib import Path
 from shared import log as logsetup
 from shared.bus import BusError
 from shared.lease import LeaseParams
+from shared.presets import PRESETS
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
@@ -57,6 +58,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         archive=args.archive,
         s3_endpoint=args.s3_endpoint,
         via_leaf=[u.strip() for u in (args.via_leaf or "").split(",") if u.strip()],
+        preset=args.preset,
     )
     return asyncio.run(launcher.node_main(opts))
 
@@ -130,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HUB_LEAF_URLS",
         help="behind NAT: run a local leaf server linked to these hub leaf URLs "
         "(comma-separated, e.g. nats://hub:7422) and connect through it; --nats is then unused",
+    )
+    node.add_argument(
+        "--preset", default=None, choices=sorted(PRESETS), help="loop settings; default: --game's"
     )
     _game_options(node)
     _nats_option(node)

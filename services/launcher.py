@@ -57,6 +57,7 @@ class NodeOptions(msgspec.Struct, frozen=True):
     log_dir: str | None = None
     log_level: str = "info"
     game: str = "connect4"
+    preset: str | None = None  # shared/presets.py name; default: the game's own
     cache_dir: str = "conclave-cache"
     threads: int = 1
     archive: str = "conclave-archive"  # s3://bucket/prefix, or a local directory
@@ -91,7 +92,7 @@ def service_config(service: str, opts: NodeOptions) -> msgspec.Struct:
         return HeartbeatConfig(opts.node_id, opts.roles, services_for(opts.roles))
     if service == "leader":
         return LeaderConfig(opts.node_id, opts.lease)
-    return loop_service_config(service, opts, preset(opts.game))
+    return loop_service_config(service, opts, preset(opts.preset or opts.game))
 
 
 def loop_service_config(service: str, opts: NodeOptions, p: Preset) -> msgspec.Struct:

@@ -65,11 +65,33 @@ CONNECT4 = Preset(
 # Gauntlets of 100 games: 40 left a ±14% interval on the mcts:200 score (gen 12 of the first
 # hour-long run scored 72.5% over 40 games and 78% over 100).
 
-PRESETS = {"tictactoe": TICTACTOE, "connect4": CONNECT4}
+# The soak's fleet: many nodes sharing a small machine. Tic-tac-toe with small jobs and at most
+# two self-play jobs stored at once, so 24 nodes' workers fit on 2 cores with room for heartbeats.
+SOAK = Preset(
+    loop=LoopConfig(
+        games=("tictactoe",),
+        games_per_generation=200,
+        selfplay_games_per_job=25,
+        selfplay_job_cap=2,
+        eval_games_per_job=10,
+        sprt=SprtConfig(max_games=40),
+    ),
+    effects=EffectSettings(
+        selfplay_sims=16, eval_sims=16, train_steps=50, window_games=2000, gauntlet_games=10
+    ),
+    net=NetConfig(blocks=1, channels=16, value_hidden=16),
+    train=TrainSettings(batch_size=64),
+    window_games=2000,
+    max_reuse=8,
+    selfplay_concurrency=25,
+    selfplay=SelfPlayConfig(sample_plies=4, c_scale=0.1),
+)
+
+PRESETS = {"tictactoe": TICTACTOE, "connect4": CONNECT4, "soak": SOAK}
 
 
-def preset(game: str) -> Preset:
+def preset(name: str) -> Preset:
     try:
-        return PRESETS[game]
+        return PRESETS[name]
     except KeyError:
-        raise ValueError(f"no preset for game {game!r}; known: {', '.join(PRESETS)}") from None
+        raise ValueError(f"no preset {name!r}; known: {', '.join(PRESETS)}") from None
