@@ -78,6 +78,21 @@ def cmd_up(args: argparse.Namespace) -> int:
     return asyncio.run(up.up_main(opts))
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    from services import soak
+
+    opts = soak.SoakOptions(
+        data_dir=str(Path(args.data_dir or Path(args.report) / "data").absolute()),
+        report_dir=str(Path(args.report).absolute()),
+        nodes=args.nodes,
+        duration_s=soak.parse_duration(args.duration),
+        chaos=args.chaos,
+        seed=args.seed,
+        fault_every_s=soak.parse_duration(args.fault_every),
+    )
+    return asyncio.run(soak.soak_main(opts))
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from services.status import status_main
 
@@ -177,6 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--cache-dir", default="conclave-cache")
     _nats_option(restore)
     restore.set_defaults(handler=cmd_restore)
+
+    soak = sub.add_parser("soak", help="N nodes on a 3-server hub, faults, and a report")
+    soak.add_argument("--nodes", type=int, default=24)
+    soak.add_argument("--duration", default="30m", help="e.g. 90s, 30m, 4h")
+    soak.add_argument("--chaos", action="store_true", help="inject faults on a schedule")
+    soak.add_argument("--fault-every", default="30s", help="time between faults")
+    soak.add_argument("--report", required=True, help="directory for the report")
+    soak.add_argument(
+        "--data-dir", default=None, help="servers' and nodes' files (default: REPORT/data)"
+    )
+    soak.add_argument("--seed", type=int, default=0)
+    soak.set_defaults(handler=cmd_soak)
 
     schemas = sub.add_parser("schemas", help="export JSON Schema for every wire message")
     schemas.add_argument("--out", required=True)
