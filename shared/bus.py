@@ -156,10 +156,15 @@ class Bus:
     # -- provisioning -------------------------------------------------------------------------
 
     async def provision(self) -> None:
-        """Create (or bring up to date) every stream and bucket Conclave uses."""
+        """Create every stream and bucket Conclave uses that is missing, and bring any whose
+        settings drifted up to date. What exists as configured is only read (STREAM.INFO), so a
+        worker whose identity may not create or update streams provisions nothing once the
+        coordinator has."""
         for config in provision.streams():
             await self.ensure_stream(config)
         for store in provision.object_stores(self.cfg.replicas):
+            if await self._stream_config(f"OBJ_{store.bucket}") is not None:
+                continue
             with translated(f"object store {store.bucket}"):
                 # nats-py overwrites config.bucket with its first argument, so pass both.
                 await self.js.create_object_store(store.bucket or "", config=store)
@@ -167,6 +172,12 @@ class Bus:
     async def ensure_stream(self, config: StreamConfig) -> None:
         config.num_replicas = self.cfg.replicas
         config.storage = StorageType.FILE
+        existing = await self._stream_config(config.name or "")
+        if existing is not None:
+            if not provision.same_settings(existing, config):
+                with translated(f"update stream {config.name}"):
+                    await self.js.update_stream(config)
+            return
         with translated(f"add stream {config.name}"):
             try:
                 await self.js.add_stream(config)
@@ -174,6 +185,13 @@ class Bus:
                 if e.err_code != _STREAM_NAME_IN_USE:
                     raise
                 await self.js.update_stream(config)
+
+    async def _stream_config(self, name: str) -> StreamConfig | None:
+        with translated(f"stream info {name}"):
+            try:
+                return (await self.js.stream_info(name)).config
+            except nats.js.errors.NotFoundError:
+                return None
 
     async def kv(self, bucket: str) -> KeyValue:
         if bucket not in self._kv:

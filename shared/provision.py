@@ -1,6 +1,7 @@
 """Every stream, KV bucket and object store Conclave uses, as configuration (no I/O here).
 
-`Bus.provision()` creates or updates all of them idempotently; replicas come from the bus config.
+`Bus.provision()` creates what is missing and updates what drifted; replicas come from the bus
+config.
 """
 
 from __future__ import annotations
@@ -65,3 +66,35 @@ def object_stores(replicas: int) -> list[ObjectStoreConfig]:
     return [
         ObjectStoreConfig(bucket=names.MODELS_STORE, storage=StorageType.FILE, replicas=replicas)
     ]
+
+
+# The settings provisioning owns; a stream whose values all match is left alone.
+_OWNED = (
+    "subjects",
+    "retention",
+    "num_replicas",
+    "max_age",
+    "max_bytes",
+    "max_msgs_per_subject",
+    "duplicate_window",
+    "discard",
+    "allow_rollup_hdrs",
+    "allow_msg_ttl",
+    "deny_delete",
+    "subject_delete_marker_ttl",
+    "storage",
+)
+
+
+def same_settings(existing: StreamConfig, wanted: StreamConfig) -> bool:
+    """Whether `existing` (as the server reports it) already has every value `wanted` sets."""
+    for name in _OWNED:
+        want = getattr(wanted, name)
+        if want is None or (name == "duplicate_window" and want == 0):  # 0: the server's default
+            continue
+        have = getattr(existing, name)
+        if isinstance(want, list):
+            want, have = sorted(want), sorted(have or [])
+        if have != want:
+            return False
+    return True

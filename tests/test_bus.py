@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import pytest
+from nats.aio.msg import Msg
 
 from schemas import names
 from shared.bus import Bus, BusConfig, CasFailed, ConnectFailed, ttl_header
@@ -57,9 +58,36 @@ async def test_snapshot_lists_present_keys_only(bus: Bus) -> None:
     assert set(await bus.snapshot(names.NODES_BUCKET)) == {"n2"}
 
 
-async def test_provision_is_idempotent(bus: Bus) -> None:
-    await bus.provision()
-    await bus.provision()
+async def test_provision_only_reads_what_exists_as_configured_and_repairs_drift(
+    bus: Bus,
+) -> None:
+    """A worker whose identity may not create streams provisions nothing once they exist."""
+    writes: list[str] = []
+
+    async def on_request(msg: Msg) -> None:
+        writes.append(msg.subject)
+
+    watcher = await Bus.connect(BusConfig(servers=bus.cfg.servers, name="watcher"))
+    try:
+        for verb in ("CREATE", "UPDATE", "DELETE", "PURGE"):
+            await watcher.subscribe(f"$JS.API.STREAM.{verb}.>", on_request)
+        await watcher.nc.flush()
+        await bus.provision()  # the fixture already did
+        await bus.nc.flush()
+        await asyncio.sleep(0.2)
+        assert writes == []
+
+        drifted = (await bus.js.stream_info(names.EVENTS_STREAM)).config
+        drifted.max_age = 3600.0
+        await bus.js.update_stream(drifted)
+        await asyncio.sleep(0.2)
+        writes.clear()
+        await bus.provision()
+        await asyncio.sleep(0.2)
+        assert writes == [f"$JS.API.STREAM.UPDATE.{names.EVENTS_STREAM}"]
+        assert (await bus.js.stream_info(names.EVENTS_STREAM)).config.max_age == 7 * 86400.0
+    finally:
+        await watcher.close()
 
 
 def test_fractional_ttl_is_refused_because_the_server_truncates_it() -> None:
