@@ -39,6 +39,13 @@ def check_token(value: str, field: str) -> str:
     return value
 
 
+ANY = "*"  # a one-token wildcard: builders given it make filters (permissions, subscriptions)
+
+
+def token_or_any(value: str, field: str) -> str:
+    return value if value == ANY else check_token(value, field)
+
+
 def node_key(node_id: str) -> str:
     return check_token(node_id, "node id")
 
@@ -94,7 +101,7 @@ def job_consumer(kind: str) -> str:
 
 
 def dlq_subject(kind: str, game: str, group: str) -> str:
-    return f"dlq.{kind}.{check_token(game, 'game')}.{check_token(group, 'job group')}"
+    return f"dlq.{kind}.{token_or_any(game, 'game')}.{token_or_any(group, 'job group')}"
 
 
 def max_deliveries_advisory(stream: str) -> str:
@@ -102,11 +109,11 @@ def max_deliveries_advisory(stream: str) -> str:
 
 
 def games_subject(game: str) -> str:
-    return f"games.{game if game == '*' else check_token(game, 'game')}"
+    return f"games.{token_or_any(game, 'game')}"
 
 
 def results_subject(game: str, group: str) -> str:
-    return f"results.{check_token(game, 'game')}.{check_token(group, 'job group')}"
+    return f"results.{token_or_any(game, 'game')}.{token_or_any(group, 'job group')}"
 
 
 def model_event_subject(kind: str) -> str:
@@ -115,7 +122,7 @@ def model_event_subject(kind: str) -> str:
 
 def job_failure_subject(job_id: str) -> str:
     """One subject per job, so the last failure of a job is one direct read of the EVENTS stream."""
-    return f"events.job.failed.{check_token(job_id, 'job id')}"
+    return f"events.job.failed.{token_or_any(job_id, 'job id')}"
 
 
 ADVISORIES_STREAM = "ADVISORIES"  # keeps max-delivery advisories until the leader handles them
@@ -126,12 +133,12 @@ def best_key(game: str) -> str:
 
 
 def model_key(game: str, sha256: str) -> str:
-    return f"{check_token(game, 'game')}.model.{sha256}"
+    return f"{token_or_any(game, 'game')}.model.{sha256}"
 
 
 def trained_key(job_id: str) -> str:
     """Registry key the trainer writes when a training job has produced its candidate."""
-    return f"trained.{check_token(job_id, 'job id')}"
+    return f"trained.{token_or_any(job_id, 'job id')}"
 
 
 def loop_key(game: str) -> str:

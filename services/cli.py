@@ -93,6 +93,22 @@ def cmd_soak(args: argparse.Namespace) -> int:
     return asyncio.run(soak.soak_main(opts))
 
 
+def cmd_auth(args: argparse.Namespace) -> int:
+    from shared import identities, permissions
+
+    if args.auth_command == "table":
+        print(permissions.markdown_table(), end="")
+        return 0
+    out = Path(args.out)
+    written = identities.init(out)
+    accounts = out / identities.ACCOUNTS_FILE
+    print(f"wrote {len(written)} identities to {out} (seeds owner-only) and {accounts}")
+    print("  server: add the accounts file to the hub's config; anonymous connections are refused")
+    for role, path in written.items():
+        print(f"  {role}: {path}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from services.status import status_main
 
@@ -192,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--cache-dir", default="conclave-cache")
     _nats_option(restore)
     restore.set_defaults(handler=cmd_restore)
+
+    auth = sub.add_parser("auth", help="per-role NATS identities and permissions")
+    auth_sub = auth.add_subparsers(dest="auth_command", required=True)
+    init = auth_sub.add_parser("init", help="an nkey per role and the server's accounts block")
+    init.add_argument("--out", required=True, help="directory for the seeds and accounts.conf")
+    auth_sub.add_parser("table", help="print every role's permissions (markdown)")
+    auth.set_defaults(handler=cmd_auth)
 
     soak = sub.add_parser("soak", help="N nodes on a 3-server hub, faults, and a report")
     soak.add_argument("--nodes", type=int, default=24)

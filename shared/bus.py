@@ -59,6 +59,7 @@ class BusConfig(msgspec.Struct, frozen=True):
     connect_timeout_s: float = 10.0
     request_timeout_s: float = 5.0
     creds: str | None = None
+    nkey_seed: str | None = None  # a role's seed file (`conclave auth init`)
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,8 @@ class Bus:
         }
         if cfg.creds:
             options["user_credentials"] = cfg.creds
+        if cfg.nkey_seed:
+            options["nkeys_seed"] = cfg.nkey_seed
         try:
             # nats-py's own first connect loops through every reconnect attempt before failing.
             nc = await asyncio.wait_for(nats.connect(**options), cfg.connect_timeout_s)

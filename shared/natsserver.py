@@ -75,6 +75,7 @@ class ServerSpec:
     routes: tuple[str, ...] = ()  # host:port of every route listener, ours included
     cluster_name: str = "conclave"
     domain: str = HUB_DOMAIN
+    auth: str = ""  # an accounts block (shared.identities): anonymous connections are refused
 
     def config(
         self, port: int | None = None, http_port: int | None = None, leaf_port: int | None = None
@@ -90,15 +91,16 @@ class ServerSpec:
             "domain": self.domain,
         }
         if self.cluster_port is None:
-            return render("single", **common)
+            return render("single", **common) + self.auth
         routes = ", ".join(f"nats-route://{address}" for address in self.routes)
-        return render(
+        cluster = render(
             "cluster",
             **common,
             cluster_name=self.cluster_name,
             cluster_port=self.cluster_port,
             routes=routes,
         )
+        return cluster + self.auth
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,130 @@
+"""Least-privilege identities on a real server: what a selfplay worker may and may not do."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import nats.errors
+import pytest
+
+from schemas import names
+from shared.bus import Bus, BusConfig, BusError, ConnectFailed
+from shared.identities import ACCOUNTS_FILE, init, new_seed, write_seed
+from shared.natsserver import NatsServer, ServerSpec
+from shared.permissions import ROLES, markdown_table, permissions
+
+
+def test_a_selfplay_identity_may_not_lead_schedule_or_destroy() -> None:
+    granted = permissions("selfplay").publish
+    assert names.games_subject("*") in granted and names.kv_subject("nodes", "*") in granted
+    forbidden_prefixes = (
+        names.kv_subject(names.ELECTION_BUCKET, ""),
+        names.kv_subject(names.REGISTRY_BUCKET, ""),
+        names.kv_subject(names.LOOP_BUCKET, ""),
+        "jobs.",
+        "$JS.API.STREAM.DELETE",
+        "$JS.API.STREAM.PURGE",
+        "$JS.API.STREAM.CREATE",
+        "$JS.API.STREAM.UPDATE",
+        "$JS.API.CONSUMER.DELETE.JOBS",
+    )
+    assert not [s for s in granted if s.startswith(forbidden_prefixes) or s == ">"]
+
+
+def test_only_admin_may_delete_and_only_the_coordinator_writes_the_lease() -> None:
+    lease = names.kv_subject(names.ELECTION_BUCKET, names.LEADER_KEY)
+    for role in ROLES:
+        publish = permissions(role).publish
+        assert (lease in publish) == (role == "coordinator"), role
+        deletes = [s for s in publish if "STREAM.DELETE" in s or "STREAM.PURGE" in s]
+        assert deletes == [] or role == "admin", role
+    assert permissions("admin").publish == sorted({">", *permissions("admin").publish})
+
+
+@pytest.fixture
+def identities(tmp_path: Path) -> dict[str, Path]:
+    return {role: path for role, path in init(tmp_path / "auth").items()}
+
+
+@pytest.fixture
+def secured(tmp_path: Path, identities: dict[str, Path]) -> Iterator[NatsServer]:
+    accounts = (tmp_path / "auth" / ACCOUNTS_FILE).read_text()
+    server = NatsServer(ServerSpec("secured", tmp_path / "server", auth=accounts)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def connect(server: NatsServer, seed: Path | None, name: str) -> Bus:
+    cfg = BusConfig(
+        servers=[server.url],
+        name=name,
+        nkey_seed=str(seed) if seed else None,
+        request_timeout_s=1.0,
+        connect_timeout_s=3.0,
+    )
+    return await Bus.connect(cfg)
+
+
+@pytest.fixture
+async def selfplay(secured: NatsServer, identities: dict[str, Path]) -> AsyncIterator[Bus]:
+    admin = await connect(secured, identities["admin"], "admin")
+    await admin.provision()
+    await admin.close()
+    bus = await connect(secured, identities["selfplay"], "worker")
+    try:
+        yield bus
+    finally:
+        await bus.close()
+
+
+async def test_anonymous_and_unknown_keys_are_refused(secured: NatsServer, tmp_path: Path) -> None:
+    with pytest.raises(ConnectFailed):
+        await connect(secured, None, "anonymous")
+    stranger = tmp_path / "stranger.nk"
+    write_seed(stranger, new_seed())
+    with pytest.raises(ConnectFailed):
+        await connect(secured, stranger, "stranger")
+
+
+async def test_selfplay_worker_is_refused_and_each_refusal_is_logged_with_its_subject(
+    selfplay: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="conclave.bus")
+    # What it is for still works: heartbeats, games, reading stream info.
+    await selfplay.write(names.NODES_BUCKET, "w1", b"{}", ttl_s=5)
+    await selfplay.publish_durable(names.games_subject("tictactoe"), b"g", msg_id="g1")
+    await selfplay.provision()  # everything exists: it only reads
+    refused: dict[str, Callable[[], Awaitable[object]]] = {
+        "lease": lambda: selfplay.write(names.ELECTION_BUCKET, names.LEADER_KEY, b"{}"),
+        "best": lambda: selfplay.write(names.REGISTRY_BUCKET, names.best_key("tictactoe"), b"{}"),
+        "job": lambda: selfplay.publish_durable(
+            names.job_subject("selfplay", "tictactoe", "sp"), b"{}"
+        ),
+        "delete": lambda: selfplay.js.delete_stream(names.GAMES_STREAM),
+        "purge": lambda: selfplay.js.purge_stream(names.GAMES_STREAM),
+        "bucket": lambda: selfplay.js.delete_key_value(names.REGISTRY_BUCKET),
+    }
+    for attempt in refused.values():
+        # A refused request gets no answer: a timeout here, the reason in the error callback.
+        with pytest.raises((BusError, TimeoutError, nats.errors.TimeoutError)):
+            await attempt()
+    logged = " ".join(r.getMessage() for r in caplog.records).lower()
+    for subject in (
+        names.kv_subject(names.ELECTION_BUCKET, names.LEADER_KEY),
+        names.kv_subject(names.REGISTRY_BUCKET, names.best_key("tictactoe")),
+        names.job_subject("selfplay", "tictactoe", "sp"),
+        f"$js.api.stream.delete.{names.GAMES_STREAM}",
+        f"$js.api.stream.purge.{names.GAMES_STREAM}",
+        f"$js.api.stream.delete.kv_{names.REGISTRY_BUCKET}",
+    ):
+        assert f'permissions violation for publish to "{subject.lower()}"' in logged, subject
+
+
+def test_the_permission_table_in_the_docs_is_generated_from_the_code() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "security.md").read_text()
+    table = doc.split("<!-- permissions:begin -->\n")[1].split("<!-- permissions:end -->")[0]
+    assert table == markdown_table(), "run `conclave auth table` and paste it into docs/security.md"
