@@ -13,6 +13,8 @@ MAX_CONTROL_BYTES = 256 * 1024
 
 _encoder = msgspec.json.Encoder()
 _MISSING = re.compile(r"missing required field `([^`]+)`")
+_KEY_IN = re.compile(r"^`key` in `(.+)`$")  # msgspec: "... - at `key` in `$.a`"
+_CHECKED = re.compile(r"^[A-Z]\w*\.(\w+)\b")
 
 
 class BadMessage(ValueError):
@@ -36,7 +38,7 @@ def decode(data: bytes, kind: type[T], *, subject: str = "?") -> T:
     try:
         return msgspec.json.decode(data, type=kind, strict=True)
     except msgspec.ValidationError as e:
-        field, reason = _split(str(e))
+        field, reason = split_error(str(e))
         raise BadMessage(subject, field, reason) from e
     except msgspec.DecodeError as e:
         raise BadMessage(subject, "$", f"not valid JSON: {e}") from e
@@ -44,14 +46,18 @@ def decode(data: bytes, kind: type[T], *, subject: str = "?") -> T:
         raise BadMessage(subject, "$", f"invalid UTF-8 at byte {e.start}") from e
 
 
-def _split(text: str) -> tuple[str, str]:
+def split_error(text: str) -> tuple[str, str]:
     # msgspec says e.g. "Expected `str`, got `int` - at `$.node`".
     reason, sep, where = text.rpartition(" - at ")
-    field = where.strip("`") if sep else "$"
+    key = _KEY_IN.match(where)
+    field = (f"{key.group(1)} (a key)" if key else where.strip("`")) if sep else "$"
     reason = reason if sep else text
     missing = _MISSING.search(reason)
     if missing:
         field = f"{field}.{missing.group(1)}"
+    checked = _CHECKED.match(reason)
+    if checked and field == "$":  # a __post_init__ check says "Struct.field ..."
+        field = f"$.{checked.group(1)}"
     return field, reason
 
 

@@ -11,6 +11,8 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from schemas.codec import BadMessage, split_error
+
 _F32 = np.dtype("<f4")
 
 
@@ -69,6 +71,7 @@ def policy_targets(record: GameRecord) -> npt.NDArray[np.float32]:
     return flat.reshape(record.plies, record.num_actions)
 
 
+MAX_RECORD_BYTES = 4 * 1024 * 1024  # a long game's record is tens of kilobytes
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(GameRecord)
 
@@ -77,9 +80,19 @@ def encode_record(record: GameRecord) -> bytes:
     return _encoder.encode(record)
 
 
-def decode_record(data: bytes) -> GameRecord:
-    """Decode msgpack bytes; raise msgspec.ValidationError/DecodeError or ValueError if bad."""
-    return _decoder.decode(data)
+def decode_record(data: bytes, *, subject: str = "games") -> GameRecord:
+    """Decode msgpack bytes strictly; raise BadMessage naming the field (e.g. `$.moves[3]`)."""
+    if len(data) > MAX_RECORD_BYTES:
+        raise BadMessage(subject, "$", f"{len(data)} bytes exceeds {MAX_RECORD_BYTES}")
+    try:
+        return _decoder.decode(data)
+    except msgspec.ValidationError as e:
+        field, reason = split_error(str(e))
+        raise BadMessage(subject, field, reason) from e
+    except msgspec.DecodeError as e:
+        raise BadMessage(subject, "$", f"not valid msgpack: {e}") from e
+    except UnicodeDecodeError as e:
+        raise BadMessage(subject, "$", f"a string is not UTF-8 at byte {e.start}") from e
 
 
 WIRE_MESSAGES = (GameRecord,)

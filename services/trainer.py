@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from schemas import names
-from schemas.codec import encode
+from schemas.codec import BadMessage, encode
 from schemas.game import decode_record
 from schemas.jobs import ModelEvent, ModelMeta, TrainJob
 from shared.bus import Bus, BusError, translated
@@ -113,7 +113,10 @@ class Trainer:
                 game = get_game(record.game)
                 positions = positions_of(game, record, seq, self.cfg.root_value_weight)
                 kept.append((record.game, positions))
-            except (RejectedRecord, UnknownGame, msgspec.DecodeError, ValueError) as e:
+            except BadMessage as e:
+                self.rejected[f"unreadable at {e.field}"] += 1
+                log.warning("rejected game record #%d: %s", seq, e)
+            except (RejectedRecord, UnknownGame, ValueError) as e:
                 reason = type(e).__name__ if not isinstance(e, RejectedRecord) else str(e)
                 self.rejected[reason.split(":")[0]] += 1
                 log.warning("rejected game record #%d: %s", seq, e)
