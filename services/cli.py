@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shared import log as logsetup
-from shared.bus import BusError
+from shared.bus import BusConfig, BusError
 from shared.lease import LeaseParams
 from shared.presets import PRESETS
 
@@ -25,6 +25,18 @@ def _nats_option(p: argparse.ArgumentParser) -> None:
         default=os.environ.get("CONCLAVE_NATS_URL", DEFAULT_URL),
         help="NATS URL(s), comma-separated (default: $CONCLAVE_NATS_URL, else local `up`)",
     )
+    p.add_argument(
+        "--creds",
+        default=os.environ.get("CONCLAVE_CREDS"),
+        help="an nkey seed file from `conclave auth init` (default: $CONCLAVE_CREDS); for `node`, "
+        "a directory of them gives each service its role's",
+    )
+
+
+def _client(args: argparse.Namespace, name: str, timeout_s: float = 5.0) -> BusConfig:
+    """How a command-line client connects: built here, once, from the flags."""
+    servers = [u.strip() for u in args.nats.split(",") if u.strip()]
+    return BusConfig(servers=servers, name=name, connect_timeout_s=timeout_s, nkey_seed=args.creds)
 
 
 def _game_options(p: argparse.ArgumentParser) -> None:
@@ -59,6 +71,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         s3_endpoint=args.s3_endpoint,
         via_leaf=[u.strip() for u in (args.via_leaf or "").split(",") if u.strip()],
         preset=args.preset,
+        creds=str(Path(args.creds).absolute()) if args.creds else None,
     )
     return asyncio.run(launcher.node_main(opts))
 
@@ -100,38 +113,42 @@ def cmd_auth(args: argparse.Namespace) -> int:
         print(permissions.markdown_table(), end="")
         return 0
     out = Path(args.out)
-    written = identities.init(out)
+    hosts = ["127.0.0.1", "localhost", *args.host] if args.tls else None
+    written = identities.init(out, tls_hosts=hosts)
     accounts = out / identities.ACCOUNTS_FILE
     print(f"wrote {len(written)} identities to {out} (seeds owner-only) and {accounts}")
     print("  server: add the accounts file to the hub's config; anonymous connections are refused")
     for role, path in written.items():
         print(f"  {role}: {path}")
+    if args.tls:
+        print(f"  TLS: CA and server certificate for {', '.join(hosts or [])} in {out / 'tls'}")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from services.status import status_main
 
-    return asyncio.run(status_main(args.nats, args.json, args.watch))
+    return asyncio.run(status_main(_client(args, "status"), args.json, args.watch))
 
 
 def cmd_ratings(args: argparse.Namespace) -> int:
     from services.models_cli import ratings_main
 
-    return asyncio.run(ratings_main(args.nats, args.game, args.json))
+    return asyncio.run(ratings_main(_client(args, "cli"), args.game, args.json))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from services.models_cli import export_main
 
-    return asyncio.run(export_main(args.nats, args.game, Path(args.out).absolute()))
+    return asyncio.run(export_main(_client(args, "cli"), args.game, Path(args.out).absolute()))
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
     from services.restore import restore_main
 
     cache = Path(args.cache_dir).absolute()
-    return asyncio.run(restore_main(args.nats, args.source, args.s3_endpoint, args.window, cache))
+    client = _client(args, "restore", timeout_s=10.0)
+    return asyncio.run(restore_main(client, args.source, args.s3_endpoint, args.window, cache))
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
@@ -213,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     auth_sub = auth.add_subparsers(dest="auth_command", required=True)
     init = auth_sub.add_parser("init", help="an nkey per role and the server's accounts block")
     init.add_argument("--out", required=True, help="directory for the seeds and accounts.conf")
+    init.add_argument("--tls", action="store_true", help="also a CA and a server certificate")
+    init.add_argument(
+        "--host", action="append", default=[], help="a name or address the servers are reached by"
+    )
     auth_sub.add_parser("table", help="print every role's permissions (markdown)")
     auth.set_defaults(handler=cmd_auth)
 

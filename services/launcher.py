@@ -62,6 +62,7 @@ class NodeOptions(msgspec.Struct, frozen=True):
     threads: int = 1
     archive: str = "conclave-archive"  # s3://bucket/prefix, or a local directory
     s3_endpoint: str | None = None
+    creds: str | None = None  # a seed file for every service, or a directory of `<role>.nk`
     via_leaf: list[str] = []  # hub leaf URLs: run a local leaf server and connect through it
     domain: str | None = None  # the hub's JetStream domain, when connected through a leaf
 
@@ -133,6 +134,7 @@ def child_spec(service: str, opts: NodeOptions) -> ChildSpec:
         name=f"{opts.node_id}/{service}",
         replicas=opts.replicas,
         domain=opts.domain,
+        nkey_seed=creds_for(service, opts),
     )
     proc = ProcessConfig(opts.node_id, service, bus, log_level=opts.log_level)
     config = encode(service_config(service, opts)).decode()
@@ -143,6 +145,27 @@ def child_spec(service: str, opts: NodeOptions) -> ChildSpec:
 
     log_path = Path(opts.log_dir) / f"{opts.node_id}-{service}.log" if opts.log_dir else None
     return ChildSpec(service, argv, log_path)
+
+
+# The identity each service runs as (`conclave auth init` roles); heartbeat: the node's first.
+SERVICE_ROLE = {
+    "leader": "coordinator",
+    "scheduler": "coordinator",
+    "selfplay": "selfplay",
+    "trainer": "trainer",
+    "evaluator": "evaluator",
+    "syncer": "syncer",
+}
+
+
+def creds_for(service: str, opts: NodeOptions) -> str | None:
+    if opts.creds is None:
+        return None
+    path = Path(opts.creds)
+    if not path.is_dir():
+        return str(path)
+    first = "coordinator" if not opts.roles or opts.roles[0] == "control" else opts.roles[0]
+    return str(path / f"{SERVICE_ROLE.get(service, first)}.nk")
 
 
 def syncer_config(opts: NodeOptions, cache: str) -> SyncerConfig:

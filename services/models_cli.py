@@ -16,12 +16,8 @@ from shared.models import ModelStore
 from shared.ratingjobs import game_ratings
 
 
-async def _connect(url: str) -> Bus:
-    return await Bus.connect(BusConfig(servers=url.split(","), name="cli", connect_timeout_s=5))
-
-
-async def ratings_main(url: str, game: str, as_json: bool) -> int:
-    bus = await _connect(url)
+async def ratings_main(cfg: BusConfig, game: str, as_json: bool) -> int:
+    bus = await Bus.connect(cfg)
     try:
         ratings, _ = await game_ratings(bus, game)
     finally:
@@ -33,9 +29,9 @@ async def ratings_main(url: str, game: str, as_json: bool) -> int:
     return 0
 
 
-async def export_main(url: str, game: str, out: Path) -> int:
+async def export_main(cfg: BusConfig, game: str, out: Path) -> int:
     """Write the best checkpoint of `game` to `out` (a directory); print its path."""
-    bus = await _connect(url)
+    bus = await Bus.connect(cfg)
     try:
         entry = await bus.last(names.REGISTRY_BUCKET, names.best_key(game))
         if entry.value is None:

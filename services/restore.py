@@ -147,10 +147,10 @@ async def restore_results(bus: Bus, store: Store, game: str) -> int:
 
 
 async def restore_main(
-    url: str, source: str, endpoint: str | None, window: int, cache: Path
+    cfg: BusConfig, source: str, endpoint: str | None, window: int, cache: Path
 ) -> int:
     store = open_source(source, endpoint)
-    bus = await Bus.connect(BusConfig(servers=url.split(","), name="restore"))
+    bus = await Bus.connect(cfg)
     try:
         await bus.provision()
         reports = [

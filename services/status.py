@@ -244,8 +244,8 @@ def render_text(report: StatusReport) -> str:
     return "\n".join(lines)
 
 
-async def status_main(url: str, as_json: bool, watch_s: float | None) -> int:
-    bus = await Bus.connect(BusConfig(servers=[url], name="status", connect_timeout_s=5))
+async def status_main(cfg: BusConfig, as_json: bool, watch_s: float | None) -> int:
+    bus = await Bus.connect(cfg)
     try:
         while True:
             report = await gather(bus)

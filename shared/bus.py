@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ class BusConfig(msgspec.Struct, frozen=True):
     request_timeout_s: float = 5.0
     creds: str | None = None
     nkey_seed: str | None = None  # a role's seed file (`conclave auth init`)
+    tls_ca: str | None = None  # verify the server against this CA (`conclave auth init --tls`)
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,8 @@ class Bus:
             options["user_credentials"] = cfg.creds
         if cfg.nkey_seed:
             options["nkeys_seed"] = cfg.nkey_seed
+        if cfg.tls_ca:
+            options["tls"] = ssl.create_default_context(cafile=cfg.tls_ca)
         try:
             # nats-py's own first connect loops through every reconnect attempt before failing.
             nc = await asyncio.wait_for(nats.connect(**options), cfg.connect_timeout_s)

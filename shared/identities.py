@@ -10,9 +10,11 @@ from pathlib import Path
 import nkeys
 
 from shared.permissions import ROLES, Role, permissions
+from shared.tlsfiles import make_tls
 
 ACCOUNT = "CONCLAVE"
 ACCOUNTS_FILE = "accounts.conf"
+TLS_DIR = "tls"
 
 
 def new_seed() -> bytes:
@@ -55,9 +57,14 @@ def accounts_conf(public_keys: dict[Role, str]) -> str:
     )
 
 
-def init(directory: Path, roles: tuple[Role, ...] = ROLES) -> dict[Role, Path]:
-    """Create a seed per role (replacing any there: a rotation) and the accounts block."""
+def init(
+    directory: Path, roles: tuple[Role, ...] = ROLES, *, tls_hosts: list[str] | None = None
+) -> dict[Role, Path]:
+    """Create a seed per role (replacing any there: a rotation) and the accounts block; with
+    `tls_hosts`, also a CA and a server certificate for those hosts (`tls/`)."""
     directory.mkdir(parents=True, exist_ok=True)
+    if tls_hosts is not None:
+        make_tls(directory / TLS_DIR, tls_hosts)
     public_keys: dict[Role, str] = {}
     paths: dict[Role, Path] = {}
     for role in roles:

@@ -17,6 +17,8 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from shared.tlsfiles import TlsFiles, server_block
+
 NATS_DIR = Path(__file__).resolve().parents[1] / "nats"
 HUB_DOMAIN = "hub"
 
@@ -76,6 +78,7 @@ class ServerSpec:
     cluster_name: str = "conclave"
     domain: str = HUB_DOMAIN
     auth: str = ""  # an accounts block (shared.identities): anonymous connections are refused
+    tls: TlsFiles | None = None  # client, route and leaf listeners; plain connections refused
 
     def config(
         self, port: int | None = None, http_port: int | None = None, leaf_port: int | None = None
@@ -89,6 +92,7 @@ class ServerSpec:
             "ports_dir": self.data_dir / "ports",
             "store_dir": self.data_dir / "jetstream",
             "domain": self.domain,
+            **tls_values(self.tls),
         }
         if self.cluster_port is None:
             return render("single", **common) + self.auth
@@ -103,6 +107,18 @@ class ServerSpec:
         return cluster + self.auth
 
 
+def tls_values(files: TlsFiles | None) -> dict[str, str]:
+    """Template values: a `tls` block per listener (routes verify each other), or nothing."""
+    if files is None:
+        return {"client_tls": "", "leaf_tls": "", "cluster_tls": "", "remote_tls": ""}
+    return {
+        "client_tls": "\n" + server_block(files).replace("\n    ", "\n  ").replace("\n  }", "\n}"),
+        "leaf_tls": "\n  " + server_block(files),
+        "cluster_tls": "\n  " + server_block(files, verify_peer=True),
+        "remote_tls": f', tls: {{ ca_file: "{files.ca}" }}',
+    }
+
+
 @dataclass(frozen=True)
 class LeafSpec:
     """A leaf server for a NAT-blocked node: local clients connect to it, and it makes one
@@ -115,6 +131,7 @@ class LeafSpec:
     host: str = "127.0.0.1"
     port: int = -1
     http_port: int = -1
+    tls: TlsFiles | None = None  # verify the hub against this CA; local clients stay plain
 
     def config(
         self, port: int | None = None, http_port: int | None = None, leaf_port: int | None = None
@@ -129,6 +146,8 @@ class LeafSpec:
             http_port=self.http_port if http_port is None else http_port,
             ports_dir=self.data_dir / "ports",
             hub_urls=", ".join(json.dumps(url) for url in self.hub_urls),
+            client_tls="",
+            remote_tls=tls_values(self.tls)["remote_tls"],
         )
 
 
@@ -294,7 +313,15 @@ class NatsCluster:
     servers: list[NatsServer]
 
     @classmethod
-    def create(cls, data_dir: Path, size: int = 3, name: str = "conclave") -> NatsCluster:
+    def create(
+        cls,
+        data_dir: Path,
+        size: int = 3,
+        name: str = "conclave",
+        *,
+        auth: str = "",
+        tls: TlsFiles | None = None,
+    ) -> NatsCluster:
         # Every port is chosen up front: a server picking its own could take a later one's.
         ports = free_ports(4 * size)
         route_ports = ports[3 * size :]
@@ -309,6 +336,8 @@ class NatsCluster:
                 cluster_port=route_ports[i],
                 routes=routes,
                 cluster_name=name,
+                auth=auth,
+                tls=tls,
             )
             for i in range(size)
         ]

@@ -1,8 +1,9 @@
 """What each role's NATS identity may publish and subscribe to, derived from `schemas.names`.
 
 Least privilege per role: a worker may pull its own job kind, publish its products and read what
-it needs; only the coordinator writes the lease, the loop state, the best pointer and jobs, and
-nobody but `admin` deletes or purges anything. Nothing here is hand-maintained apart from which
+it needs; only the coordinator writes the lease, the loop state, the best pointer and jobs (and
+removes dead-lettered jobs from the queue), and nobody but `admin` deletes or purges a stream,
+bucket or object store. Nothing here is hand-maintained apart from which
 capability each role has: every subject comes from the module that names them. Pure: no I/O.
 """
 
@@ -146,9 +147,10 @@ def role_grants(role: Role) -> list[str]:
 
 def coordinator_grants() -> list[str]:
     """Leader and scheduler: the lease, the loop state, jobs, pointers; provisioning (create and
-    update, never delete or purge)."""
+    update, never delete or purge a stream); removing a dead-lettered job from the queue."""
     return [
         f"{API}.STREAM.CREATE.*",
+        f"{API}.STREAM.MSG.DELETE.{names.JOBS_STREAM}",
         f"{API}.STREAM.UPDATE.*",
         f"{API}.STREAM.NAMES",
         f"{API}.STREAM.LIST",

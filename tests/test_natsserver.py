@@ -30,6 +30,8 @@ def test_rendered_configs_pass_the_servers_own_check(tmp_path: Path) -> None:
         http_port=-1,
         ports_dir=tmp_path,
         hub_urls='"nats://127.0.0.1:7422"',
+        client_tls="",
+        remote_tls="",
     )
     for name, text in {"single": single, "cluster": cluster, "leaf": leaf}.items():
         conf = tmp_path / f"{name}.conf"
@@ -41,7 +43,16 @@ def test_rendered_configs_pass_the_servers_own_check(tmp_path: Path) -> None:
 
 def test_a_missing_template_value_is_named(tmp_path: Path) -> None:
     with pytest.raises(NatsServerError, match="hub_urls"):
-        render("leaf", server_name="x", host="h", port=1, http_port=1, ports_dir=tmp_path)
+        render(
+            "leaf",
+            server_name="x",
+            host="h",
+            port=1,
+            http_port=1,
+            ports_dir=tmp_path,
+            client_tls="",
+            remote_tls="",
+        )
 
 
 def test_server_restarts_on_the_same_port(tmp_path: Path) -> None:
