@@ -10,6 +10,8 @@ from typing import Literal
 
 import msgspec
 
+PROTOCOL = 1  # the wire protocol this build speaks; a new message tag in use bumps it
+
 
 class Wire(msgspec.Struct, frozen=True, forbid_unknown_fields=False, tag_field="type"):
     pass
@@ -53,6 +55,7 @@ class NodeStatus(Wire, frozen=True, tag="conclave.node_status.v1"):
     hostname: str
     started_at: float
     sent_at: float
+    protocol: int = 1  # PROTOCOL of the build that wrote it
 
 
 class Lease(Wire, frozen=True, tag="conclave.lease.v1"):
@@ -89,10 +92,21 @@ class LeaderValidity(Wire, frozen=True, tag="conclave.leader_validity.v1"):
     valid_until: float
 
 
+class ClusterProtocol(Wire, frozen=True, tag="conclave.cluster_protocol.v1"):
+    """The wire protocols the coordinator accepts (registry key `cluster.protocol`); a node
+    outside the range is shown in status with the reason and pulls no work."""
+
+    min_protocol: int
+    max_protocol: int
+    set_by: str
+    at: float
+
+
 CONTROL_MESSAGES: tuple[type[msgspec.Struct], ...] = (
     ServicePulse,
     NodeStatus,
     Lease,
     LeaderEvent,
     LeaderValidity,
+    ClusterProtocol,
 )

@@ -26,6 +26,7 @@ JOB_KINDS = ("selfplay", "train", "eval")
 
 # KV keys
 LEADER_KEY = "leader"
+PROTOCOL_KEY = "cluster.protocol"  # registry: the wire protocols the coordinator accepts
 
 
 class BadName(ValueError):

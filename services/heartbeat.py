@@ -14,7 +14,7 @@ from nats.aio.msg import Msg
 
 from schemas import names
 from schemas.codec import BadMessage, decode, encode
-from schemas.control import NodeStatus, Resources, ServicePulse, ServiceState
+from schemas.control import PROTOCOL, NodeStatus, Resources, ServicePulse, ServiceState
 from shared.bus import Bus, BusError
 from shared.service import VERSION, wait_or_stop
 from shared.service import main as service_main
@@ -116,6 +116,7 @@ async def run(bus: Bus, cfg: HeartbeatConfig, stop: asyncio.Event) -> None:
                 roles=cfg.roles,
                 services=pulses.states(cfg.services, cfg.stale_after_s),
                 version=VERSION,
+                protocol=PROTOCOL,
                 resources=resources,
                 hostname=socket.gethostname(),
                 started_at=started,

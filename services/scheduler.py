@@ -17,6 +17,7 @@ import msgspec
 from schemas import names
 from schemas.codec import BadMessage
 from shared.bus import Bus, BusError
+from shared.compat import announce
 from shared.fencing import StaleTerm, cas_put, read_termed
 from shared.jobs import JobSettings, ensure_consumer, handle_dead_letters
 from shared.leasewatch import Holder, KeyChanges, current_holder
@@ -178,6 +179,7 @@ async def run(bus: Bus, cfg: SchedulerConfig, stop: asyncio.Event) -> None:
                 if holder is None:
                     break
                 log.info("scheduling as leader", extra={"term": holder.term})
+                await announce(bus, cfg.node_id)
                 await lead_while_holding(bus, cfg, holder.term, stop)
                 await wait_or_stop(stop, 0.5)
         finally:

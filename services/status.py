@@ -9,10 +9,11 @@ import msgspec
 
 from schemas import names
 from schemas.codec import BadMessage, decode
-from schemas.control import Lease, NodeStatus
+from schemas.control import ClusterProtocol, Lease, NodeStatus
 from services.scheduler import STATE_KEY, LoopRecord, games_per_hour
 from services.syncer import GAMES_CONSUMER, SyncStatus
 from shared.bus import Bus, BusConfig, Entry
+from shared.compat import accepted_range, refusal
 from shared.fencing import read_termed
 from shared.observe import count
 from shared.ratingjobs import game_ratings
@@ -41,6 +42,8 @@ class NodeInfo(msgspec.Struct, frozen=True):
     cores: int
     memory_gb: float
     gpus: list[str]
+    protocol: int = 1
+    unsupported: str = ""  # why this node gets no work (version skew), "" if it may work
 
 
 class NatsInfo(msgspec.Struct, frozen=True):
@@ -93,7 +96,12 @@ def leader_info(entry: Entry, now: float) -> LeaderInfo | None:
     return LeaderInfo(lease.node, term, lease.acquired_at, round(now - lease.acquired_at, 1))
 
 
-def node_info(status: NodeStatus, now: float, stale_after_s: float = 5.0) -> NodeInfo:
+def node_info(
+    status: NodeStatus,
+    now: float,
+    accepted: ClusterProtocol | None = None,
+    stale_after_s: float = 5.0,
+) -> NodeInfo:
     services = [ServiceInfo(s.name, s.alive, s.lag_max_ms) for s in status.services]
     age = now - status.sent_at
     return NodeInfo(
@@ -106,6 +114,8 @@ def node_info(status: NodeStatus, now: float, stale_after_s: float = 5.0) -> Nod
         cores=status.resources.cores,
         memory_gb=round(status.resources.memory_bytes / 2**30, 1),
         gpus=status.resources.gpus,
+        protocol=status.protocol,
+        unsupported=refusal(status.protocol, accepted) or "",
     )
 
 
@@ -122,10 +132,12 @@ async def gather(bus: Bus) -> StatusReport:
     now = time.time()
     problems: list[str] = []
     raw_nodes = await bus.snapshot(names.NODES_BUCKET)
+    accepted = await accepted_range(bus)
     nodes: list[NodeInfo] = []
     for key, entry in sorted(raw_nodes.items()):
         try:
-            nodes.append(node_info(decode(entry.value or b"", NodeStatus, subject=key), now))
+            status = decode(entry.value or b"", NodeStatus, subject=key)
+            nodes.append(node_info(status, now, accepted))
         except BadMessage as e:
             problems.append(f"node {key}: {e}")
     try:
@@ -219,9 +231,10 @@ def render_text(report: StatusReport) -> str:
     for node in report.nodes:
         state = "alive" if node.alive else f"silent {node.last_seen_s:.0f}s"
         services = " ".join(f"{s.name}{'' if s.alive else '(down)'}" for s in node.services)
+        skew = f"  NO WORK: {node.unsupported}" if node.unsupported else ""
         lines.append(
             f"  {node.id:<20} {state:<12} lag {node.loop_lag_ms:7.1f}ms  "
-            f"[{','.join(node.roles)}]  {services}"
+            f"[{','.join(node.roles)}]  {services}{skew}"
         )
     for g in report.games:
         elo = f"{g.best_elo:+.0f} ± {g.best_elo_ci:.0f}" if g.best_elo is not None else "-"

@@ -20,6 +20,7 @@ from schemas import names
 from schemas.codec import BadMessage, decode, encode
 from schemas.jobs import DeadLetter, EvalJob, JobFailure, SelfplayJob, TrainJob, job_group
 from shared.bus import Bus, BusError, translated
+from shared.compat import Gate
 
 log = logging.getLogger("conclave.jobs")
 
@@ -114,10 +115,15 @@ class Puller(Generic[J]):
         self.bus = bus
         self.kind = kind
         self.job_type: type[J] = job_type
+        self.gate = Gate(bus)
         self._sub: nats.js.JetStreamContext.PullSubscription | None = None
 
     async def next(self, timeout_s: float = 5.0) -> Delivery[J] | None:
-        """The next job, or None if none came in time; a malformed job goes to the DLQ."""
+        """The next job, or None if none came in time (or this build's protocol is refused);
+        a malformed job goes to the DLQ."""
+        if await self.gate.refusal() is not None:
+            await asyncio.sleep(timeout_s)  # the coordinator may accept us again: check later
+            return None
         sub = await self._subscription()
         try:
             msgs = await sub.fetch(1, timeout=timeout_s)

@@ -14,6 +14,7 @@ from schemas.codec import BadMessage, decode
 from schemas.control import NodeStatus
 from schemas.jobs import EvalResult, ModelMeta
 from shared.bus import Bus
+from shared.compat import accepted_range, refusal
 from shared.policy import (
     GameSnapshot,
     GameState,
@@ -40,13 +41,17 @@ def train_job_id(game: str, training: int) -> str:
 
 
 async def live_workers(bus: Bus) -> dict[str, int]:
-    """Live nodes running each service (by the services their heartbeats report alive)."""
+    """Live nodes running each service (by the services their heartbeats report alive); a node
+    whose protocol the cluster does not accept is no worker."""
     counts: dict[str, int] = {}
+    accepted = await accepted_range(bus)
     for key, entry in (await bus.snapshot(names.NODES_BUCKET)).items():
         try:
             status = decode(entry.value or b"", NodeStatus, subject=key)
         except BadMessage as e:
             log.warning("%s", e)
+            continue
+        if refusal(status.protocol, accepted) is not None:
             continue
         for service in status.services:
             if service.alive:
