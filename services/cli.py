@@ -31,12 +31,23 @@ def _nats_option(p: argparse.ArgumentParser) -> None:
         help="an nkey seed file from `conclave auth init` (default: $CONCLAVE_CREDS); for `node`, "
         "a directory of them gives each service its role's",
     )
+    p.add_argument(
+        "--tls-ca",
+        default=os.environ.get("CONCLAVE_TLS_CA"),
+        help="verify the servers against this CA (`auth init --tls`; default: $CONCLAVE_TLS_CA)",
+    )
 
 
 def _client(args: argparse.Namespace, name: str, timeout_s: float = 5.0) -> BusConfig:
     """How a command-line client connects: built here, once, from the flags."""
     servers = [u.strip() for u in args.nats.split(",") if u.strip()]
-    return BusConfig(servers=servers, name=name, connect_timeout_s=timeout_s, nkey_seed=args.creds)
+    return BusConfig(
+        servers=servers,
+        name=name,
+        connect_timeout_s=timeout_s,
+        nkey_seed=args.creds,
+        tls_ca=args.tls_ca,
+    )
 
 
 def _game_options(p: argparse.ArgumentParser) -> None:
@@ -72,6 +83,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         via_leaf=[u.strip() for u in (args.via_leaf or "").split(",") if u.strip()],
         preset=args.preset,
         creds=str(Path(args.creds).absolute()) if args.creds else None,
+        tls_ca=str(Path(args.tls_ca).absolute()) if args.tls_ca else None,
     )
     return asyncio.run(launcher.node_main(opts))
 

@@ -63,6 +63,7 @@ class NodeOptions(msgspec.Struct, frozen=True):
     archive: str = "conclave-archive"  # s3://bucket/prefix, or a local directory
     s3_endpoint: str | None = None
     creds: str | None = None  # a seed file for every service, or a directory of `<role>.nk`
+    tls_ca: str | None = None  # the hub's CA (`conclave auth init --tls`)
     via_leaf: list[str] = []  # hub leaf URLs: run a local leaf server and connect through it
     domain: str | None = None  # the hub's JetStream domain, when connected through a leaf
 
@@ -135,6 +136,7 @@ def child_spec(service: str, opts: NodeOptions) -> ChildSpec:
         replicas=opts.replicas,
         domain=opts.domain,
         nkey_seed=creds_for(service, opts),
+        tls_ca=opts.tls_ca,
     )
     proc = ProcessConfig(opts.node_id, service, bus, log_level=opts.log_level)
     config = encode(service_config(service, opts)).decode()
@@ -212,9 +214,18 @@ async def node_main(opts: NodeOptions) -> int:
         _print_node(opts, ", ".join(opts.nats_urls))
         await run_node(opts, stop)
         return 0
-    leaf = LocalLeaf(opts.node_id, Path(opts.cache_dir) / opts.node_id / "leaf", opts.via_leaf)
+    # Every service's traffic crosses the one link, as one identity: the node's (first) role's.
+    leaf = LocalLeaf(
+        opts.node_id,
+        Path(opts.cache_dir) / opts.node_id / "leaf",
+        opts.via_leaf,
+        nkey_seed=creds_for("heartbeat", opts),
+        ca_file=opts.tls_ca,
+    )
     await leaf.start()
-    opts = msgspec.structs.replace(opts, nats_urls=[leaf.url], domain=HUB_DOMAIN)
+    opts = msgspec.structs.replace(
+        opts, nats_urls=[leaf.url], domain=HUB_DOMAIN, creds=None, tls_ca=None
+    )
     _print_node(opts, f"{leaf.url}, a leaf server linked to {', '.join(opts.via_leaf)}")
     leaf_stop = asyncio.Event()  # the leaf outlives the services, so their goodbyes get out
     async with asyncio.TaskGroup() as tg:

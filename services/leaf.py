@@ -20,8 +20,18 @@ RESTART_DELAY_S = 1.0
 class LocalLeaf:
     """A leaf server this process starts, restarts on the same port if it dies, and stops."""
 
-    def __init__(self, node_id: str, data_dir: Path, hub_urls: list[str]) -> None:
-        spec = LeafSpec(f"leaf-{node_id}", data_dir, tuple(hub_urls))
+    def __init__(
+        self,
+        node_id: str,
+        data_dir: Path,
+        hub_urls: list[str],
+        *,
+        nkey_seed: str | None = None,
+        ca_file: str | None = None,
+    ) -> None:
+        spec = LeafSpec(
+            f"leaf-{node_id}", data_dir, tuple(hub_urls), ca_file=ca_file, nkey_seed=nkey_seed
+        )
         self.server = NatsServer(spec)
         self.restarts = 0
 

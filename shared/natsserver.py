@@ -110,12 +110,11 @@ class ServerSpec:
 def tls_values(files: TlsFiles | None) -> dict[str, str]:
     """Template values: a `tls` block per listener (routes verify each other), or nothing."""
     if files is None:
-        return {"client_tls": "", "leaf_tls": "", "cluster_tls": "", "remote_tls": ""}
+        return {"client_tls": "", "leaf_tls": "", "cluster_tls": ""}
     return {
         "client_tls": "\n" + server_block(files).replace("\n    ", "\n  ").replace("\n  }", "\n}"),
         "leaf_tls": "\n  " + server_block(files),
         "cluster_tls": "\n  " + server_block(files, verify_peer=True),
-        "remote_tls": f', tls: {{ ca_file: "{files.ca}" }}',
     }
 
 
@@ -131,7 +130,8 @@ class LeafSpec:
     host: str = "127.0.0.1"
     port: int = -1
     http_port: int = -1
-    tls: TlsFiles | None = None  # verify the hub against this CA; local clients stay plain
+    ca_file: str | None = None  # verify the hub (TLS) against this CA; local clients stay plain
+    nkey_seed: str | None = None  # the node's identity on the hub (a `conclave auth init` seed)
 
     def config(
         self, port: int | None = None, http_port: int | None = None, leaf_port: int | None = None
@@ -147,8 +147,18 @@ class LeafSpec:
             ports_dir=self.data_dir / "ports",
             hub_urls=", ".join(json.dumps(url) for url in self.hub_urls),
             client_tls="",
-            remote_tls=tls_values(self.tls)["remote_tls"],
+            remote_options=self._remote_options(),
         )
+
+    def _remote_options(self) -> str:
+        options = ""
+        if self.ca_file:
+            options += f", tls: {{ ca_file: {json.dumps(self.ca_file)} }}"
+        if self.nkey_seed:
+            # Inlined: the server reads no seed files; the config is written owner-only.
+            seed = Path(self.nkey_seed).read_text().strip()
+            options += f", nkey: {json.dumps(seed)}"
+        return options
 
 
 @dataclass
@@ -233,7 +243,9 @@ class NatsServer:
         for stale in ports_dir.glob("*.ports"):
             stale.unlink()
         conf = self.spec.data_dir / "nats.conf"
-        conf.write_text(self.spec.config(**self._previous_ports()))
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # may hold a seed
+        with os.fdopen(fd, "w") as f:
+            f.write(self.spec.config(**self._previous_ports()))
         return conf
 
     def _leaf_port(self) -> int:

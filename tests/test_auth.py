@@ -12,7 +12,7 @@ import pytest
 from schemas import names
 from shared.bus import Bus, BusConfig, BusError, ConnectFailed
 from shared.identities import ACCOUNTS_FILE, init, new_seed, write_seed
-from shared.natsserver import NatsServer, ServerSpec
+from shared.natsserver import HUB_DOMAIN, LeafSpec, NatsServer, ServerSpec
 from shared.permissions import ROLES, markdown_table, permissions
 
 
@@ -128,3 +128,31 @@ def test_the_permission_table_in_the_docs_is_generated_from_the_code() -> None:
     doc = (Path(__file__).resolve().parents[1] / "docs" / "security.md").read_text()
     table = doc.split("<!-- permissions:begin -->\n")[1].split("<!-- permissions:end -->")[0]
     assert table == markdown_table(), "run `conclave auth table` and paste it into docs/security.md"
+
+
+async def test_a_leaf_link_carries_its_role_identity(
+    secured: NatsServer, identities: dict[str, Path], tmp_path: Path
+) -> None:
+    admin = await connect(secured, identities["admin"], "admin")
+    await admin.provision()
+    await admin.close()
+    spec = LeafSpec(
+        "edge", tmp_path / "edge", (secured.leaf_url,), nkey_seed=str(identities["selfplay"])
+    )
+    leaf = NatsServer(spec).start()
+    try:
+        assert oct((tmp_path / "edge" / "nats.conf").stat().st_mode & 0o777) == "0o600"
+        edge = await Bus.connect(
+            BusConfig(servers=[leaf.url], name="edge", domain=HUB_DOMAIN, request_timeout_s=1.0)
+        )
+        try:
+            await edge.write(names.NODES_BUCKET, "edge", b"{}", ttl_s=5)
+            await edge.publish_durable(names.games_subject("tictactoe"), b"g", msg_id="g-edge")
+            with pytest.raises(BusError):
+                await edge.write(names.ELECTION_BUCKET, names.LEADER_KEY, b"{}")
+            with pytest.raises(BusError):
+                await edge.publish_durable(names.job_subject("selfplay", "tictactoe", "sp"), b"{}")
+        finally:
+            await edge.close()
+    finally:
+        leaf.stop()

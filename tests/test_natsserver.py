@@ -31,7 +31,7 @@ def test_rendered_configs_pass_the_servers_own_check(tmp_path: Path) -> None:
         ports_dir=tmp_path,
         hub_urls='"nats://127.0.0.1:7422"',
         client_tls="",
-        remote_tls="",
+        remote_options="",
     )
     for name, text in {"single": single, "cluster": cluster, "leaf": leaf}.items():
         conf = tmp_path / f"{name}.conf"
@@ -51,7 +51,7 @@ def test_a_missing_template_value_is_named(tmp_path: Path) -> None:
             http_port=1,
             ports_dir=tmp_path,
             client_tls="",
-            remote_tls="",
+            remote_options="",
         )
 
 

@@ -66,7 +66,7 @@ async def test_routes_and_leaf_links_run_over_tls(tmp_path: Path) -> None:
     leaf: NatsServer | None = None
     try:
         leaf_spec = LeafSpec(
-            "edge", tmp_path / "edge", tuple(s.leaf_url for s in cluster.servers), tls=files
+            "edge", tmp_path / "edge", tuple(s.leaf_url for s in cluster.servers), ca_file=files.ca
         )
         leaf = NatsServer(leaf_spec).start()  # returns once linked to the hub, over TLS
         hub = await Bus.connect(
