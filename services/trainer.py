@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
@@ -25,7 +25,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from schemas import names
 from schemas.codec import BadMessage, encode
 from schemas.game import decode_record
-from schemas.jobs import ModelEvent, ModelMeta, TrainJob
+from schemas.jobs import DeadLetter, ModelEvent, ModelMeta, TrainJob
 from shared.bus import Bus, BusError, translated
 from shared.games import UnknownGame, get_game
 from shared.jobs import Delivery, JobSettings, Puller, ensure_consumer
@@ -100,27 +100,43 @@ class Trainer:
             self.arrived.clear()
             while self.pending:
                 batch, self.pending = self.pending[:INGEST_BATCH], self.pending[INGEST_BATCH:]
-                kept = await loop.run_in_executor(self.ingest_pool, self._validate, batch)
+                kept, rejected = await loop.run_in_executor(self.ingest_pool, self._validate, batch)
                 for game, positions in kept:
                     self.window(game).add(positions)
+                for rejection in rejected:
+                    await self.quarantine(rejection)
                 self.last_seq = max(self.last_seq, batch[-1][0])
 
-    def _validate(self, batch: list[tuple[int, bytes]]) -> list[tuple[str, GamePositions]]:
-        kept = []
+    def _validate(
+        self, batch: list[tuple[int, bytes]]
+    ) -> tuple[list[tuple[str, GamePositions]], list[Rejection]]:
+        kept, rejected = [], []
         for seq, data in batch:
+            game = "unknown"
             try:
                 record = decode_record(data)
-                game = get_game(record.game)
-                positions = positions_of(game, record, seq, self.cfg.root_value_weight)
-                kept.append((record.game, positions))
+                game = record.game
+                positions = positions_of(get_game(game), record, seq, self.cfg.root_value_weight)
+                kept.append((game, positions))
             except BadMessage as e:
                 self.rejected[f"unreadable at {e.field}"] += 1
-                log.warning("rejected game record #%d: %s", seq, e)
+                rejected.append(Rejection(seq, data, f"field {e.field}: {e.reason}", game))
             except (RejectedRecord, UnknownGame, ValueError) as e:
                 reason = type(e).__name__ if not isinstance(e, RejectedRecord) else str(e)
                 self.rejected[reason.split(":")[0]] += 1
-                log.warning("rejected game record #%d: %s", seq, e)
-        return kept
+                rejected.append(Rejection(seq, data, f"{type(e).__name__}: {e}", game))
+        return kept, rejected
+
+    async def quarantine(self, rejection: Rejection) -> None:
+        """A record the trainer will not use goes to the dead-letter stream with the reason."""
+        seq, data, reason, game = rejection
+        log.warning("rejected game record #%d: %s", seq, reason)
+        letter = DeadLetter("records", "", seq, 0, reason[:2000], data[:65536], time.time())
+        subject = names.dlq_subject("records", game if _is_token(game) else "unknown", "rejected")
+        try:
+            await self.bus.publish_durable(subject, encode(letter), msg_id=f"dlq-record-{seq}")
+        except BusError as e:
+            log.warning("rejected record #%d not dead-lettered: %s", seq, e)
 
     # -- training jobs --------------------------------------------------------------------------
 
@@ -197,6 +213,21 @@ class Trainer:
         net = load_checkpoint(parent, game.name).net if parent else new_net(game, self.cfg.net)
         report = train(net, game, window, steps, self.cfg.train, np.random.default_rng())
         return net, report
+
+
+class Rejection(NamedTuple):
+    seq: int
+    data: bytes
+    reason: str
+    game: str
+
+
+def _is_token(value: str) -> bool:
+    try:
+        names.check_token(value, "game")
+    except names.BadName:
+        return False
+    return True
 
 
 def _finite(x: float) -> float | None:

@@ -124,6 +124,7 @@ def role_grants(role: Role) -> list[str]:
             *models_write(),
             *kv_write(names.REGISTRY_BUCKET, names.trained_key(names.ANY)),
             names.model_event_subject("candidate"),
+            names.dlq_subject("records", names.ANY, names.ANY),  # rejected game records
         ]
     if role == "evaluator":
         return [*jobs("eval"), names.results_subject(names.ANY, names.ANY), *models_read()]

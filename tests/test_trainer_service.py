@@ -12,7 +12,7 @@ import numpy as np
 from schemas import names
 from schemas.codec import decode
 from schemas.game import encode_record
-from schemas.jobs import BestPointer, ModelMeta, TrainJob
+from schemas.jobs import BestPointer, DeadLetter, ModelMeta, TrainJob
 from shared.bus import Bus
 from shared.evaluator import uniform_evaluator
 from shared.fencing import fenced_put
@@ -64,6 +64,9 @@ async def test_trainer_keeps_each_game_once_refuses_bad_records_and_writes_a_che
     meta = await eventually(lambda: trained(bus, "tictactoe-t1"), 60, what="a trained model")
     assert meta.window_games == 10 and meta.duplicates_skipped == 3
     assert meta.rejected_records == 1 and meta.steps == 5
+    letters = await bus.read_all(names.DLQ_STREAM, "dlq.records.>")
+    [letter] = [decode(m.data, DeadLetter) for m in letters]
+    assert letter.reason.startswith("RejectedRecord") and letter.job == encode_record(illegal)
 
     pointer = BestPointer("tictactoe", 0, meta.sha256, 1, 0.0)
     await fenced_put(bus, names.REGISTRY_BUCKET, names.best_key("tictactoe"), pointer, BestPointer)
