@@ -24,8 +24,15 @@ RESULTS_STREAM = "RESULTS"  # evaluation match results: the ratings pool
 
 JOB_KINDS = ("selfplay", "train", "eval")
 
+# Durable consumers (besides one per job kind, `job_consumer`)
+DEAD_LETTER_CONSUMER = "dead-letters"  # the leader's, on ADVISORIES
+SYNCER_GAMES_CONSUMER = "syncer-games"
+SYNCER_RESULTS_CONSUMER = "syncer-results"
+SYNCER_MODELS_CONSUMER = "syncer-models"  # candidate events, on EVENTS
+
 # KV keys
 LEADER_KEY = "leader"
+SYNCER_KEY = "syncer"  # the archive's lease, in the election bucket
 PROTOCOL_KEY = "cluster.protocol"  # registry: the wire protocols the coordinator accepts
 
 

@@ -29,16 +29,16 @@ log = logging.getLogger("conclave.console")
 
 class Console:
     def __init__(
-        self, url: str, data: Path, game: str, generations: int | None, every_s: float
+        self, bus: BusConfig, data: Path, game: str, generations: int | None, every_s: float
     ) -> None:
-        self.url, self.data, self.game = url, data, game
+        self.bus_config, self.data, self.game = bus, data, game
         self.generations, self.every_s = generations, every_s
         self.last_decision = "-"
         self.started = time.monotonic()
         self.done = False
 
     async def run(self, stop: asyncio.Event, training: bool) -> None:
-        bus = await connect_until(BusConfig(servers=[self.url], name="up-console"), stop)
+        bus = await connect_until(self.bus_config, stop)
         if bus is None:
             return
         try:

@@ -39,11 +39,11 @@ from shared.service import wait_or_stop
 
 log = logging.getLogger("conclave.syncer")
 
-SYNCER_KEY = "syncer"
-GAMES_CONSUMER = "syncer-games"
-RESULTS_CONSUMER = "syncer-results"
+SYNCER_KEY = names.SYNCER_KEY
+GAMES_CONSUMER = names.SYNCER_GAMES_CONSUMER
+RESULTS_CONSUMER = names.SYNCER_RESULTS_CONSUMER
 RESULTS_SUFFIX = "__results"  # a reserved suffix: no game name may end with it
-MODELS_CONSUMER = "syncer-models"
+MODELS_CONSUMER = names.SYNCER_MODELS_CONSUMER
 
 
 class SyncerConfig(msgspec.Struct, frozen=True):

@@ -9,6 +9,8 @@ import msgspec
 
 from services.console import Console
 from services.launcher import LOOP_ROLES, NodeOptions, run_node, stop_on_signals
+from shared.bus import BusConfig
+from shared.identities import ACCOUNTS_FILE, init, seed_path
 from shared.lease import LeaseParams
 from shared.natsserver import NatsServer, ServerSpec
 
@@ -30,7 +32,9 @@ async def up_main(opts: UpOptions) -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
     data = Path(opts.data_dir)
-    server = NatsServer(ServerSpec("conclave", data / "nats", port=opts.nats_port))
+    auth = await asyncio.to_thread(local_identities, data / "auth")
+    spec = ServerSpec("conclave", data / "nats", port=opts.nats_port, auth=auth)
+    server = NatsServer(spec)
     await asyncio.to_thread(server.start)
     try:
         node = NodeOptions(
@@ -43,9 +47,17 @@ async def up_main(opts: UpOptions) -> int:
             cache_dir=str(data / "cache"),
             archive=str(data / "archive"),
             threads=opts.threads,
+            creds=str(data / "auth"),
         )
         _print_where(server, data, opts)
-        console = Console(server.url, data, opts.game, opts.generations, opts.progress_every_s)
+        admin = str(seed_path(data / "auth", "admin"))
+        console = Console(
+            BusConfig(servers=[server.url], name="up-console", nkey_seed=admin),
+            data,
+            opts.game,
+            opts.generations,
+            opts.progress_every_s,
+        )
         async with asyncio.TaskGroup() as tg:
             tg.create_task(console.run(stop, training=not opts.no_train), name="console")
             await run_node(node, stop)
@@ -55,10 +67,20 @@ async def up_main(opts: UpOptions) -> int:
     return 0
 
 
+def local_identities(directory: Path) -> str:
+    """This data directory's identities (made on first use) as the server's accounts block."""
+    accounts = directory / ACCOUNTS_FILE
+    if not accounts.exists():
+        init(directory)
+    return accounts.read_text()
+
+
 def _print_where(server: NatsServer, data: Path, opts: UpOptions) -> None:
     print(f"conclave up: NATS {server.url} (monitor {server.monitor_url})", flush=True)
     print(f"  data {data}; service logs {data / 'logs'}", flush=True)
-    print(f"  status: conclave status --nats {server.url}", flush=True)
+    admin = seed_path(data / "auth", "admin")
+    print(f"  identities (auth on): {data / 'auth'}", flush=True)
+    print(f"  status: conclave status --nats {server.url} --creds {admin}", flush=True)
     if opts.no_train:
         print("  control plane only (--no-train)", flush=True)
     else:

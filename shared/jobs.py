@@ -241,7 +241,7 @@ async def handle_dead_letters(bus: Bus, stop: asyncio.Event) -> None:
     with translated("bind dead-letter consumer"):
         sub = await bus.js.pull_subscribe(
             names.max_deliveries_advisory(names.JOBS_STREAM),
-            durable="dead-letters",
+            durable=names.DEAD_LETTER_CONSUMER,
             stream=names.ADVISORIES_STREAM,
         )
     while not stop.is_set():

@@ -88,7 +88,7 @@ class Contender:
         held = self.held
         await self.give_up("released", "shutdown")
         try:
-            await self.bus.cas_delete(names.ELECTION_BUCKET, names.LEADER_KEY, held.revision)
+            await self.bus.cas_delete(names.ELECTION_BUCKET, self.key, held.revision)
         except BusError as e:
             log.warning("release failed, lease will expire: %s", e)
 

@@ -131,10 +131,10 @@ def role_grants(role: Role) -> list[str]:
     if role == "syncer":
         return [
             *kv_read(names.ELECTION_BUCKET),
-            *kv_write(names.ELECTION_BUCKET, "syncer"),
-            *durable_consumer(names.GAMES_STREAM, "syncer-games"),
-            *durable_consumer(names.RESULTS_STREAM, "syncer-results"),
-            *durable_consumer(names.EVENTS_STREAM, "syncer-models"),
+            *kv_write(names.ELECTION_BUCKET, names.SYNCER_KEY),
+            *durable_consumer(names.GAMES_STREAM, names.SYNCER_GAMES_CONSUMER),
+            *durable_consumer(names.RESULTS_STREAM, names.SYNCER_RESULTS_CONSUMER),
+            *durable_consumer(names.EVENTS_STREAM, names.SYNCER_MODELS_CONSUMER),
             *reader(names.EVENTS_STREAM),
             *reader(names.RESULTS_STREAM),
             *models_read(),
@@ -167,8 +167,14 @@ def coordinator_grants() -> list[str]:
         "jobs.>",
         "dlq.>",
         *reader(names.JOBS_STREAM),
+        *[
+            c
+            for kind in names.JOB_KINDS
+            for c in durable_consumer(names.JOBS_STREAM, names.job_consumer(kind))
+        ],
         *reader(names.DLQ_STREAM),
         *reader(names.ADVISORIES_STREAM),
+        *durable_consumer(names.ADVISORIES_STREAM, names.DEAD_LETTER_CONSUMER),
         *reader(names.EVENTS_STREAM),
         *reader(names.RESULTS_STREAM),
         *stream_read(names.GAMES_STREAM),

@@ -65,7 +65,8 @@ async def test_tictactoe_reaches_perfect_play_within_ten_minutes(
         tmp_path / "up.out",
     )
     started = time.monotonic()
-    bus = await _connect(f"nats://127.0.0.1:{port}")
+    # `up` runs with auth on: this test reads the cluster as the admin identity it generated.
+    bus = await _connect(f"nats://127.0.0.1:{port}", tmp_path / "data" / "auth" / "admin.nk")
     store = ModelStore(bus, tmp_path / "check-cache")
     checked: dict[str, PerfectPlayReport] = {}
     try:
@@ -92,12 +93,14 @@ async def test_tictactoe_reaches_perfect_play_within_ten_minutes(
     assert elapsed < LIMIT_S
 
 
-async def _connect(url: str) -> Bus:
+async def _connect(url: str, seed: Path) -> Bus:
     deadline = time.monotonic() + 60
     while True:
         try:
             return await Bus.connect(
-                BusConfig(servers=[url], name="loop-test", connect_timeout_s=2)
+                BusConfig(
+                    servers=[url], name="loop-test", connect_timeout_s=2, nkey_seed=str(seed)
+                )
             )
         except BusError:
             if time.monotonic() > deadline:

@@ -39,14 +39,17 @@ async def test_up_elects_a_leader_that_status_reports_and_stops_cleanly(
     )
     await eventually(lambda: "leader elected" in out.read_text(), 60, what="leader elected")
     url = f"nats://127.0.0.1:{port}"
-    report = json.loads(conclave("status", "--nats", url, "--json").stdout)
+    admin = str(tmp_path / "data" / "auth" / "admin.nk")
+    anonymous = conclave("status", "--nats", url, "--json")
+    assert anonymous.returncode != 0  # auth is on by default: no identity, no answer
+    report = json.loads(conclave("status", "--nats", url, "--json", "--creds", admin).stdout)
     assert report["leader"]["node"] == "local" and report["leader"]["term"] >= 1
     assert report["leader"]["since"] > 0
     assert report["nats"]["url"] == url and url in report["nats"]["servers"]
     node = report["nodes"][0]
     assert node["id"] == "local" and node["alive"] and node["roles"] == ["control"]
     assert isinstance(node["loop_lag_ms"], float)
-    text = conclave("status", "--nats", url).stdout
+    text = conclave("status", "--nats", url, "--creds", admin).stdout
     assert "leader: local" in text and "nodes alive: 1/1" in text
 
     children = _children_of(up.pid, 3) or []
