@@ -67,6 +67,11 @@ def pulse_wildcard(node_id: str) -> str:
     return f"pulse.{node_id}.*"
 
 
+def log_subject(node_id: str, service: str, level: str) -> str:
+    """Core subject of a service's log lines (`conclave logs` filters by its tokens)."""
+    return f"logs.{token_or_any(node_id, 'node id')}.{token_or_any(service, 'service')}.{level}"
+
+
 def events_subjects() -> list[str]:
     return ["events.>"]
 

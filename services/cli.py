@@ -137,6 +137,13 @@ def cmd_auth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    from services.logs_cli import LogQuery, logs_main
+
+    query = LogQuery(args.node, args.service, args.level, args.follow, args.wait, args.json)
+    return asyncio.run(logs_main(_client(args, "logs"), query))
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from services.status import status_main
 
@@ -215,6 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.add_argument("--watch", type=float, default=None, metavar="SECONDS")
     status.set_defaults(handler=cmd_status)
+
+    logs = sub.add_parser("logs", help="services' log lines from the bus, any node")
+    logs.add_argument("--follow", action="store_true", help="until Ctrl-C")
+    logs.add_argument("--wait", type=float, default=5.0, help="without --follow: seconds")
+    logs.add_argument("--node", default=None)
+    logs.add_argument("--service", default=None)
+    logs.add_argument("--level", default="info", choices=["debug", "info", "warning", "error"])
+    logs.add_argument("--json", action="store_true", help="the JSON lines as they are")
+    _nats_option(logs)
+    logs.set_defaults(handler=cmd_logs)
 
     ratings = sub.add_parser("ratings", help="Bradley-Terry ratings of models and baselines")
     ratings.add_argument("--game", required=True)

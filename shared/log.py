@@ -31,11 +31,13 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-def setup(level: str = "info", **context: str) -> None:
+def setup(level: str = "info", **context: str) -> JsonFormatter:
     """Send every log record to stderr as JSON with `context` (e.g. node=, service=) attached."""
+    formatter = JsonFormatter(**context)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(**context))
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("nats").setLevel(logging.WARNING)
+    return formatter

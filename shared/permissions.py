@@ -103,6 +103,7 @@ def every_node() -> Permissions:
             f"{API}.STREAM.INFO.*",
             *kv_write(names.NODES_BUCKET, names.ANY),
             names.pulse_subject(names.ANY, names.ANY),
+            names.log_subject(names.ANY, names.ANY, names.ANY),
         ],
         subscribe=["_INBOX.>", "$SRV.>", names.pulse_subject(names.ANY, names.ANY)],
     )

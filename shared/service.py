@@ -25,6 +25,7 @@ from schemas.codec import BadMessage, decode, encode
 from schemas.control import ServicePulse
 from shared import log as logsetup
 from shared.bus import Bus, BusConfig, BusError, ConnectFailed
+from shared.buslog import BusLogHandler
 
 log = logging.getLogger("conclave.service")
 
@@ -116,8 +117,11 @@ class Pulse:
             self.stop.set()
 
 
-async def serve(proc: ProcessConfig, cfg: C, run: RunFn[C]) -> None:
-    """Run one service until SIGTERM/SIGINT: pulses start before the bus is reachable."""
+async def serve(
+    proc: ProcessConfig, cfg: C, run: RunFn[C], logs: BusLogHandler | None = None
+) -> None:
+    """Run one service until SIGTERM/SIGINT: pulses start before the bus is reachable; log
+    lines go to the bus (`logs`) once it is."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -128,8 +132,11 @@ async def serve(proc: ProcessConfig, cfg: C, run: RunFn[C]) -> None:
     async with asyncio.TaskGroup() as tg:
         pulse_task = tg.create_task(pulse.run(), name="pulse")
         bus = await connect_until(proc.bus, stop)
+        logs_task = None
         if bus is not None:
             pulse.bus = bus
+            if logs is not None:
+                logs_task = tg.create_task(logs.publish_forever(bus), name="logs")
             micro = await register(bus, proc)
             try:
                 await run(bus, cfg, stop)
@@ -139,6 +146,8 @@ async def serve(proc: ProcessConfig, cfg: C, run: RunFn[C]) -> None:
                         await micro.stop()
                 await bus.close()
         pulse_task.cancel()
+        if logs_task is not None:
+            logs_task.cancel()
 
 
 async def register(bus: Bus, proc: ProcessConfig) -> Service | None:
@@ -197,6 +206,8 @@ def main(service: str, config_type: type[C], run: RunFn[C], argv: list[str] | No
     except BadMessage as e:
         print(f"conclave-{service}: {e}", file=sys.stderr)
         return 2
-    logsetup.setup(proc.log_level, node=proc.node_id, service=service)
-    asyncio.run(serve(proc, cfg, run))
+    formatter = logsetup.setup(proc.log_level, node=proc.node_id, service=service)
+    on_bus = BusLogHandler(proc.node_id, service, formatter)
+    logging.getLogger().addHandler(on_bus)
+    asyncio.run(serve(proc, cfg, run, on_bus))
     return 0
