@@ -144,6 +144,12 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return asyncio.run(logs_main(_client(args, "logs"), query))
 
 
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from services.metrics import metrics_main
+
+    return asyncio.run(metrics_main(_client(args, "metrics"), args.port, args.host))
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from services.status import status_main
 
@@ -232,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--json", action="store_true", help="the JSON lines as they are")
     _nats_option(logs)
     logs.set_defaults(handler=cmd_logs)
+
+    metrics = sub.add_parser("metrics", help="a Prometheus endpoint for the cluster, from the bus")
+    metrics.add_argument("--port", type=int, default=9464)
+    metrics.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
+    _nats_option(metrics)
+    metrics.set_defaults(handler=cmd_metrics)
 
     ratings = sub.add_parser("ratings", help="Bradley-Terry ratings of models and baselines")
     ratings.add_argument("--game", required=True)

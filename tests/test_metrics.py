@@ -1,0 +1,77 @@
+"""The Prometheus endpoint: parses with its own parser and agrees with `conclave status`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+
+from prometheus_client.exposition import start_http_server
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import CollectorRegistry
+
+from schemas import names
+from schemas.codec import encode
+from schemas.control import Lease, NodeStatus, Resources, ServiceState
+from schemas.jobs import SelfplayJob
+from services.metrics import BusCollector
+from services.scheduler import STATE_KEY, LoopRecord
+from services.status import gather
+from shared.bus import Bus
+from shared.jobs import submit
+from shared.policy import GameState, LoopState
+
+
+def node(node_id: str, roles: list[str], lag: float) -> NodeStatus:
+    now = time.time()
+    services = [ServiceState("heartbeat", True, 1, 0.1, lag)]
+    return NodeStatus(node_id, roles, services, "0.1.0", Resources(2, 2**30), "h", now, now)
+
+
+async def seed(bus: Bus) -> None:
+    await bus.write(names.NODES_BUCKET, "n1", encode(node("n1", ["coordinator"], 3.5)), ttl_s=30)
+    await bus.write(names.NODES_BUCKET, "n2", encode(node("n2", ["selfplay"], 7.0)), ttl_s=30)
+    lease = Lease("n1", "i1", 0, time.time(), 3)
+    await bus.write(names.ELECTION_BUCKET, names.LEADER_KEY, encode(lease))
+    state = LoopState({"tictactoe": GameState(generation=2, best="ab" * 32, trainings=2)})
+    await bus.write(names.LOOP_BUCKET, STATE_KEY, encode(LoopRecord(4, state, time.time())))
+    for i in range(3):
+        job = SelfplayJob(f"sp-{i}", "tictactoe", "ab" * 32, 2, 10, 8, 4, group="sp")
+        await submit(bus, "selfplay", job)
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=20) as r:
+        text = r.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_metrics_parse_and_match_status_for_the_same_moment(bus: Bus) -> None:
+    await seed(bus)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BusCollector(bus, asyncio.get_running_loop()))
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    try:
+        samples = await asyncio.to_thread(scrape, server.server_port)
+        report = await gather(bus)
+    finally:
+        server.shutdown()
+        thread.join(5)
+    assert samples[("conclave_nodes_alive", ())] == report.nodes_alive == 2
+    for role, count in report.alive_by_role.items():
+        assert samples[("conclave_nodes_alive_by_role", (("role", role),))] == count
+    assert report.leader is not None
+    term = samples[("conclave_leader_term_total", (("node", "n1"),))]
+    assert term == report.leader.term and samples[("conclave_leader_present", ())] == 1
+    [game] = report.games
+    assert samples[("conclave_best_generation", (("game", "tictactoe"),))] == game.generation == 2
+    queued = samples[("conclave_jobs_queued", (("game", "tictactoe"), ("kind", "selfplay")))]
+    assert queued == game.queues["selfplay"] == 3
+    assert samples[("conclave_games_total", (("game", "tictactoe"),))] == game.games_total
+    for n in report.nodes:
+        lag = samples[("conclave_loop_lag_ms", (("node", n.id), ("service", "heartbeat")))]
+        assert lag == n.services[0].loop_lag_ms
