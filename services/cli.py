@@ -150,6 +150,18 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return asyncio.run(metrics_main(_client(args, "metrics"), args.port, args.host))
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from services.dashboard import dashboard_main
+
+    return asyncio.run(dashboard_main(_client(args, "dashboard"), args.port, args.host))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from services.report_cli import report_main
+
+    return asyncio.run(report_main(_client(args, "report"), args.game, Path(args.out).absolute()))
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from services.status import status_main
 
@@ -244,6 +256,18 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
     _nats_option(metrics)
     metrics.set_defaults(handler=cmd_metrics)
+
+    board = sub.add_parser("dashboard", help="a live web page of the cluster, from the bus")
+    board.add_argument("--port", type=int, default=8765)
+    board.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
+    _nats_option(board)
+    board.set_defaults(handler=cmd_dashboard)
+
+    report = sub.add_parser("report", help="a run's charts (PNG) and a markdown summary")
+    report.add_argument("--game", required=True)
+    report.add_argument("--out", required=True, help="directory")
+    _nats_option(report)
+    report.set_defaults(handler=cmd_report)
 
     ratings = sub.add_parser("ratings", help="Bradley-Terry ratings of models and baselines")
     ratings.add_argument("--game", required=True)
