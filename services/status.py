@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from typing import Any
 
 import msgspec
+from nats.aio.msg import Msg
 
 from schemas import names
 from schemas.codec import BadMessage, decode
@@ -17,6 +20,8 @@ from shared.compat import accepted_range, refusal
 from shared.fencing import read_termed
 from shared.observe import count
 from shared.ratingjobs import game_ratings
+
+MICRO_PING = "$SRV.PING"  # every NATS micro service answers it (nats.micro)
 
 
 class LeaderInfo(msgspec.Struct, frozen=True):
@@ -30,6 +35,7 @@ class ServiceInfo(msgspec.Struct, frozen=True):
     name: str
     alive: bool
     loop_lag_ms: float
+    answers_ping: bool = False  # it answered $SRV.PING (micro discovery) just now
 
 
 class NodeInfo(msgspec.Struct, frozen=True):
@@ -101,8 +107,12 @@ def node_info(
     now: float,
     accepted: ClusterProtocol | None = None,
     stale_after_s: float = 5.0,
+    pinged: frozenset[tuple[str, str]] = frozenset(),
 ) -> NodeInfo:
-    services = [ServiceInfo(s.name, s.alive, s.lag_max_ms) for s in status.services]
+    services = [
+        ServiceInfo(s.name, s.alive, s.lag_max_ms, (status.node, s.name) in pinged)
+        for s in status.services
+    ]
     age = now - status.sent_at
     return NodeInfo(
         id=status.node,
@@ -133,11 +143,12 @@ async def gather(bus: Bus) -> StatusReport:
     problems: list[str] = []
     raw_nodes = await bus.snapshot(names.NODES_BUCKET)
     accepted = await accepted_range(bus)
+    pinged = await discover(bus)
     nodes: list[NodeInfo] = []
     for key, entry in sorted(raw_nodes.items()):
         try:
             status = decode(entry.value or b"", NodeStatus, subject=key)
-            nodes.append(node_info(status, now, accepted))
+            nodes.append(node_info(status, now, accepted, pinged=pinged))
         except BadMessage as e:
             problems.append(f"node {key}: {e}")
     try:
@@ -150,6 +161,27 @@ async def gather(bus: Bus) -> StatusReport:
     return StatusReport(
         leader, nodes, len(alive), by_role(alive), nats_info(bus), problems, now, games, archive
     )
+
+
+async def discover(bus: Bus, wait_s: float = 0.5) -> frozenset[tuple[str, str]]:
+    """(node, service) of every service answering `$SRV.PING` within `wait_s` (NATS micro)."""
+    found: set[tuple[str, str]] = set()
+
+    async def collect(msg: Msg) -> None:
+        with contextlib.suppress(msgspec.DecodeError):
+            reply = msgspec.json.decode(msg.data, type=dict[str, Any])
+            meta = reply.get("metadata") or {}
+            if isinstance(meta, dict) and "node" in meta and "service" in meta:
+                found.add((str(meta["node"]), str(meta["service"])))
+
+    inbox = bus.nc.new_inbox()
+    sub = await bus.nc.subscribe(inbox, cb=collect)
+    try:
+        await bus.nc.publish(MICRO_PING, b"", reply=inbox)
+        await asyncio.sleep(wait_s)
+    finally:
+        await sub.unsubscribe()
+    return frozenset(found)
 
 
 async def archive_info(bus: Bus, now: float, problems: list[str]) -> ArchiveInfo | None:
@@ -219,6 +251,12 @@ def nats_info(bus: Bus) -> NatsInfo:
     )
 
 
+def service_mark(s: ServiceInfo) -> str:
+    if not s.alive:
+        return "(down)"
+    return "" if s.answers_ping else "(no ping)"
+
+
 def render_text(report: StatusReport) -> str:
     lines = [f"NATS {report.nats.url} ({report.nats.server_name} v{report.nats.version})"]
     if report.leader is None:
@@ -230,7 +268,7 @@ def render_text(report: StatusReport) -> str:
     lines.append(f"nodes alive: {report.nodes_alive}/{len(report.nodes)}  ({roles})")
     for node in report.nodes:
         state = "alive" if node.alive else f"silent {node.last_seen_s:.0f}s"
-        services = " ".join(f"{s.name}{'' if s.alive else '(down)'}" for s in node.services)
+        services = " ".join(f"{s.name}{service_mark(s)}" for s in node.services)
         skew = f"  NO WORK: {node.unsupported}" if node.unsupported else ""
         lines.append(
             f"  {node.id:<20} {state:<12} lag {node.loop_lag_ms:7.1f}ms  "

@@ -49,6 +49,12 @@ async def test_up_elects_a_leader_that_status_reports_and_stops_cleanly(
     node = report["nodes"][0]
     assert node["id"] == "local" and node["alive"] and node["roles"] == ["control"]
     assert isinstance(node["loop_lag_ms"], float)
+
+    def every_service_answers_ping() -> bool:
+        status = json.loads(conclave("status", "--nats", url, "--json", "--creds", admin).stdout)
+        return all(s["answers_ping"] for s in status["nodes"][0]["services"])
+
+    await eventually(every_service_answers_ping, 30, every=1.0, what="micro discovery in status")
     text = conclave("status", "--nats", url, "--creds", admin).stdout
     assert "leader: local" in text and "nodes alive: 1/1" in text
 
