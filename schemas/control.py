@@ -27,6 +27,7 @@ class ServicePulse(Wire, frozen=True, tag="conclave.service_pulse.v1"):
     lag_max_ms: float
     started_at: float
     sent_at: float
+    counters: dict[str, float] = {}  # work done since the process started (shared.counters)
 
 
 class ServiceState(msgspec.Struct, frozen=True):
@@ -36,6 +37,7 @@ class ServiceState(msgspec.Struct, frozen=True):
     lag_p50_ms: float = 0.0
     lag_max_ms: float = 0.0
     last_pulse_age_s: float | None = None
+    counters: dict[str, float] = {}
 
 
 class Resources(msgspec.Struct, frozen=True):

@@ -22,6 +22,7 @@ import numpy as np
 from schemas import names
 from schemas.codec import encode
 from schemas.jobs import EvalJob, EvalResult, PlayerSpec, job_group
+from shared import counters
 from shared.arena import AgentPlayer, MatchOutcome, MatchStopped, ModelPlayer, Player, play_match
 from shared.baselines import make_agent
 from shared.bus import Bus, BusError, translated
@@ -145,6 +146,7 @@ class Worker:
         )
         subject = names.results_subject(job.game, job_group(job))
         await self.bus.publish_durable(subject, encode(result), msg_id=f"result-{job.job_id}")
+        counters.add("eval_games", outcome.wins_a + outcome.draws + outcome.wins_b)
         score = f"{outcome.wins_a}-{outcome.draws}-{outcome.wins_b}"
         log.info(
             "job %s: %s %s %s", job.job_id, job.a.name, score, job.b.name, extra={"job": job.job_id}

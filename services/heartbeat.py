@@ -65,6 +65,7 @@ class Pulses:
             lag_p50_ms=pulse.lag_p50_ms,
             lag_max_ms=pulse.lag_max_ms,
             last_pulse_age_s=round(age, 3),
+            counters=pulse.counters,
         )
 
 

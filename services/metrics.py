@@ -52,12 +52,20 @@ def _node_families(report: StatusReport) -> Iterator[Metric]:
     skew = GaugeMetricFamily(
         "conclave_node_unsupported", "1 if the node's protocol gets no work", labels=["node"]
     )
+    work = CounterMetricFamily(
+        "conclave_work",
+        "Work a service did since it started (games, simulations, train_steps, eval_games): "
+        "rate() gives games/h and simulations/s per node",
+        labels=["node", "service", "kind"],
+    )
     for node in report.nodes:
         node_up.add_metric([node.id], 1 if node.alive else 0)
         skew.add_metric([node.id], 1 if node.unsupported else 0)
         for service in node.services:
             lag.add_metric([node.id, service.name], service.loop_lag_ms)
-    yield from (node_up, lag, skew)
+            for kind, total in sorted(service.counters.items()):
+                work.add_metric([node.id, service.name, kind], total)
+    yield from (node_up, lag, skew, work)
 
 
 def _leader_families(report: StatusReport) -> Iterator[Metric]:

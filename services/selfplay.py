@@ -19,6 +19,7 @@ import numpy as np
 from schemas import names
 from schemas.game import GameRecord, encode_record
 from schemas.jobs import SelfplayJob
+from shared import counters
 from shared.bus import Bus, BusError, Unavailable, translated
 from shared.games import get_game
 from shared.jobs import Delivery, JobSettings, Puller, ensure_consumer
@@ -127,6 +128,8 @@ class Worker:
             await publish_game(self.bus, record)
             count += 1
             self.games_published += 1
+            counters.add("games")
+            counters.add("simulations", record.plies * record.sims_per_move)
         return count
 
 

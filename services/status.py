@@ -36,6 +36,7 @@ class ServiceInfo(msgspec.Struct, frozen=True):
     alive: bool
     loop_lag_ms: float
     answers_ping: bool = False  # it answered $SRV.PING (micro discovery) just now
+    counters: dict[str, float] = {}  # work done since the service started (games, simulations)
 
 
 class NodeInfo(msgspec.Struct, frozen=True):
@@ -110,7 +111,7 @@ def node_info(
     pinged: frozenset[tuple[str, str]] = frozenset(),
 ) -> NodeInfo:
     services = [
-        ServiceInfo(s.name, s.alive, s.lag_max_ms, (status.node, s.name) in pinged)
+        ServiceInfo(s.name, s.alive, s.lag_max_ms, (status.node, s.name) in pinged, s.counters)
         for s in status.services
     ]
     age = now - status.sent_at

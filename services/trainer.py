@@ -26,6 +26,7 @@ from schemas import names
 from schemas.codec import BadMessage, encode
 from schemas.game import decode_record
 from schemas.jobs import DeadLetter, ModelEvent, ModelMeta, TrainJob
+from shared import counters
 from shared.bus import Bus, BusError, translated
 from shared.games import UnknownGame, get_game
 from shared.jobs import Delivery, JobSettings, Puller, ensure_consumer
@@ -175,6 +176,8 @@ class Trainer:
         # Generation 0 may start with no games: it is the untrained initial network.
         if report.steps == 0 and job.parent_sha256:
             raise ValueError(f"no positions to train on for {job.game} (window empty)")
+        counters.add("train_steps", report.steps)
+        counters.add("train_positions", report.positions)
         data = await loop.run_in_executor(
             self.train_pool, checkpoint_bytes, net, job.game, job.generation
         )

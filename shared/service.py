@@ -23,6 +23,7 @@ from nats.micro.service import Service, ServiceConfig
 from schemas import names
 from schemas.codec import BadMessage, decode, encode
 from schemas.control import ServicePulse
+from shared import counters
 from shared import log as logsetup
 from shared.bus import Bus, BusConfig, BusError, ConnectFailed
 from shared.buslog import BusLogHandler
@@ -96,6 +97,7 @@ class Pulse:
                 lag_max_ms=round(worst, 2),
                 started_at=self.started_at,
                 sent_at=time.time(),
+                counters=counters.snapshot(),
             )
             data = encode(pulse)
             self._to_supervisor(data)

@@ -24,7 +24,8 @@ from shared.policy import GameState, LoopState
 
 def node(node_id: str, roles: list[str], lag: float) -> NodeStatus:
     now = time.time()
-    services = [ServiceState("heartbeat", True, 1, 0.1, lag)]
+    work = {"games": 120.0, "simulations": 9000.0} if "selfplay" in roles else {}
+    services = [ServiceState("heartbeat", True, 1, 0.1, lag, counters=work)]
     return NodeStatus(node_id, roles, services, "0.1.0", Resources(2, 2**30), "h", now, now)
 
 
@@ -75,3 +76,5 @@ async def test_metrics_parse_and_match_status_for_the_same_moment(bus: Bus) -> N
     for n in report.nodes:
         lag = samples[("conclave_loop_lag_ms", (("node", n.id), ("service", "heartbeat")))]
         assert lag == n.services[0].loop_lag_ms
+    games = (("kind", "games"), ("node", "n2"), ("service", "heartbeat"))
+    assert samples[("conclave_work_total", games)] == 120.0

@@ -6,8 +6,11 @@ import os
 import time
 from pathlib import Path
 
+from nats.aio.msg import Msg
+
 from schemas import names
-from schemas.codec import encode
+from schemas.codec import decode, encode
+from schemas.control import ServicePulse
 from schemas.game import decode_record
 from schemas.jobs import ModelEvent, SelfplayJob
 from shared.bus import Bus
@@ -47,10 +50,21 @@ async def test_job_games_are_published_then_the_job_acknowledged(
 ) -> None:
     await ensure_consumer(bus, "selfplay", JobSettings(ack_wait_s=3.0, max_deliver=5))
     await submit(bus, "selfplay", SelfplayJob("sp-1", "tictactoe", "", 0, games=6, sims=8, term=1))
+    pulses: list[ServicePulse] = []
+
+    async def on_pulse(msg: Msg) -> None:
+        pulses.append(decode(msg.data, ServicePulse))
+
+    await bus.subscribe(names.pulse_subject("w1", "selfplay"), on_pulse)
     start_worker(processes, nats_server.url, tmp_path)
     await eventually(lambda: queue_empty(bus), 60, what="job acknowledged")
     ids = await games_in_stream(bus)
     assert len(ids) == 6 and len(set(ids)) == 6
+    # Its pulses report the work done (what status, metrics and the dashboard show per node).
+    counted = await eventually(
+        lambda: pulses and pulses[-1].counters.get("games") == 6, 10, what="games counted"
+    )
+    assert counted and pulses[-1].counters["simulations"] > 0
 
 
 async def test_a_worker_killed_mid_job_loses_no_acknowledged_game(

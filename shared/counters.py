@@ -1,0 +1,20 @@
+"""Work counters of this process (games played, simulations, training steps...), sent with every
+pulse, so heartbeats, `conclave status`, the metrics endpoint and the dashboard see throughput
+per node without scraping anyone. Thread-safe; monotonic totals since the process started."""
+
+from __future__ import annotations
+
+import threading
+
+_lock = threading.Lock()
+_totals: dict[str, float] = {}
+
+
+def add(name: str, amount: float = 1.0) -> None:
+    with _lock:
+        _totals[name] = _totals.get(name, 0.0) + amount
+
+
+def snapshot() -> dict[str, float]:
+    with _lock:
+        return dict(_totals)
