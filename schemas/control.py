@@ -28,6 +28,7 @@ class ServicePulse(Wire, frozen=True, tag="conclave.service_pulse.v1"):
     started_at: float
     sent_at: float
     counters: dict[str, float] = {}  # work done since the process started (shared.counters)
+    doing: str = ""  # the job it is working on, "" when idle
 
 
 class ServiceState(msgspec.Struct, frozen=True):
@@ -38,6 +39,7 @@ class ServiceState(msgspec.Struct, frozen=True):
     lag_max_ms: float = 0.0
     last_pulse_age_s: float | None = None
     counters: dict[str, float] = {}
+    doing: str = ""
 
 
 class Resources(msgspec.Struct, frozen=True):

@@ -66,6 +66,7 @@ class Pulses:
             lag_max_ms=pulse.lag_max_ms,
             last_pulse_age_s=round(age, 3),
             counters=pulse.counters,
+            doing=pulse.doing,
         )
 
 

@@ -37,6 +37,7 @@ class ServiceInfo(msgspec.Struct, frozen=True):
     loop_lag_ms: float
     answers_ping: bool = False  # it answered $SRV.PING (micro discovery) just now
     counters: dict[str, float] = {}  # work done since the service started (games, simulations)
+    doing: str = ""  # its current job
 
 
 class NodeInfo(msgspec.Struct, frozen=True):
@@ -111,7 +112,9 @@ def node_info(
     pinged: frozenset[tuple[str, str]] = frozenset(),
 ) -> NodeInfo:
     services = [
-        ServiceInfo(s.name, s.alive, s.lag_max_ms, (status.node, s.name) in pinged, s.counters)
+        ServiceInfo(
+            s.name, s.alive, s.lag_max_ms, (status.node, s.name) in pinged, s.counters, s.doing
+        )
         for s in status.services
     ]
     age = now - status.sent_at

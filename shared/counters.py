@@ -8,6 +8,7 @@ import threading
 
 _lock = threading.Lock()
 _totals: dict[str, float] = {}
+_doing = [""]  # what the process is working on now (a job id), "" when idle
 
 
 def add(name: str, amount: float = 1.0) -> None:
@@ -18,3 +19,11 @@ def add(name: str, amount: float = 1.0) -> None:
 def snapshot() -> dict[str, float]:
     with _lock:
         return dict(_totals)
+
+
+def set_doing(what: str) -> None:
+    _doing[0] = what[:200]
+
+
+def doing() -> str:
+    return _doing[0]

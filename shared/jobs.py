@@ -19,6 +19,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from schemas import names
 from schemas.codec import BadMessage, decode, encode
 from schemas.jobs import DeadLetter, EvalJob, JobFailure, SelfplayJob, TrainJob, job_group
+from shared import counters
 from shared.bus import Bus, BusError, translated
 from shared.compat import Gate
 
@@ -102,9 +103,11 @@ class Delivery(Generic[J]):
                     log.warning("in-progress ack failed: %s", e)
 
         task = asyncio.create_task(beat(), name=f"keepalive-{self.job.job_id}")
+        counters.set_doing(f"{self.kind} {self.job.job_id}")  # shown per node by status
         try:
             yield
         finally:
+            counters.set_doing("")
             task.cancel()
 
 

@@ -98,6 +98,7 @@ class Pulse:
                 started_at=self.started_at,
                 sent_at=time.time(),
                 counters=counters.snapshot(),
+                doing=counters.doing(),
             )
             data = encode(pulse)
             self._to_supervisor(data)

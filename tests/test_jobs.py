@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import msgspec
 import pytest
+from nats.aio.msg import Msg
 
 from schemas import names
 from schemas.codec import decode
 from schemas.jobs import DeadLetter, SelfplayJob
+from shared import counters
 from shared.bus import Bus
 from shared.jobs import (
+    Delivery,
     JobSettings,
     MaxDeliveries,
     Puller,
@@ -97,3 +101,12 @@ async def test_a_malformed_job_is_dead_lettered_at_once_naming_the_field(queue: 
     assert "bad job" in letter.reason and "$." in letter.reason
     await asyncio.sleep(1.5)
     assert await puller.next(0.5) is None, "a terminated job is not redelivered"
+
+
+async def test_a_job_in_hand_is_what_the_process_is_doing() -> None:
+    job = SelfplayJob("sp-doing", "tictactoe", "", 0, games=1, sims=1, term=1)
+    delivery = Delivery(cast(Msg, object()), job, "selfplay")
+    assert counters.doing() == ""
+    async with delivery.kept_alive(every_s=60):
+        assert counters.doing() == "selfplay sp-doing"
+    assert counters.doing() == ""

@@ -65,6 +65,7 @@ async def test_job_games_are_published_then_the_job_acknowledged(
         lambda: pulses and pulses[-1].counters.get("games") == 6, 10, what="games counted"
     )
     assert counted and pulses[-1].counters["simulations"] > 0
+    assert pulses[-1].doing == ""  # idle again
 
 
 async def test_a_worker_killed_mid_job_loses_no_acknowledged_game(
