@@ -45,7 +45,7 @@ class S3Config(msgspec.Struct, frozen=True):
     region: str = "us-east-1"
     max_bytes_per_s: float | None = None  # both directions, across threads; None = unlimited
     part_size_mb: int = 8  # multipart threshold and part size: the memory bound per transfer
-    max_concurrency: int = 4  # parallel parts of one transfer
+    max_concurrency: int = 8  # parallel parts of one transfer (memory: this many parts)
     max_attempts: int = 3  # botocore's standard retry mode, per request
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 60.0
