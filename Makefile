@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: up test lint unit schemas clean
+.PHONY: up test lint unit schemas clean browser
 
 $(STAMP): pyproject.toml setup.py shared/solver/_c4solver.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,13 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-test: $(STAMP) lint
+test: $(STAMP) lint browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The dashboard test drives Debian's headless chromium; as root (CI) it is installed if missing.
+browser:
+	command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 unit: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -146,7 +146,7 @@ class Dashboard:
             elif path.startswith("/api/snapshot"):
                 await respond(writer, "200 OK", "application/json", self.latest)
             elif path in ("/", "/index.html"):
-                await respond(writer, "200 OK", "text/html; charset=utf-8", PAGE.read_bytes())
+                await respond(writer, "200 OK", "text/html; charset=utf-8", self.page())
             else:
                 await respond(writer, "404 Not Found", "text/plain", b"not found\n")
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
@@ -155,6 +155,11 @@ class Dashboard:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+    def page(self) -> bytes:
+        """The page with the latest snapshot inlined (`</` escaped: it sits in a script)."""
+        inline = self.latest.replace(b"</", b"<\\/")
+        return PAGE.read_bytes().replace(b"/*SNAPSHOT*/null", inline, 1)
 
     async def stream(self, writer: asyncio.StreamWriter) -> None:
         head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
