@@ -134,6 +134,7 @@ class Harness:
         self.sniffer = Sniffer()
         self.bus: Bus | None = None
         self.started_at = 0.0
+        self.sample_gaps = 0
 
     # -- run --------------------------------------------------------------------------------
 
@@ -160,6 +161,8 @@ class Harness:
                     tg.create_task(self.chaos(), name="chaos")
                 await watch
             ended_at = time.time()
+            # Nodes stop first, so every game acknowledged so far is in the stream when audited.
+            await asyncio.to_thread(self.fleet.stop_nodes)
             return await self.finish(ended_at)
         finally:
             await self.close()
@@ -200,9 +203,11 @@ class Harness:
         end = self.started_at + self.opts.duration_s
         next_memory = next_progress = 0.0
         while time.time() < end and not self.stop.is_set():
-            await self.refresh()
             now = time.time()
-            self.samples.append(Sample(now, sorted(self.statuses)))
+            if await self.refresh():
+                self.samples.append(Sample(now, sorted(self.statuses)))
+            else:
+                self.sample_gaps += 1
             if now >= next_memory:
                 self.memory.append(MemorySample(now, self.rss()))
                 next_memory = now + self.opts.memory_every_s
@@ -211,20 +216,26 @@ class Harness:
                 next_progress = now + self.opts.progress_every_s
             await wait_or_stop(self.stop, max(0.0, 1.0 - (time.time() - now)))
 
-    async def refresh(self) -> None:
-        assert self.bus is not None
+    async def refresh(self) -> bool:
+        """Read every node's status key; False (nothing changed) if the bus did not answer."""
+        bus = self.bus
+        assert bus is not None
+        ids = sorted(self.fleet.nodes)
         try:
-            entries = await self.bus.snapshot(names.NODES_BUCKET)
+            entries = await asyncio.gather(*(bus.last(names.NODES_BUCKET, i) for i in ids))
         except BusError as e:
-            log.warning("nodes snapshot failed: %s", e)
-            return
+            log.warning("nodes not read: %s", e)
+            return False
         statuses = {}
-        for key, entry in entries.items():
+        for node_id, entry in zip(ids, entries, strict=True):
+            if entry.value is None:
+                continue
             try:
-                statuses[key] = decode(entry.value or b"", NodeStatus)
+                statuses[node_id] = decode(entry.value, NodeStatus)
             except BadMessage:
                 continue
         self.statuses = statuses
+        return True
 
     def healthy(self, node_id: str) -> bool:
         status = self.statuses.get(node_id)
@@ -405,6 +416,7 @@ class Harness:
             jobs=[await self.job_counts(kind) for kind in JOB_KINDS],
             games=await self.game_audit(),
             generations=await self.promotions(),
+            sample_gaps=self.sample_gaps,
         )
 
     def terms(self) -> list[TermSpan]:

@@ -401,3 +401,11 @@ def test_random_records_never_crash(
     assert set(rep.checks) == set(CHECKS)
     parse_svg(svg(rec))
     markdown(rec, rep)
+
+
+@pytest.mark.parametrize("step_at", [5, 9, 13])
+def test_a_one_time_step_is_warm_up_not_a_leak(step_at: int) -> None:
+    """A worker loads torch and its first model when its first job comes, whenever that is."""
+    series = [40.0] * step_at + [250.0] * (16 - step_at)
+    rep = report(record(memory=memory({"n9/selfplay": series})))
+    assert not rep.memory[0].growing and rep.checks["no_unbounded_growth"]

@@ -124,7 +124,12 @@ class Fleet:
         node.process.wait()
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        """SIGTERM every node, SIGKILL what is left after `timeout_s`, then stop the hub."""
+        """Stop every node, then the hub."""
+        self.stop_nodes(timeout_s)
+        self.hub.stop()
+
+    def stop_nodes(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM every node, SIGKILL what is left after `timeout_s`."""
         running = [n for n in self.nodes.values() if n.alive()]
         for node in running:
             _signal_group(node.pid, signal.SIGTERM)
@@ -137,7 +142,6 @@ class Fleet:
             if node.process is not None:
                 _signal_group(node.pid, signal.SIGKILL)
                 node.process.wait()
-        self.hub.stop()
 
     def leaf_server_pid(self, node_id: str) -> int | None:
         """The PID of a node's leaf server, from the ports file the server names after itself."""

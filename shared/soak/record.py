@@ -109,3 +109,4 @@ class SoakRecord(msgspec.Struct, frozen=True):
     jobs: list[JobCounts]
     games: GameAudit
     generations: int = 0  # promotions during the run
+    sample_gaps: int = 0  # seconds the harness could not read the nodes bucket (not counted)

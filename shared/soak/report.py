@@ -7,6 +7,7 @@ record.json, report.json, report.md and soak.svg into a directory.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections.abc import Iterator, Sequence
 from itertools import pairwise
@@ -308,9 +309,11 @@ def memory_figures(record: SoakRecord) -> list[MemoryFigures]:
     previous sample's or where it was missing from the samples in between (the process was
     restarted; the record has no pids). A life "grows without bound" when the mean RSS of its
     last quarter of samples exceeds that of its second quarter by more than 50 MiB and by more
-    than 25%; the first quarter is left out as warm-up, and lives shorter than 8 samples are
-    not judged. A label is `growing` if any of its lives is; `growth_mb` is the largest growth
-    of a judged life (None if none was judged).
+    than 25%, and by more than 50 MiB even without its largest single jump: a leak keeps
+    growing, while a one-time step (a worker loading torch and its first model when its first
+    job comes) does not. The first quarter is left out as
+    warm-up, and lives shorter than 8 samples are not judged. A label is `growing` if any of its
+    lives is; `growth_mb` is the largest growth of a judged life (None if none was judged).
     """
     return [_label_figures(label, series) for label, series in sorted(_rss_series(record).items())]
 
@@ -328,6 +331,7 @@ def _label_figures(label: str, series: list[tuple[int, float]]) -> MemoryFigures
     values = [mb for _, mb in series]
     lives = process_lives(series)
     judged = [g for g in map(life_growth, lives) if g is not None]
+    sustained = [s for s in map(keeps_growing, lives) if s is not None]
     return MemoryFigures(
         label=label,
         samples=len(values),
@@ -336,7 +340,10 @@ def _label_figures(label: str, series: list[tuple[int, float]]) -> MemoryFigures
         peak_mb=_mb(max(values)),
         growth_mb=_mb(max(growth for growth, _ in judged)) if judged else None,
         restarts=len(lives) - 1,
-        growing=any(_unbounded(growth, base) for growth, base in judged),
+        growing=any(
+            _unbounded(growth, base) and steady
+            for (growth, base), steady in zip(judged, sustained, strict=True)
+        ),
     )
 
 
@@ -362,6 +369,18 @@ def life_growth(life: Sequence[float]) -> tuple[float, float] | None:
         return None
     base = statistics.fmean(life[n // 4 : n // 2])
     return statistics.fmean(life[3 * n // 4 :]) - base, base
+
+
+def keeps_growing(life: Sequence[float]) -> bool | None:
+    """Whether the growth from the second quarter to the last is more than GROWTH_MIN_MB even
+    without its largest single jump (one step is a load, not a leak); None if too short."""
+    n = len(life)
+    if n < GROWTH_MIN_SAMPLES:
+        return None
+    tail = life[n // 4 :]
+    growth = statistics.fmean(life[3 * n // 4 :]) - statistics.fmean(life[n // 4 : n // 2])
+    jump = max((b - a for a, b in itertools.pairwise(tail)), default=0.0)
+    return growth - max(jump, 0.0) > GROWTH_MIN_MB
 
 
 def _unbounded(growth: float, base: float) -> bool:
