@@ -98,9 +98,7 @@ async def _connect(url: str, seed: Path) -> Bus:
     while True:
         try:
             return await Bus.connect(
-                BusConfig(
-                    servers=[url], name="loop-test", connect_timeout_s=2, nkey_seed=str(seed)
-                )
+                BusConfig(servers=[url], name="loop-test", connect_timeout_s=2, nkey_seed=str(seed))
             )
         except BusError:
             if time.monotonic() > deadline:
