@@ -456,15 +456,16 @@ class Harness:
         )
 
     async def checkpoints(self) -> list[ModelMeta]:
+        """Every checkpoint's metadata, read from the registry's stream (every key is kept)."""
         assert self.bus is not None
-        entries = await self.bus.snapshot(names.REGISTRY_BUCKET)
+        subject = names.kv_subject(names.REGISTRY_BUCKET, names.model_key(names.ANY, names.ANY))
+        msgs = await self.bus.read_all(names.kv_stream(names.REGISTRY_BUCKET), subject)
         metas = []
-        for key, entry in entries.items():
-            if ".model." in key and entry.value:
-                try:
-                    metas.append(decode(entry.value, ModelMeta))
-                except BadMessage:
-                    continue
+        for msg in msgs:
+            try:
+                metas.append(decode(msg.data, ModelMeta))
+            except BadMessage:
+                continue
         return metas
 
     @staticmethod

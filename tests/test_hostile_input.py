@@ -31,6 +31,8 @@ def example_value(t: msgspec.inspect.Type) -> Any:
         return simple[type(t)]
     if isinstance(t, msgspec.inspect.ListType):
         return [example_value(t.item_type)]
+    if isinstance(t, msgspec.inspect.DictType):
+        return {example_value(t.key_type): example_value(t.value_type)}
     if isinstance(t, msgspec.inspect.LiteralType):
         return t.values[0]
     if isinstance(t, msgspec.inspect.UnionType):
