@@ -134,6 +134,15 @@ def test_leader_availability_counts_from_the_first_term_and_misses_the_gaps() ->
     assert rep.leader_terms == 2
 
 
+def test_a_term_serves_only_until_a_fault_takes_its_node_out() -> None:
+    terms = [term(1, 0, 12, "n1"), term(2, 13, 30, "n2")]
+    faults = [fault(10, 14, node="n1"), fault(20, 25, node="n3", kind="cut-network")]
+    rep = report(record(terms=terms, faults=faults, ended_at=T0 + 30))
+    assert rep.leader_available_fraction == pytest.approx((10 + 17) / 30)
+    assert [f.gap_s for f in rep.failovers] == [3.0]
+    assert rep.overlaps == []  # promises are still what overlaps are checked on
+
+
 def test_failovers_follow_term_numbers_and_touching_terms_have_no_gap() -> None:
     terms = [term(3, 20, 30, "n3"), term(1, 0, 10, "n1"), term(2, 10, 18, "n2")]
     rep = report(record(terms=terms, ended_at=T0 + 30))

@@ -134,8 +134,9 @@ def report(record: SoakRecord) -> SoakReport:
     """Every figure and check of the run (pure)."""
     counts = alive_counts(record)
     full = alive_full_fraction(record)
-    available = leader_available_fraction(record.terms, record.ended_at)
-    hand = failovers(record.terms)
+    serving = serving_terms(record)
+    available = leader_available_fraction(serving, record.ended_at)
+    hand = failovers(serving)
     gaps = [f.gap_s for f in hand]
     both = overlaps(record.terms)
     games = game_figures(record)
@@ -218,6 +219,21 @@ def _excused_nodes(
             opened += 1
         open_windows = [(until, node) for until, node in open_windows if until >= t]
         yield {node for _, node in open_windows}
+
+
+def serving_terms(record: SoakRecord) -> list[TermSpan]:
+    """The terms as a leader could serve them: a term promised past the moment a fault took
+    its node out (killed, or its network cut) counts only until that moment."""
+    return [_cut_at_node_fault(t, record.faults) for t in record.terms]
+
+
+def _cut_at_node_fault(term: TermSpan, faults: Sequence[Fault]) -> TermSpan:
+    hits = [
+        f.at for f in faults if f.node == term.node and term.valid_from <= f.at < term.valid_until
+    ]
+    if not hits:
+        return term
+    return msgspec.structs.replace(term, valid_until=min(hits))
 
 
 def leader_available_fraction(terms: Sequence[TermSpan], ended_at: float) -> float | None:
@@ -439,7 +455,10 @@ def _figures_table(rep: SoakReport) -> list[str]:
             "samples with every node alive, outside node faults",
             _percent(rep.alive_full_fraction_outside_node_faults),
         ),
-        ("leader available", _percent(rep.leader_available_fraction)),
+        (
+            "leader available (a term counts until its node is killed or cut off)",
+            _percent(rep.leader_available_fraction),
+        ),
         ("leader terms / failovers", f"{rep.leader_terms} / {len(rep.failovers)}"),
         (
             "failover gap, median / max (s)",
