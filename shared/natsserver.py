@@ -17,6 +17,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from schemas import names
 from shared.tlsfiles import TlsFiles, server_block
 
 NATS_DIR = Path(__file__).resolve().parents[1] / "nats"
@@ -79,6 +80,7 @@ class ServerSpec:
     domain: str = HUB_DOMAIN
     auth: str = ""  # an accounts block (shared.identities): anonymous connections are refused
     tls: TlsFiles | None = None  # client, route and leaf listeners; plain connections refused
+    tags: tuple[str, ...] = ()  # server tags: stream placement (a lease slot's hub server)
 
     def config(
         self, port: int | None = None, http_port: int | None = None, leaf_port: int | None = None
@@ -103,8 +105,16 @@ class ServerSpec:
             cluster_name=self.cluster_name,
             cluster_port=self.cluster_port,
             routes=routes,
+            server_tags=server_tags_line(self.tags),
         )
         return cluster + self.auth
+
+
+def server_tags_line(tags: tuple[str, ...]) -> str:
+    """The `server_tags` line, or nothing for an untagged server."""
+    if not tags:
+        return ""
+    return "\nserver_tags: [ " + ", ".join(json.dumps(tag) for tag in tags) + " ]"
 
 
 def tls_values(files: TlsFiles | None) -> dict[str, str]:
@@ -350,6 +360,7 @@ class NatsCluster:
                 cluster_name=name,
                 auth=auth,
                 tls=tls,
+                tags=(names.lease_slot_tag(i + 1),),  # each server holds one lease slot
             )
             for i in range(size)
         ]
@@ -411,5 +422,6 @@ def compose_config(name: str) -> str:
         leaf_port=7422,
         cluster_port=6222,
         routes=tuple(f"{server}:6222" for server in COMPOSE_SERVERS),
+        tags=(names.lease_slot_tag(COMPOSE_SERVERS.index(name) + 1),),
     )
     return spec.config()
