@@ -8,7 +8,8 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 # KV buckets
 NODES_BUCKET = "nodes"
-ELECTION_BUCKET = "election"
+ELECTION_BUCKET = "election"  # lease registers: who leads, with which term (replicated)
+LEASE_SLOTS_IN_CLUSTER = 3  # lease slots: one single-replica bucket pinned to each hub server
 REGISTRY_BUCKET = "registry"  # per game: best-model pointer, model metadata
 LOOP_BUCKET = "loop"  # per game: the master loop's state, written by the leader only
 
@@ -34,6 +35,26 @@ SYNCER_MODELS_CONSUMER = "syncer-models"  # candidate events, on EVENTS
 LEADER_KEY = "leader"
 SYNCER_KEY = "syncer"  # the archive's lease, in the election bucket
 PROTOCOL_KEY = "cluster.protocol"  # registry: the wire protocols the coordinator accepts
+
+
+def lease_slot_count(replicas: int) -> int:
+    """How many lease slots a hub with this replication has: one per server of a 3-server
+    cluster, so losing a server takes at most one slot; one on a single server."""
+    return LEASE_SLOTS_IN_CLUSTER if replicas >= LEASE_SLOTS_IN_CLUSTER else 1
+
+
+def lease_slot_bucket(slot: int) -> str:
+    """The KV bucket of lease slot `slot` (from 1)."""
+    return f"election-{slot}"
+
+
+def lease_slot_buckets(replicas: int) -> list[str]:
+    return [lease_slot_bucket(i) for i in range(1, lease_slot_count(replicas) + 1)]
+
+
+def lease_slot_tag(slot: int) -> str:
+    """The server tag that pins lease slot `slot`'s bucket to one hub server."""
+    return f"lease-slot-{slot}"
 
 
 class BadName(ValueError):

@@ -29,6 +29,7 @@ log = logging.getLogger("conclave.bus")
 
 _WRONG_LAST_SEQUENCE = 10071
 _STREAM_NAME_IN_USE = 10058
+_NO_SUITABLE_PEERS = 10005  # no server matches a stream's placement (tags, cluster)
 _DELETED_OPS = {"DEL", "PURGE"}
 
 
@@ -42,6 +43,10 @@ class Unavailable(BusError):
 
 class CasFailed(BusError):
     """A compare-and-set write found a different last revision than expected."""
+
+
+class NoPlacement(BusError):
+    """No hub server matches a stream's placement: for a lease slot, its server tag is missing."""
 
 
 class ConnectFailed(BusError):
@@ -86,6 +91,8 @@ def translated(what: str) -> Iterator[None]:
     except nats.js.errors.APIError as e:
         if e.err_code == _WRONG_LAST_SEQUENCE:
             raise CasFailed(f"{what}: {e.description}") from e
+        if e.err_code == _NO_SUITABLE_PEERS:
+            raise NoPlacement(f"{what}: {e.description}") from e
         if isinstance(e, nats.js.errors.ServiceUnavailableError):
             raise Unavailable(f"{what}: {e.description}") from e
         raise BusError(f"{what}: {e.description} (code {e.err_code})") from e
@@ -169,6 +176,8 @@ class Bus:
         coordinator has."""
         for config in provision.streams():
             await self.ensure_stream(config)
+        for config in provision.lease_slot_streams(self.cfg.replicas):
+            await self._ensure_slot_stream(config)
         for store in provision.object_stores(self.cfg.replicas):
             if await self._stream_config(f"OBJ_{store.bucket}") is not None:
                 continue
@@ -176,8 +185,10 @@ class Bus:
                 # nats-py overwrites config.bucket with its first argument, so pass both.
                 await self.js.create_object_store(store.bucket or "", config=store)
 
-    async def ensure_stream(self, config: StreamConfig) -> None:
-        config.num_replicas = self.cfg.replicas
+    async def ensure_stream(self, config: StreamConfig, replicas: int | None = None) -> None:
+        """Create `config`'s stream or update it if it drifted; `replicas` defaults to the bus
+        config's."""
+        config.num_replicas = self.cfg.replicas if replicas is None else replicas
         config.storage = StorageType.FILE
         existing = await self._stream_config(config.name or "")
         if existing is not None:
@@ -192,6 +203,19 @@ class Bus:
                 if e.err_code != _STREAM_NAME_IN_USE:
                     raise
                 await self.js.update_stream(config)
+
+    async def _ensure_slot_stream(self, config: StreamConfig) -> None:
+        """Ensure a lease slot's R1 stream; a hub whose servers lack the slot's server tag
+        cannot place it, which is a setup error, so name the missing tag."""
+        try:
+            await self.ensure_stream(config, replicas=1)
+        except NoPlacement as e:
+            tags = ", ".join(config.placement.tags or []) if config.placement else ""
+            raise NoPlacement(
+                f"stream {config.name}: no hub server has the server tag {tags}; each hub "
+                "server needs its lease-slot-N server tag (server_tags, see "
+                f"nats/cluster.conf.tmpl) ({e})"
+            ) from e
 
     async def _stream_config(self, name: str) -> StreamConfig | None:
         with translated(f"stream info {name}"):

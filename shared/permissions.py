@@ -77,6 +77,24 @@ def kv_write(bucket: str, key: str) -> list[str]:
     return [subject, f"$JS.*.API.{subject}"]
 
 
+def lease_slot_buckets() -> list[str]:
+    """Every lease slot bucket a hub may have (a cluster's three, a single server's one among
+    them), so one identity works on either."""
+    return names.lease_slot_buckets(names.LEASE_SLOTS_IN_CLUSTER)
+
+
+def lease_read() -> list[str]:
+    """The lease register (`election`) and every lease slot."""
+    buckets = [names.ELECTION_BUCKET, *lease_slot_buckets()]
+    return [c for bucket in buckets for c in kv_read(bucket)]
+
+
+def lease_write(key: str) -> list[str]:
+    """Write `key` in the lease register and in every lease slot."""
+    buckets = [names.ELECTION_BUCKET, *lease_slot_buckets()]
+    return [c for bucket in buckets for c in kv_write(bucket, key)]
+
+
 def jobs(kind: str) -> list[str]:
     """A worker of one job kind: its shared consumer, dead letters and failure reports."""
     return [
@@ -131,8 +149,8 @@ def role_grants(role: Role) -> list[str]:
         return [*jobs("eval"), names.results_subject(names.ANY, names.ANY), *models_read()]
     if role == "syncer":
         return [
-            *kv_read(names.ELECTION_BUCKET),
-            *kv_write(names.ELECTION_BUCKET, names.SYNCER_KEY),
+            *lease_read(),
+            *lease_write(names.SYNCER_KEY),
             *durable_consumer(names.GAMES_STREAM, names.SYNCER_GAMES_CONSUMER),
             *durable_consumer(names.RESULTS_STREAM, names.SYNCER_RESULTS_CONSUMER),
             *durable_consumer(names.EVENTS_STREAM, names.SYNCER_MODELS_CONSUMER),
@@ -156,8 +174,8 @@ def coordinator_grants() -> list[str]:
         f"{API}.STREAM.UPDATE.*",
         f"{API}.STREAM.NAMES",
         f"{API}.STREAM.LIST",
-        *kv_read(names.ELECTION_BUCKET),
-        *kv_write(names.ELECTION_BUCKET, names.LEADER_KEY),
+        *lease_read(),
+        *lease_write(names.LEADER_KEY),
         *kv_read(names.NODES_BUCKET),
         *kv_read(names.LOOP_BUCKET),
         *kv_write(names.LOOP_BUCKET, ">"),

@@ -1,12 +1,19 @@
 """Every stream, KV bucket and object store Conclave uses, as configuration (no I/O here).
 
 `Bus.provision()` creates what is missing and updates what drifted; replicas come from the bus
-config.
+config, except for the lease slots, which are single-replica by design.
 """
 
 from __future__ import annotations
 
-from nats.js.api import DiscardPolicy, ObjectStoreConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    DiscardPolicy,
+    ObjectStoreConfig,
+    Placement,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 
 from schemas import names
 
@@ -62,6 +69,20 @@ def streams() -> list[StreamConfig]:
     ]
 
 
+def lease_slot_streams(replicas: int) -> list[StreamConfig]:
+    """The lease slot buckets of a hub with this replication: R1 each, and in a cluster each
+    pinned by its server tag to its own hub server, so losing one server loses one slot."""
+    count = names.lease_slot_count(replicas)
+    configs = []
+    for slot, bucket in enumerate(names.lease_slot_buckets(replicas), start=1):
+        config = kv_stream(bucket, marker_ttl_s=1)
+        config.num_replicas = 1
+        if count == names.LEASE_SLOTS_IN_CLUSTER:
+            config.placement = Placement(tags=[names.lease_slot_tag(slot)])
+        configs.append(config)
+    return configs
+
+
 def object_stores(replicas: int) -> list[ObjectStoreConfig]:
     return [
         ObjectStoreConfig(bucket=names.MODELS_STORE, storage=StorageType.FILE, replicas=replicas)
@@ -83,6 +104,7 @@ _OWNED = (
     "deny_delete",
     "subject_delete_marker_ttl",
     "storage",
+    "placement",  # a lease slot's server: the server moves a stream whose placement changed
 )
 
 
