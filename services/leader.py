@@ -1,4 +1,5 @@
-"""leader service: holds the fenced leader lease in KV `election` for its node when it can."""
+"""leader service: holds the fenced leader lease (a majority of lease slots and the register in
+KV `election`) for its node when it can."""
 
 from __future__ import annotations
 
@@ -7,11 +8,9 @@ import logging
 
 import msgspec
 
-from schemas import names
 from shared.bus import Bus
 from shared.lease import LeaseParams
 from shared.leaseholder import Contender, hold
-from shared.leasewatch import KeyChanges
 from shared.service import main as service_main
 
 log = logging.getLogger("conclave.leader")
@@ -24,7 +23,7 @@ class LeaderConfig(msgspec.Struct, frozen=True):
 
 async def run(bus: Bus, cfg: LeaderConfig, stop: asyncio.Event) -> None:
     await bus.provision()
-    await hold(Contender(bus, cfg.node_id, cfg.lease), KeyChanges(names.LEADER_KEY), stop)
+    await hold(Contender(bus, cfg.node_id, cfg.lease), stop)
 
 
 def main(argv: list[str] | None = None) -> int:

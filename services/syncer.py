@@ -1,9 +1,9 @@
 """syncer service: the durable copy in S3 (or a local directory) of games, models and registry.
 
-One instance archives at a time (a lease on `election/syncer`). Games are read with a durable
-consumer and acknowledged only after the shard holding them and its manifest are stored, so an S3
-outage delays the archive and loses nothing; ranges already archived are skipped after a restart,
-so nothing is archived twice. All S3 work runs in threads, off the event loop.
+One instance archives at a time (the `syncer` quorum lease, like the leader's). Games are read
+with a durable consumer and acknowledged only after the shard holding them and its manifest are
+stored, so an S3 outage delays the archive and loses nothing; ranges already archived are skipped
+after a restart, so nothing is archived twice. All S3 work runs in threads, off the event loop.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from shared.bus import Bus, BusError, translated
 from shared.fencing import read_termed
 from shared.lease import LeaseParams
 from shared.leaseholder import Contender, hold
-from shared.leasewatch import KeyChanges
 from shared.models import ModelStore
 from shared.ratingjobs import game_ratings
 from shared.service import main as service_main
@@ -249,7 +248,7 @@ async def shard_loop(
     with translated(f"syncer consumer {durable}"):
         sub = await bus.js.pull_subscribe(subjects, durable=durable, stream=stream, config=config)
     while not stop.is_set():
-        if me.held is None:
+        if me.term is None:
             await wait_or_stop(stop, 1.0)
             continue
         try:
@@ -274,7 +273,7 @@ async def models_loop(bus: Bus, arch: Archiver, me: Contender, stop: asyncio.Eve
         )
     last_docs = 0.0
     while not stop.is_set():
-        if me.held is None:
+        if me.term is None:
             await wait_or_stop(stop, 1.0)
             continue
         try:
@@ -323,7 +322,7 @@ async def run(bus: Bus, cfg: SyncerConfig, stop: asyncio.Event) -> None:
         tg.create_task(games_loop(bus, arch, me, stop), name="games")
         tg.create_task(results_loop(bus, results, me, stop), name="results")
         tg.create_task(models_loop(bus, arch, me, stop), name="models")
-        await hold(me, KeyChanges(SYNCER_KEY), stop)
+        await hold(me, stop)
 
 
 def main(argv: list[str] | None = None) -> int:

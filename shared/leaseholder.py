@@ -1,9 +1,14 @@
-"""Holding a fenced lease in KV `election`: the leader's, or any other singleton's (e.g. syncer)."""
+"""Holding a quorum lease: the leader's, or any other singleton's (e.g. the syncer's).
+
+One task per lease slot keeps that slot (a slow or dead slot server delays only its own task),
+and one task keeps the register in KV `election`, the term, the fencing and the audit trail.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -13,16 +18,18 @@ from schemas.codec import BadMessage, decode, encode
 from schemas.control import LeaderEvent, LeaderEventKind, LeaderValidity, Lease
 from shared import lease
 from shared.bus import Bus, BusError, CasFailed, Entry, Unavailable
-from shared.lease import Held, LeaseParams, Observed
-from shared.leasewatch import RETRY_S, KeyChanges
+from shared.lease import LeaseParams, Slot, Stance
+from shared.leasewatch import RETRY_S, KeyChanges, first_of
 from shared.service import wait_or_stop
 
 log = logging.getLogger("conclave.lease")
 
+ANNOUNCE_STEP_S = 0.1  # validity growth worth a new promise on the audit trail
+
 
 @dataclass
 class Contender:
-    """One process's view of the lease; all broker I/O for the lease happens here."""
+    """One process's view of one lease; all broker I/O for it happens here."""
 
     bus: Bus
     node_id: str
@@ -30,92 +37,154 @@ class Contender:
     key: str = names.LEADER_KEY
     announce: bool = True  # leader events and the validity audit trail (the leader lease only)
     instance: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    held: Held | None = None
-    observed: Observed = field(default_factory=lambda: Observed(holder=None, revision=0))
+    term: int | None = None
     acquired_wall: float = 0.0
+    register: Slot = field(default_factory=Slot)
+    slots: list[Slot] = field(default_factory=list)
+    buckets: list[str] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)  # for the register task
+    announced_until: float = -math.inf
+    _stance: Stance = Stance.KEEP
+    _slot_changes: list[KeyChanges] = field(default_factory=list)
 
-    async def observe(self) -> None:
-        entry = await self.bus.last(names.ELECTION_BUCKET, self.key)
-        self.observed = Observed(holder=_holder(entry), revision=entry.revision)
+    def __post_init__(self) -> None:
+        self.buckets = self.buckets or names.lease_slot_buckets(self.bus.cfg.replicas)
+        self.slots = [Slot() for _ in self.buckets]
 
-    async def observe_quietly(self) -> None:
+    def until(self) -> float:
+        return lease.valid_until(self.slots, self.instance, self.params)
+
+    def stance(self) -> Stance:
+        leading = self.term is not None or self.until() > time.monotonic()
+        return lease.stance(self.slots, self.register, self.instance, leading)
+
+    def refresh(self) -> None:
+        """After any change: wake the register task, and the slot tasks if the stance moved."""
+        self.changed.set()
+        now = self.stance()
+        if now is not self._stance:
+            self._stance = now
+            for changes in self._slot_changes:
+                changes.changed.set()
+
+    # -- slots ----------------------------------------------------------------------------------
+
+    async def read_slot(self, i: int) -> None:
         try:
-            await self.observe()
+            entry = await self.bus.last(self.buckets[i], self.key)
         except BusError as e:
-            log.warning("cannot read lease: %s", e)
+            log.warning("cannot read lease slot %s: %s", self.buckets[i], e)
+            return
+        self.slots[i] = lease.seen(self.slots[i], _holder(entry), entry.revision)
+        self.refresh()
 
-    async def acquire(self, expect_last: int) -> bool:
-        value = Lease(self.node_id, self.instance, 0, time.time(), self.params.ttl_s)
+    async def write_slot(self, i: int, expect_last: int, deadline: float) -> bool:
         sent = time.monotonic()
         try:
-            rev = await self._write(value, expect_last, timeout=self.params.renew_every_s)
+            rev = await self._write(self.buckets[i], expect_last, self.term or 0, deadline - sent)
         except CasFailed:
-            await self.observe_quietly()
-            return True  # someone else won; nothing to retry
-        except Unavailable as e:
-            log.warning("acquire failed: %s", e)
-            return False
-        self.held = lease.acquired(rev, sent)
-        self.acquired_wall = time.time()
-        self.observed = Observed(self.instance, rev)
-        # Announce before anything else: a term is only acted on once the audit trail has it.
-        await self._announce(self.held)
-        log.info("leader elected", extra={"term": rev})
-        await self._event("elected", "", rev)
-        return True
-
-    async def renew(self, held: Held, deadline: float) -> bool:
-        value = Lease(self.node_id, self.instance, held.term, self.acquired_wall, self.params.ttl_s)
-        sent = time.monotonic()
-        try:
-            rev = await self._write(value, held.revision, timeout=max(0.05, deadline - sent))
-        except CasFailed:
-            await self.give_up("lost", "lease revision moved: another holder")
-            await self.observe_quietly()
+            await self.read_slot(i)
             return True
         except Unavailable as e:
-            log.warning("renewal not acknowledged: %s", e)
+            log.warning("lease slot %s not written: %s", self.buckets[i], e)
             return False
-        self.held = lease.renewed(held, rev, sent)
-        self.observed = Observed(self.instance, rev)
-        await self._announce(self.held)
+        self.slots[i] = lease.written(self.instance, rev, sent)
+        self.refresh()
         return True
 
-    async def release(self) -> None:
-        """Graceful step-down: CAS-delete our lease so a contender takes over at once."""
-        if self.held is None:
-            return
-        held = self.held
-        await self.give_up("released", "shutdown")
+    async def release_slot(self, i: int, expect_last: int) -> bool:
         try:
-            await self.bus.cas_delete(names.ELECTION_BUCKET, self.key, held.revision)
+            rev = await self.bus.cas_delete(self.buckets[i], self.key, expect_last)
         except BusError as e:
-            log.warning("release failed, lease will expire: %s", e)
+            log.warning("lease slot %s not released: %s", self.buckets[i], e)
+            await self.read_slot(i)
+            return False
+        self.slots[i] = Slot(None, rev, known=True)
+        self.refresh()
+        return True
+
+    # -- the register ---------------------------------------------------------------------------
+
+    async def read_register(self) -> None:
+        try:
+            entry = await self.bus.last(names.ELECTION_BUCKET, self.key)
+        except BusError as e:
+            log.warning("cannot read lease register: %s", e)
+            return
+        self.register = lease.seen(self.register, _holder(entry), entry.revision)
+        self.refresh()
+
+    async def claim(self, step: lease.Claim) -> bool:
+        """Write the register: a new term (its revision), or ours renewed or restored."""
+        sent = time.monotonic()
+        term = 0 if step.new_term else self.term or 0
+        timeout = max(self.params.renew_every_s, self.until() - sent)
+        try:
+            rev = await self._write(names.ELECTION_BUCKET, step.expect_last, term, timeout)
+        except CasFailed:
+            await self.read_register()
+            return True
+        except Unavailable as e:
+            log.warning("lease register not written: %s", e)
+            return False
+        self.register = lease.written(self.instance, rev, sent)
+        if step.new_term:
+            self.term, self.acquired_wall = rev, time.time()
+            # Announce before anything else: a term is only acted on once the audit trail has it.
+            await self.announce_validity()
+            log.info("leader elected", extra={"term": rev})
+            await self._event("elected", "", rev)
+        self.refresh()
+        return True
+
+    async def announce_validity(self) -> None:
+        """Promise our validity on the audit trail a checker uses to prove terms never overlap."""
+        until = self.until()
+        if self.term is None or until < self.announced_until + ANNOUNCE_STEP_S:
+            return
+        self.announced_until = until
+        if not self.announce:
+            return
+        wall_until = time.time() + (until - time.monotonic())
+        msg = LeaderValidity(self.node_id, self.instance, self.term, self.acquired_wall, wall_until)
+        await _quietly(self.bus.publish(names.leader_validity_subject(), encode(msg)))
 
     async def give_up(self, kind: LeaderEventKind, reason: str) -> None:
-        held, self.held = self.held, None
-        if held is None:
+        term, self.term = self.term, None
+        self.announced_until = -math.inf
+        if term is None:
             return
-        log.warning("leadership %s: %s", kind, reason, extra={"term": held.term})
-        await self._event(kind, reason, held.term)
+        log.warning("leadership %s: %s", kind, reason, extra={"term": term})
+        await self._event(kind, reason, term)
+        self.refresh()
 
-    async def _write(self, value: Lease, expect_last: int, timeout: float) -> int:
+    async def release(self) -> None:
+        """Graceful step-down: CAS-delete what we hold so a contender takes over at once."""
+        await self.give_up("released", "shutdown")
+        held = [
+            (b, s) for b, s in zip(self.buckets, self.slots, strict=True) if s.ours(self.instance)
+        ]
+        if self.register.ours(self.instance):
+            held.insert(0, (names.ELECTION_BUCKET, self.register))
+        self.register, self.slots = Slot(), [Slot() for _ in self.buckets]
+        results = await asyncio.gather(
+            *(self.bus.cas_delete(b, self.key, s.revision) for b, s in held),
+            return_exceptions=True,
+        )
+        for (bucket, _), result in zip(held, results, strict=True):
+            if isinstance(result, BusError):
+                log.warning("%s/%s not released, it will expire: %s", bucket, self.key, result)
+
+    async def _write(self, bucket: str, expect_last: int, term: int, timeout: float) -> int:
+        value = Lease(self.node_id, self.instance, term, self.acquired_wall, self.params.ttl_s)
         return await self.bus.write(
-            names.ELECTION_BUCKET,
+            bucket,
             self.key,
             encode(value),
             ttl_s=self.params.ttl_s,
             expect_last=expect_last,
-            timeout=timeout,
+            timeout=max(0.05, timeout),
         )
-
-    async def _announce(self, held: Held) -> None:
-        if not self.announce:
-            return
-        # The audit trail a checker uses to prove terms never overlap.
-        until = time.time() + (held.valid_until(self.params) - time.monotonic())
-        msg = LeaderValidity(self.node_id, self.instance, held.term, self.acquired_wall, until)
-        await _quietly(self.bus.publish(names.leader_validity_subject(), encode(msg)))
 
     async def _event(self, kind: LeaderEventKind, reason: str, term: int) -> None:
         if not self.announce:
@@ -142,38 +211,78 @@ async def _quietly(op: object) -> None:
         log.warning("not published: %s", e)
 
 
-async def contend(me: Contender, changes: KeyChanges, stop: asyncio.Event) -> None:
-    """The lease loop: decide, act, and wait, until `stop`."""
-    await me.observe_quietly()
+async def keep_slot(me: Contender, i: int, changes: KeyChanges, stop: asyncio.Event) -> None:
+    """Take, renew or give up slot `i` as the stance says, until `stop`."""
+    await me.read_slot(i)
     while not stop.is_set():
-        decision = lease.decide(me.observed, me.held, time.monotonic(), me.params)
+        step = lease.slot_step(me.slots[i], me.instance, me.stance(), time.monotonic(), me.params)
         done = True
-        match decision:
+        match step:
             case lease.Wait(until):
-                await changes.wait(stop, until)
-                if me.held is None:
-                    await me.observe_quietly()
-            case lease.Acquire(expect_last):
-                done = await me.acquire(expect_last)
-            case lease.Renew(_, deadline) if me.held is not None:
-                done = await me.renew(me.held, deadline)
+                if await changes.wait(stop, until):
+                    await me.read_slot(i)
+            case lease.Take(expect_last):
+                done = await me.write_slot(i, expect_last, time.monotonic() + me.params.ttl_s)
+            case lease.Renew(expect_last, deadline):
+                done = await me.write_slot(i, expect_last, deadline)
+            case lease.Release(expect_last):
+                done = await me.release_slot(i, expect_last)
+        if not done:
+            await wait_or_stop(stop, RETRY_S)
+
+
+async def keep_register(me: Contender, changes: KeyChanges, stop: asyncio.Event) -> None:
+    """Claim, renew and fence the term as the slots and the register say, until `stop`."""
+    await me.read_register()
+    while not stop.is_set():
+        me.changed.clear()  # before deciding: a change while we act must wake the next wait
+        now = time.monotonic()
+        step = lease.register_step(me.term, me.until(), me.register, me.instance, now, me.params)
+        done = True
+        match step:
+            case lease.Wait(until):
+                await me.announce_validity()
+                await _first_change(stop, until, changes, me.changed)
+                if changes.changed.is_set():
+                    changes.changed.clear()
+                    await me.read_register()
+            case lease.Claim():
+                done = await me.claim(step)
             case lease.Fence(reason):
                 await me.give_up("fenced", reason)
         if not done:
             await wait_or_stop(stop, RETRY_S)
 
 
-async def hold(me: Contender, changes: KeyChanges, stop: asyncio.Event) -> None:
-    """Contend for `me`'s lease until `stop`, following its key; release it on the way out."""
+async def _first_change(
+    stop: asyncio.Event, until: float, changes: KeyChanges, changed: asyncio.Event
+) -> None:
+    try:
+        async with asyncio.timeout(max(0.0, until - time.monotonic())):
+            await first_of(stop.wait(), changes.changed.wait(), changed.wait())
+    except TimeoutError:
+        pass
+
+
+async def hold(me: Contender, stop: asyncio.Event) -> None:
+    """Contend for `me`'s lease until `stop`, following its keys; release it on the way out."""
+    register = KeyChanges(me.key)
+    me._slot_changes = [KeyChanges(me.key, bucket) for bucket in me.buckets]
+    watches = [register, *me._slot_changes]
     try:
         async with asyncio.TaskGroup() as tg:
-            follower = tg.create_task(changes.follow(me.bus), name="lease-watch")
+            followers = {tg.create_task(c.follow(me.bus), name="lease-watch") for c in watches}
             try:
-                await contend(me, changes, stop)
+                async with asyncio.TaskGroup() as keepers:
+                    for i, changes in enumerate(me._slot_changes):
+                        keepers.create_task(keep_slot(me, i, changes, stop), name=f"slot-{i + 1}")
+                    keepers.create_task(keep_register(me, register, stop), name="register")
             finally:
                 await me.release()  # first: a contender should not wait on our housekeeping
-                await changes.close()
-                await asyncio.wait({follower}, timeout=2.0)
-                follower.cancel()  # no-op when the watch ended by itself, as it should
+                for changes in watches:
+                    await changes.close()
+                await asyncio.wait(followers, timeout=2.0)
+                for follower in followers:
+                    follower.cancel()  # no-op when the watch ended by itself, as it should
     finally:
         await me.release()

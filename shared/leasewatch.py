@@ -23,10 +23,10 @@ RETRY_S = 0.2
 
 
 class KeyChanges:
-    """Wakes a waiter when the lease key changes; a lost watch only delays it to its deadline."""
+    """Wakes a waiter when a lease key changes; a lost watch only delays it to its deadline."""
 
-    def __init__(self, key: str = names.LEADER_KEY) -> None:
-        self.key = key
+    def __init__(self, key: str = names.LEADER_KEY, bucket: str = names.ELECTION_BUCKET) -> None:
+        self.key, self.bucket = key, bucket
         self.changed = asyncio.Event()
         self._closed = False
         self._watcher: KeyValue.KeyWatcher | None = None
@@ -36,7 +36,7 @@ class KeyChanges:
         cancellation that lands while it unsubscribes (seen: a leader that never released)."""
         while not self._closed:
             try:
-                async with bus.watch(names.ELECTION_BUCKET, self.key) as watcher:
+                async with bus.watch(self.bucket, self.key) as watcher:
                     self._watcher = watcher
                     if self._closed:  # closed while the watch was being set up
                         return
@@ -53,13 +53,16 @@ class KeyChanges:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await self._watcher.stop()  # type: ignore[no-untyped-call]
 
-    async def wait(self, stop: asyncio.Event, until: float) -> None:
+    async def wait(self, stop: asyncio.Event, until: float) -> bool:
+        """Wait for a change, `stop` or the monotonic `until`; whether the key changed."""
         try:
             async with asyncio.timeout(max(0.0, until - time.monotonic())):
                 await first_of(stop.wait(), self.changed.wait())
         except TimeoutError:
             pass
+        changed = self.changed.is_set()
         self.changed.clear()
+        return changed
 
 
 async def first_of(*waits: Awaitable[object]) -> None:

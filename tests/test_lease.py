@@ -1,8 +1,10 @@
-"""The lease decision, alone and inside a simulated KV with latency, lost acks and crashes."""
+"""The quorum lease's decisions, alone and inside a simulated KV with latency, lost acks, crashes
+and server outages."""
 
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -11,34 +13,66 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared import lease
-from shared.lease import Held, LeaseParams, Observed
+from shared.lease import LeaseParams, Slot, Stance
 
 P = LeaseParams(ttl_s=3, renew_every_s=1.0, margin_s=0.5, recheck_s=1.0)
 
 
-def test_empty_key_is_acquired_on_its_last_revision() -> None:
-    assert lease.decide(Observed(None, 7), None, 0.0, P) == lease.Acquire(7)
+def mine(confirmed_at: float | None, revision: int = 1) -> Slot:
+    return Slot("me", revision, confirmed_at, known=True)
 
 
-def test_someone_elses_lease_is_waited_on() -> None:
-    assert lease.decide(Observed("other", 7), None, 10.0, P) == lease.Wait(11.0)
+FREE = Slot(None, 4, known=True)
+OTHER = Slot("zz", 5, known=True)
 
 
-def test_holder_waits_until_renewal_is_due_then_renews_with_its_deadline() -> None:
-    held = Held(term=5, revision=9, confirmed_at=100.0)
-    assert lease.decide(Observed("me", 9), held, 100.5, P) == lease.Wait(101.0)
-    assert lease.decide(Observed("me", 9), held, 101.0, P) == lease.Renew(9, 102.5)
+def test_validity_is_the_majority_th_latest_confirmation_plus_ttl_minus_margin() -> None:
+    assert lease.valid_until([mine(10.0), mine(12.0), FREE], "me", P) == 12.5
+    assert lease.valid_until([mine(10.0), mine(12.0), mine(11.0)], "me", P) == 13.5
+    assert lease.valid_until([mine(10.0), OTHER, FREE], "me", P) == -math.inf
+    assert lease.valid_until([mine(None), mine(12.0), FREE], "me", P) == -math.inf
+    assert lease.valid_until([mine(7.0)], "me", P) == 9.5
 
 
-def test_holder_fences_itself_at_ttl_minus_margin() -> None:
-    held = Held(term=5, revision=9, confirmed_at=100.0)
-    decision = lease.decide(Observed("me", 9), held, 102.5, P)
-    assert isinstance(decision, lease.Fence)
+def test_a_read_keeps_our_confirmation_only_for_the_write_it_confirms() -> None:
+    ours = mine(10.0, revision=8)
+    assert lease.seen(ours, "me", 8) == ours
+    assert lease.seen(ours, "me", 7) == ours  # a stale read changes nothing
+    assert lease.seen(ours, None, 9) == Slot(None, 9, None, known=True)
+    assert lease.seen(Slot(), "me", 3) == Slot("me", 3, None, known=True)
 
 
-def test_renewal_keeps_the_term_and_moves_the_revision() -> None:
-    held = lease.renewed(lease.acquired(4, 1.0), 6, 2.0)
-    assert (held.term, held.revision, held.confirmed_at) == (4, 6, 2.0)
+def test_stance_yields_to_a_register_holder_and_to_smaller_slot_holders() -> None:
+    register_free, register_other = Slot(None, 2, known=True), Slot("b", 3, known=True)
+    assert lease.stance([FREE], register_free, "me", leading=False) is Stance.TAKE
+    assert lease.stance([FREE], register_other, "me", leading=False) is Stance.YIELD
+    assert lease.stance([Slot("a", 1, known=True)], register_free, "me", False) is Stance.YIELD
+    assert lease.stance([OTHER], register_free, "me", leading=False) is Stance.TAKE
+    assert lease.stance([FREE], Slot(), "me", leading=False) is Stance.KEEP
+    assert lease.stance([Slot("a", 1, known=True)], register_other, "me", True) is Stance.TAKE
+
+
+def test_slot_steps() -> None:
+    assert lease.slot_step(FREE, "me", Stance.TAKE, 0.0, P) == lease.Take(4)
+    assert lease.slot_step(FREE, "me", Stance.KEEP, 0.0, P) == lease.Wait(1.0)
+    assert lease.slot_step(OTHER, "me", Stance.TAKE, 0.0, P) == lease.Wait(1.0)
+    assert lease.slot_step(mine(10.0), "me", Stance.TAKE, 10.5, P) == lease.Wait(11.0)
+    assert lease.slot_step(mine(10.0), "me", Stance.KEEP, 11.0, P) == lease.Renew(1, 12.5)
+    assert lease.slot_step(mine(10.0), "me", Stance.YIELD, 10.2, P) == lease.Release(1)
+    assert lease.slot_step(mine(None), "me", Stance.TAKE, 5.0, P) == lease.Renew(1, 6.0)
+
+
+def test_register_steps() -> None:
+    free, ours = Slot(None, 6, known=True), Slot("me", 6, 20.0, known=True)
+    assert lease.register_step(None, 22.0, free, "me", 21.0, P) == lease.Claim(6, new_term=True)
+    assert lease.register_step(None, -math.inf, free, "me", 21.0, P) == lease.Wait(22.0)
+    assert lease.register_step(5, 22.0, free, "me", 21.0, P) == lease.Claim(6, new_term=False)
+    assert lease.register_step(5, 22.5, ours, "me", 20.5, P) == lease.Wait(21.0)
+    assert lease.register_step(5, 22.5, ours, "me", 21.0, P) == lease.Claim(6, new_term=False)
+    assert isinstance(lease.register_step(5, 22.0, ours, "me", 22.0, P), lease.Fence)
+    assert isinstance(lease.register_step(5, 25.0, OTHER, "me", 22.0, P), lease.Fence)
+    assert lease.register_step(None, 25.0, OTHER, "me", 22.0, P) == lease.Wait(23.0)
+    assert lease.register_step(None, 25.0, ours, "me", 22.0, P) == lease.Claim(6, new_term=True)
 
 
 @pytest.mark.parametrize(
@@ -53,139 +87,248 @@ def test_bad_params_name_the_field(kwargs: dict[str, float], field_name: str) ->
 # -- simulation ------------------------------------------------------------------------------
 
 TICK = 0.05
+END = 40.0
+REGISTER = -1  # the op slot of the register write
 
 
 @dataclass
 class Server:
-    """A KV key with per-message TTL and expiry markers, as JetStream keeps it."""
+    """One KV key with per-message TTL and expiry markers, as JetStream keeps it; down during
+    its outages (writes lost unanswered, no reads, no expiry)."""
 
     ttl: float
+    outages: list[tuple[float, float]] = field(default_factory=list)
     revision: int = 0
     holder: str | None = None
-    expires_at: float = float("inf")
+    expires_at: float = math.inf
+
+    def up(self, now: float) -> bool:
+        return not any(a <= now < b for a, b in self.outages)
 
     def tick(self, now: float) -> None:
-        if self.holder is not None and now >= self.expires_at:
+        if self.up(now) and self.holder is not None and now >= self.expires_at:
             self.revision += 1  # the expiry marker is a message too
-            self.holder, self.expires_at = None, float("inf")
+            self.holder, self.expires_at = None, math.inf
 
-    def write(self, who: str, expect_last: int, now: float) -> int | None:
+    def write(self, who: str | None, expect_last: int, now: float) -> int | None:
         if expect_last != self.revision:
             return None
         self.revision += 1
-        self.holder, self.expires_at = who, now + self.ttl
+        self.holder, self.expires_at = who, (math.inf if who is None else now + self.ttl)
         return self.revision
 
 
 @dataclass
 class Op:
-    kind: str
+    kind: str  # write or release
     expect_last: int
     sent: float
     arrives: float
     acked: float
+    timeout: float
     lost_ack: bool
+    new_term: bool = False
     result: int | None = None
     applied: bool = False
 
 
 @dataclass
-class Contender:
+class Sim:
     name: str
     dies_at: float
-    held: Held | None = None
-    observed: Observed = field(default_factory=lambda: Observed(None, 0))
-    op: Op | None = None
-    intervals: dict[int, list[float]] = field(default_factory=dict)
+    slots: list[Slot]
+    term: int | None = None
+    register: Slot = field(default_factory=Slot)
+    ops: dict[int, Op] = field(default_factory=dict)
+    promises: dict[int, list[float]] = field(default_factory=dict)  # term: [from, until]
 
     def alive(self, now: float) -> bool:
         return now < self.dies_at
 
+    def until(self) -> float:
+        return lease.valid_until(self.slots, self.name, P)
 
-def simulate(seed: int, contenders: int, loss: float, latency: float, crashes: list[float]) -> None:
-    rng = random.Random(seed)
-    server = Server(ttl=P.ttl_s)
-    cs = [Contender(f"c{i}", crashes[i] if i < len(crashes) else 1e9) for i in range(contenders)]
-    now = 0.0
-    while now < 40.0:
-        server.tick(now)
-        for c in cs:
-            step(c, server, now, rng, loss, latency)
-        now += TICK
-    terms = sorted((iv[0], iv[1], term) for c in cs for term, iv in c.intervals.items())
-    for (_, end_a, term_a), (start_b, _, term_b) in itertools.pairwise(terms):
+    def stance(self, now: float) -> Stance:
+        leading = self.term is not None or self.until() > now
+        return lease.stance(self.slots, self.register, self.name, leading)
+
+
+@dataclass
+class World:
+    rng: random.Random
+    loss: float
+    latency: float
+    slots: list[Server]
+    register: Server
+    sims: list[Sim]
+
+    def server(self, i: int) -> Server:
+        return self.register if i == REGISTER else self.slots[i]
+
+    def run(self) -> None:
+        now = 0.0
+        while now < END:
+            for server in [*self.slots, self.register]:
+                server.tick(now)
+            for sim in self.sims:
+                if sim.alive(now):
+                    self.step(sim, now)
+            now += TICK
+
+    def step(self, sim: Sim, now: float) -> None:
+        for i in range(len(self.slots)):
+            if self.settle(sim, i, now):
+                self.slot(sim, i, now)
+        if self.settle(sim, REGISTER, now):
+            self.decide_register(sim, now)
+        if sim.term is not None:  # announce
+            promise = sim.promises[sim.term]
+            promise[1] = max(promise[1], sim.until())
+
+    def slot(self, sim: Sim, i: int, now: float) -> None:
+        server = self.slots[i]
+        if server.up(now):
+            sim.slots[i] = lease.seen(sim.slots[i], server.holder, server.revision)
+        match lease.slot_step(sim.slots[i], sim.name, sim.stance(now), now, P):
+            case lease.Take(expect) | lease.Renew(expect, _):
+                self.send(sim, i, "write", expect, now, now + P.ttl_s - P.margin_s)
+            case lease.Release(expect):
+                self.send(sim, i, "release", expect, now, now + 2.0)
+
+    def decide_register(self, sim: Sim, now: float) -> None:
+        if self.register.up(now):
+            sim.register = lease.seen(sim.register, self.register.holder, self.register.revision)
+        match lease.register_step(sim.term, sim.until(), sim.register, sim.name, now, P):
+            case lease.Fence():
+                sim.term = None
+            case lease.Claim(expect, new_term):
+                self.send(sim, REGISTER, "write", expect, now, now + P.renew_every_s, new_term)
+
+    def send(
+        self,
+        sim: Sim,
+        i: int,
+        kind: str,
+        expect: int,
+        now: float,
+        timeout: float,
+        new: bool = False,
+    ) -> None:
+        arrives = now + self.rng.uniform(0, self.latency)
+        acked = arrives + self.rng.uniform(0, self.latency)
+        lost = self.rng.random() < self.loss
+        sim.ops[i] = Op(kind, expect, now, arrives, acked, timeout, lost, new)
+
+    def settle(self, sim: Sim, i: int, now: float) -> bool:
+        """Advance `sim`'s op on slot `i`; whether that slot is free for a new decision."""
+        op = sim.ops.get(i)
+        if op is None:
+            return True
+        server = self.server(i)
+        if not op.applied and now >= op.arrives:
+            op.applied = True
+            if server.up(op.arrives):
+                who = sim.name if op.kind == "write" else None
+                op.result = server.write(who, op.expect_last, op.arrives)
+            else:
+                op.lost_ack = True
+        if op.applied and now >= op.acked and not op.lost_ack:
+            del sim.ops[i]
+            if op.result is not None:
+                self.acked(sim, i, op)
+            return False
+        if now >= op.timeout:
+            del sim.ops[i]  # Unavailable: the write may or may not have happened
+        return False
+
+    def acked(self, sim: Sim, i: int, op: Op) -> None:
+        assert op.result is not None
+        if op.kind == "release":
+            sim.slots[i] = Slot(None, op.result, known=True)
+        elif i != REGISTER:
+            sim.slots[i] = lease.written(sim.name, op.result, op.sent)
+        else:
+            sim.register = lease.written(sim.name, op.result, op.sent)
+            if op.new_term:
+                sim.term = op.result
+                sim.promises[op.result] = [op.acked, sim.until()]
+
+
+def world(
+    seed: int, contenders: int, slots: int, loss: float, latency: float, crashes: list[float]
+) -> World:
+    names = [f"c{i}" for i in range(contenders)]
+    sims = [
+        Sim(name, crashes[i] if i < len(crashes) else math.inf, [Slot() for _ in range(slots)])
+        for i, name in enumerate(names)
+    ]
+    servers = [Server(P.ttl_s) for _ in range(slots)]
+    return World(random.Random(seed), loss, latency, servers, Server(P.ttl_s), sims)
+
+
+def promises(w: World) -> list[tuple[float, float, int]]:
+    return sorted((p[0], p[1], term) for s in w.sims for term, p in s.promises.items())
+
+
+def assert_no_overlap(w: World) -> None:
+    spans = promises(w)
+    for (_, end_a, term_a), (start_b, _, term_b) in itertools.pairwise(spans):
         assert start_b > end_a, f"term {term_b} began at {start_b} before {term_a} ended at {end_a}"
-    if any(c.dies_at > 10.0 for c in cs):  # liveness, once someone outlives a few TTLs
-        assert terms, "nobody was ever elected"
-
-
-def step(
-    c: Contender, server: Server, now: float, rng: random.Random, loss: float, lat: float
-) -> None:
-    if c.op is not None:
-        settle(c, server, now)
-        return
-    if not c.alive(now):
-        end_term(c, now)
-        return
-    c.observed = Observed(server.holder, server.revision)
-    decision = lease.decide(c.observed, c.held, now, P)
-    if isinstance(decision, lease.Fence):
-        end_term(c, now)
-        c.held = None
-    elif isinstance(decision, lease.Acquire | lease.Renew):
-        kind = "acquire" if isinstance(decision, lease.Acquire) else "renew"
-        arrives = now + rng.uniform(0, lat)
-        acked = arrives + rng.uniform(0, lat)
-        c.op = Op(kind, decision.expect_last, now, arrives, acked, rng.random() < loss)
-
-
-def settle(c: Contender, server: Server, now: float) -> None:
-    op = c.op
-    assert op is not None
-    if not op.applied and now >= op.arrives:
-        op.result, op.applied = server.write(c.name, op.expect_last, op.arrives), True
-    if not c.alive(now):
-        end_term(c, now)
-        c.op, c.held = None, None
-        return
-    timeout = op.sent + (P.ttl_s - P.margin_s)
-    if op.applied and now >= op.acked and not op.lost_ack:
-        c.op = None
-        record_ack(c, op, now)
-    elif now >= timeout:
-        c.op = None  # Unavailable: the write may or may not have happened
-
-
-def record_ack(c: Contender, op: Op, now: float) -> None:
-    if op.result is None:
-        if op.kind == "renew":
-            end_term(c, now)
-            c.held = None
-        return
-    if op.kind == "acquire":
-        c.held = lease.acquired(op.result, op.sent)
-        c.intervals[op.result] = [now, c.held.valid_until(P)]
-    elif c.held is not None:
-        c.held = lease.renewed(c.held, op.result, op.sent)
-        c.intervals[c.held.term][1] = c.held.valid_until(P)
-
-
-def end_term(c: Contender, now: float) -> None:
-    if c.held is not None:
-        interval = c.intervals[c.held.term]
-        interval[1] = min(interval[1], now)
+        assert term_b > term_a, "terms must grow"
 
 
 @settings(max_examples=60, deadline=None)
 @given(
     seed=st.integers(0, 2**32),
     contenders=st.integers(2, 4),
+    slots=st.sampled_from([1, 3]),
     loss=st.sampled_from([0.0, 0.1, 0.4]),
     latency=st.sampled_from([0.01, 0.3, 1.2]),
     crashes=st.lists(st.floats(1.0, 35.0), max_size=3),
+    outages=st.lists(st.tuples(st.integers(-1, 2), st.floats(0.0, 35.0)), max_size=4),
 )
-def test_terms_never_overlap_under_latency_loss_and_crashes(
-    seed: int, contenders: int, loss: float, latency: float, crashes: list[float]
+def test_terms_never_overlap_under_latency_loss_crashes_and_outages(
+    seed: int,
+    contenders: int,
+    slots: int,
+    loss: float,
+    latency: float,
+    crashes: list[float],
+    outages: list[tuple[int, float]],
 ) -> None:
-    simulate(seed, contenders, loss, latency, crashes)
+    w = world(seed, contenders, slots, loss, latency, crashes)
+    for i, start in outages:
+        if i < slots:
+            w.server(i).outages.append((start, start + 9.0))
+    w.run()
+    assert_no_overlap(w)
+    if any(s.dies_at > 10.0 for s in w.sims) and not outages:  # liveness, given time
+        assert promises(w), "nobody was ever elected"
+
+
+def test_a_holder_keeps_its_term_through_one_slot_or_the_register_going_away() -> None:
+    """A stream leader election blocks one bucket for 4-9 s: no failover, no gap."""
+    w = world(seed=1, contenders=3, slots=3, loss=0.0, latency=0.02, crashes=[])
+    w.slots[0].outages.append((8.0, 17.0))
+    w.register.outages.append((20.0, 29.0))
+    w.slots[2].outages.append((31.0, 37.0))
+    w.run()
+    spans = promises(w)
+    assert len(spans) == 1, spans
+    start, end, _ = spans[0]
+    assert start < 1.0 and end > END
+
+
+def test_a_dead_holder_is_replaced_within_a_ttl_and_a_half() -> None:
+    w = world(seed=2, contenders=3, slots=3, loss=0.0, latency=0.02, crashes=[])
+    w.run()
+    holder = next(s for s in w.sims if s.term is not None)
+    w = world(seed=2, contenders=3, slots=3, loss=0.0, latency=0.02, crashes=[])
+    w.sims[int(holder.name[1:])].dies_at = 10.0
+    w.run()
+    assert_no_overlap(w)
+    spans = promises(w)
+    assert len(spans) == 2
+    (_, first_end, _), (second_start, _, _) = spans
+    assert second_start - 10.0 < P.ttl_s * 1.5
+    assert second_start - first_end < 1.0
