@@ -86,3 +86,24 @@ async def test_leadership_recovers_unsplit_after_the_kv_stream_leader_server_is_
     await cbus.nc.flush()
     assert audit.overlaps() == []
     assert lease.instance in {t.instance for t in audit.terms.values()}
+
+
+async def test_killing_any_one_hub_server_costs_no_failover(
+    nats_cluster: NatsCluster, cbus: Bus, processes: Processes
+) -> None:
+    """The quorum lease: a killed server takes one slot (and maybe the register's stream leader,
+    whose election blocks writes for 4-9 s) but never the holder's majority."""
+    audit = await LeaseAudit().start(cbus)
+    start_contenders(processes, nats_cluster.urls, ["a", "b"], replicas=3)
+    first = await eventually(lambda: current_lease(cbus), 20, what="a leader")
+    for victim in nats_cluster.servers:
+        await asyncio.sleep(2)
+        victim.kill()
+        await asyncio.sleep(10)  # past the longest stream leader election and three lease TTLs
+        victim.start()
+    await asyncio.sleep(3)
+    await cbus.nc.flush()
+    still = await eventually(lambda: current_lease(cbus), 10, what="the lease")
+    assert still.instance == first.instance
+    assert [t.instance for t in audit.ordered()] == [first.instance], "a failover happened"
+    assert audit.overlaps() == []
