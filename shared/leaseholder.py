@@ -69,13 +69,17 @@ class Contender:
 
     # -- slots ----------------------------------------------------------------------------------
 
-    async def read_slot(self, i: int) -> None:
+    async def read_slot(self, i: int, after_cas_failure: bool = False) -> None:
         try:
             entry = await self.bus.last(self.buckets[i], self.key)
         except BusError as e:
             log.warning("cannot read lease slot %s: %s", self.buckets[i], e)
             return
-        self.slots[i] = lease.seen(self.slots[i], _holder(entry), entry.revision)
+        holder = _holder(entry)
+        if after_cas_failure:  # what we knew is wrong, even a higher revision (a wiped store)
+            self.slots[i] = Slot(holder, entry.revision, known=True)
+        else:
+            self.slots[i] = lease.seen(self.slots[i], holder, entry.revision)
         self.refresh()
 
     async def write_slot(self, i: int, expect_last: int, deadline: float) -> bool:
@@ -83,8 +87,8 @@ class Contender:
         try:
             rev = await self._write(self.buckets[i], expect_last, self.term or 0, deadline - sent)
         except CasFailed:
-            await self.read_slot(i)
-            return True
+            await self.read_slot(i, after_cas_failure=True)
+            return False  # pause: a read that failed too must not turn this into a tight loop
         except Unavailable as e:
             log.warning("lease slot %s not written: %s", self.buckets[i], e)
             return False
@@ -105,13 +109,17 @@ class Contender:
 
     # -- the register ---------------------------------------------------------------------------
 
-    async def read_register(self) -> None:
+    async def read_register(self, after_cas_failure: bool = False) -> None:
         try:
             entry = await self.bus.last(names.ELECTION_BUCKET, self.key)
         except BusError as e:
             log.warning("cannot read lease register: %s", e)
             return
-        self.register = lease.seen(self.register, _holder(entry), entry.revision)
+        holder = _holder(entry)
+        if after_cas_failure:
+            self.register = Slot(holder, entry.revision, known=True)
+        else:
+            self.register = lease.seen(self.register, holder, entry.revision)
         self.refresh()
 
     async def claim(self, step: lease.Claim) -> bool:
@@ -122,8 +130,8 @@ class Contender:
         try:
             rev = await self._write(names.ELECTION_BUCKET, step.expect_last, term, timeout)
         except CasFailed:
-            await self.read_register()
-            return True
+            await self.read_register(after_cas_failure=True)
+            return False
         except Unavailable as e:
             log.warning("lease register not written: %s", e)
             return False
@@ -219,7 +227,8 @@ async def keep_slot(me: Contender, i: int, changes: KeyChanges, stop: asyncio.Ev
         done = True
         match step:
             case lease.Wait(until):
-                if await changes.wait(stop, until):
+                changed = await changes.wait(stop, until)
+                if changed or not me.slots[i].ours(me.instance):  # a lost watch: read anyway
                     await me.read_slot(i)
             case lease.Take(expect_last):
                 done = await me.write_slot(i, expect_last, time.monotonic() + me.params.ttl_s)
@@ -243,7 +252,8 @@ async def keep_register(me: Contender, changes: KeyChanges, stop: asyncio.Event)
             case lease.Wait(until):
                 await me.announce_validity()
                 await _first_change(stop, until, changes, me.changed)
-                if changes.changed.is_set():
+                timed_out = time.monotonic() >= until and me.term is None  # a lost watch
+                if changes.changed.is_set() or timed_out:
                     changes.changed.clear()
                     await me.read_register()
             case lease.Claim():

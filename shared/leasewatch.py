@@ -20,6 +20,7 @@ from shared.bus import Bus, BusError
 log = logging.getLogger("conclave.leasewatch")
 
 RETRY_S = 0.2
+WATCH_RETRY_MAX_S = 3.2
 
 
 class KeyChanges:
@@ -34,18 +35,21 @@ class KeyChanges:
     async def follow(self, bus: Bus) -> None:
         """Until `close()`: ends by stopping the watcher, because nats-py can swallow a task
         cancellation that lands while it unsubscribes (seen: a leader that never released)."""
+        pause = RETRY_S
         while not self._closed:
             try:
                 async with bus.watch(self.bucket, self.key) as watcher:
                     self._watcher = watcher
                     if self._closed:  # closed while the watch was being set up
                         return
+                    pause = RETRY_S
                     async for _ in watcher:
                         self.changed.set()
             except BusError as e:
-                log.warning("lease watch lost: %s", e)
+                log.warning("watch on %s/%s lost: %s", self.bucket, self.key, e)
+                pause = min(WATCH_RETRY_MAX_S, pause * 2)  # a dead server: no log flood
             if not self._closed:
-                await asyncio.sleep(RETRY_S)
+                await asyncio.sleep(pause)
 
     async def close(self) -> None:
         self._closed = True
