@@ -114,6 +114,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
         chaos=args.chaos,
         seed=args.seed,
         fault_every_s=soak.parse_duration(args.fault_every),
+        netns=args.netns,
     )
     return asyncio.run(soak.soak_main(opts))
 
@@ -312,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", default=None, help="servers' and nodes' files (default: REPORT/data)"
     )
     soak.add_argument("--seed", type=int, default=0)
+    soak.add_argument(
+        "--netns",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="leaf nodes in network namespaces, so a network cut is a real one (needs root)",
+    )
     soak.set_defaults(handler=cmd_soak)
 
     schemas = sub.add_parser("schemas", help="export JSON Schema for every wire message")

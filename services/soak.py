@@ -21,6 +21,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 import nats.errors
@@ -33,7 +34,9 @@ from schemas.jobs import ModelMeta
 from shared.bus import Bus, BusConfig, BusError
 from shared.leaseaudit import LeaseAudit
 from shared.service import wait_or_stop
+from shared.soak import netns
 from shared.soak.fleet import Fleet, plan_nodes, rss_bytes, send
+from shared.soak.netns import Namespaces
 from shared.soak.record import (
     Fault,
     FaultKind,
@@ -46,6 +49,7 @@ from shared.soak.record import (
 )
 
 log = logging.getLogger("conclave.soak")
+NetnsMode = Literal["auto", "on", "off"]
 JOB_KINDS = ("selfplay", "train", "eval")
 FAULT_KINDS: tuple[FaultKind, ...] = (
     "kill-service",
@@ -67,6 +71,7 @@ class SoakOptions(msgspec.Struct, frozen=True):
     recovery_timeout_s: float = 90.0
     restart_delay_s: float = 5.0  # a killed node or server comes back after this
     pause_s: float = 10.0  # SIGSTOP of a service, cut of a node's link
+    netns: NetnsMode = "auto"  # leaf nodes in network namespaces: a cut is a link set down
     warmup_timeout_s: float = 600.0
     memory_every_s: float = 15.0
     progress_every_s: float = 30.0
@@ -124,7 +129,7 @@ class Harness:
     def __init__(self, opts: SoakOptions, stop: asyncio.Event) -> None:
         self.opts, self.stop = opts, stop
         self.specs = plan_nodes(opts.nodes)
-        self.fleet = Fleet(Path(opts.data_dir), self.specs)
+        self.fleet = Fleet(Path(opts.data_dir), self.specs, netns=namespaces(opts.netns))
         self.rng = random.Random(opts.seed)
         self.statuses: dict[str, NodeStatus] = {}
         self.samples: list[Sample] = []
@@ -362,19 +367,28 @@ class Harness:
         return status is not None and status.started_at >= after - 1.0 and self.healthy(node_id)
 
     async def cut_network(self) -> Fault | None:
-        """A leaf node's one link to the hub goes dark: its leaf server is stopped for a while."""
+        """A leaf node's one link to the hub goes dark for a while: its veth is set down (in a
+        network namespace), or else its leaf server is stopped."""
         leafy = sorted(s.node_id for s in self.specs if s.via_leaf)
         node_id = self.rng.choice(leafy)
+        netns = self.fleet.netns
         pid = self.fleet.leaf_server_pid(node_id)
-        if pid is None:
+        if netns is None and pid is None:
             return None
         at = time.time()
-        send(pid, signal.SIGSTOP)
-        await wait_or_stop(self.stop, self.opts.pause_s)
-        send(pid, signal.SIGCONT)
+        if netns is not None:
+            await asyncio.to_thread(netns.cut, node_id)
+            await wait_or_stop(self.stop, self.opts.pause_s)
+            await asyncio.to_thread(netns.mend, node_id)
+            detail = f"veth {netns.host_end(node_id)} down {self.opts.pause_s:.0f} s"
+        else:
+            assert pid is not None
+            send(pid, signal.SIGSTOP)
+            await wait_or_stop(self.stop, self.opts.pause_s)
+            send(pid, signal.SIGCONT)
+            detail = f"leaf server pid {pid} stopped {self.opts.pause_s:.0f} s"
         resumed = time.time()
         recovered = await self.until(lambda: self.fresh(node_id, resumed))
-        detail = f"leaf server pid {pid} stopped {self.opts.pause_s:.0f} s"
         return Fault("cut-network", node_id, at, recovered, node=node_id, detail=detail)
 
     def fresh(self, node_id: str, after: float) -> bool:
@@ -489,6 +503,14 @@ class Harness:
         except (BusError, nats.errors.Error):
             return 0
         return sum(counts.values())
+
+
+def namespaces(mode: NetnsMode) -> Namespaces | None:
+    """Namespaces for the leaf nodes: always ("on", failing if impossible), never, or when the
+    machine allows ("auto")."""
+    if mode == "off" or (mode == "auto" and not netns.available()):
+        return None
+    return Namespaces()
 
 
 def recovery(fault: Fault) -> str:

@@ -78,6 +78,7 @@ class ServerSpec:
     routes: tuple[str, ...] = ()  # host:port of every route listener, ours included
     cluster_name: str = "conclave"
     domain: str = HUB_DOMAIN
+    leaf_host: str = ""  # where the leaf listener binds, if not `host` (e.g. a soak's bridge)
     auth: str = ""  # an accounts block (shared.identities): anonymous connections are refused
     tls: TlsFiles | None = None  # client, route and leaf listeners; plain connections refused
     tags: tuple[str, ...] = ()  # server tags: stream placement (a lease slot's hub server)
@@ -91,6 +92,7 @@ class ServerSpec:
             "port": self.port if port is None else port,
             "http_port": self.http_port if http_port is None else http_port,
             "leaf_port": self.leaf_port if leaf_port is None else leaf_port,
+            "leaf_host": self.leaf_host or self.host,
             "ports_dir": self.data_dir / "ports",
             "store_dir": self.data_dir / "jetstream",
             "domain": self.domain,
@@ -191,7 +193,8 @@ class NatsServer:
 
     @property
     def leaf_url(self) -> str:
-        return f"nats://{self.spec.host}:{self.leaf_port}"
+        host = self.spec.leaf_host if isinstance(self.spec, ServerSpec) else ""
+        return f"nats://{host or self.spec.host}:{self.leaf_port}"
 
     @property
     def pid(self) -> int:
@@ -343,6 +346,7 @@ class NatsCluster:
         *,
         auth: str = "",
         tls: TlsFiles | None = None,
+        leaf_host: str = "",
     ) -> NatsCluster:
         # Every port is chosen up front: a server picking its own could take a later one's.
         ports = free_ports(4 * size)
@@ -355,6 +359,7 @@ class NatsCluster:
                 port=ports[i],
                 http_port=ports[size + i],
                 leaf_port=ports[2 * size + i],
+                leaf_host=leaf_host,
                 cluster_port=route_ports[i],
                 routes=routes,
                 cluster_name=name,

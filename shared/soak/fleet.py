@@ -1,4 +1,5 @@
-"""The soak's processes: a 3-server hub and N `conclave node` launchers, some behind leaf servers.
+"""The soak's processes: a 3-server hub and N `conclave node` launchers, some behind leaf servers
+(each in its own network namespace when the machine allows, see `shared.soak.netns`).
 
 Every process is started here and stopped here by PID (launchers in their own session, so a
 node's whole process group can be killed at once). Nothing in this module talks to NATS.
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.natsserver import NatsCluster, NatsServer
+from shared.soak.netns import Namespaces
 from shared.soak.record import NodeSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,15 +61,29 @@ class NodeProcess:
 class Fleet:
     """The hub and the nodes of one soak run, under `data_dir`."""
 
-    def __init__(self, data_dir: Path, specs: list[NodeSpec], lease_ttl_s: int = 3) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        specs: list[NodeSpec],
+        lease_ttl_s: int = 3,
+        netns: Namespaces | None = None,
+    ) -> None:
         self.data_dir = data_dir
-        self.hub = NatsCluster.create(data_dir / "hub")
+        self.netns = netns
+        leaf_host = netns.host_ip if netns is not None else ""
+        self.hub = NatsCluster.create(data_dir / "hub", leaf_host=leaf_host)
         self.nodes = {spec.node_id: NodeProcess(spec) for spec in specs}
         self.lease_ttl_s = lease_ttl_s
 
     # -- hub --------------------------------------------------------------------------------
 
     def start_hub(self) -> None:
+        """The namespaces first: the hub's leaf listeners bind to the bridge's address."""
+        if self.netns is not None:
+            self.netns.create_bridge()
+            for node in self.nodes.values():
+                if node.spec.via_leaf:
+                    self.netns.add(node.spec.node_id)
         self.hub.start()
 
     @property
@@ -103,7 +119,9 @@ class Fleet:
             if spec.via_leaf
             else ["--nats", ",".join(self.urls)]
         )
+        inside = self.netns.exec_prefix(spec.node_id) if self.netns is not None else []
         return [
+            *inside,
             sys.executable, "-m", "services.cli", "--log-level", "info", "node",
             "--roles", ",".join(spec.roles), "--node-id", spec.node_id, "--replicas", "3",
             "--game", "tictactoe", "--preset", "soak",
@@ -124,9 +142,13 @@ class Fleet:
         node.process.wait()
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        """Stop every node, then the hub."""
-        self.stop_nodes(timeout_s)
-        self.hub.stop()
+        """Stop every node, then the hub, then remove the namespaces."""
+        try:
+            self.stop_nodes(timeout_s)
+            self.hub.stop()
+        finally:
+            if self.netns is not None:
+                self.netns.remove()
 
     def stop_nodes(self, timeout_s: float = 20.0) -> None:
         """SIGTERM every node, SIGKILL what is left after `timeout_s`."""
