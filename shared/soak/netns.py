@@ -28,16 +28,18 @@ def ip(*args: str) -> None:
 
 
 def available() -> bool:
-    """Whether namespaces can be made here: root, `ip`, and a kernel that lets us."""
+    """Whether namespaces can be made here: root, `ip`, and a kernel that lets us make a bridge,
+    a namespace and a veth pair (tried, then removed)."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
         return False
-    probe = f"ccprobe{os.getpid() % 100000}"
+    probe = Namespaces()
     try:
-        ip("netns", "add", probe)
+        probe.create_bridge()
+        probe.add("probe")
     except NetnsError:
         return False
-    with contextlib.suppress(NetnsError):
-        ip("netns", "del", probe)
+    finally:
+        probe.remove()
     return True
 
 
