@@ -520,7 +520,7 @@ def recovery(fault: Fault) -> str:
 
 
 async def soak_main(opts: SoakOptions) -> int:
-    from shared.soak.report import write_report
+    from shared.soak.files import write_report
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -13,6 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shared.soak.files import write_report
+from shared.soak.plot import step_corners, svg
 from shared.soak.record import (
     Fault,
     FaultKind,
@@ -29,13 +31,10 @@ from shared.soak.report import (
     MB,
     SoakReport,
     leader_available_fraction,
-    markdown,
     overlaps,
     report,
-    step_corners,
-    svg,
-    write_report,
 )
+from shared.soak.summary import markdown
 
 T0 = 1_000_000.0
 SVG = "{http://www.w3.org/2000/svg}"
