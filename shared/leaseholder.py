@@ -69,17 +69,8 @@ class Contender:
 
     # -- slots ----------------------------------------------------------------------------------
 
-    async def read_slot(self, i: int, after_cas_failure: bool = False) -> None:
-        try:
-            entry = await self.bus.last(self.buckets[i], self.key)
-        except BusError as e:
-            log.warning("cannot read lease slot %s: %s", self.buckets[i], e)
-            return
-        holder = _holder(entry)
-        if after_cas_failure:  # what we knew is wrong, even a higher revision (a wiped store)
-            self.slots[i] = Slot(holder, entry.revision, known=True)
-        else:
-            self.slots[i] = lease.seen(self.slots[i], holder, entry.revision)
+    async def read_slot(self, i: int, reset: bool = False) -> None:
+        self.slots[i] = await self._reread(self.buckets[i], self.slots[i], reset)
         self.refresh()
 
     async def write_slot(self, i: int, expect_last: int, deadline: float) -> bool:
@@ -87,7 +78,7 @@ class Contender:
         try:
             rev = await self._write(self.buckets[i], expect_last, self.term or 0, deadline - sent)
         except CasFailed:
-            await self.read_slot(i, after_cas_failure=True)
+            await self.read_slot(i, reset=True)
             return False  # pause: a read that failed too must not turn this into a tight loop
         except Unavailable as e:
             log.warning("lease slot %s not written: %s", self.buckets[i], e)
@@ -109,17 +100,8 @@ class Contender:
 
     # -- the register ---------------------------------------------------------------------------
 
-    async def read_register(self, after_cas_failure: bool = False) -> None:
-        try:
-            entry = await self.bus.last(names.ELECTION_BUCKET, self.key)
-        except BusError as e:
-            log.warning("cannot read lease register: %s", e)
-            return
-        holder = _holder(entry)
-        if after_cas_failure:
-            self.register = Slot(holder, entry.revision, known=True)
-        else:
-            self.register = lease.seen(self.register, holder, entry.revision)
+    async def read_register(self, reset: bool = False) -> None:
+        self.register = await self._reread(names.ELECTION_BUCKET, self.register, reset)
         self.refresh()
 
     async def claim(self, step: lease.Claim) -> bool:
@@ -130,7 +112,7 @@ class Contender:
         try:
             rev = await self._write(names.ELECTION_BUCKET, step.expect_last, term, timeout)
         except CasFailed:
-            await self.read_register(after_cas_failure=True)
+            await self.read_register(reset=True)
             return False
         except Unavailable as e:
             log.warning("lease register not written: %s", e)
@@ -182,6 +164,19 @@ class Contender:
         for (bucket, _), result in zip(held, results, strict=True):
             if isinstance(result, BusError):
                 log.warning("%s/%s not released, it will expire: %s", bucket, self.key, result)
+
+    async def _reread(self, bucket: str, known: Slot, reset: bool) -> Slot:
+        """`known` after a read of our key in `bucket` (unchanged if the read fails). `reset`
+        after a CAS failure: what we knew is wrong, even at a higher revision (a wiped store)."""
+        try:
+            entry = await self.bus.last(bucket, self.key)
+        except BusError as e:
+            log.warning("cannot read %s/%s: %s", bucket, self.key, e)
+            return known
+        holder = _holder(entry)
+        if reset:
+            return Slot(holder, entry.revision, known=True)
+        return lease.seen(known, holder, entry.revision)
 
     async def _write(self, bucket: str, expect_last: int, term: int, timeout: float) -> int:
         value = Lease(self.node_id, self.instance, term, self.acquired_wall, self.params.ttl_s)
