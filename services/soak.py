@@ -1,6 +1,6 @@
 """`conclave soak`: N nodes on a 3-server hub for a while, faults on a schedule, and a report.
 
-    conclave soak --nodes 24 --duration 30m [--chaos] --report DIR
+    conclave soak --nodes 24 --duration 30m [--chaos] [--netns auto|on|off] --report DIR
 
 The harness starts the hub and the nodes (`shared.soak.fleet`), waits until every node
 heartbeats and a leader holds the lease, then watches for `--duration`: once a second the nodes
@@ -8,7 +8,7 @@ present in KV `nodes`, every leader term from `leader.validity`, and every PubAc
 stream and job submission seen on each hub server. With `--chaos` it injects one fault at a time
 every `--fault-every` seconds and times its recovery. At the end it checks every acknowledged
 game against the games stream and every checkpoint's replay window against it, reads the job
-consumers, stops everything and writes the report (`shared.soak.report`).
+consumers (`shared.soak.audit`), stops everything and writes the report (`shared.soak.files`).
 """
 
 from __future__ import annotations
@@ -18,30 +18,27 @@ import logging
 import random
 import signal
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Literal
 
 import msgspec
-import nats.errors
 from nats.aio.msg import Msg
 
 from schemas import names
 from schemas.codec import BadMessage, decode
 from schemas.control import NodeStatus
-from schemas.jobs import ModelMeta
 from shared.bus import Bus, BusConfig, BusError
 from shared.leaseaudit import LeaseAudit
 from shared.service import wait_or_stop
 from shared.soak import netns
+from shared.soak.audit import game_audit, job_counts, promotions
 from shared.soak.fleet import Fleet, plan_nodes, rss_bytes, send
 from shared.soak.netns import Namespaces
 from shared.soak.record import (
     Fault,
     FaultKind,
-    GameAudit,
-    JobCounts,
     MemorySample,
     Sample,
     SoakRecord,
@@ -427,82 +424,14 @@ class Harness:
             terms=self.terms(),
             faults=self.faults,
             memory=self.memory,
-            jobs=[await self.job_counts(kind) for kind in JOB_KINDS],
-            games=await self.game_audit(),
-            generations=await self.promotions(),
+            jobs=[await job_counts(self.bus, kind, self.sniffer.jobs[kind]) for kind in JOB_KINDS],
+            games=await game_audit(self.bus, self.sniffer.acked),
+            generations=await promotions(self.bus),
             sample_gaps=self.sample_gaps,
         )
 
     def terms(self) -> list[TermSpan]:
         return [TermSpan(t.term, t.node, t.valid_from, t.valid_until) for t in self.audit.ordered()]
-
-    async def job_counts(self, kind: str) -> JobCounts:
-        assert self.bus is not None
-        info = await self.bus.js.consumer_info(names.JOBS_STREAM, names.job_consumer(kind))
-        dead = sum((await self.bus.subject_counts(names.DLQ_STREAM, f"dlq.{kind}.>")).values())
-        submitted = len(self.sniffer.jobs.get(kind, set()))
-        deliveries = int(info.delivered.consumer_seq or 0) if info.delivered else 0
-        pending, in_flight = int(info.num_pending or 0), int(info.num_ack_pending or 0)
-        redelivered = max(0, deliveries - (submitted - pending))
-        completed = max(0, submitted - pending - in_flight - dead)
-        return JobCounts(
-            kind, submitted, deliveries, redelivered, pending, in_flight, dead, completed
-        )
-
-    async def game_audit(self) -> GameAudit:
-        assert self.bus is not None
-        msgs = await self.bus.read_all(names.GAMES_STREAM, "games.>")
-        ids_by_seq = {
-            int(m.metadata.sequence.stream): (m.headers or {}).get("Nats-Msg-Id", "") for m in msgs
-        }
-        counts = Counter(ids_by_seq.values())
-        lost = sorted(self.sniffer.acked - set(ids_by_seq))
-        duplicated = sorted(game_id for game_id, n in counts.items() if n > 1)
-        metas = await self.checkpoints()
-        trained_twice = sum(self.reused(meta, ids_by_seq) for meta in metas)
-        return GameAudit(
-            acknowledged=len(self.sniffer.acked),
-            stored=len(ids_by_seq),
-            lost=lost,
-            duplicated=duplicated,
-            trained_twice=trained_twice,
-            checkpoints_checked=len(metas),
-        )
-
-    async def checkpoints(self) -> list[ModelMeta]:
-        """Every checkpoint's metadata, read from the registry's stream (every key is kept)."""
-        assert self.bus is not None
-        subject = names.kv_subject(names.REGISTRY_BUCKET, names.model_key(names.ANY, names.ANY))
-        msgs = await self.bus.read_all(names.kv_stream(names.REGISTRY_BUCKET), subject)
-        metas = []
-        for msg in msgs:
-            try:
-                metas.append(decode(msg.data, ModelMeta))
-            except BadMessage:
-                continue
-        return metas
-
-    @staticmethod
-    def reused(meta: ModelMeta, ids_by_seq: dict[int, str]) -> int:
-        """Games the window counted beyond the distinct ids stored in its sequence range."""
-        if meta.window_games == 0:
-            return 0
-        window = {
-            ids_by_seq[seq]
-            for seq in range(meta.window_first_seq, meta.window_last_seq + 1)
-            if seq in ids_by_seq
-        }
-        return max(0, meta.window_games - len(window))
-
-    async def promotions(self) -> int:
-        assert self.bus is not None
-        try:
-            counts = await self.bus.subject_counts(
-                names.EVENTS_STREAM, names.model_event_subject("promoted")
-            )
-        except (BusError, nats.errors.Error):
-            return 0
-        return sum(counts.values())
 
 
 def namespaces(mode: NetnsMode) -> Namespaces | None:
