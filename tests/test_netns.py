@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +62,19 @@ def test_remove_deletes_every_namespace_and_the_bridge(spaces: Namespaces) -> No
 
 def test_a_node_outside_any_namespace_runs_as_is() -> None:
     assert Namespaces().exec_prefix("n01") == []
+
+
+def test_what_a_killed_run_left_is_removed_from_its_recorded_tag(tmp_path: Path) -> None:
+    run = Namespaces()
+    tag_file = tmp_path / "netns.tag"
+    run.record(tag_file)
+    try:
+        run.create_bridge()
+        run.add("n05")
+        assert netns.leftovers(run.tag) == [run.namespace("n05")]
+        netns.remove_recorded(tag_file)  # as if the harness had been SIGKILLed
+        assert netns.leftovers(run.tag) == []
+        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+        assert run.bridge not in links
+    finally:
+        run.remove()

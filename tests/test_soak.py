@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from shared.natsserver import pid_alive
+from shared.soak import netns
+from shared.soak.fleet import NETNS_TAG_FILE
 from tests.conftest import Processes, pids_mentioning
 
 
@@ -23,7 +25,12 @@ def test_a_five_minute_chaos_soak_of_24_nodes_loses_nothing(
         "--chaos", "--fault-every", "25s", "--report", str(report_dir), "--seed", "1",
     ]  # fmt: skip
     harness = processes.spawn(argv, tmp_path / "soak.out")
-    harness.wait(1100)
+    tag_file = report_dir / "data" / NETNS_TAG_FILE
+    try:
+        harness.wait(1100)
+    finally:
+        harness.kill()
+        netns.remove_recorded(tag_file)  # a killed harness leaves its namespaces behind
     output = (tmp_path / "soak.out").read_text()
     assert (report_dir / "report.json").exists(), output[-3000:]
     report = json.loads((report_dir / "report.json").read_text())
@@ -38,5 +45,8 @@ def test_a_five_minute_chaos_soak_of_24_nodes_loses_nothing(
     assert kinds == {"kill-service", "stop-service", "kill-node", "cut-network", "kill-server"}
     for name in ("report.md", "soak.svg", "record.json"):
         assert (report_dir / name).stat().st_size > 0
-    # The harness stopped every process it started.
+    # The harness stopped every process it started, and removed its network namespaces.
     assert not [p for p in pids_mentioning(str(tmp_path / "report" / "data")) if pid_alive(p)]
+    if tag_file.exists():
+        assert "veth" in str(report["faults"]), "namespaces were made but no veth was cut"
+        assert netns.leftovers(tag_file.read_text()) == []

@@ -21,6 +21,7 @@ from shared.soak.netns import Namespaces
 from shared.soak.record import NodeSpec
 
 ROOT = Path(__file__).resolve().parents[2]
+NETNS_TAG_FILE = "netns.tag"  # in the data dir: which namespaces and bridge are this run's
 FIXED_ROLES = (
     ("coordinator",),
     ("coordinator",),
@@ -80,6 +81,8 @@ class Fleet:
     def start_hub(self) -> None:
         """The namespaces first: the hub's leaf listeners bind to the bridge's address."""
         if self.netns is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.netns.record(self.data_dir / NETNS_TAG_FILE)
             self.netns.create_bridge()
             for node in self.nodes.values():
                 if node.spec.via_leaf:

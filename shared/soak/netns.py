@@ -15,6 +15,7 @@ import random
 import shutil
 import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 class NetnsError(RuntimeError):
@@ -98,6 +99,10 @@ class Namespaces:
     def mend(self, node_id: str) -> None:
         ip("link", "set", self.host_end(node_id), "up")
 
+    def record(self, path: Path) -> None:
+        """Write the run tag to `path`, so `remove_recorded` can clean up after a killed run."""
+        path.write_text(self.tag)
+
     def remove(self) -> None:
         """Delete every veth pair, namespace and the bridge; never raises."""
         for node_id in list(self.nodes):
@@ -110,3 +115,21 @@ class Namespaces:
             with contextlib.suppress(NetnsError):
                 ip("link", "del", self.bridge)
             self._bridge_up = False
+
+
+def leftovers(tag: str) -> list[str]:
+    """Namespaces of run `tag` still present."""
+    done = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    return [line.split()[0] for line in done.stdout.splitlines() if line.startswith(f"cc{tag}-")]
+
+
+def remove_recorded(path: Path) -> None:
+    """Remove what the run whose tag `path` holds left behind (its harness was killed)."""
+    if not path.exists():
+        return
+    tag = path.read_text().strip()
+    for namespace in leftovers(tag):
+        with contextlib.suppress(NetnsError):
+            ip("netns", "del", namespace)
+    with contextlib.suppress(NetnsError):
+        ip("link", "del", f"ccbr{tag}")
