@@ -115,6 +115,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
         seed=args.seed,
         fault_every_s=soak.parse_duration(args.fault_every),
         netns=args.netns,
+        leader_kills=args.leader_kills,
     )
     return asyncio.run(soak.soak_main(opts))
 
@@ -318,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "on", "off"],
         default="auto",
         help="leaf nodes in network namespaces, so a network cut is a real one (needs root)",
+    )
+    soak.add_argument(
+        "--leader-kills",
+        type=float,
+        default=0.0,
+        help="share (0-1) of node kills aimed at the leader's node, to exercise failovers",
     )
     soak.set_defaults(handler=cmd_soak)
 

@@ -69,9 +69,14 @@ class SoakOptions(msgspec.Struct, frozen=True):
     restart_delay_s: float = 5.0  # a killed node or server comes back after this
     pause_s: float = 10.0  # SIGSTOP of a service, cut of a node's link
     netns: NetnsMode = "auto"  # leaf nodes in network namespaces: a cut is a link set down
+    leader_kills: float = 0.0  # share of node kills aimed at the leader's node
     warmup_timeout_s: float = 600.0
     memory_every_s: float = 15.0
     progress_every_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.leader_kills <= 1.0:
+            raise ValueError(f"leader_kills must be a share from 0 to 1, got {self.leader_kills}")
 
 
 def parse_duration(text: str) -> float:
@@ -350,7 +355,7 @@ class Harness:
         return False
 
     async def kill_node(self) -> Fault | None:
-        node_id = self.rng.choice(sorted(self.fleet.nodes))
+        node_id = self.pick_node()
         at = time.time()
         await asyncio.to_thread(self.fleet.kill_node, node_id)
         await wait_or_stop(self.stop, self.opts.restart_delay_s)
@@ -358,6 +363,15 @@ class Harness:
         started = time.time()
         recovered = await self.until(lambda: self.restarted(node_id, started))
         return Fault("kill-node", node_id, at, recovered, node=node_id)
+
+    def pick_node(self) -> str:
+        """A random node, or for a `leader_kills` share of picks the leader's (no extra draw
+        when that share is 0, so a seed replays the same faults as before)."""
+        if self.opts.leader_kills > 0 and self.rng.random() < self.opts.leader_kills:
+            leader = self.audit.holder_at(time.time())
+            if leader is not None:
+                return leader.node
+        return self.rng.choice(sorted(self.fleet.nodes))
 
     def restarted(self, node_id: str, after: float) -> bool:
         status = self.statuses.get(node_id)
