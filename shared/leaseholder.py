@@ -19,7 +19,7 @@ from schemas.control import LeaderEvent, LeaderEventKind, LeaderValidity, Lease
 from shared import lease
 from shared.bus import Bus, BusError, CasFailed, Entry, Unavailable
 from shared.lease import LeaseParams, Slot, Stance
-from shared.leasewatch import RETRY_S, KeyChanges, first_of
+from shared.leasewatch import RETRY_S, KeyChanges
 from shared.service import wait_or_stop
 
 log = logging.getLogger("conclave.lease")
@@ -45,11 +45,14 @@ class Contender:
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # for the register task
     announced_until: float = -math.inf
     _stance: Stance = Stance.KEEP
-    _slot_changes: list[KeyChanges] = field(default_factory=list)
+    register_changes: KeyChanges = field(init=False)
+    slot_changes: list[KeyChanges] = field(init=False)
 
     def __post_init__(self) -> None:
         self.buckets = self.buckets or names.lease_slot_buckets(self.bus.cfg.replicas)
         self.slots = [Slot() for _ in self.buckets]
+        self.register_changes = KeyChanges(self.key)
+        self.slot_changes = [KeyChanges(self.key, bucket) for bucket in self.buckets]
 
     def until(self) -> float:
         return lease.valid_until(self.slots, self.instance, self.params)
@@ -64,7 +67,7 @@ class Contender:
         now = self.stance()
         if now is not self._stance:
             self._stance = now
-            for changes in self._slot_changes:
+            for changes in self.slot_changes:
                 changes.changed.set()
 
     # -- slots ----------------------------------------------------------------------------------
@@ -246,10 +249,9 @@ async def keep_register(me: Contender, changes: KeyChanges, stop: asyncio.Event)
         match step:
             case lease.Wait(until):
                 await me.announce_validity()
-                await _first_change(stop, until, changes, me.changed)
+                changed = await changes.wait(stop, until, me.changed)
                 timed_out = time.monotonic() >= until and me.term is None  # a lost watch
-                if changes.changed.is_set() or timed_out:
-                    changes.changed.clear()
+                if changed or timed_out:
                     await me.read_register()
             case lease.Claim():
                 done = await me.claim(step)
@@ -259,29 +261,19 @@ async def keep_register(me: Contender, changes: KeyChanges, stop: asyncio.Event)
             await wait_or_stop(stop, RETRY_S)
 
 
-async def _first_change(
-    stop: asyncio.Event, until: float, changes: KeyChanges, changed: asyncio.Event
-) -> None:
-    try:
-        async with asyncio.timeout(max(0.0, until - time.monotonic())):
-            await first_of(stop.wait(), changes.changed.wait(), changed.wait())
-    except TimeoutError:
-        pass
-
-
 async def hold(me: Contender, stop: asyncio.Event) -> None:
     """Contend for `me`'s lease until `stop`, following its keys; release it on the way out."""
-    register = KeyChanges(me.key)
-    me._slot_changes = [KeyChanges(me.key, bucket) for bucket in me.buckets]
-    watches = [register, *me._slot_changes]
+    watches = [me.register_changes, *me.slot_changes]
     try:
         async with asyncio.TaskGroup() as tg:
             followers = {tg.create_task(c.follow(me.bus), name="lease-watch") for c in watches}
             try:
                 async with asyncio.TaskGroup() as keepers:
-                    for i, changes in enumerate(me._slot_changes):
+                    for i, changes in enumerate(me.slot_changes):
                         keepers.create_task(keep_slot(me, i, changes, stop), name=f"slot-{i + 1}")
-                    keepers.create_task(keep_register(me, register, stop), name="register")
+                    keepers.create_task(
+                        keep_register(me, me.register_changes, stop), name="register"
+                    )
             finally:
                 await me.release()  # first: a contender should not wait on our housekeeping
                 for changes in watches:

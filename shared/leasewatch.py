@@ -57,11 +57,12 @@ class KeyChanges:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await self._watcher.stop()  # type: ignore[no-untyped-call]
 
-    async def wait(self, stop: asyncio.Event, until: float) -> bool:
-        """Wait for a change, `stop` or the monotonic `until`; whether the key changed."""
+    async def wait(self, stop: asyncio.Event, until: float, *also: asyncio.Event) -> bool:
+        """Wait for a change, `stop`, any of `also` or the monotonic `until`; whether the key
+        changed."""
         try:
             async with asyncio.timeout(max(0.0, until - time.monotonic())):
-                await first_of(stop.wait(), self.changed.wait())
+                await first_of(stop.wait(), self.changed.wait(), *(e.wait() for e in also))
         except TimeoutError:
             pass
         changed = self.changed.is_set()
