@@ -69,6 +69,9 @@ class EvalResult(Wire, frozen=True, tag="conclave.eval_result.v1"):
     term: int
     finished_at: float
     group: str = ""  # the job's group, so an archived result can be filed again on restore
+    elapsed_s: float = 0.0  # wall time of the match (0: not measured, an older evaluator)
+    cpu_s: float = 0.0  # the evaluator process's CPU time over the match
+    waited_s: float = 0.0  # from the job's submission to the start of the delivery that played it
 
 
 class ModelMeta(Wire, frozen=True, tag="conclave.model.v1"):
@@ -115,6 +118,25 @@ class ModelEvent(Wire, frozen=True, tag="conclave.model_event.v1"):
     detail: str = ""
 
 
+class TrainProgress(Wire, frozen=True, tag="conclave.train_progress.v1"):
+    """A training job's progress, every few seconds while it trains and once when done.
+
+    The losses and the rate cover the steps since the previous report (the final report repeats
+    the last ones when no step followed); a loss is None when it is not finite or no step ran.
+    """
+
+    game: str
+    job_id: str
+    generation: int
+    step: int  # steps taken so far
+    steps: int  # the job's step budget
+    policy_loss: float | None
+    value_loss: float | None
+    samples_per_s: float
+    at: float
+    done: bool = False
+
+
 class JobFailure(Wire, frozen=True, tag="conclave.job_failure.v1"):
     """A worker's report that an attempt failed; the dead-letter keeps the last reason."""
 
@@ -146,6 +168,7 @@ WIRE_MESSAGES: tuple[type[msgspec.Struct], ...] = (
     ModelMeta,
     BestPointer,
     ModelEvent,
+    TrainProgress,
     JobFailure,
     DeadLetter,
 )

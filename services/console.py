@@ -1,8 +1,10 @@
-"""The `conclave up` console: leader and model events as they happen, and a progress line."""
+"""The `conclave up` console: leader and model events as they happen, training progress (also
+appended to `<data>/run/<game>/scalars.csv`), and a progress line."""
 
 from __future__ import annotations
 
 import asyncio
+import csv
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -14,7 +16,7 @@ from nats.aio.msg import Msg
 from schemas import names
 from schemas.codec import BadMessage, decode
 from schemas.control import LeaderEvent
-from schemas.jobs import ModelEvent, ModelMeta
+from schemas.jobs import ModelEvent, ModelMeta, TrainProgress
 from services.scheduler import STATE_KEY, LoopRecord
 from shared.bus import Bus, BusConfig, BusError
 from shared.fencing import read_termed
@@ -36,6 +38,11 @@ class Console:
         self.last_decision = "-"
         self.started = time.monotonic()
         self.done = False
+        self.training_said = -float("inf")  # when the last training progress line was printed
+
+    @property
+    def scalars_path(self) -> Path:
+        return self.data / "run" / self.game / "scalars.csv"
 
     async def run(self, stop: asyncio.Event, training: bool) -> None:
         bus = await connect_until(self.bus_config, stop)
@@ -45,6 +52,7 @@ class Console:
             await bus.subscribe(names.leader_event_subject("*"), self._leader_event)
             if training:
                 await bus.subscribe(names.model_event_subject("*"), self._model_handler(bus, stop))
+                await bus.subscribe(names.train_progress_subject(self.game), self._train_progress)
                 await self._progress(bus, stop)
                 await self._write_ratings(bus)
             else:
@@ -59,6 +67,21 @@ class Console:
             log.warning("%s", e)
             return
         _say(f"leader {event.kind}: node {event.node}, term {event.term} {event.reason}")
+
+    async def _train_progress(self, msg: Msg) -> None:
+        try:
+            report = decode(msg.data, TrainProgress, subject=msg.subject)
+        except BadMessage as e:
+            log.warning("%s", e)
+            return
+        now = time.monotonic()
+        if report.done or now - self.training_said >= self.every_s:
+            self.training_said = now
+            _say(training_line(report))
+        try:
+            await asyncio.to_thread(append_scalars, self.scalars_path, report)
+        except OSError as e:
+            log.warning("training progress not logged to %s: %s", self.scalars_path, e)
 
     def _model_handler(self, bus: Bus, stop: asyncio.Event) -> Callable[[Msg], Awaitable[None]]:
         async def on_event(msg: Msg) -> None:
@@ -142,6 +165,68 @@ class Console:
             _write, path.with_suffix(".json"), msgspec.json.format(msgspec.json.encode(ratings))
         )
         _say(f"ratings table: {path}\n{table}")
+
+
+async def run_summary(bus: Bus, game: str, data: Path) -> str:
+    """Whether this data directory continues a run of `game` (and from where) or starts one."""
+    record, _ = await read_termed(bus, names.LOOP_BUCKET, STATE_KEY, LoopRecord)
+    state = record.state.games.get(game) if record else None
+    if state is None:
+        return f"new run: {game}, data dir {data}"
+    games = await count(bus, names.GAMES_STREAM, names.games_subject(game))
+    where = f"generation {state.generation}" if state.generation >= 0 else "before generation 0"
+    return f"resuming {game} from {where} ({games:,} games, data dir {data})"
+
+
+def training_line(report: TrainProgress) -> str:
+    end = ", done" if report.done else ""
+    return (
+        f"{report.game} training gen {report.generation}: step {report.step}/{report.steps}{end}, "
+        f"loss {_losses(report.policy_loss, report.value_loss)}, "
+        f"{report.samples_per_s:.0f} samples/s"
+    )
+
+
+SCALARS_HEADER = (
+    "time",
+    "generation",
+    "step",
+    "steps",
+    "policy_loss",
+    "value_loss",
+    "samples_per_s",
+)
+
+
+def append_scalars(path: Path, report: TrainProgress) -> None:
+    """Append one report to the run's scalar log (CSV), writing the header to a new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(SCALARS_HEADER)
+        writer.writerow(
+            [
+                f"{report.at:.3f}",
+                report.generation,
+                report.step,
+                report.steps,
+                _csv_float(report.policy_loss),
+                _csv_float(report.value_loss),
+                f"{report.samples_per_s:.1f}",
+            ]
+        )
+
+
+def _losses(policy: float | None, value: float | None) -> str:
+    if policy is None and value is None:
+        return "-"
+    return "+".join("-" if x is None else f"{x:.3f}" for x in (policy, value))
+
+
+def _csv_float(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
 
 
 def ratings_markdown(ratings: dict[str, Rating]) -> str:

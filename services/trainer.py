@@ -4,15 +4,18 @@ On start it reads only the tail of the games stream that fits the windows, so a 
 re-read everything; records are replayed through the rules (in a worker thread) before use, and a
 game id seen twice is kept once. A training job warm-starts from its parent checkpoint, writes the
 new checkpoint to the object store and its metadata to KV `registry`, then announces a candidate.
+While it trains it reports its progress on `events.train.progress.<game>` every few seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -25,7 +28,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from schemas import names
 from schemas.codec import BadMessage, encode
 from schemas.game import decode_record
-from schemas.jobs import DeadLetter, ModelEvent, ModelMeta, TrainJob
+from schemas.jobs import DeadLetter, ModelEvent, ModelMeta, TrainJob, TrainProgress
 from shared import counters
 from shared.bus import Bus, BusError, translated
 from shared.games import UnknownGame, get_game
@@ -35,11 +38,12 @@ from shared.net import CheckpointError, NetConfig, PolicyValueNet, checkpoint_by
 from shared.replay import GamePositions, RejectedRecord, ReplayWindow, positions_of
 from shared.service import main as service_main
 from shared.service import wait_or_stop
-from shared.training import TrainReport, TrainSettings, new_net, train
+from shared.training import StepsDone, TrainReport, TrainSettings, new_net, train
 
 log = logging.getLogger("conclave.trainer")
 
 INGEST_BATCH = 256
+PROGRESS_DRAIN_S = 10.0  # the most a finished training waits for its progress reports to go out
 
 
 class TrainerConfig(msgspec.Struct, frozen=True):
@@ -53,6 +57,7 @@ class TrainerConfig(msgspec.Struct, frozen=True):
     train: TrainSettings = TrainSettings()
     keepalive_s: float = 10.0
     jobs: JobSettings = JobSettings(ack_wait_s=60.0)
+    progress_every_s: float = 2.0  # how often a training reports its progress
 
 
 class Trainer:
@@ -170,9 +175,7 @@ class Trainer:
         parent = await self.models.read(job.parent_sha256) if job.parent_sha256 else None
         loop = asyncio.get_running_loop()
         window = self.window(job.game)
-        net, report = await loop.run_in_executor(
-            self.train_pool, self._train, game, parent, window, job.steps
-        )
+        net, report = await self.train_reporting(job, game, parent, window)
         # Generation 0 may start with no games: it is the untrained initial network.
         if report.steps == 0 and job.parent_sha256:
             raise ValueError(f"no positions to train on for {job.game} (window empty)")
@@ -207,15 +210,126 @@ class Trainer:
         await self.bus.publish_durable(names.model_event_subject("candidate"), encode(event))
         return meta
 
+    async def train_reporting(
+        self, job: TrainJob, game: Any, parent: bytes | None, window: ReplayWindow
+    ) -> tuple[PolicyValueNet, TrainReport]:
+        """Train in the worker thread while a task publishes its progress, then the final report."""
+        queue: asyncio.Queue[TrainProgress | None] = asyncio.Queue()
+        meter = ProgressMeter(job, self.cfg.progress_every_s, _emitter(queue))
+        publisher = asyncio.create_task(self.publish_progress(queue), name="train-progress")
+        loop = asyncio.get_running_loop()
+        try:
+            net, report = await loop.run_in_executor(
+                self.train_pool, self._train, game, parent, window, job.steps, meter
+            )
+            queue.put_nowait(meter.final())
+        finally:
+            queue.put_nowait(None)
+            await _drain(publisher)
+        return net, report
+
+    async def publish_progress(self, queue: asyncio.Queue[TrainProgress | None]) -> None:
+        """Publish queued reports in order until None; a failed publish is logged and skipped.
+
+        A core publish (EVENTS stores it all the same): telemetry never waits for a stream ack.
+        """
+        while (report := await queue.get()) is not None:
+            subject = names.train_progress_subject(report.game)
+            try:
+                await self.bus.publish(subject, encode(report))
+            except BusError as e:
+                log.warning("training progress not published: %s", e)
+
     def _train(
-        self, game: Any, parent: bytes | None, window: ReplayWindow, steps: int
+        self,
+        game: Any,
+        parent: bytes | None,
+        window: ReplayWindow,
+        steps: int,
+        meter: ProgressMeter,
     ) -> tuple[PolicyValueNet, TrainReport]:
         import torch
 
         torch.set_num_threads(self.cfg.threads)
         net = load_checkpoint(parent, game.name).net if parent else new_net(game, self.cfg.net)
-        report = train(net, game, window, steps, self.cfg.train, np.random.default_rng())
+        rng = np.random.default_rng()
+        report = train(net, game, window, steps, self.cfg.train, rng, on_progress=meter)
         return net, report
+
+
+class ProgressMeter:
+    """Folds `train`'s step reports (in the training thread) into a TrainProgress every
+    `every_s` seconds, handed to `emit`; `final` is the last report, with done=True."""
+
+    def __init__(
+        self,
+        job: TrainJob,
+        every_s: float,
+        emit: Callable[[TrainProgress], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.job, self.every_s, self.emit, self.clock = job, every_s, emit, clock
+        self.since = clock()
+        self.step = 0
+        self.last: TrainProgress | None = None
+        self._clear()
+
+    def __call__(self, done: StepsDone) -> None:
+        steps = done.step - self.step
+        self.step = done.step
+        self.steps += steps
+        self.positions += done.positions
+        self.policy_sum += done.policy_loss * steps
+        self.value_sum += done.value_loss * steps
+        if self.clock() - self.since >= self.every_s:
+            self.emit(self._report(done=False))
+
+    def final(self) -> TrainProgress:
+        if self.steps == 0 and self.last is not None:
+            return msgspec.structs.replace(self.last, at=time.time(), done=True)
+        return self._report(done=True)
+
+    def _report(self, done: bool) -> TrainProgress:
+        now = self.clock()
+        elapsed = now - self.since
+        self.last = TrainProgress(
+            self.job.game,
+            self.job.job_id,
+            self.job.generation,
+            self.step,
+            self.job.steps,
+            _finite(self.policy_sum / self.steps) if self.steps else None,
+            _finite(self.value_sum / self.steps) if self.steps else None,
+            self.positions / elapsed if elapsed > 0 else 0.0,
+            time.time(),
+            done,
+        )
+        self.since = now
+        self._clear()
+        return self.last
+
+    def _clear(self) -> None:
+        self.steps, self.positions = 0, 0
+        self.policy_sum, self.value_sum = 0.0, 0.0
+
+
+def _emitter(queue: asyncio.Queue[TrainProgress | None]) -> Callable[[TrainProgress], None]:
+    """Hand reports from another thread to `queue` on the running loop."""
+    loop = asyncio.get_running_loop()
+
+    def emit(report: TrainProgress) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is left to publish it
+            loop.call_soon_threadsafe(queue.put_nowait, report)
+
+    return emit
+
+
+async def _drain(publisher: asyncio.Task[None]) -> None:
+    """Wait, within PROGRESS_DRAIN_S, for the progress publisher to send what it was given."""
+    try:
+        await asyncio.wait_for(publisher, PROGRESS_DRAIN_S)
+    except TimeoutError:
+        log.warning("training progress reports dropped: not published in %.0f s", PROGRESS_DRAIN_S)
 
 
 class Rejection(NamedTuple):

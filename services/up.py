@@ -1,4 +1,8 @@
-"""`conclave up`: an embedded NATS server plus one node with every role, with live progress."""
+"""`conclave up`: an embedded NATS server plus one node with every role, with live progress.
+
+Everything lives in the data directory (the JetStream store, identities, run files), so `up` on
+an existing one continues that run: the loop state, games, models and results are all there.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,11 @@ from pathlib import Path
 
 import msgspec
 
-from services.console import Console
+from schemas.codec import BadMessage
+from services.console import Console, run_summary
 from services.launcher import LOOP_ROLES, NodeOptions, run_node, stop_on_signals
-from shared.bus import BusConfig
+from shared.bus import Bus, BusConfig, BusError
+from shared.evalplan import EvalBudget
 from shared.identities import ACCOUNTS_FILE, init, seed_path
 from shared.lease import LeaseParams
 from shared.natsserver import NatsServer, ServerSpec
@@ -25,6 +31,8 @@ class UpOptions(msgspec.Struct, frozen=True):
     generations: int | None = None
     threads: int = 1
     progress_every_s: float = 10.0
+    eval_budget: float = EvalBudget().budget
+    selfplay_workers: int | None = None  # None: one per usable core
 
 
 async def up_main(opts: UpOptions) -> int:
@@ -48,9 +56,14 @@ async def up_main(opts: UpOptions) -> int:
             archive=str(data / "archive"),
             threads=opts.threads,
             creds=str(data / "auth"),
+            eval_budget=opts.eval_budget,
+            selfplay_workers=opts.selfplay_workers,
         )
         _print_where(server, data, opts)
         admin = str(seed_path(data / "auth", "admin"))
+        if not opts.no_train:
+            start = BusConfig(servers=[server.url], name="up-start", nkey_seed=admin)
+            await _say_where_it_starts(start, opts.game, data)
         console = Console(
             BusConfig(servers=[server.url], name="up-console", nkey_seed=admin),
             data,
@@ -73,6 +86,18 @@ def local_identities(directory: Path) -> str:
     if not accounts.exists():
         init(directory)
     return accounts.read_text()
+
+
+async def _say_where_it_starts(config: BusConfig, game: str, data: Path) -> None:
+    """Print whether this data directory's run of `game` resumes (from which generation)."""
+    try:
+        bus = await Bus.connect(config)
+        try:
+            print(await run_summary(bus, game, data), flush=True)
+        finally:
+            await bus.close()
+    except (BusError, BadMessage) as e:
+        print(f"  run state not read: {e}", flush=True)
 
 
 def _print_where(server: NatsServer, data: Path, opts: UpOptions) -> None:
