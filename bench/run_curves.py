@@ -68,19 +68,23 @@ async def read_run(url: str, game: str) -> dict[str, Any]:
 
 
 async def gauntlet(bus: Bus, game: str, generation: int) -> dict[str, dict[str, float]]:
-    """Score (wins + draws/2 over games) of a generation against each baseline it met."""
-    out: dict[str, dict[str, float]] = {}
-    for msg in await bus.read_all(
-        names.RESULTS_STREAM, names.results_subject(game, f"g{generation}")
-    ):
+    """Score (wins + draws/2 over games) of a generation against each baseline it met, summed
+    over the gauntlet's jobs (it is played in chunks and may stop early)."""
+    tally: dict[str, list[int]] = {}
+    for msg in await bus.read_all(names.RESULTS_STREAM, names.results_subject(game, names.ANY)):
         r = decode(msg.data, EvalResult)
-        games = r.wins_a + r.draws + r.wins_b
-        out[r.b.name] = {
+        if r.kind == "gauntlet" and r.a.name == f"gen{generation}":
+            wins, draws, losses = tally.setdefault(r.b.name, [0, 0, 0])
+            tally[r.b.name] = [wins + r.wins_a, draws + r.draws, losses + r.wins_b]
+    out: dict[str, dict[str, float]] = {}
+    for name, (wins, draws, losses) in tally.items():
+        games = wins + draws + losses
+        out[name] = {
             "games": games,
-            "score": round((r.wins_a + r.draws / 2) / games, 3) if games else 0.0,
-            "wins": r.wins_a,
-            "draws": r.draws,
-            "losses": r.wins_b,
+            "score": round((wins + draws / 2) / games, 3) if games else 0.0,
+            "wins": wins,
+            "draws": draws,
+            "losses": losses,
         }
     return out
 

@@ -79,6 +79,12 @@ def node_key(node_id: str) -> str:
     return check_token(node_id, "node id")
 
 
+def service_kind(instance: str) -> str:
+    """The service an instance name runs (`selfplay-2` -> `selfplay`): a node may run several
+    processes of one service, each with its own name in pulses and status."""
+    return instance.split("-", 1)[0]
+
+
 def pulse_subject(node_id: str, service: str) -> str:
     """Core subject where each service process reports its event-loop lag about once a second."""
     return f"pulse.{node_id}.{service}"
@@ -114,13 +120,37 @@ def kv_stream(bucket: str) -> str:
     return f"KV_{bucket}"
 
 
-def job_subject(kind: str, game: str, group: str) -> str:
-    """Jobs are filed by kind, game and group (e.g. a match) so queues can be counted by each."""
-    return f"jobs.{kind}.{check_token(game, 'game')}.{check_token(group, 'job group')}"
+# Evaluation jobs wait in lanes, one durable consumer each, and an evaluator pulls from the first
+# lane that has work: promotion matches, then gauntlets of the newest best, then rating games.
+EVAL_LANES = ("match", "gauntlet", "rating")
 
 
-def job_filter(kind: str) -> str:
-    return f"jobs.{kind}.>"
+def job_lanes(kind: str) -> tuple[str, ...]:
+    """The priority lanes of a job kind, highest first ("" for a kind with one queue)."""
+    return EVAL_LANES if kind == "eval" else ("",)
+
+
+def _kind_and_lane(kind: str, lane: str) -> str:
+    if lane not in job_lanes(kind):
+        raise BadName(f"job lane {lane!r} is not one of {job_lanes(kind)} for kind {kind!r}")
+    return f"{kind}.{lane}" if lane else kind
+
+
+def job_subject(kind: str, game: str, group: str, lane: str = "") -> str:
+    """Jobs are filed by kind (and lane), game and group (e.g. a match), so queues can be counted
+    by each: `jobs.selfplay.<game>.sp`, `jobs.eval.match.<game>.m3`."""
+    prefix = _kind_and_lane(kind, lane)
+    return f"jobs.{prefix}.{check_token(game, 'game')}.{check_token(group, 'job group')}"
+
+
+def job_filter(kind: str, lane: str = "") -> str:
+    return f"jobs.{_kind_and_lane(kind, lane)}.>"
+
+
+def job_game_filter(kind: str, game: str) -> str:
+    """Every queued job of one kind (all its lanes) for one game."""
+    lanes = ".*" if job_lanes(kind) != ("",) else ""
+    return f"jobs.{kind}{lanes}.{token_or_any(game, 'game')}.>"
 
 
 def game_and_group(subject: str) -> tuple[str, str]:
@@ -129,9 +159,18 @@ def game_and_group(subject: str) -> tuple[str, str]:
     return game, group
 
 
-def job_consumer(kind: str) -> str:
-    """The one durable consumer shared by every worker of a job kind."""
-    return f"{kind}-workers"
+def job_consumer(kind: str, lane: str = "") -> str:
+    """The one durable consumer shared by every worker of a job kind's lane."""
+    return f"{_kind_and_lane(kind, lane).replace('.', '-')}-workers"
+
+
+def job_consumers(kind: str) -> list[str]:
+    return [job_consumer(kind, lane) for lane in job_lanes(kind)]
+
+
+def consumer_kind(consumer: str) -> str:
+    """The job kind of a job consumer's name (`eval-match-workers` -> `eval`)."""
+    return consumer.removesuffix("-workers").split("-")[0]
 
 
 def dlq_subject(kind: str, game: str, group: str) -> str:
@@ -152,6 +191,11 @@ def results_subject(game: str, group: str) -> str:
 
 def model_event_subject(kind: str) -> str:
     return f"events.model.{kind}"
+
+
+def train_progress_subject(game: str) -> str:
+    """Where a trainer reports a job's progress while it trains (stored in EVENTS)."""
+    return f"events.train.progress.{token_or_any(game, 'game')}"
 
 
 def job_failure_subject(job_id: str) -> str:

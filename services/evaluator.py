@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
@@ -34,6 +34,15 @@ from shared.service import main as service_main
 from shared.service import set_when, wait_or_stop
 
 log = logging.getLogger("conclave.evaluator")
+
+
+class Spent(NamedTuple):
+    """What a match cost: wall seconds and the process's CPU seconds, after waiting in the
+    queue for `waited_s`."""
+
+    wall_s: float
+    cpu_s: float
+    waited_s: float
 
 
 class BadPlayer(ValueError):
@@ -91,7 +100,13 @@ class Worker:
         )
         async with delivery.kept_alive(self.cfg.keepalive_s):
             try:
-                await self.publish(job, await self.evaluate(job))
+                waited = max(0.0, time.time() - delivery.submitted_at)
+                started, cpu_at_start = time.monotonic(), time.process_time()
+                outcome = await self.evaluate(job)
+                spent = Spent(
+                    time.monotonic() - started, time.process_time() - cpu_at_start, waited
+                )
+                await self.publish(job, outcome, spent)
             except MatchStopped:  # stopping: hand the job back at once rather than after ack-wait
                 with translated("nak job"):
                     await delivery.msg.nak()
@@ -130,7 +145,7 @@ class Worker:
         except (BusError, ValueError) as e:
             raise BadPlayer(f"player {side} ({spec.name}): {e}") from e
 
-    async def publish(self, job: EvalJob, outcome: MatchOutcome) -> None:
+    async def publish(self, job: EvalJob, outcome: MatchOutcome, spent: Spent) -> None:
         result = EvalResult(
             job_id=job.job_id,
             game=job.game,
@@ -143,6 +158,9 @@ class Worker:
             term=job.term,
             finished_at=time.time(),
             group=job_group(job),
+            elapsed_s=round(spent.wall_s, 3),
+            cpu_s=round(spent.cpu_s, 3),
+            waited_s=round(spent.waited_s, 3),
         )
         subject = names.results_subject(job.game, job_group(job))
         await self.bus.publish_durable(subject, encode(result), msg_id=f"result-{job.job_id}")

@@ -29,6 +29,7 @@ def families(report: StatusReport) -> list[Metric]:
         *_node_families(report),
         *_leader_families(report),
         *_game_families(report),
+        *_phase_families(report),
         *_archive_families(report),
     ]
 
@@ -103,6 +104,53 @@ def _game_families(report: StatusReport) -> Iterator[Metric]:
         for kind, count in g.queues.items():
             queued.add_metric([g.game, kind], count)
     yield from (generation, elo, games, per_hour, queued, dead)
+
+
+def _phase_families(report: StatusReport) -> Iterator[Metric]:
+    """What the loop is doing: phase, training step and losses, the match's SPRT, evaluation's
+    share of the workers' CPU and how long each queue's oldest job has waited."""
+    labels = ["game"]
+    phase = GaugeMetricFamily(
+        "conclave_phase", "1 for the loop's current phase", labels=["game", "phase"]
+    )
+    collected = GaugeMetricFamily(
+        "conclave_games_collected", "New games since training", labels=labels
+    )
+    step = GaugeMetricFamily("conclave_train_step", "Step of the running training", labels=labels)
+    loss = GaugeMetricFamily(
+        "conclave_train_loss", "Loss of the running training", labels=["game", "head"]
+    )
+    llr = GaugeMetricFamily("conclave_match_llr", "The promotion match's SPRT LLR", labels=labels)
+    match_games = GaugeMetricFamily("conclave_match_games", "Match games played", labels=labels)
+    share = GaugeMetricFamily(
+        "conclave_evaluation_share",
+        "Evaluation CPU over all workers' CPU (recent window)",
+        labels=labels,
+    )
+    age = GaugeMetricFamily(
+        "conclave_queue_age_seconds", "Age of a queue's oldest job", labels=["game", "queue"]
+    )
+    for g in report.games:
+        if g.evaluation_share is not None:
+            share.add_metric([g.game], g.evaluation_share)
+        for queue, seconds in g.queue_age_s.items():
+            age.add_metric([g.game, queue], seconds or 0.0)
+        if g.phase is None:
+            continue
+        phase.add_metric([g.game, g.phase.now], 1)
+        collected.add_metric([g.game], g.phase.games)
+        if g.phase.training is not None:
+            step.add_metric([g.game], g.phase.training.step)
+            for head, value in (
+                ("policy", g.phase.training.policy_loss),
+                ("value", g.phase.training.value_loss),
+            ):
+                if value is not None:
+                    loss.add_metric([g.game, head], value)
+        if g.phase.match is not None:
+            llr.add_metric([g.game], g.phase.match.llr)
+            match_games.add_metric([g.game], g.phase.match.games)
+    yield from (phase, collected, step, loss, llr, match_games, share, age)
 
 
 def _archive_families(report: StatusReport) -> Iterator[Metric]:

@@ -16,15 +16,18 @@ import msgspec
 
 from schemas import names
 from schemas.codec import BadMessage
+from shared.backgroundeval import BackgroundEval
 from shared.bus import Bus, BusError
 from shared.compat import announce
+from shared.evalplan import CpuMeter, EvalBudget, evaluation_share
 from shared.fencing import StaleTerm, cas_put, read_termed
 from shared.jobs import JobSettings, ensure_consumer, handle_dead_letters
 from shared.leasewatch import Holder, KeyChanges, current_holder
 from shared.loopeffects import Effects, EffectSettings
-from shared.observe import observe
-from shared.policy import LoopConfig, LoopState, apply, next_actions
-from shared.ratingjobs import RatingScheduler
+from shared.observe import accepted_nodes, cpu_readings, observe, train_job_id
+from shared.phase import GauntletPhase, Phase, TrainingPhase, phase_of
+from shared.policy import GameState, LoopConfig, LoopState, Snapshot, apply, next_actions
+from shared.progress import last_train_progress
 from shared.service import main as service_main
 from shared.service import wait_or_stop
 
@@ -42,6 +45,12 @@ class LoopRecord(msgspec.Struct, frozen=True, tag_field="type", tag="conclave.lo
     ticks: int = 0
     # Per game, (time, games so far) about once a minute for the last hour: games/hour in status.
     game_counts: dict[str, list[tuple[float, int]]] = {}
+    phases: dict[str, Phase] = {}  # per game, what the loop is doing
+    # Evaluation's share of the workers' CPU and each service's CPU seconds over the last
+    # `cpu_window_s` (the evaluation budget's measure); None before any worker used CPU.
+    evaluation_share: float | None = None
+    cpu_s: dict[str, float] = {}
+    cpu_window_s: float = 0.0
 
 
 def sampled(
@@ -69,9 +78,25 @@ class SchedulerConfig(msgspec.Struct, frozen=True):
     loop: LoopConfig = LoopConfig()
     effects: EffectSettings = EffectSettings()
     tick_s: float = 1.0
-    rating_interval_s: float = 120.0
+    budget: EvalBudget = EvalBudget()
     jobs: JobSettings = JobSettings()
     train_jobs: JobSettings = JobSettings(ack_wait_s=60.0)
+
+
+async def training_phase(bus: Bus, game: str, state: GameState) -> TrainingPhase | None:
+    """The running training's last progress report (None before its first)."""
+    if not state.training_in_progress:
+        return None
+    progress = await last_train_progress(bus, game)
+    if progress is None or progress.job_id != train_job_id(game, state.trainings):
+        return None
+    return TrainingPhase(
+        progress.step,
+        progress.steps,
+        progress.policy_loss,
+        progress.value_loss,
+        progress.samples_per_s,
+    )
 
 
 class LostLeadership(Exception):
@@ -84,6 +109,8 @@ class MasterLoop:
     def __init__(self, bus: Bus, cfg: SchedulerConfig, term: int) -> None:
         self.bus, self.cfg, self.term = bus, cfg, term
         self.effects = Effects(bus, cfg.loop, cfg.effects, term)
+        self.background = BackgroundEval(bus, cfg.loop, cfg.effects, cfg.budget, term)
+        self.cpu = CpuMeter(cfg.budget.window_s)
 
     async def tick(self) -> int:
         """Observe, decide, act, record; returns how many actions were carried out."""
@@ -91,24 +118,62 @@ class MasterLoop:
         if record is not None and record.term > self.term:
             raise StaleTerm(f"loop state already written by term {record.term}")
         state = record.state if record else LoopState()
-        snapshot = await observe(self.bus, state, self.cfg.loop)
+        nodes = await accepted_nodes(self.bus)
+        snapshot = await observe(self.bus, state, self.cfg.loop, nodes)
+        now = time.time()
+        self.cpu.update(cpu_readings(nodes), now)
+        used = self.cpu.used()
+        share = evaluation_share(used)
         actions = next_actions(state, snapshot, self.cfg.loop)
         await self.check_still_leader()
         for action in actions:
             await self.effects.carry_out(action, state)
             state = apply(state, action)
-        now = time.time()
+        gauntlets = await self.gauntlets(state)
+        await self.background.step(state, gauntlets, snapshot.eval_workers, share)
         ticks = (record.ticks if record else 0) + 1
         totals = {name: g.games_total for name, g in snapshot.games.items()}
-        counts = sampled(record.game_counts if record else {}, now, totals)
-        await cas_put(
-            self.bus,
-            names.LOOP_BUCKET,
-            STATE_KEY,
-            LoopRecord(self.term, state, now, ticks, counts),
-            revision,
+        update = LoopRecord(
+            self.term,
+            state,
+            now,
+            ticks,
+            sampled(record.game_counts if record else {}, now, totals),
+            phases=await self.phases(state, snapshot, gauntlets, record),
+            evaluation_share=None if share is None else round(share, 4),
+            cpu_s={name: round(seconds, 2) for name, seconds in used.items()},
+            cpu_window_s=self.cfg.budget.window_s,
         )
+        await cas_put(self.bus, names.LOOP_BUCKET, STATE_KEY, update, revision)
         return len(actions)
+
+    async def gauntlets(self, state: LoopState) -> dict[str, GauntletPhase]:
+        found = {}
+        for name in self.cfg.loop.games:
+            phase = await self.background.gauntlet_phase(name, state)
+            if phase is not None:
+                found[name] = phase
+        return found
+
+    async def phases(
+        self,
+        state: LoopState,
+        snapshot: Snapshot,
+        gauntlets: dict[str, GauntletPhase],
+        record: LoopRecord | None,
+    ) -> dict[str, Phase]:
+        before = record.phases if record else {}
+        return {
+            name: phase_of(
+                state.game(name),
+                snapshot.game(name),
+                self.cfg.loop,
+                await training_phase(self.bus, name, state.game(name)),
+                gauntlets.get(name),
+                before.get(name),
+            )
+            for name in self.cfg.loop.games
+        }
 
     async def check_still_leader(self) -> None:
         holder = await current_holder(self.bus)
@@ -133,20 +198,15 @@ async def lead_while_holding(
 ) -> None:
     """Run the master loop and rating games for one term; returns when leadership ends."""
     loop = MasterLoop(bus, cfg, term)
-    ratings = RatingScheduler(bus, cfg.loop, cfg.effects, term, cfg.rating_interval_s)
-    ratings.start()
     term_over = asyncio.Event()
-    try:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(handle_dead_letters(bus, term_over), name="dead-letters")
-            try:
-                await loop.run(stop)
-            except (StaleTerm, LostLeadership) as e:
-                log.warning("term %d over: %s", term, e)
-            finally:
-                term_over.set()
-    finally:
-        ratings.shutdown()
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(handle_dead_letters(bus, term_over), name="dead-letters")
+        try:
+            await loop.run(stop)
+        except (StaleTerm, LostLeadership) as e:
+            log.warning("term %d over: %s", term, e)
+        finally:
+            term_over.set()
 
 
 async def wait_for_leadership(
@@ -168,7 +228,7 @@ async def wait_for_leadership(
 async def run(bus: Bus, cfg: SchedulerConfig, stop: asyncio.Event) -> None:
     await bus.provision()
     await ensure_consumer(bus, "selfplay", cfg.jobs)
-    await ensure_consumer(bus, "eval", cfg.jobs)
+    await ensure_consumer(bus, "eval", cfg.jobs, migrate=True)
     await ensure_consumer(bus, "train", cfg.train_jobs)
     changes = KeyChanges()
     async with asyncio.TaskGroup() as tg:

@@ -19,6 +19,7 @@ from shared.bus import Bus, BusConfig, Entry
 from shared.compat import accepted_range, refusal
 from shared.fencing import read_termed
 from shared.observe import count
+from shared.phase import GauntletPhase, Phase
 from shared.ratingjobs import game_ratings
 
 MICRO_PING = "$SRV.PING"  # every NATS micro service answers it (nats.micro)
@@ -72,6 +73,10 @@ class GameInfo(msgspec.Struct, frozen=True):
     games_per_hour: float
     queues: dict[str, int]
     dead_letters: int
+    phase: Phase | None = None  # what the loop is doing for this game
+    # Evaluation's share of the workers' CPU over the scheduler's recent window (cluster-wide)
+    evaluation_share: float | None = None
+    queue_age_s: dict[str, float | None] = {}  # per queue (eval by lane): oldest job's age
 
 
 class ArchiveInfo(msgspec.Struct, frozen=True):
@@ -218,15 +223,16 @@ async def games_info(bus: Bus, problems: list[str]) -> list[GameInfo]:
         return []
     if record is None:
         return []
-    return [await game_info(bus, record, name) for name in sorted(record.state.games)]
+    now = time.time()
+    return [await game_info(bus, record, name, now) for name in sorted(record.state.games)]
 
 
-async def game_info(bus: Bus, record: LoopRecord, game: str) -> GameInfo:
+async def game_info(bus: Bus, record: LoopRecord, game: str, now: float) -> GameInfo:
     state = record.state.game(game)
     ratings, _ = await game_ratings(bus, game)
     best = ratings.get(f"gen{state.generation}")
     queues = {
-        kind: await count(bus, names.JOBS_STREAM, f"jobs.{kind}.{game}.>")
+        kind: await count(bus, names.JOBS_STREAM, names.job_game_filter(kind, game))
         for kind in names.JOB_KINDS
     }
     return GameInfo(
@@ -240,7 +246,23 @@ async def game_info(bus: Bus, record: LoopRecord, game: str) -> GameInfo:
         games_per_hour=round(games_per_hour(record.game_counts.get(game, [])), 1),
         queues=queues,
         dead_letters=await count(bus, names.DLQ_STREAM, f"dlq.*.{game}.>"),
+        phase=record.phases.get(game),
+        evaluation_share=record.evaluation_share,
+        queue_age_s=await queue_ages(bus, game, now),
     )
+
+
+async def queue_ages(bus: Bus, game: str, now: float) -> dict[str, float | None]:
+    """Seconds the oldest job (queued or running) of each queue has waited; None when empty."""
+    ages: dict[str, float | None] = {}
+    for kind in names.JOB_KINDS:
+        for lane in names.job_lanes(kind):
+            subject = f"{names.job_filter(kind, lane).removesuffix('>')}{game}.>"
+            first = await bus.first_time(names.JOBS_STREAM, subject)
+            ages[f"{kind}.{lane}" if lane else kind] = (
+                None if first is None else round(max(0.0, now - first), 1)
+            )
+    return ages
 
 
 def nats_info(bus: Bus) -> NatsInfo:
@@ -286,6 +308,13 @@ def render_text(report: StatusReport) -> str:
             f"{g.games_total} games ({g.games_per_hour:.0f}/h); queued {queues}; "
             f"dead letters {g.dead_letters}"
         )
+        if g.phase is not None:
+            lines.append(f"  {phase_text(g.phase)}")
+            if g.phase.gauntlet is not None:
+                lines.append(f"  {gauntlet_text(g.phase.gauntlet)}")
+        share = "-" if g.evaluation_share is None else f"{g.evaluation_share:.0%}"
+        ages = " ".join(f"{q} {a:.0f}s" for q, a in g.queue_age_s.items() if a is not None)
+        lines.append(f"  evaluation {share} of workers' CPU; oldest job waiting: {ages or '-'}")
     if report.archive is not None:
         a = report.archive
         error = (
@@ -297,6 +326,41 @@ def render_text(report: StatusReport) -> str:
         )
     lines += [f"problem: {p}" for p in report.problems]
     return "\n".join(lines)
+
+
+def phase_text(phase: Phase) -> str:
+    if phase.now == "bootstrap":
+        return "phase: bootstrap (training the first network)"
+    if phase.now == "collecting":
+        return f"phase: collecting self-play games {phase.games}/{phase.games_needed}"
+    if phase.now == "training":
+        return f"phase: training generation {phase.generation + 1}, {training_text(phase)}"
+    m = phase.match
+    if m is None:
+        return "phase: match"
+    return (
+        f"phase: match of generation {phase.generation + 1} ({m.candidate[:12]}): "
+        f"{m.games}/{m.max_games} games {m.wins}-{m.draws}-{m.losses}, Elo {m.elo:+.0f}, "
+        f"LLR {m.llr:.2f} in [{m.lower:.2f}, {m.upper:.2f}]"
+    )
+
+
+def training_text(phase: Phase) -> str:
+    t = phase.training
+    if t is None:
+        return "waiting for the trainer's first report"
+    loss = "-"
+    if t.policy_loss is not None and t.value_loss is not None:
+        loss = f"{t.policy_loss:.3f}+{t.value_loss:.3f}"
+    return f"step {t.step}/{t.steps}, loss {loss}, {t.samples_per_s:.0f} samples/s"
+
+
+def gauntlet_text(gauntlet: GauntletPhase) -> str:
+    scores = ", ".join(
+        f"{o.opponent} {o.wins}-{o.draws}-{o.losses}{' (done)' if o.settled else ''}"
+        for o in gauntlet.opponents
+    )
+    return f"gauntlet of generation {gauntlet.generation}: {scores}"
 
 
 async def status_main(cfg: BusConfig, as_json: bool, watch_s: float | None) -> int:

@@ -316,6 +316,15 @@ class Bus:
             info = await self.js.stream_info(stream, subjects_filter=subjects)
         return dict(info.state.subjects or {})
 
+    async def first_time(self, stream: str, subject: str) -> float | None:
+        """When the oldest message on `subject` (a filter) was stored; None when there is none."""
+        with translated(f"read the first {subject}"):
+            try:
+                msg = await self.js.get_msg(stream, seq=1, subject=subject, next=True)
+            except nats.js.errors.NotFoundError:
+                return None
+        return msg.time.timestamp() if msg.time else None
+
     async def read_all(self, stream: str, subject: str, batch: int = 256) -> list[Msg]:
         """Every message stored on `subject` (a filter), oldest first; no durable consumer."""
         total = sum((await self.subject_counts(stream, subject)).values())

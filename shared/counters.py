@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import threading
 
+CPU = "cpu_s"  # the process's CPU seconds, added to every pulse (the evaluation budget reads it)
+
 _lock = threading.Lock()
 _totals: dict[str, float] = {}
 _doing = [""]  # what the process is working on now (a job id), "" when idle

@@ -34,34 +34,55 @@ JOB_TYPES: dict[str, type[SelfplayJob] | type[TrainJob] | type[EvalJob]] = {
 }
 
 
+LANE_PROBE_S = 0.25  # how long a worker waits on each higher-priority lane before the next
+
+
 class JobSettings(msgspec.Struct, frozen=True):
     ack_wait_s: float = 30.0
     max_deliver: int = 5
     max_ack_pending: int = 1000
 
 
-async def ensure_consumer(bus: Bus, kind: str, settings: JobSettings) -> None:
-    config = ConsumerConfig(
-        durable_name=names.job_consumer(kind),
-        filter_subject=names.job_filter(kind),
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=settings.ack_wait_s,
-        max_deliver=settings.max_deliver,
-        max_ack_pending=settings.max_ack_pending,
-    )
-    with translated(f"add consumer {kind}"):
-        await bus.js.add_consumer(names.JOBS_STREAM, config)
+async def ensure_consumer(
+    bus: Bus, kind: str, settings: JobSettings, *, migrate: bool = False
+) -> None:
+    """Create (or update) the durable consumer of every lane of `kind`; `migrate` (the
+    coordinator's) first drops a consumer from before the lanes."""
+    if kind == "eval" and migrate:
+        await _drop_unlaned_eval_consumer(bus)
+    for lane in names.job_lanes(kind):
+        config = ConsumerConfig(
+            durable_name=names.job_consumer(kind, lane),
+            filter_subject=names.job_filter(kind, lane),
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=settings.ack_wait_s,
+            max_deliver=settings.max_deliver,
+            max_ack_pending=settings.max_ack_pending,
+        )
+        with translated(f"add consumer {config.durable_name}"):
+            await bus.js.add_consumer(names.JOBS_STREAM, config)
+
+
+async def _drop_unlaned_eval_consumer(bus: Bus) -> None:
+    """A store from before evaluation lanes has one `eval-workers` consumer on `jobs.eval.>`; a
+    work-queue stream refuses the lanes' consumers beside it, so it goes. Jobs queued under the
+    old subjects (`jobs.eval.<game>.<group>`) are no longer pulled; their matches reschedule
+    them once they are dead-lettered by hand (docs/architecture.md)."""
+    with translated("drop the unlaned eval consumer"), suppress(nats.js.errors.NotFoundError):
+        await bus.js.delete_consumer(names.JOBS_STREAM, "eval-workers")
 
 
 async def submit(
     bus: Bus, kind: str, job: SelfplayJob | TrainJob | EvalJob, attempt: int = 1
 ) -> bool:
-    """Enqueue `job`; the message id makes a retried submit of the same attempt a no-op.
+    """Enqueue `job` (an evaluation job in its kind's lane); the message id makes a retried
+    submit of the same attempt a no-op.
 
     Returns False when JetStream recognised it as a duplicate.
     """
     msg_id = f"{job.job_id}-a{attempt}"
-    subject = names.job_subject(kind, job.game, job_group(job))
+    lane = job.kind if isinstance(job, EvalJob) else ""
+    subject = names.job_subject(kind, job.game, job_group(job), lane)
     with translated(f"submit {kind} job"):
         ack = await bus.js.publish(subject, encode(job), headers={"Nats-Msg-Id": msg_id})
     return not ack.duplicate
@@ -78,6 +99,11 @@ class Delivery(Generic[J]):
     @property
     def delivered(self) -> int:
         return int(self.msg.metadata.num_delivered)
+
+    @property
+    def submitted_at(self) -> float:
+        """When the job was stored in the queue (the stream's timestamp)."""
+        return float(self.msg.metadata.timestamp.timestamp())
 
     async def done(self) -> None:
         """Acknowledge, waiting for the server: the job is gone from the queue once this returns."""
@@ -112,29 +138,46 @@ class Delivery(Generic[J]):
 
 
 class Puller(Generic[J]):
-    """A worker's handle on the shared durable consumer of one job kind."""
+    """A worker's handle on the shared durable consumers of one job kind: it takes the next job
+    from the first lane that has one, so a match never waits behind queued rating games."""
 
-    def __init__(self, bus: Bus, kind: str, job_type: type[J]) -> None:
+    def __init__(
+        self, bus: Bus, kind: str, job_type: type[J], probe_s: float = LANE_PROBE_S
+    ) -> None:
         self.bus = bus
         self.kind = kind
         self.job_type: type[J] = job_type
+        self.probe_s = probe_s
         self.gate = Gate(bus)
-        self._sub: nats.js.JetStreamContext.PullSubscription | None = None
+        self._subs: dict[str, nats.js.JetStreamContext.PullSubscription] = {}
 
     async def next(self, timeout_s: float = 5.0) -> Delivery[J] | None:
         """The next job, or None if none came in time (or this build's protocol is refused);
-        a malformed job goes to the DLQ."""
+        a malformed job goes to the DLQ. With lanes, each lane is asked in priority order for
+        up to `probe_s` (the last one for the rest of `timeout_s`)."""
         if await self.gate.refusal() is not None:
             await asyncio.sleep(timeout_s)  # the coordinator may accept us again: check later
             return None
-        sub = await self._subscription()
+        lanes = names.job_lanes(self.kind)
+        for i, lane in enumerate(lanes):
+            last = i == len(lanes) - 1
+            wait = max(self.probe_s, timeout_s - self.probe_s * i) if last else self.probe_s
+            msg = await self._fetch(lane, wait)
+            if msg is not None:
+                return await self._delivery(msg)
+        return None
+
+    async def _fetch(self, lane: str, timeout_s: float) -> Msg | None:
+        sub = await self._subscription(lane)
         try:
             msgs = await sub.fetch(1, timeout=timeout_s)
         except (TimeoutError, nats.errors.TimeoutError):
             return None
         except nats.errors.Error as e:
             raise BusError(f"fetch {self.kind} job: {e!r}") from e
-        msg = msgs[0]
+        return msgs[0]
+
+    async def _delivery(self, msg: Msg) -> Delivery[J] | None:
         try:
             job = decode(msg.data, self.job_type, subject=msg.subject)
         except BadMessage as e:
@@ -142,13 +185,14 @@ class Puller(Generic[J]):
             return None
         return Delivery(msg, job, self.kind)
 
-    async def _subscription(self) -> nats.js.JetStreamContext.PullSubscription:
-        if self._sub is None:
-            with translated(f"bind {self.kind} consumer"):
-                self._sub = await self.bus.js.pull_subscribe_bind(
-                    names.job_consumer(self.kind), stream=names.JOBS_STREAM
+    async def _subscription(self, lane: str) -> nats.js.JetStreamContext.PullSubscription:
+        if lane not in self._subs:
+            consumer = names.job_consumer(self.kind, lane)
+            with translated(f"bind {consumer} consumer"):
+                self._subs[lane] = await self.bus.js.pull_subscribe_bind(
+                    consumer, stream=names.JOBS_STREAM
                 )
-        return self._sub
+        return self._subs[lane]
 
 
 async def report_failure(
@@ -192,7 +236,7 @@ async def dead_letter_exhausted(bus: Bus, advisory: MaxDeliveries) -> DeadLetter
     Idempotent: the DLQ publish is deduplicated by stream sequence, and an already removed job
     is skipped, so a leader that crashes half-way can simply do it again.
     """
-    kind = advisory.consumer.removesuffix("-workers")
+    kind = names.consumer_kind(advisory.consumer)
     with translated("read exhausted job"):
         try:
             raw = await bus.js.get_msg(names.JOBS_STREAM, seq=advisory.stream_seq)

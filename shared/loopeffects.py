@@ -46,12 +46,27 @@ log = logging.getLogger("conclave.effects")
 
 
 class EffectSettings(msgspec.Struct, frozen=True):
+    """Job parameters. With `selfplay_sims_start` set, self-play's simulations grow linearly
+    from it (generation 0) to `selfplay_sims` (at `sims_ramp_generations`): a progressive
+    simulation budget (MiniZero), cheap searches while the net knows little."""
+
     selfplay_sims: int = 64
+    selfplay_sims_start: int | None = None
+    sims_ramp_generations: int = 10
     eval_sims: int = 64
     train_steps: int = 400
     window_games: int = 20000
     gauntlet: tuple[str, ...] = ("random", "onestep", "mcts:200")
     gauntlet_games: int = 20
+
+
+def selfplay_sims(settings: EffectSettings, generation: int) -> int:
+    """Simulations per self-play move for games played by the net of `generation`."""
+    start = settings.selfplay_sims_start
+    if start is None or settings.sims_ramp_generations <= 0:
+        return settings.selfplay_sims
+    progress = min(1.0, max(0, generation) / settings.sims_ramp_generations)
+    return max(1, round(start + (settings.selfplay_sims - start) * progress))
 
 
 def model_name(generation: int) -> str:
@@ -98,7 +113,7 @@ class Effects:
                 action.model,
                 generation,
                 action.games_per_job,
-                self.settings.selfplay_sims,
+                selfplay_sims(self.settings, generation),
                 self.term,
             )
             await submit(self.bus, "selfplay", job)
@@ -164,26 +179,6 @@ class Effects:
             action.candidate,
             _sprt_detail(action.result) if action.result else "ungated",
         )
-        await self.gauntlet(action)
-
-    async def gauntlet(self, action: Promote) -> None:
-        group = f"g{action.generation}"
-        me = PlayerSpec(
-            model_name(action.generation), action.candidate, sims=self.settings.eval_sims
-        )
-        for k, agent in enumerate(self.settings.gauntlet):
-            job = EvalJob(
-                f"{action.game}-{group}-{k}",
-                action.game,
-                "gauntlet",
-                me,
-                PlayerSpec(agent, agent=agent),
-                self.settings.gauntlet_games,
-                self.term,
-                seed=k + 1,
-                group=group,
-            )
-            await submit(self.bus, "eval", job)
 
     async def event(
         self, kind: ModelEventKind, game: str, generation: int, sha: str, detail: str

@@ -13,8 +13,10 @@ from schemas import names
 from schemas.codec import BadMessage, decode
 from schemas.control import NodeStatus
 from schemas.jobs import EvalResult, ModelMeta
+from shared import counters
 from shared.bus import Bus
 from shared.compat import accepted_range, refusal
+from shared.evalplan import CpuReading
 from shared.policy import (
     GameSnapshot,
     GameState,
@@ -40,31 +42,52 @@ def train_job_id(game: str, training: int) -> str:
     return f"{game}-t{training}"
 
 
-async def live_workers(bus: Bus) -> dict[str, int]:
-    """Live nodes running each service (by the services their heartbeats report alive); a node
-    whose protocol the cluster does not accept is no worker."""
-    counts: dict[str, int] = {}
+async def accepted_nodes(bus: Bus) -> list[NodeStatus]:
+    """Every node's last status whose protocol the cluster accepts (others are no workers)."""
     accepted = await accepted_range(bus)
+    nodes = []
     for key, entry in (await bus.snapshot(names.NODES_BUCKET)).items():
         try:
             status = decode(entry.value or b"", NodeStatus, subject=key)
         except BadMessage as e:
             log.warning("%s", e)
             continue
-        if refusal(status.protocol, accepted) is not None:
-            continue
+        if refusal(status.protocol, accepted) is None:
+            nodes.append(status)
+    return nodes
+
+
+def live_workers(nodes: Iterable[NodeStatus]) -> dict[str, int]:
+    """Live processes of each service (by the services their nodes' heartbeats report alive)."""
+    counts: dict[str, int] = {}
+    for status in nodes:
         for service in status.services:
             if service.alive:
-                counts[service.name] = counts.get(service.name, 0) + 1
+                kind = names.service_kind(service.name)
+                counts[kind] = counts.get(kind, 0) + 1
     return counts
+
+
+def cpu_readings(nodes: Iterable[NodeStatus]) -> list[CpuReading]:
+    """The CPU seconds each live service process last reported."""
+    return [
+        CpuReading(
+            f"{status.node}/{s.name}/{s.pid}", names.service_kind(s.name), s.counters[counters.CPU]
+        )
+        for status in nodes
+        for s in status.services
+        if s.alive and counters.CPU in s.counters
+    ]
 
 
 async def count(bus: Bus, stream: str, subject: str) -> int:
     return sum((await bus.subject_counts(stream, subject)).values())
 
 
-async def observe(bus: Bus, state: LoopState, cfg: LoopConfig) -> Snapshot:
-    workers = await live_workers(bus)
+async def observe(
+    bus: Bus, state: LoopState, cfg: LoopConfig, nodes: list[NodeStatus] | None = None
+) -> Snapshot:
+    workers = live_workers(await accepted_nodes(bus) if nodes is None else nodes)
     games = {name: await observe_game(bus, name, state.game(name), cfg) for name in cfg.games}
     return Snapshot(workers.get("selfplay", 0), workers.get("evaluator", 0), games)
 

@@ -98,7 +98,11 @@ def lease_write(key: str) -> list[str]:
 def jobs(kind: str) -> list[str]:
     """A worker of one job kind: its shared consumer, dead letters and failure reports."""
     return [
-        *durable_consumer(names.JOBS_STREAM, names.job_consumer(kind)),
+        *[
+            c
+            for name in names.job_consumers(kind)
+            for c in durable_consumer(names.JOBS_STREAM, name)
+        ],
         names.dlq_subject(kind, names.ANY, names.ANY),
         names.job_failure_subject(names.ANY),
     ]
@@ -143,6 +147,7 @@ def role_grants(role: Role) -> list[str]:
             *models_write(),
             *kv_write(names.REGISTRY_BUCKET, names.trained_key(names.ANY)),
             names.model_event_subject("candidate"),
+            names.train_progress_subject(names.ANY),
             names.dlq_subject("records", names.ANY, names.ANY),  # rejected game records
         ]
     if role == "evaluator":
@@ -189,7 +194,8 @@ def coordinator_grants() -> list[str]:
         *[
             c
             for kind in names.JOB_KINDS
-            for c in durable_consumer(names.JOBS_STREAM, names.job_consumer(kind))
+            for name in names.job_consumers(kind)
+            for c in durable_consumer(names.JOBS_STREAM, name)
         ],
         *reader(names.DLQ_STREAM),
         *reader(names.ADVISORIES_STREAM),

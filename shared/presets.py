@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from shared.evalplan import EvalBudget
 from shared.loopeffects import EffectSettings
 from shared.netconfig import NetConfig, TrainSettings
 from shared.policy import LoopConfig
@@ -20,6 +21,7 @@ class Preset(msgspec.Struct, frozen=True):
     max_reuse: int
     selfplay_concurrency: int
     selfplay: SelfPlayConfig = SelfPlayConfig()
+    budget: EvalBudget = EvalBudget()
 
 
 TICTACTOE = Preset(

@@ -97,7 +97,7 @@ class Pulse:
                 lag_max_ms=round(worst, 2),
                 started_at=self.started_at,
                 sent_at=time.time(),
-                counters=counters.snapshot(),
+                counters={**counters.snapshot(), counters.CPU: round(time.process_time(), 3)},
                 doing=counters.doing(),
             )
             data = encode(pulse)

@@ -13,7 +13,7 @@ from services.status import gather, render_text
 from shared.bus import Bus
 from shared.compat import announce, refusal
 from shared.jobs import JobSettings, Puller, ensure_consumer, submit
-from shared.observe import live_workers
+from shared.observe import accepted_nodes, live_workers
 
 
 def accepting(low: int, high: int) -> ClusterProtocol:
@@ -65,7 +65,7 @@ async def test_status_shows_the_skewed_node_and_the_scheduler_counts_only_the_ot
     new = status_of("new", PROTOCOL + 1)
     await bus.write(names.NODES_BUCKET, "new", encode(new), ttl_s=30)
     await put_range(bus, PROTOCOL + 1, PROTOCOL + 1)
-    assert await live_workers(bus) == {"selfplay": 1}
+    assert live_workers(await accepted_nodes(bus)) == {"selfplay": 1}
     report = await gather(bus)
     old = next(n for n in report.nodes if n.id == "old")
     assert old.unsupported.startswith(f"protocol {PROTOCOL} unsupported")

@@ -137,7 +137,7 @@ async def test_a_stopped_evaluator_hands_its_job_back(
     proc = start_evaluator(processes, nats_server.url, tmp_path, settings)
 
     async def being_played() -> bool:
-        info = await bus.js.consumer_info(names.JOBS_STREAM, names.job_consumer("eval"))
+        info = await bus.js.consumer_info(names.JOBS_STREAM, names.job_consumer("eval", "match"))
         return bool(info.num_ack_pending == 1)
 
     await eventually(being_played, 15, what="the job being played")
@@ -146,3 +146,58 @@ async def test_a_stopped_evaluator_hands_its_job_back(
     redelivered = await Puller(bus, "eval", EvalJob).next(timeout_s=5.0)  # well inside ack wait
     assert redelivered is not None
     assert (redelivered.job.job_id, redelivered.delivered) == ("ev-4", 2)
+
+
+async def test_a_worker_takes_matches_before_gauntlets_before_rating_games(bus: Bus) -> None:
+    await ensure_consumer(bus, "eval", JobSettings())
+    for job_id, kind in (("r1", "rating"), ("g1", "gauntlet"), ("r2", "rating"), ("m1", "match")):
+        await submit(bus, "eval", EvalJob(job_id, "tictactoe", kind, RANDOM, ONESTEP, 2, 1))
+    puller = Puller(bus, "eval", EvalJob, probe_s=0.2)
+    order = []
+    while (delivery := await puller.next(timeout_s=0.5)) is not None:
+        order.append(delivery.job.job_id)
+        await delivery.done()
+    assert order == ["m1", "g1", "r1", "r2"]
+
+
+async def test_a_match_waits_behind_at_most_one_job_of_a_rating_flood(
+    nats_server: NatsServer, bus: Bus, processes: Processes, tmp_path: Path
+) -> None:
+    settings = JobSettings(ack_wait_s=30.0, max_deliver=3)
+    await ensure_consumer(bus, "eval", settings)
+    slow = PlayerSpec("mcts:40", agent="mcts:40")
+    for k in range(12):
+        job = EvalJob(f"flood-{k}", "tictactoe", "rating", ONESTEP, slow, 10, 1, seed=k + 1)
+        await submit(bus, "eval", job)
+    start_evaluator(processes, nats_server.url, tmp_path, settings)
+
+    async def rating_played() -> bool:
+        return len(await results(bus)) >= 1
+
+    await eventually(rating_played, 30, what="a rating job played")
+    matches = [
+        EvalJob(f"m-{k}", "tictactoe", "match", RANDOM, ONESTEP, 6, 1, seed=k + 1, group="m1")
+        for k in range(3)
+    ]
+    for job in matches:
+        await submit(bus, "eval", job)
+
+    async def matches_played() -> bool:
+        played = await results(bus)
+        return all(job.job_id in played for job in matches)
+
+    await eventually(matches_played, 60, what="every match job played")
+    stored = await results(bus)
+    ratings = [r for r in stored.values() if r.kind == "rating"]
+    assert len(ratings) < 12, "the flood was not all played before the matches"
+    for job in matches:
+        m = stored[job.job_id]
+        started = m.finished_at - m.elapsed_s
+        submitted = started - m.waited_s
+        assert m.elapsed_s > 0 and m.waited_s >= 0 and m.cpu_s > 0
+        ahead = [
+            r
+            for r in ratings
+            if r.finished_at > submitted and r.finished_at - r.elapsed_s < started
+        ]
+        assert len(ahead) <= 1, f"{job.job_id} waited behind {[r.job_id for r in ahead]}"

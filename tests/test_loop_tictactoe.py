@@ -1,4 +1,5 @@
-"""Acceptance: the whole loop as separate processes learns tic-tac-toe to perfect play.
+"""Acceptance: the whole loop as separate processes learns tic-tac-toe to perfect play, with
+rating jobs flooding the evaluation queue (matches must jump it, so the loop keeps promoting).
 
 `conclave up --game tictactoe` runs NATS and every service (leader, scheduler, selfplay, trainer,
 evaluator) as supervised processes. Perfect play: at every position reachable with the best model
@@ -18,12 +19,14 @@ import pytest
 
 from schemas import names
 from schemas.codec import decode
-from schemas.jobs import BestPointer
+from schemas.jobs import BestPointer, EvalJob, EvalResult, PlayerSpec
 from shared.bus import Bus, BusConfig, BusError
 from shared.games import get_game
+from shared.jobs import submit
 from shared.models import ModelStore
 from shared.natsserver import free_port
 from shared.presets import TICTACTOE
+from shared.ratingjobs import game_results
 from shared.search.agent import checkpoint_agent
 from shared.solver.small import PerfectPlayReport, check_perfect_play
 from tests.conftest import Processes
@@ -31,6 +34,7 @@ from tests.conftest import Processes
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 LIMIT_S = 600.0
+FLOOD_JOBS = 20  # rating jobs of 20 games against mcts:100 dropped into the queue at once
 
 
 async def best_pointer(bus: Bus) -> BestPointer | None:
@@ -69,9 +73,13 @@ async def test_tictactoe_reaches_perfect_play_within_ten_minutes(
     bus = await _connect(f"nats://127.0.0.1:{port}", tmp_path / "data" / "auth" / "admin.nk")
     store = ModelStore(bus, tmp_path / "check-cache")
     checked: dict[str, PerfectPlayReport] = {}
+    flooded = False
     try:
         while time.monotonic() - started < LIMIT_S:
             pointer = await best_pointer(bus)
+            if pointer is not None and not flooded:
+                await flood_with_rating_jobs(bus, FLOOD_JOBS)
+                flooded = True
             if pointer is not None and pointer.sha256 not in checked:
                 report = perfect_play(await store.path(pointer.sha256))
                 checked[pointer.sha256] = report
@@ -82,15 +90,43 @@ async def test_tictactoe_reaches_perfect_play_within_ten_minutes(
                 if report.perfect:
                     break
             await asyncio.sleep(5)
+        elapsed = time.monotonic() - started
+        assert any(r.perfect for r in checked.values()), (
+            f"no perfect model in {elapsed:.0f}s: {[len(r.mistakes) for r in checked.values()]}"
+        )
+        assert elapsed < LIMIT_S
+        assert_matches_jumped_the_flood(await game_results(bus, "tictactoe"))
     finally:
         await bus.close()
         up.send_signal(signal.SIGTERM)
         up.wait(60)
-    elapsed = time.monotonic() - started
-    assert any(r.perfect for r in checked.values()), (
-        f"no perfect model in {elapsed:.0f}s: {[len(r.mistakes) for r in checked.values()]}"
-    )
-    assert elapsed < LIMIT_S
+
+
+async def flood_with_rating_jobs(bus: Bus, count: int) -> None:
+    """Rating jobs far beyond what the scheduler would queue, ahead of the first match."""
+    slow = PlayerSpec("mcts:100", agent="mcts:100")
+    onestep = PlayerSpec("onestep", agent="onestep")
+    for k in range(count):
+        job = EvalJob(f"flood-{k}", "tictactoe", "rating", onestep, slow, 20, 0, group="r")
+        await submit(bus, "eval", job)
+
+
+def assert_matches_jumped_the_flood(results: list[EvalResult]) -> None:
+    """Every match job started before any rating job queued after it, and waited behind at most
+    one rating or gauntlet job (the one the evaluator was playing)."""
+    matches = [r for r in results if r.kind == "match"]
+    background = [r for r in results if r.kind != "match"]
+    assert matches, "no match was played"
+    assert any(r.job_id.startswith("flood-") for r in background)
+    for m in matches:
+        started = m.finished_at - m.elapsed_s
+        submitted = started - m.waited_s
+        ahead = [
+            r.job_id
+            for r in background
+            if r.finished_at > submitted and r.finished_at - r.elapsed_s < started
+        ]
+        assert len(ahead) <= 1, f"match job {m.job_id} waited behind {ahead}"
 
 
 async def _connect(url: str, seed: Path) -> Bus:

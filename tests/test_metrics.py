@@ -19,7 +19,16 @@ from services.scheduler import STATE_KEY, LoopRecord
 from services.status import gather
 from shared.bus import Bus
 from shared.jobs import submit
+from shared.phase import MatchPhase, Phase
 from shared.policy import GameState, LoopState
+
+MATCH = Phase(
+    "match",
+    generation=2,
+    games=0,
+    games_needed=400,
+    match=MatchPhase("cd" * 32, 40, 60, 200, 30, 4, 6, 1.5, -2.94, 2.94, 120.0),
+)
 
 
 def node(node_id: str, roles: list[str], lag: float) -> NodeStatus:
@@ -35,7 +44,8 @@ async def seed(bus: Bus) -> None:
     lease = Lease("n1", "i1", 0, time.time(), 3)
     await bus.write(names.ELECTION_BUCKET, names.LEADER_KEY, encode(lease))
     state = LoopState({"tictactoe": GameState(generation=2, best="ab" * 32, trainings=2)})
-    await bus.write(names.LOOP_BUCKET, STATE_KEY, encode(LoopRecord(4, state, time.time())))
+    record = LoopRecord(4, state, time.time(), phases={"tictactoe": MATCH}, evaluation_share=0.12)
+    await bus.write(names.LOOP_BUCKET, STATE_KEY, encode(record))
     for i in range(3):
         job = SelfplayJob(f"sp-{i}", "tictactoe", "ab" * 32, 2, 10, 8, 4, group="sp")
         await submit(bus, "selfplay", job)
@@ -76,5 +86,14 @@ async def test_metrics_parse_and_match_status_for_the_same_moment(bus: Bus) -> N
     for n in report.nodes:
         lag = samples[("conclave_loop_lag_ms", (("node", n.id), ("service", "heartbeat")))]
         assert lag == n.services[0].loop_lag_ms
+    assert game.phase == MATCH and game.evaluation_share == 0.12
+    tictactoe = (("game", "tictactoe"),)
+    assert samples[("conclave_match_llr", tictactoe)] == 1.5
+    assert samples[("conclave_evaluation_share", tictactoe)] == 0.12
+    assert samples[("conclave_phase", (("game", "tictactoe"), ("phase", "match")))] == 1
+    age = samples[("conclave_queue_age_seconds", (("game", "tictactoe"), ("queue", "selfplay")))]
+    waited = game.queue_age_s["selfplay"]
+    assert waited is not None and 0 <= age <= waited  # the scrape came first
+    assert game.queue_age_s["eval.match"] is None
     games = (("kind", "games"), ("node", "n2"), ("service", "heartbeat"))
     assert samples[("conclave_work_total", games)] == 120.0

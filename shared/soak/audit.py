@@ -17,11 +17,12 @@ from shared.soak.record import GameAudit, JobCounts
 
 async def job_counts(bus: Bus, kind: str, submitted_ids: Collection[str]) -> JobCounts:
     """One job kind's consumer read against the distinct job ids seen submitted."""
-    info = await bus.js.consumer_info(names.JOBS_STREAM, names.job_consumer(kind))
+    infos = [await bus.js.consumer_info(names.JOBS_STREAM, c) for c in names.job_consumers(kind)]
     dead = sum((await bus.subject_counts(names.DLQ_STREAM, f"dlq.{kind}.>")).values())
     submitted = len(submitted_ids)
-    deliveries = int(info.delivered.consumer_seq or 0) if info.delivered else 0
-    pending, in_flight = int(info.num_pending or 0), int(info.num_ack_pending or 0)
+    deliveries = sum(int(i.delivered.consumer_seq or 0) for i in infos if i.delivered)
+    pending = sum(int(i.num_pending or 0) for i in infos)
+    in_flight = sum(int(i.num_ack_pending or 0) for i in infos)
     redelivered = max(0, deliveries - (submitted - pending))
     completed = max(0, submitted - pending - in_flight - dead)
     return JobCounts(kind, submitted, deliveries, redelivered, pending, in_flight, dead, completed)
