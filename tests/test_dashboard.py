@@ -86,6 +86,8 @@ async def test_the_dashboard_shows_live_nodes_and_an_elo_chart(
     dom = await eventually(rendered, 90, every=1.0, what="the nodes table with node local")
     assert re.search(r'<tr data-node="local">.*?alive', dom, re.S)
     assert len(re.findall(r'<circle class="point"', dom)) >= 2, "Elo chart points"
+    assert '<polyline class="step-policy"' in dom, "loss per training step"
+    assert re.search(r'<div class="phase">now: (collecting|training|match)', dom), "the phase"
     # Live updates: the page's event stream delivers whole snapshots.
     event = await asyncio.to_thread(first_event, f"{url}events")
     assert [n["id"] for n in event["status"]["nodes"]] == ["local"]
