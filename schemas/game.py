@@ -46,6 +46,10 @@ class GameRecord(msgspec.Struct, frozen=True, tag_field="type", tag="conclave.ga
     cache_hits: int = 0  # leaves answered by the game's evaluation cache
     terminal_visits: int = 0  # simulations that ended in a finished position
     max_depth: int = 0  # deepest simulation, in plies from a root
+    # Playout cap randomisation: per ply, whether it had the full search (a training target);
+    # empty means every ply did. Cheap plies were searched with `cheap_sims` and only played.
+    full_search: list[bool] = []
+    cheap_sims: int = 0
 
     def __post_init__(self) -> None:
         if len(self.moves) != self.plies:
@@ -58,6 +62,21 @@ class GameRecord(msgspec.Struct, frozen=True, tag_field="type", tag="conclave.ga
             raise ValueError(f"GameRecord.outcome must be -1, 0 or 1, got {self.outcome}")
         if any(not 0 <= m < self.num_actions for m in self.moves):
             raise ValueError("GameRecord.moves has an action out of range")
+        if self.full_search and len(self.full_search) != self.plies:
+            raise ValueError(f"GameRecord.full_search has {len(self.full_search)} flags")
+
+
+def trained_plies(record: GameRecord) -> list[int]:
+    """The plies whose targets are trained on: those searched in full."""
+    if not record.full_search:
+        return list(range(record.plies))
+    return [ply for ply, full in enumerate(record.full_search) if full]
+
+
+def simulations(record: GameRecord) -> int:
+    """Search simulations spent on the game's moves."""
+    full = len(trained_plies(record))
+    return full * record.sims_per_move + (record.plies - full) * record.cheap_sims
 
 
 def pack_policy(policy: npt.NDArray[np.float32]) -> bytes:

@@ -53,6 +53,32 @@ def _client(args: argparse.Namespace, name: str, timeout_s: float = 5.0) -> BusC
 def _game_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--game", default="connect4", choices=["connect4", "tictactoe"])
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker process")
+    p.add_argument(
+        "--selfplay-workers",
+        type=_positive_int,
+        default=None,
+        help="self-play processes on this node (default: one per usable core)",
+    )
+    p.add_argument(
+        "--eval-budget",
+        type=_share,
+        default=0.15,
+        help="most of the workers' CPU evaluation may use before rating and gauntlet games wait",
+    )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
 
 
 def _lease_options(p: argparse.ArgumentParser) -> None:
@@ -84,6 +110,8 @@ def cmd_node(args: argparse.Namespace) -> int:
         preset=args.preset,
         creds=str(Path(args.creds).absolute()) if args.creds else None,
         tls_ca=str(Path(args.tls_ca).absolute()) if args.tls_ca else None,
+        eval_budget=args.eval_budget,
+        selfplay_workers=args.selfplay_workers,
     )
     return asyncio.run(launcher.node_main(opts))
 
@@ -99,6 +127,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         game=args.game,
         generations=args.generations,
         threads=args.threads,
+        eval_budget=args.eval_budget,
+        selfplay_workers=args.selfplay_workers,
     )
     return asyncio.run(up.up_main(opts))
 
@@ -333,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     schemas.set_defaults(handler=cmd_schemas)
 
     _add_bestmove(sub)
+    _add_play(sub)
     return parser
 
 
@@ -342,6 +373,22 @@ def _add_bestmove(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p = sub.add_parser("bestmove", help="choose moves for positions read from stdin")
     bestmove.add_arguments(p)
     p.set_defaults(handler=lambda a: bestmove.run(a, sys.stdin, sys.stdout))
+
+
+def cmd_play(args: argparse.Namespace) -> int:
+    from services.play_cli import play_main
+
+    cluster = None if args.checkpoint else _client(args, "play")
+    return play_main(args, cluster, sys.stdin, sys.stdout)
+
+
+def _add_play(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from services import play_cli
+
+    p = sub.add_parser("play", help="play the best model in the terminal")
+    play_cli.add_arguments(p)
+    _nats_option(p)
+    p.set_defaults(handler=cmd_play)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 from pathlib import Path
 
 import msgspec
 
+from schemas import names
 from schemas.codec import encode
 from services.evaluator import EvaluatorConfig
 from services.heartbeat import HeartbeatConfig
@@ -20,6 +22,7 @@ from services.selfplay import SelfplayWorkerConfig
 from services.syncer import SyncerConfig
 from shared.archive import S3Config
 from shared.bus import BusConfig
+from shared.evalplan import EvalBudget
 from shared.lease import LeaseParams
 from shared.natsserver import HUB_DOMAIN
 from shared.presets import Preset, preset
@@ -38,6 +41,7 @@ ROLE_SERVICES: dict[str, tuple[str, ...]] = {
     "control": ("leader",),  # leadership without the training loop (`up --no-train`)
 }
 LOOP_ROLES = ("coordinator", "selfplay", "trainer", "evaluator", "syncer")
+SELFPLAY_NICE = 5
 ALL_ROLES = tuple(ROLE_SERVICES)
 
 
@@ -66,6 +70,8 @@ class NodeOptions(msgspec.Struct, frozen=True):
     tls_ca: str | None = None  # the hub's CA (`conclave auth init --tls`)
     via_leaf: list[str] = []  # hub leaf URLs: run a local leaf server and connect through it
     domain: str | None = None  # the hub's JetStream domain, when connected through a leaf
+    eval_budget: float = EvalBudget().budget  # most of the workers' CPU evaluation may use
+    selfplay_workers: int | None = None  # self-play processes; None: one per usable core
 
 
 def parse_roles(text: str) -> list[str]:
@@ -82,25 +88,56 @@ def default_node_id() -> str:
     return cleaned[:64] or "node"
 
 
-def services_for(roles: list[str]) -> list[str]:
+def services_for(roles: list[str], selfplay_workers: int = 1) -> list[str]:
+    """The node's service processes; self-play may run as several (`selfplay`, `selfplay-2`)."""
     chosen = ["heartbeat"]
     for role in roles:
         chosen += [s for s in ROLE_SERVICES[role] if s not in chosen]
+    if "selfplay" in chosen:
+        at = chosen.index("selfplay") + 1
+        chosen[at:at] = [f"selfplay-{k}" for k in range(2, selfplay_workers + 1)]
     return chosen
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. under `taskset`)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def selfplay_workers(opts: NodeOptions, cores: int) -> int:
+    """Self-play processes for this node: as set, else one per usable core (a trainer or an
+    evaluator on the same node outranks them: they run niced, `selfplay_nice`)."""
+    if opts.selfplay_workers is not None:
+        return opts.selfplay_workers
+    return max(1, cores)
+
+
+def selfplay_nice(roles: list[str]) -> int:
+    """Self-play yields the CPU to the loop's critical path (training, matches) on its node."""
+    return SELFPLAY_NICE if {"trainer", "evaluator", "coordinator"} & set(roles) else 0
+
+
+def node_services(opts: NodeOptions) -> list[str]:
+    return services_for(opts.roles, selfplay_workers(opts, usable_cores()))
 
 
 def service_config(service: str, opts: NodeOptions) -> msgspec.Struct:
     if service == "heartbeat":
-        return HeartbeatConfig(opts.node_id, opts.roles, services_for(opts.roles))
+        return HeartbeatConfig(opts.node_id, opts.roles, node_services(opts))
     if service == "leader":
         return LeaderConfig(opts.node_id, opts.lease)
     return loop_service_config(service, opts, preset(opts.preset or opts.game))
 
 
-def loop_service_config(service: str, opts: NodeOptions, p: Preset) -> msgspec.Struct:
-    cache = str(Path(opts.cache_dir) / opts.node_id / service)
+def loop_service_config(instance: str, opts: NodeOptions, p: Preset) -> msgspec.Struct:
+    cache = str(Path(opts.cache_dir) / opts.node_id / instance)
+    service = names.service_kind(instance)
     if service == "scheduler":
-        return SchedulerConfig(opts.node_id, loop=p.loop, effects=p.effects)
+        budget = msgspec.structs.replace(p.budget, budget=opts.eval_budget)
+        return SchedulerConfig(opts.node_id, loop=p.loop, effects=p.effects, budget=budget)
     if service == "selfplay":
         return SelfplayWorkerConfig(
             opts.node_id,
@@ -108,6 +145,7 @@ def loop_service_config(service: str, opts: NodeOptions, p: Preset) -> msgspec.S
             opts.threads,
             concurrent_games=p.selfplay_concurrency,
             engine=p.selfplay,
+            nice=selfplay_nice(opts.roles),
         )
     if service == "trainer":
         # Imported only where a trainer runs: its module loads torch, which other launchers skip.
@@ -140,10 +178,11 @@ def child_spec(service: str, opts: NodeOptions) -> ChildSpec:
     )
     proc = ProcessConfig(opts.node_id, service, bus, log_level=opts.log_level)
     config = encode(service_config(service, opts)).decode()
+    module = f"services.{names.service_kind(service)}"
 
     def argv(fd: int) -> list[str]:
         with_fd = encode(msgspec.structs.replace(proc, pulse_fd=fd)).decode()
-        return python_module_argv(f"services.{service}", "--process", with_fd, "--config", config)
+        return python_module_argv(module, "--process", with_fd, "--config", config)
 
     log_path = Path(opts.log_dir) / f"{opts.node_id}-{service}.log" if opts.log_dir else None
     return ChildSpec(service, argv, log_path)
@@ -167,7 +206,7 @@ def creds_for(service: str, opts: NodeOptions) -> str | None:
     if not path.is_dir():
         return str(path)
     first = "coordinator" if not opts.roles or opts.roles[0] == "control" else opts.roles[0]
-    return str(path / f"{SERVICE_ROLE.get(service, first)}.nk")
+    return str(path / f"{SERVICE_ROLE.get(names.service_kind(service), first)}.nk")
 
 
 def syncer_config(opts: NodeOptions, cache: str) -> SyncerConfig:
@@ -182,7 +221,7 @@ def syncer_config(opts: NodeOptions, cache: str) -> SyncerConfig:
 
 def build_children(opts: NodeOptions) -> list[Child]:
     limits = Limits(stall_s=opts.limits_stall_s)
-    return [Child(child_spec(s, opts), limits) for s in services_for(opts.roles)]
+    return [Child(child_spec(s, opts), limits) for s in node_services(opts)]
 
 
 async def supervise(children: list[Child], stop: asyncio.Event) -> None:

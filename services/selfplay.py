@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +18,7 @@ import msgspec
 import numpy as np
 
 from schemas import names
-from schemas.game import GameRecord, encode_record
+from schemas.game import GameRecord, encode_record, simulations
 from schemas.jobs import SelfplayJob
 from shared import counters
 from shared.bus import Bus, BusError, Unavailable, translated
@@ -42,6 +43,7 @@ class SelfplayWorkerConfig(msgspec.Struct, frozen=True):
     keepalive_s: float = 10.0
     jobs: JobSettings = JobSettings()
     engine: SelfPlayConfig = SelfPlayConfig()
+    nice: int = 0  # added to the process's niceness: self-play yields to training and matches
 
 
 class Worker:
@@ -129,7 +131,7 @@ class Worker:
             count += 1
             self.games_published += 1
             counters.add("games")
-            counters.add("simulations", record.plies * record.sims_per_move)
+            counters.add("simulations", simulations(record))
         return count
 
 
@@ -147,6 +149,8 @@ async def publish_game(bus: Bus, record: GameRecord, attempts: int = 20) -> None
 
 
 async def run(bus: Bus, cfg: SelfplayWorkerConfig, stop: asyncio.Event) -> None:
+    if cfg.nice:
+        os.nice(cfg.nice)
     await bus.provision()
     await ensure_consumer(bus, "selfplay", cfg.jobs)
     worker = Worker(bus, cfg, stop)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from schemas.game import GameRecord, policy_targets
+from schemas.game import GameRecord, policy_targets, trained_plies
 from shared.games.base import FloatArray, Game, IllegalMove
 
 POLICY_TOLERANCE = 1e-3
@@ -66,14 +66,15 @@ def positions_of(
         except IllegalMove as e:
             raise RejectedRecord(f"move {ply + 1}: {e}") from e
     _check_outcome(game, state, record)
+    kept = trained_plies(record)  # cheap-search plies are played, never trained on
     shape = (0, *game.encoding_shape)
     return GamePositions(
         record.game_id,
         seq,
-        np.stack(encodings) if encodings else np.zeros(shape, np.float32),
-        policies,
-        np.asarray(values, dtype=np.float32),
-        np.zeros(record.plies, dtype=np.int32),
+        np.stack([encodings[i] for i in kept]) if kept else np.zeros(shape, np.float32),
+        policies[kept],
+        np.asarray([values[i] for i in kept], dtype=np.float32),
+        np.zeros(len(kept), dtype=np.int32),
     )
 
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import msgspec
@@ -48,11 +48,17 @@ class SelfPlayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     resign_value: float | None = None
     resign_disabled_fraction: float = 0.1
     pipeline: bool = False
+    # Playout cap randomisation (KataGo): each move is a full search with this probability,
+    # else a cheap one of `cheap_simulations` whose position is played but not trained on.
+    full_search_fraction: float = 1.0
+    cheap_simulations: int = 16
 
     def __post_init__(self) -> None:
-        for name in ("concurrent_games", "num_simulations", "max_considered"):
+        for name in ("concurrent_games", "num_simulations", "max_considered", "cheap_simulations"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SelfPlayConfig.{name} must be >= 1")
+        if not 0.0 < self.full_search_fraction <= 1.0:
+            raise ValueError("SelfPlayConfig.full_search_fraction must be in (0, 1]")
         if self.sample_plies < 0:
             raise ValueError("SelfPlayConfig.sample_plies must be >= 0")
         if not 0.0 <= self.resign_disabled_fraction <= 1.0:
@@ -71,6 +77,8 @@ class _Slot:
     moves: list[int] = field(default_factory=list)
     policies: list[FloatArray] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
+    full: list[bool] = field(default_factory=list)  # per ply: searched in full
+    full_now: bool = True  # the search of the current move is a full one
     would_resign: int | None = None
     stats: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(4, dtype=np.int64))
 
@@ -110,7 +118,7 @@ def self_play(
     with ExitStack() as stack:
         executor = stack.enter_context(ThreadPoolExecutor(1)) if config.pipeline else None
         while slots and not (stop is not None and stop()):
-            outputs = _search(ctx, slots, evaluator, rng, executor)
+            slots, outputs = _search_capped(ctx, slots, evaluator, rng, executor)
             for out in outputs:
                 on_search(out.stats)
             slots, finished = _play_all(ctx, slots, outputs, rng)
@@ -142,6 +150,30 @@ def _new_slot(ctx: _Context, rng: np.random.Generator) -> _Slot:
         rng.random() >= ctx.config.resign_disabled_fraction
     )
     return _Slot(rng.bytes(8).hex(), ctx.game.initial(), enabled, ctx.clock())
+
+
+def _search_capped(
+    ctx: _Context,
+    slots: list[_Slot],
+    evaluator: Evaluator,
+    rng: np.random.Generator,
+    executor: Executor | None,
+) -> tuple[list[_Slot], list[SearchOutput]]:
+    """Search every slot, the full-search ones with the full budget and the rest cheaply;
+    returns the slots reordered to match the outputs' rows."""
+    fraction = ctx.config.full_search_fraction
+    for slot in slots:
+        slot.full_now = fraction >= 1.0 or bool(rng.random() < fraction)
+    full = [s for s in slots if s.full_now]
+    cheap = [s for s in slots if not s.full_now]
+    outputs = _search(ctx, full, evaluator, rng, executor) if full else []
+    if cheap:
+        cheap_ctx = replace(
+            ctx,
+            config=msgspec.structs.replace(ctx.config, num_simulations=_cheap_sims(ctx)),
+        )
+        outputs += _search(cheap_ctx, cheap, evaluator, rng, executor)
+    return full + cheap, outputs
 
 
 def _search(
@@ -204,6 +236,7 @@ def _play(
     slot.moves.append(action)
     slot.policies.append(policy)
     slot.values.append(float(out.root_value[i]))
+    slot.full.append(slot.full_now)
     slot.state = game.apply(slot.state, action)
     value = game.terminal_value(slot.state)
     if value is None:
@@ -246,4 +279,10 @@ def _record(ctx: _Context, slot: _Slot, *, outcome: float, resigned: bool) -> Ga
         cache_hits=int(slot.stats[1]),
         terminal_visits=int(slot.stats[2]),
         max_depth=int(slot.stats[3]),
+        full_search=[] if all(slot.full) else slot.full,
+        cheap_sims=0 if all(slot.full) else _cheap_sims(ctx),
     )
+
+
+def _cheap_sims(ctx: _Context) -> int:
+    return min(ctx.config.cheap_simulations, ctx.config.num_simulations)

@@ -11,13 +11,21 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from nats.aio.msg import Msg
 
 from schemas import names
 from schemas.codec import decode
 from schemas.control import NodeStatus
-from services.launcher import NodeOptions, build_children, services_for, supervise
+from services.launcher import (
+    NodeOptions,
+    build_children,
+    selfplay_nice,
+    selfplay_workers,
+    services_for,
+    supervise,
+)
 from shared.bus import Bus
 from shared.natsserver import NatsServer, pid_alive
 from shared.supervisor import Child
@@ -216,3 +224,31 @@ async def test_every_service_answers_srv_ping_with_its_node(node: RunningNode, b
         return found if found >= set(COORDINATOR) else None
 
     assert await eventually(pinged, 20, every=0.5, what="$SRV.PING replies")
+
+
+def test_a_node_runs_one_selfplay_process_per_usable_core_unless_told() -> None:
+    opts = NodeOptions("n1", ["selfplay", "trainer"], ["nats://127.0.0.1:1"])
+    assert selfplay_workers(opts, cores=4) == 4
+    assert selfplay_workers(msgspec.structs.replace(opts, selfplay_workers=1), cores=4) == 1
+    assert services_for(["selfplay", "trainer"], 3) == [
+        "heartbeat",
+        "selfplay",
+        "selfplay-2",
+        "selfplay-3",
+        "trainer",
+    ]
+    assert services_for(["coordinator"], 3) == COORDINATOR
+
+
+def test_selfplay_yields_the_cpu_only_where_it_shares_the_node_with_the_loop() -> None:
+    assert selfplay_nice(["selfplay"]) == 0
+    assert selfplay_nice(["selfplay", "trainer"]) > 0
+
+
+def test_each_selfplay_process_runs_the_selfplay_module_under_its_own_name() -> None:
+    opts = NodeOptions("n1", ["selfplay"], ["nats://127.0.0.1:1"], selfplay_workers=2)
+    [heartbeat, first, second] = build_children(opts)
+    assert (first.spec.name, second.spec.name) == ("selfplay", "selfplay-2")
+    argv = second.spec.argv(3)
+    assert argv[argv.index("-m") + 1] == "services.selfplay"
+    assert "selfplay-2" in heartbeat.spec.argv(3)[-1]  # the heartbeat expects both

@@ -7,11 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from schemas.game import GameRecord, decode_record, encode_record, pack_policy, policy_targets
+from schemas.game import (
+    GameRecord,
+    decode_record,
+    encode_record,
+    pack_policy,
+    policy_targets,
+    simulations,
+    trained_plies,
+)
 from shared.evaluator import NetEvaluator, uniform_evaluator
 from shared.games.connect4 import GAME as CONNECT4
 from shared.games.tictactoe import GAME as TICTACTOE
 from shared.net import NetConfig, PolicyValueNet
+from shared.replay import positions_of
 from shared.selfplay import SelfPlayConfig, self_play
 
 
@@ -79,6 +88,40 @@ def test_connect4_selfplay() -> None:
         check_record(CONNECT4, record)
 
 
+def test_playout_cap_randomisation_trains_only_on_full_searches() -> None:
+    config = SelfPlayConfig(
+        concurrent_games=4, num_simulations=16, full_search_fraction=0.25, cheap_simulations=4
+    )
+    stats: list[Any] = []
+    records = list(
+        self_play(
+            TICTACTOE,
+            uniform_evaluator,
+            np.random.default_rng(3),
+            config,
+            num_games=12,
+            on_search=stats.append,
+        )
+    )
+    flags = [f for r in records for f in (r.full_search or [True] * r.plies)]
+    assert 0 < sum(flags) < len(flags), "some plies full, some cheap"
+    assert 0.1 < sum(flags) / len(flags) < 0.45
+    for record in records:
+        check_record(TICTACTOE, record)
+        positions = positions_of(TICTACTOE, record)
+        assert len(positions.values) == len(trained_plies(record))
+    assert sum(s.simulations for s in stats) == sum(simulations(r) for r in records)
+    assert all(r.cheap_sims == 4 for r in records if r.full_search)
+
+
+def test_full_searches_only_is_the_default() -> None:
+    config = SelfPlayConfig(concurrent_games=2, num_simulations=4)
+    rng = np.random.default_rng(0)
+    records = list(self_play(TICTACTOE, uniform_evaluator, rng, config, num_games=2))
+    assert all(r.full_search == [] and r.cheap_sims == 0 for r in records)
+    assert all(trained_plies(r) == list(range(r.plies)) for r in records)
+
+
 def test_resign_and_resign_disabled_games() -> None:
     always = SelfPlayConfig(concurrent_games=2, num_simulations=4, resign_value=1.0)
     rng = np.random.default_rng(0)
@@ -116,7 +159,12 @@ def test_record_validation_names_the_field() -> None:
         sims_per_move=8,
     )
     GameRecord(**good)  # type: ignore[arg-type]
-    for field, bad in (("moves", [4, 5]), ("outcome", 0.5), ("policy", b"")):
+    for field, bad in (
+        ("moves", [4, 5]),
+        ("outcome", 0.5),
+        ("policy", b""),
+        ("full_search", [True, False]),
+    ):
         with pytest.raises(ValueError, match=f"GameRecord.{field}"):
             GameRecord(**{**good, field: bad})  # type: ignore[arg-type]
 

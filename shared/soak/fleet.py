@@ -127,7 +127,7 @@ class Fleet:
             *inside,
             sys.executable, "-m", "services.cli", "--log-level", "info", "node",
             "--roles", ",".join(spec.roles), "--node-id", spec.node_id, "--replicas", "3",
-            "--game", "tictactoe", "--preset", "soak",
+            "--game", "tictactoe", "--preset", "soak", "--selfplay-workers", "1",
             "--cache-dir", str(self.data_dir / "cache"),
             "--log-dir", str(self.data_dir / "logs"),
             "--archive", str(self.data_dir / "archive"),
