@@ -27,6 +27,7 @@ class SelfplayJob(Wire, frozen=True, tag="conclave.job.selfplay.v1"):
     sims: int
     term: int
     group: str = "sp"
+    resign_value: float | None = None  # resign below this Q (None: play every game out)
 
 
 class TrainJob(Wire, frozen=True, tag="conclave.job.train.v1"):
@@ -93,6 +94,13 @@ class ModelMeta(Wire, frozen=True, tag="conclave.model.v1"):
     window_games: int = 0  # distinct games in the replay window when training began
     duplicates_skipped: int = 0  # game records seen again (same id) and not kept twice
     rejected_records: int = 0  # records that failed replay under the rules
+    # Resignation calibrated on the window's played-out games (None: not enough yet), and the
+    # false-resign check: of `resign_checked` games someone would have resigned (resigning
+    # disabled), `false_resigns` were not lost by them.
+    resign_threshold: float | None = None
+    resign_samples: int = 0
+    resign_checked: int = 0
+    false_resigns: int = 0
 
 
 class BestPointer(Wire, frozen=True, tag="conclave.best.v1"):
@@ -135,6 +143,7 @@ class TrainProgress(Wire, frozen=True, tag="conclave.train_progress.v1"):
     samples_per_s: float
     at: float
     done: bool = False
+    learning_rate: float = 0.0  # at the last step reported
 
 
 class JobFailure(Wire, frozen=True, tag="conclave.job_failure.v1"):

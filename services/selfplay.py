@@ -92,6 +92,7 @@ class Worker:
             self.cfg.engine,
             concurrent_games=min(self.cfg.concurrent_games, job.games),
             num_simulations=job.sims,
+            resign_value=job.resign_value,
         )
         loop = asyncio.get_running_loop()
         records: asyncio.Queue[GameRecord | None] = asyncio.Queue()

@@ -36,6 +36,7 @@ from shared.jobs import Delivery, JobSettings, Puller, ensure_consumer
 from shared.models import ModelStore
 from shared.net import CheckpointError, NetConfig, PolicyValueNet, checkpoint_bytes, load_checkpoint
 from shared.replay import GamePositions, RejectedRecord, ReplayWindow, positions_of
+from shared.resign import ResignSettings
 from shared.service import main as service_main
 from shared.service import wait_or_stop
 from shared.training import StepsDone, TrainReport, TrainSettings, new_net, train
@@ -58,6 +59,7 @@ class TrainerConfig(msgspec.Struct, frozen=True):
     keepalive_s: float = 10.0
     jobs: JobSettings = JobSettings(ack_wait_s=60.0)
     progress_every_s: float = 2.0  # how often a training reports its progress
+    resign: ResignSettings = ResignSettings()
 
 
 class Trainer:
@@ -186,6 +188,7 @@ class Trainer:
         )
         digest = await self.models.put(data)
         first, last = window.seq_range()
+        resign = window.resign_report(self.cfg.resign)
         meta = ModelMeta(
             digest,
             job.game,
@@ -203,6 +206,10 @@ class Trainer:
             window_games=len(window.games),
             duplicates_skipped=window.duplicates,
             rejected_records=sum(self.rejected.values()),
+            resign_threshold=resign.threshold,
+            resign_samples=resign.samples,
+            resign_checked=resign.checked,
+            false_resigns=resign.false,
         )
         await self.bus.write(names.REGISTRY_BUCKET, names.model_key(job.game, digest), encode(meta))
         await self.bus.write(names.REGISTRY_BUCKET, names.trained_key(job.job_id), encode(meta))
@@ -271,6 +278,7 @@ class ProgressMeter:
         self.job, self.every_s, self.emit, self.clock = job, every_s, emit, clock
         self.since = clock()
         self.step = 0
+        self.learning_rate = 0.0
         self.last: TrainProgress | None = None
         self._clear()
 
@@ -281,6 +289,7 @@ class ProgressMeter:
         self.positions += done.positions
         self.policy_sum += done.policy_loss * steps
         self.value_sum += done.value_loss * steps
+        self.learning_rate = done.learning_rate
         if self.clock() - self.since >= self.every_s:
             self.emit(self._report(done=False))
 
@@ -303,6 +312,7 @@ class ProgressMeter:
             self.positions / elapsed if elapsed > 0 else 0.0,
             time.time(),
             done,
+            learning_rate=self.learning_rate,
         )
         self.since = now
         self._clear()

@@ -56,6 +56,7 @@ class EffectSettings(msgspec.Struct, frozen=True):
     eval_sims: int = 64
     train_steps: int = 400
     window_games: int = 20000
+    resign: bool = False  # self-play resigns at the threshold the trainer calibrated
     gauntlet: tuple[str, ...] = ("random", "onestep", "mcts:200")
     gauntlet_games: int = 20
 
@@ -105,6 +106,7 @@ class Effects:
                 )
 
     async def selfplay(self, action: EnqueueSelfplay, generation: int) -> None:
+        resign = await self.resign_value(action.game, action.model)
         for _ in range(action.jobs):
             job_id = f"{action.game}-sp-{uuid.uuid4().hex[:12]}"
             job = SelfplayJob(
@@ -115,8 +117,19 @@ class Effects:
                 action.games_per_job,
                 selfplay_sims(self.settings, generation),
                 self.term,
+                resign_value=resign,
             )
             await submit(self.bus, "selfplay", job)
+
+    async def resign_value(self, game: str, model: str) -> float | None:
+        """The resign threshold calibrated by the training that made `model` (when enabled)."""
+        if not self.settings.resign or not model:
+            return None
+        key = names.model_key(game, model)
+        entry = await self.bus.last(names.REGISTRY_BUCKET, key)
+        if entry.value is None:
+            return None
+        return decode(entry.value, ModelMeta, subject=key).resign_threshold
 
     async def parent(self, action: StartTraining, best: str | None) -> str | None:
         """Training continues from the previous candidate, promoted or not, so no learning is

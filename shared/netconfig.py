@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Literal
+
 import msgspec
 
 
@@ -39,7 +42,32 @@ class MalformedCheckpoint(CheckpointError):
 
 
 class TrainSettings(msgspec.Struct, frozen=True):
+    """Gradient steps. The learning rate of a training job ramps up over `warmup_steps`, then
+    stays (`constant`) or follows a cosine down to `lr_final_factor` of itself by the job's last
+    step (`cosine`): each job continues from the previous net, so it starts high again."""
+
     batch_size: int = 256
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     value_weight: float = 1.0
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_final_factor: float = 0.1
+    warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.lr_final_factor <= 1.0:
+            raise ValueError(
+                f"TrainSettings.lr_final_factor must be in [0, 1], got {self.lr_final_factor}"
+            )
+        if self.warmup_steps < 0:
+            raise ValueError(f"TrainSettings.warmup_steps must be >= 0, got {self.warmup_steps}")
+
+
+def lr_factor(step: int, steps: int, settings: TrainSettings) -> float:
+    """The learning rate at `step` (0-based) of a `steps`-step job, as a factor of the base."""
+    warm = min(1.0, (step + 1) / settings.warmup_steps) if settings.warmup_steps else 1.0
+    if settings.lr_schedule == "constant" or steps <= 1:
+        return warm
+    done = min(1.0, step / (steps - 1))
+    final = settings.lr_final_factor
+    return warm * (final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * done)))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,8 @@ import numpy.typing as npt
 
 from schemas.game import GameRecord, policy_targets, trained_plies
 from shared.games.base import FloatArray, Game, IllegalMove
+from shared.resign import ResignReport, ResignSettings, lowest_values
+from shared.resign import report as resign_report
 
 POLICY_TOLERANCE = 1e-3
 
@@ -34,6 +36,10 @@ class GamePositions:
     policies: FloatArray  # (plies, A)
     values: FloatArray  # (plies,) final outcome from the view of the player to move
     uses: npt.NDArray[np.int32]
+    # For resignation: each non-losing player's lowest root value in a game played out, and
+    # whether a player who would have resigned (resigning disabled) did not lose.
+    lowest_values: list[float] = field(default_factory=list)
+    false_resign: bool | None = None
 
 
 def positions_of(
@@ -51,13 +57,14 @@ def positions_of(
         raise RejectedRecord(f"num_actions {record.num_actions} != {game.num_actions}")
     policies = _checked_policies(record)
     state = game.initial()
-    encodings, values = [], []
+    encodings, values, movers = [], [], []
     for ply, move in enumerate(record.moves):
         if game.terminal_value(state) is not None:
             raise RejectedRecord(f"move {ply + 1} played after the game ended")
         if not game.legal_mask(state)[move]:
             raise RejectedRecord(f"move {ply + 1} ({game.action_name(move)}) is illegal")
         encodings.append(game.encode(state))
+        movers.append(game.to_play(state))
         outcome = record.outcome if game.to_play(state) == 0 else -record.outcome
         root = record.root_values[ply]
         values.append((1.0 - root_value_weight) * outcome + root_value_weight * root)
@@ -75,7 +82,19 @@ def positions_of(
         policies[kept],
         np.asarray([values[i] for i in kept], dtype=np.float32),
         np.zeros(len(kept), dtype=np.int32),
+        *_resign_evidence(record, movers),
     )
+
+
+def _resign_evidence(record: GameRecord, movers: list[int]) -> tuple[list[float], bool | None]:
+    outcomes = [record.outcome, -record.outcome]  # each player's result
+    played_out = not record.resigned and not record.resign_enabled
+    lowest = lowest_values(record.root_values, movers, outcomes) if played_out else []
+    would = record.would_resign
+    false_resign = None
+    if not record.resign_enabled and would is not None and would in (0, 1):
+        false_resign = outcomes[would] >= 0
+    return lowest, false_resign
 
 
 def _checked_policies(record: GameRecord) -> FloatArray:
@@ -129,6 +148,14 @@ class ReplayWindow:
     def __len__(self) -> int:
         with self._lock:
             return sum(len(g.values) for g in self.games.values())
+
+    def resign_report(self, settings: ResignSettings) -> ResignReport:
+        """Resignation calibrated on the window's played-out games, and its false resigns."""
+        with self._lock:
+            games = list(self.games.values())
+        lowest = [v for g in games for v in g.lowest_values]
+        checks = [g.false_resign for g in games if g.false_resign is not None]
+        return resign_report(lowest, checks, settings)
 
     def seq_range(self) -> tuple[int, int]:
         with self._lock:

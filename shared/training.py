@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from shared.games.base import Game
 from shared.net import PolicyValueNet
-from shared.netconfig import NetConfig, TrainSettings
+from shared.netconfig import NetConfig, TrainSettings, lr_factor
 from shared.replay import ReplayWindow, augment
 
 
@@ -31,6 +31,7 @@ class StepsDone(NamedTuple):
     positions: int  # positions trained on since the previous call
     policy_loss: float  # means over the steps since the previous call
     value_loss: float
+    learning_rate: float = 0.0  # of the last step
 
 
 ProgressCallback = Callable[[StepsDone], None]
@@ -57,6 +58,9 @@ def train(
     optimizer = torch.optim.AdamW(
         net.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
     )
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, steps, settings)
+    )
     net.train()
     policy_losses: list[float] = []
     value_losses: list[float] = []
@@ -74,12 +78,14 @@ def train(
         loss = policy_loss + settings.value_weight * value_loss
         optimizer.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]
+        rate = float(optimizer.param_groups[0]["lr"])
         optimizer.step()
+        schedule.step()
         policy_losses.append(policy_loss.item())
         value_losses.append(value_loss.item())
         seen += len(batch.values)
         done += 1
-        progress.add(len(batch.values), policy_losses[-1], value_losses[-1])
+        progress.add(len(batch.values), policy_losses[-1], value_losses[-1], rate)
     progress.flush()
     net.eval()
     return TrainReport(done, seen, _mean(policy_losses), _mean(value_losses))
@@ -91,11 +97,15 @@ class _Progress:
     def __init__(self, on_progress: ProgressCallback | None, every: int) -> None:
         self.on_progress, self.every = on_progress, max(every, 1)
         self.step, self.positions = 0, 0
+        self.learning_rate = 0.0
         self.policy_losses: list[float] = []
         self.value_losses: list[float] = []
 
-    def add(self, positions: int, policy_loss: float, value_loss: float) -> None:
+    def add(
+        self, positions: int, policy_loss: float, value_loss: float, learning_rate: float
+    ) -> None:
         self.step += 1
+        self.learning_rate = learning_rate
         self.positions += positions
         self.policy_losses.append(policy_loss)
         self.value_losses.append(value_loss)
@@ -106,7 +116,7 @@ class _Progress:
         if self.on_progress is None or not self.policy_losses:
             return
         policy, value = _mean(self.policy_losses), _mean(self.value_losses)
-        self.on_progress(StepsDone(self.step, self.positions, policy, value))
+        self.on_progress(StepsDone(self.step, self.positions, policy, value, self.learning_rate))
         self.positions = 0
         self.policy_losses.clear()
         self.value_losses.clear()

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.loopeffects import EffectSettings, selfplay_sims
+from schemas import names
+from schemas.codec import encode
+from schemas.jobs import ModelMeta
+from shared.bus import Bus
+from shared.loopeffects import Effects, EffectSettings, selfplay_sims
+from shared.policy import LoopConfig
 
 
 def test_a_fixed_budget_by_default() -> None:
@@ -26,3 +32,16 @@ def test_the_budget_stays_between_start_and_full(
     )
     sims = selfplay_sims(settings, gen)
     assert min(start, full) <= sims <= max(start, full)
+
+
+async def test_selfplay_jobs_carry_the_calibrated_resign_threshold_when_enabled(bus: Bus) -> None:
+    await bus.provision()
+    meta = ModelMeta("ab" * 32, "tictactoe", 3, "", 10, 1, 9, 100, 50, 1.0, 0.5, 0.0, "t3")
+    meta = msgspec.structs.replace(meta, resign_threshold=-0.93, resign_samples=400)
+    await bus.write(names.REGISTRY_BUCKET, names.model_key("tictactoe", meta.sha256), encode(meta))
+    loop = LoopConfig(games=("tictactoe",))
+    on = Effects(bus, loop, EffectSettings(resign=True), term=1)
+    off = Effects(bus, loop, EffectSettings(), term=1)
+    assert await on.resign_value("tictactoe", meta.sha256) == -0.93
+    assert await off.resign_value("tictactoe", meta.sha256) is None
+    assert await on.resign_value("tictactoe", "cd" * 32) is None  # no metadata: play out
