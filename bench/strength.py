@@ -8,9 +8,11 @@ Pons' test sets in AlphaZero.jl's Connect Four benchmark). Positions come from s
 random and `onestep` moves mixed, stopped at a ply drawn within each stage (<= 14, 15-28, > 28
 moves played; the first stage starts at 8 moves, where labelling takes the C solver ~0.5 s);
 every legal move is labelled by `shared.solver.connect4.move_values`, and a position is kept
-only if its moves do not all have the same value. The labelled set is cached under
---cache (default ~/.cache/conclave) by seed and size. Every agent sees each position with the
-same seeded generator, so `random` and `onestep` share their random draws.
+only if its moves do not all have the same value. The `quiet` rates cover the positions (of any
+stage) with no immediate win or block for either side, where `onestep` plays at random. The
+labelled set is cached under --cache (default ~/.cache/conclave) by seed and size. Every agent
+sees each position with the same seeded generator, so `random` and `onestep` share their random
+draws.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.baselines import Agent, make_agent
+from shared.baselines import Agent, make_agent, opponent_can_win, wins_at_once
 from shared.games.connect4 import GAME, Connect4State
 from shared.solver.connect4 import move_values
 
 STAGES = (("<=14", 8, 14), ("15-28", 15, 28), (">28", 29, 41))
+QUIET = "quiet"  # a subset across stages: no immediate win or block for either side
 CACHE_VERSION = 1  # bump when position generation or labelling changes
 
 
@@ -106,8 +109,18 @@ def cached_positions(seed: int, count: int, cache: Path) -> tuple[list[Labelled]
     return positions, False
 
 
+def is_quiet(state: Connect4State) -> bool:
+    """No tactics one ply deep: the mover cannot win at once and no move lets the opponent win
+    at once (so nothing to block), i.e. `onestep` knows nothing here and plays at random."""
+    actions = [int(a) for a in np.flatnonzero(GAME.legal_mask(state))]
+    if any(wins_at_once(GAME, state, a) for a in actions):
+        return False
+    return not any(opponent_can_win(GAME, GAME.apply(state, a)) for a in actions)
+
+
 def _rates(counts: dict[str, list[int]]) -> dict[str, dict[str, Any]]:
-    total = [sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values())]
+    stages = [c for name, c in counts.items() if name != QUIET]
+    total = [sum(c[0] for c in stages), sum(c[1] for c in stages)]
     return {
         name: {"positions": n, "mistakes": m, "rate": round(m / n, 4) if n else None}
         for name, (n, m) in {**counts, "overall": total}.items()
@@ -119,11 +132,15 @@ def mistake_rates(
 ) -> dict[str, dict[str, Any]]:
     """Per stage and overall: {positions, mistakes, rate} of `agent` on `positions`."""
     counts = {name: [0, 0] for name, _, _ in STAGES}
+    counts[QUIET] = [0, 0]
     for index, position in enumerate(positions):
         rng = np.random.default_rng([seed, index])
-        action = agent.choose(GAME, GAME.parse(position.moves), rng)
-        counts[position.stage][0] += 1
-        counts[position.stage][1] += position.is_mistake(action)
+        state = GAME.parse(position.moves)
+        action = agent.choose(GAME, state, rng)
+        groups = (position.stage, QUIET) if is_quiet(state) else (position.stage,)
+        for group in groups:
+            counts[group][0] += 1
+            counts[group][1] += position.is_mistake(action)
     return _rates(counts)
 
 

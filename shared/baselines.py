@@ -59,7 +59,7 @@ def wins_at_once(game: Game[S], state: S, action: int) -> bool:
     return game.terminal_value(game.apply(state, action)) == -1.0
 
 
-def _opponent_can_win(game: Game[S], state: S) -> bool:
+def opponent_can_win(game: Game[S], state: S) -> bool:
     if game.terminal_value(state) is not None:
         return False
     actions: list[int] = np.flatnonzero(game.legal_mask(state)).tolist()
@@ -81,7 +81,7 @@ class OneStepAgent:
         winning = [a for a in actions if wins_at_once(game, state, a)]
         if winning:
             return _pick(winning, rng)
-        safe = [a for a in actions if not _opponent_can_win(game, game.apply(state, a))]
+        safe = [a for a in actions if not opponent_can_win(game, game.apply(state, a))]
         return _pick(safe or actions, rng)
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.strength import STAGES, cached_positions, main, report
+from bench.strength import QUIET, STAGES, cached_positions, is_quiet, main, report
 from shared.baselines import make_agent
 from shared.games.connect4 import GAME
 from shared.solver.connect4 import move_values
@@ -26,12 +26,19 @@ def test_report_shape_and_onestep_no_worse_than_random(tmp_path: Path) -> None:
     assert out["counts"] == {"<=14": 10, "15-28": 10, ">28": 10}
     assert set(out["agents"]) == {"random", "onestep"}
     for stages in out["agents"].values():
-        assert list(stages) == [name for name, _, _ in STAGES] + ["overall"]
+        assert list(stages) == [name for name, _, _ in STAGES] + [QUIET, "overall"]
         assert stages["overall"]["positions"] == 30
+        assert 0 < stages[QUIET]["positions"] < 30
         for figures in stages.values():
             assert figures["rate"] == round(figures["mistakes"] / figures["positions"], 4)
     rates = {name: stages["overall"]["rate"] for name, stages in out["agents"].items()}
     assert rates["onestep"] <= rates["random"]
+
+
+def test_quiet_positions_have_no_win_and_nothing_to_block() -> None:
+    assert is_quiet(GAME.parse("44"))
+    assert not is_quiet(GAME.parse("141414"))  # the mover wins in column 1
+    assert not is_quiet(GAME.parse("14141"))  # the opponent threatens column 1: block it
 
 
 def test_main_prints_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
