@@ -52,6 +52,9 @@ class SelfPlayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # else a cheap one of `cheap_simulations` whose position is played but not trained on.
     full_search_fraction: float = 1.0
     cheap_simulations: int = 16
+    # Forced playouts and policy target pruning (KataGo, k = 2 there) for the PUCT root; the
+    # Gumbel root needs neither (docs/search.md). 0 is off.
+    forced_playouts: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("concurrent_games", "num_simulations", "max_considered", "cheap_simulations"):
@@ -204,6 +207,7 @@ def _steps(ctx: _Context, slots: Sequence[_Slot], rng: np.random.Generator) -> S
             num_simulations=c.num_simulations,
             dirichlet_alpha=c.dirichlet_alpha,
             noise_fraction=c.noise_fraction,
+            forced_k=c.forced_playouts,
         )
     return gumbel_steps(
         ctx.game,

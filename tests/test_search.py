@@ -213,6 +213,30 @@ def test_puct_policy_is_visit_distribution() -> None:
     assert out.action[0] == 2  # completes 1-2-3
 
 
+def skewed_evaluator(encodings: FloatArray, masks: BoolArray) -> tuple[FloatArray, FloatArray]:
+    """Priors that put most mass on the first legal action, value 0."""
+    weights = masks * np.where(np.cumsum(masks, axis=1) == 1, 50.0, 1.0)
+    priors = (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+    return priors, np.zeros(len(masks), dtype=np.float32)
+
+
+def test_forced_playouts_visit_every_explored_root_child_enough() -> None:
+    roots = [TICTACTOE.initial(), TICTACTOE.parse("5")]
+    kwargs = {"num_simulations": 200, "noise_fraction": 0.25}
+    plain = puct_search(TICTACTOE, roots, skewed_evaluator, np.random.default_rng(1), **kwargs)
+    forced = puct_search(
+        TICTACTOE, roots, skewed_evaluator, np.random.default_rng(1), forced_k=2.0, **kwargs
+    )
+    explored = forced.visits > 0
+    assert (forced.visits[explored] >= 3).all()  # sqrt(2 * P * 200) >= 3 for P >= 2.25%
+    assert np.minimum(plain.visits, 3)[plain.visits > 0].min() < 3  # plain PUCT starves some
+    assert np.allclose(forced.policy.sum(axis=1), 1.0)
+    pruned = forced.policy < forced.visits / forced.visits.sum(axis=1, keepdims=True)
+    assert pruned.any(), "the target gives back forced visits"
+    best = forced.visits.argmax(axis=1)
+    assert (forced.policy.argmax(axis=1) == best).all()
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     moves=st.lists(st.integers(0, 8), max_size=6),

@@ -114,6 +114,17 @@ def test_playout_cap_randomisation_trains_only_on_full_searches() -> None:
     assert all(r.cheap_sims == 4 for r in records if r.full_search)
 
 
+def test_puct_selfplay_with_forced_playouts_keeps_valid_targets() -> None:
+    config = SelfPlayConfig(
+        concurrent_games=3, num_simulations=16, search="puct", forced_playouts=2.0
+    )
+    rng = np.random.default_rng(2)
+    records = list(self_play(TICTACTOE, uniform_evaluator, rng, config, num_games=3))
+    assert len(records) == 3
+    for record in records:
+        check_record(TICTACTOE, record)
+
+
 def test_full_searches_only_is_the_default() -> None:
     config = SelfPlayConfig(concurrent_games=2, num_simulations=4)
     rng = np.random.default_rng(0)
