@@ -60,11 +60,26 @@ def _game_options(p: argparse.ArgumentParser) -> None:
         help="self-play processes on this node (default: one per usable core)",
     )
     p.add_argument(
+        "--tune",
+        action="append",
+        default=[],
+        metavar="SECTION.NAME=VALUE",
+        help="change a preset setting, e.g. selfplay.full_search_fraction=0.25 (repeatable)",
+    )
+    p.add_argument(
         "--eval-budget",
         type=_share,
         default=0.15,
         help="most of the workers' CPU evaluation may use before rating and gauntlet games wait",
     )
+
+
+def _checked_tuning(preset_name: str, settings: list[str]) -> list[str]:
+    """The `--tune` settings, once they apply to the preset (a bad one stops here, named)."""
+    from shared.presets import preset, tuned
+
+    tuned(preset(preset_name), settings)
+    return settings
 
 
 def _positive_int(text: str) -> int:
@@ -112,6 +127,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         tls_ca=str(Path(args.tls_ca).absolute()) if args.tls_ca else None,
         eval_budget=args.eval_budget,
         selfplay_workers=args.selfplay_workers,
+        tune=_checked_tuning(args.preset or args.game, args.tune),
     )
     return asyncio.run(launcher.node_main(opts))
 
@@ -129,6 +145,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         threads=args.threads,
         eval_budget=args.eval_budget,
         selfplay_workers=args.selfplay_workers,
+        tune=_checked_tuning(args.game, args.tune),
     )
     return asyncio.run(up.up_main(opts))
 

@@ -25,7 +25,7 @@ from shared.bus import BusConfig
 from shared.evalplan import EvalBudget
 from shared.lease import LeaseParams
 from shared.natsserver import HUB_DOMAIN
-from shared.presets import Preset, preset
+from shared.presets import Preset, preset, tuned
 from shared.service import ProcessConfig
 from shared.supervisor import Child, ChildSpec, Limits, python_module_argv
 
@@ -72,6 +72,7 @@ class NodeOptions(msgspec.Struct, frozen=True):
     domain: str | None = None  # the hub's JetStream domain, when connected through a leaf
     eval_budget: float = EvalBudget().budget  # most of the workers' CPU evaluation may use
     selfplay_workers: int | None = None  # self-play processes; None: one per usable core
+    tune: list[str] = []  # `section.name=value` changes to the preset (shared.presets.tuned)
 
 
 def parse_roles(text: str) -> list[str]:
@@ -129,7 +130,7 @@ def service_config(service: str, opts: NodeOptions) -> msgspec.Struct:
         return HeartbeatConfig(opts.node_id, opts.roles, node_services(opts))
     if service == "leader":
         return LeaderConfig(opts.node_id, opts.lease)
-    return loop_service_config(service, opts, preset(opts.preset or opts.game))
+    return loop_service_config(service, opts, tuned(preset(opts.preset or opts.game), opts.tune))
 
 
 def loop_service_config(instance: str, opts: NodeOptions, p: Preset) -> msgspec.Struct:

@@ -33,6 +33,7 @@ class UpOptions(msgspec.Struct, frozen=True):
     progress_every_s: float = 10.0
     eval_budget: float = EvalBudget().budget
     selfplay_workers: int | None = None  # None: one per usable core
+    tune: list[str] = []  # preset changes (shared.presets.tuned)
 
 
 async def up_main(opts: UpOptions) -> int:
@@ -58,6 +59,7 @@ async def up_main(opts: UpOptions) -> int:
             creds=str(data / "auth"),
             eval_budget=opts.eval_budget,
             selfplay_workers=opts.selfplay_workers,
+            tune=opts.tune,
         )
         _print_where(server, data, opts)
         admin = str(seed_path(data / "auth", "admin"))

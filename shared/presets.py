@@ -92,6 +92,38 @@ SOAK = Preset(
 PRESETS = {"tictactoe": TICTACTOE, "connect4": CONNECT4, "soak": SOAK}
 
 
+class BadTuning(ValueError):
+    """A `--tune KEY=VALUE` that names no setting or gives it a value it cannot take."""
+
+
+def tuned(base: Preset, settings: list[str]) -> Preset:
+    """`base` with each `section.name=value` applied (e.g. `selfplay.full_search_fraction=0.25`,
+    `train.lr_schedule=cosine`, `effects.resign=true`); values are read as JSON, else as text."""
+    tree = msgspec.to_builtins(base)
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        path = key.strip().split(".")
+        if not sep or not all(path):
+            raise BadTuning(f"--tune {setting!r}: expected section.name=value")
+        node = tree
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or path[-1] not in node:
+            raise BadTuning(f"--tune {key}: no such setting")
+        node[path[-1]] = _value(text.strip())
+    try:
+        return msgspec.convert(tree, Preset)
+    except (msgspec.ValidationError, ValueError) as e:
+        raise BadTuning(f"--tune: {e}") from e
+
+
+def _value(text: str) -> object:
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return text
+
+
 def preset(name: str) -> Preset:
     try:
         return PRESETS[name]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import msgspec
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -12,6 +13,7 @@ from schemas.jobs import ModelMeta
 from shared.bus import Bus
 from shared.loopeffects import Effects, EffectSettings, selfplay_sims
 from shared.policy import LoopConfig
+from shared.presets import BadTuning, preset, tuned
 
 
 def test_a_fixed_budget_by_default() -> None:
@@ -45,3 +47,29 @@ async def test_selfplay_jobs_carry_the_calibrated_resign_threshold_when_enabled(
     assert await on.resign_value("tictactoe", meta.sha256) == -0.93
     assert await off.resign_value("tictactoe", meta.sha256) is None
     assert await on.resign_value("tictactoe", "cd" * 32) is None  # no metadata: play out
+
+
+def test_tuning_changes_one_preset_setting_and_names_a_bad_one() -> None:
+    base = preset("connect4")
+    tuned_up = tuned(
+        base,
+        ["selfplay.full_search_fraction=0.25", "train.lr_schedule=cosine", "effects.resign=true"],
+    )
+    assert tuned_up.selfplay.full_search_fraction == 0.25
+    assert tuned_up.train.lr_schedule == "cosine" and tuned_up.effects.resign
+    assert (
+        msgspec.structs.replace(
+            tuned_up,
+            selfplay=base.selfplay,
+            train=base.train,
+            effects=base.effects,
+        )
+        == base
+    )
+    for bad, why in (
+        ("selfplay.nope=1", "no such setting"),
+        ("selfplay.full_search_fraction=2", "full_search_fraction"),
+        ("noequals", "section.name=value"),
+    ):
+        with pytest.raises(BadTuning, match=why):
+            tuned(base, [bad])
