@@ -78,6 +78,7 @@ class BackgroundEval:
         )
         self.pace: Pace = {}
         self._scores: dict[str, tuple[int, tuple[int, int, int]]] = {}
+        self._no_pair: dict[str, int] = {}  # results stored when a game last had no pair
 
     async def step(
         self,
@@ -166,13 +167,20 @@ class BackgroundEval:
         return cached[1]
 
     async def rating_job(self, game: str) -> EvalJob | None:
-        """The single most informative rating pairing of `game`, sized to its measured pace."""
+        """The single most informative rating pairing of `game`, sized to its measured pace;
+        None (without rereading every result) while nothing was played since there was none."""
+        stored = await self.bus.subject_counts(
+            names.RESULTS_STREAM, names.results_subject(game, names.ANY)
+        )
+        if self._no_pair.get(game) == sum(stored.values()):
+            return None
         results = await game_results(self.bus, game)
         self._learn_pace(results)
         players = {spec.name: spec for r in results for spec in (r.a, r.b)}
         ratings = fit(pair_results(results))
         pairs = pairing_uncertainty(ratings, [p for p in players if p in ratings], count=1)
         if not pairs:
+            self._no_pair[game] = sum(stored.values())
             return None
         a, b = players[pairs[0][0]], players[pairs[0][1]]
         games = games_for(self.pace.get(pace_key(a, b)), self.budget.rating_games, self.budget)

@@ -30,6 +30,7 @@ TICTACTOE = Preset(
         games_per_generation=400,
         selfplay_games_per_job=100,
         eval_games_per_job=20,
+        eval_jobs_per_worker=2,  # a match job always waits: the evaluator never idles between
         sprt=SprtConfig(max_games=200),
     ),
     effects=EffectSettings(
@@ -52,6 +53,7 @@ CONNECT4 = Preset(
         games_per_generation=600,
         selfplay_games_per_job=32,
         eval_games_per_job=20,
+        eval_jobs_per_worker=2,  # a match job always waits: the evaluator never idles between
         sprt=SprtConfig(max_games=200),
     ),
     effects=EffectSettings(
