@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 from nats.aio.msg import Msg
@@ -27,6 +28,7 @@ from shared.ratings import Rating
 from shared.service import connect_until, wait_or_stop
 
 log = logging.getLogger("conclave.console")
+M = TypeVar("M", LeaderEvent, ModelEvent, TrainProgress)
 
 
 class Console:
@@ -61,18 +63,14 @@ class Console:
             await bus.close()
 
     async def _leader_event(self, msg: Msg) -> None:
-        try:
-            event = decode(msg.data, LeaderEvent, subject=msg.subject)
-        except BadMessage as e:
-            log.warning("%s", e)
+        event = _decoded(msg, LeaderEvent)
+        if event is None:
             return
         _say(f"leader {event.kind}: node {event.node}, term {event.term} {event.reason}")
 
     async def _train_progress(self, msg: Msg) -> None:
-        try:
-            report = decode(msg.data, TrainProgress, subject=msg.subject)
-        except BadMessage as e:
-            log.warning("%s", e)
+        report = _decoded(msg, TrainProgress)
+        if report is None:
             return
         now = time.monotonic()
         if report.done or now - self.training_said >= self.every_s:
@@ -85,12 +83,8 @@ class Console:
 
     def _model_handler(self, bus: Bus, stop: asyncio.Event) -> Callable[[Msg], Awaitable[None]]:
         async def on_event(msg: Msg) -> None:
-            try:
-                event = decode(msg.data, ModelEvent, subject=msg.subject)
-            except BadMessage as e:
-                log.warning("%s", e)
-                return
-            if event.game != self.game:
+            event = _decoded(msg, ModelEvent)
+            if event is None or event.game != self.game:
                 return
             if event.kind != "candidate":
                 self.last_decision = f"gen {event.generation} {event.kind}"
@@ -247,6 +241,15 @@ def _elo(rating: Rating | None) -> str:
 def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
+
+
+def _decoded(msg: Msg, kind: type[M]) -> M | None:
+    """The message as `kind`, or None (logged) when it does not decode."""
+    try:
+        return decode(msg.data, kind, subject=msg.subject)
+    except BadMessage as e:
+        log.warning("%s", e)
+        return None
 
 
 def _say(text: str) -> None:

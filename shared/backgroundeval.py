@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Iterable
 
 from schemas import names
-from schemas.codec import BadMessage, decode
 from schemas.jobs import EvalJob, EvalResult, PlayerSpec
 from shared.bus import Bus
 from shared.evalplan import EvalBudget, background_jobs, games_for, gauntlet_settled
@@ -160,7 +159,7 @@ class BackgroundEval:
         n = counts.get(subject, 0)
         cached = self._scores.get(subject)
         if cached is None or cached[0] != n:
-            results = await self._results(game, group) if n else []
+            results = await game_results(self.bus, game, group) if n else []
             self._learn_pace(results)
             cached = (n, _score(results))
             self._scores[subject] = cached
@@ -186,18 +185,6 @@ class BackgroundEval:
         games = games_for(self.pace.get(pace_key(a, b)), self.budget.rating_games, self.budget)
         job_id = f"{game}-r-{uuid.uuid4().hex[:12]}"
         return EvalJob(job_id, game, "rating", a, b, games, self.term, group="r")
-
-    async def _results(self, game: str, group: str) -> list[EvalResult]:
-        found: dict[str, EvalResult] = {}
-        subject = names.results_subject(game, group)
-        for msg in await self.bus.read_all(names.RESULTS_STREAM, subject):
-            try:
-                result = decode(msg.data, EvalResult, subject=msg.subject)
-            except BadMessage as e:
-                log.warning("%s", e)
-                continue
-            found[result.job_id] = result
-        return list(found.values())
 
     def _learn_pace(self, results: list[EvalResult]) -> None:
         self.pace.update(measured_pace(results))

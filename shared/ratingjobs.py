@@ -13,10 +13,11 @@ from shared.ratings import PairResult, Rating, fit
 log = logging.getLogger("conclave.ratingjobs")
 
 
-async def game_results(bus: Bus, game: str) -> list[EvalResult]:
-    """Every evaluation result of a game (matches, gauntlets, rating games), each job once."""
+async def game_results(bus: Bus, game: str, group: str = names.ANY) -> list[EvalResult]:
+    """Every evaluation result of a game (matches, gauntlets, rating games), or of one job
+    group of it, each job once."""
     found: dict[str, EvalResult] = {}
-    for msg in await bus.read_all(names.RESULTS_STREAM, f"results.{game}.>"):
+    for msg in await bus.read_all(names.RESULTS_STREAM, names.results_subject(game, group)):
         try:
             result = decode(msg.data, EvalResult, subject=msg.subject)
         except BadMessage as e:
