@@ -21,7 +21,7 @@ lint: $(STAMP)
 	$(PY) -m mypy
 
 test: $(STAMP) lint browser
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=25 $(PYTEST_ARGS)
 
 # The dashboard test drives Debian's headless chromium; as root (CI) it is installed if missing.
 browser:
