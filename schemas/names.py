@@ -210,6 +210,12 @@ def best_key(game: str) -> str:
     return f"{check_token(game, 'game')}.best"
 
 
+def decided_key(game: str, sha256: str) -> str:
+    """Registry key the scheduler writes once a candidate's match is decided (a ModelEvent), so
+    evaluators skip that match's jobs still queued."""
+    return f"{token_or_any(game, 'game')}.decided.{check_token(sha256, 'sha256')}"
+
+
 def model_key(game: str, sha256: str) -> str:
     return f"{token_or_any(game, 'game')}.model.{sha256}"
 

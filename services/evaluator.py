@@ -89,6 +89,10 @@ class Worker:
 
     async def work(self, delivery: Delivery[EvalJob]) -> None:
         job = delivery.job
+        if await self.decided(job):
+            log.info("job %s: its match is decided; dropped", job.job_id, extra={"job": job.job_id})
+            await delivery.done()
+            return
         log.info(
             "job %s: %d games of %s, %s against %s",
             job.job_id,
@@ -116,6 +120,20 @@ class Worker:
                 await delivery.retry(self.bus, self.cfg.node_id, f"{type(e).__name__}: {e}")
                 return
         await delivery.done()
+
+    async def decided(self, job: EvalJob) -> bool:
+        """A promotion match job whose match the scheduler has already decided (a read error
+        counts as undecided: the job is then played)."""
+        if job.kind != "match" or not job.a.sha256:
+            return False
+        try:
+            entry = await self.bus.last(
+                names.REGISTRY_BUCKET, names.decided_key(job.game, job.a.sha256)
+            )
+        except (BusError, ValueError) as e:  # ValueError: not a digest; the player check says so
+            log.warning("cannot read whether %s is decided: %s", job.job_id, e)
+            return False
+        return entry.value is not None
 
     async def evaluate(self, job: EvalJob) -> MatchOutcome:
         """Resolve both players and play the match in the worker thread; raise MatchStopped."""

@@ -93,12 +93,10 @@ class Effects:
             case Promote():
                 await self.promote(action)
             case Reject():
+                detail = _sprt_detail(action.result)
+                await self.decided("rejected", action.game, action.generation, action.candidate)
                 await self.event(
-                    "rejected",
-                    action.game,
-                    action.generation,
-                    action.candidate,
-                    _sprt_detail(action.result),
+                    "rejected", action.game, action.generation, action.candidate, detail
                 )
             case AbandonTraining():
                 log.warning(
@@ -185,6 +183,8 @@ class Effects:
                 action.game, action.generation, action.candidate, self.term, time.time(), detail
             )
             await cas_put(self.bus, names.REGISTRY_BUCKET, key, pointer, revision)
+        if action.result is not None:
+            await self.decided("promoted", action.game, action.generation, action.candidate)
         await self.event(
             "promoted",
             action.game,
@@ -192,6 +192,11 @@ class Effects:
             action.candidate,
             _sprt_detail(action.result) if action.result else "ungated",
         )
+
+    async def decided(self, kind: ModelEventKind, game: str, generation: int, sha: str) -> None:
+        """Mark the candidate's match decided, so evaluators drop its jobs still queued."""
+        event = ModelEvent(kind, game, generation, sha, time.time())
+        await self.bus.write(names.REGISTRY_BUCKET, names.decided_key(game, sha), encode(event))
 
     async def event(
         self, kind: ModelEventKind, game: str, generation: int, sha: str, detail: str

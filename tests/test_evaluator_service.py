@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from schemas import names
-from schemas.codec import BadMessage, decode
-from schemas.jobs import EvalJob, EvalResult, PlayerSpec, job_group
+from schemas.codec import BadMessage, decode, encode
+from schemas.jobs import EvalJob, EvalResult, ModelEvent, PlayerSpec, job_group
 from services.evaluator import BadPlayer, EvaluatorConfig, check_spec
 from shared.bus import Bus
 from shared.games.tictactoe import GAME as TICTACTOE
@@ -201,3 +201,21 @@ async def test_a_match_waits_behind_at_most_one_job_of_a_rating_flood(
             if r.finished_at > submitted and r.finished_at - r.elapsed_s < started
         ]
         assert len(ahead) <= 1, f"{job.job_id} waited behind {[r.job_id for r in ahead]}"
+
+
+async def test_match_jobs_of_a_decided_match_are_dropped_unplayed(
+    nats_server: NatsServer, bus: Bus, processes: Processes, tmp_path: Path
+) -> None:
+    settings = JobSettings(ack_wait_s=10.0, max_deliver=3)
+    await ensure_consumer(bus, "eval", settings)
+    model = PlayerSpec("gen1", sha256=await store_tiny_model(bus, tmp_path), sims=4)
+    decided = ModelEvent("promoted", "tictactoe", 1, model.sha256, 0.0)
+    key = names.decided_key("tictactoe", model.sha256)
+    await bus.write(names.REGISTRY_BUCKET, key, encode(decided))
+    stale = EvalJob("m-stale", "tictactoe", "match", model, RANDOM, 6, 1, group="m1")
+    live = EvalJob("g-live", "tictactoe", "gauntlet", model, RANDOM, 4, 1, group="g1-0")
+    for job in (stale, live):
+        await submit(bus, "eval", job)
+    start_evaluator(processes, nats_server.url, tmp_path, settings)
+    await eventually(lambda: queue_empty(bus), 20, what="both jobs acknowledged")
+    assert set(await results(bus)) == {"g-live"}

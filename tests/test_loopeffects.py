@@ -8,12 +8,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas import names
-from schemas.codec import encode
-from schemas.jobs import ModelMeta
+from schemas.codec import decode, encode
+from schemas.jobs import ModelEvent, ModelMeta
 from shared.bus import Bus
 from shared.loopeffects import Effects, EffectSettings, selfplay_sims
-from shared.policy import LoopConfig
+from shared.policy import LoopConfig, LoopState, Reject
 from shared.presets import BadTuning, preset, tuned
+from shared.sprt import SprtConfig, sprt
 
 
 def test_a_fixed_budget_by_default() -> None:
@@ -73,3 +74,14 @@ def test_tuning_changes_one_preset_setting_and_names_a_bad_one() -> None:
     ):
         with pytest.raises(BadTuning, match=why):
             tuned(base, [bad])
+
+
+async def test_a_decided_match_is_marked_for_the_evaluators(bus: Bus) -> None:
+    await bus.provision()
+    effects = Effects(bus, LoopConfig(games=("tictactoe",)), EffectSettings(), term=1)
+    result = sprt(10, 0, 90, SprtConfig())
+    await effects.carry_out(Reject("tictactoe", "cd" * 32, 3, result), LoopState())
+    entry = await bus.last(names.REGISTRY_BUCKET, names.decided_key("tictactoe", "cd" * 32))
+    assert entry.value is not None
+    event = decode(entry.value, ModelEvent)
+    assert (event.kind, event.generation, event.sha256) == ("rejected", 3, "cd" * 32)
