@@ -26,7 +26,8 @@ from shared.progress import last_train_progress, train_history
 from shared.replay import ReplayWindow, positions_of
 from shared.selfplay import SelfPlayConfig, self_play
 from shared.training import StepsDone, new_net, train
-from tests.conftest import Processes, eventually, process_config
+from tests.conftest import Processes, eventually
+from tests.test_trainer_service import start_tiny_trainer
 
 GAME = get_game("tictactoe")
 JOB = TrainJob("tictactoe-t3", "tictactoe", 3, "", 100, 10, term=1)
@@ -91,15 +92,8 @@ async def test_a_trainer_publishes_progress_while_it_trains_then_a_done_report(
         await bus.publish_durable(names.games_subject("tictactoe"), data, msg_id=f"g{i}")
     await ensure_consumer(bus, "train", JobSettings(ack_wait_s=30))
     assert await last_train_progress(bus, "tictactoe") is None
-    cfg = {
-        "node_id": "t1",
-        "cache_dir": str(tmp_path / "t1"),
-        "window_games": 100,
-        "net": {"blocks": 1, "channels": 8, "value_hidden": 8},
-        "train": {"batch_size": 16},
-        "progress_every_s": 0.0,  # a report after every step
-    }
-    processes.service("services.trainer", process_config(nats_server.url, "t1", "trainer"), cfg)
+    # progress_every_s 0: a report after every step
+    start_tiny_trainer(processes, nats_server.url, tmp_path, progress_every_s=0.0)
     await submit(bus, "train", TrainJob("tictactoe-t1", "tictactoe", 1, "", 100, 12, term=1))
 
     async def trained() -> ModelMeta | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -30,6 +31,21 @@ async def trained(bus: Bus, job_id: str) -> ModelMeta | None:
     return decode(entry.value, ModelMeta) if entry.value else None
 
 
+def start_tiny_trainer(
+    processes: Processes, url: str, tmp_path: Path, **extra: Any
+) -> subprocess.Popen[bytes]:
+    """A trainer service process with a tiny net and window, as node t1."""
+    cfg = {
+        "node_id": "t1",
+        "cache_dir": str(tmp_path / "t1"),
+        "window_games": 100,
+        "net": {"blocks": 1, "channels": 8, "value_hidden": 8},
+        "train": {"batch_size": 16},
+        **extra,
+    }
+    return processes.service("services.trainer", process_config(url, "t1", "trainer"), cfg)
+
+
 def conclave(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "services.cli", *args]
     return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=120)
@@ -52,14 +68,7 @@ async def test_trainer_keeps_each_game_once_refuses_bad_records_and_writes_a_che
     await bus.publish_durable(subject, encode_record(illegal), msg_id="bad")
 
     await ensure_consumer(bus, "train", JobSettings(ack_wait_s=30))
-    cfg = {
-        "node_id": "t1",
-        "cache_dir": str(tmp_path / "t1"),
-        "window_games": 100,
-        "net": {"blocks": 1, "channels": 8, "value_hidden": 8},
-        "train": {"batch_size": 16},
-    }
-    processes.service("services.trainer", process_config(nats_server.url, "t1", "trainer"), cfg)
+    start_tiny_trainer(processes, nats_server.url, tmp_path)
     await submit(bus, "train", TrainJob("tictactoe-t1", "tictactoe", 0, "", 100, 5, term=1))
     meta = await eventually(lambda: trained(bus, "tictactoe-t1"), 60, what="a trained model")
     assert meta.window_games == 10 and meta.duplicates_skipped == 3
