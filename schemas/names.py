@@ -147,10 +147,13 @@ def job_filter(kind: str, lane: str = "") -> str:
     return f"jobs.{_kind_and_lane(kind, lane)}.>"
 
 
-def job_game_filter(kind: str, game: str) -> str:
-    """Every queued job of one kind (all its lanes) for one game."""
-    lanes = ".*" if job_lanes(kind) != ("",) else ""
-    return f"jobs.{kind}{lanes}.{token_or_any(game, 'game')}.>"
+def job_game_filter(kind: str, game: str, lane: str | None = None) -> str:
+    """Every queued job of one kind for one game: in one lane, or (None) in all of them."""
+    if lane is None:
+        prefix = f"{kind}.*" if job_lanes(kind) != ("",) else kind
+    else:
+        prefix = _kind_and_lane(kind, lane)
+    return f"jobs.{prefix}.{token_or_any(game, 'game')}.>"
 
 
 def game_and_group(subject: str) -> tuple[str, str]:

@@ -257,8 +257,7 @@ async def queue_ages(bus: Bus, game: str, now: float) -> dict[str, float | None]
     ages: dict[str, float | None] = {}
     for kind in names.JOB_KINDS:
         for lane in names.job_lanes(kind):
-            subject = f"{names.job_filter(kind, lane).removesuffix('>')}{game}.>"
-            first = await bus.first_time(names.JOBS_STREAM, subject)
+            first = await bus.first_time(names.JOBS_STREAM, names.job_game_filter(kind, game, lane))
             ages[f"{kind}.{lane}" if lane else kind] = (
                 None if first is None else round(max(0.0, now - first), 1)
             )

@@ -3,6 +3,7 @@ enqueued only as far as `shared.evalplan` allows (idle evaluators, evaluation un
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Iterable
@@ -176,7 +177,8 @@ class BackgroundEval:
         results = await game_results(self.bus, game)
         self._learn_pace(results)
         players = {spec.name: spec for r in results for spec in (r.a, r.b)}
-        ratings = fit(pair_results(results))
+        # The Newton fit is CPU work: off the scheduler's loop, which also pulses.
+        ratings = await asyncio.to_thread(fit, pair_results(results))
         pairs = pairing_uncertainty(ratings, [p for p in players if p in ratings], count=1)
         if not pairs:
             self._no_pair[game] = sum(stored.values())
