@@ -92,7 +92,7 @@ def _resign_evidence(record: GameRecord, movers: list[int]) -> tuple[list[float]
     lowest = lowest_values(record.root_values, movers, outcomes) if played_out else []
     would = record.would_resign
     false_resign = None
-    if not record.resign_enabled and would is not None and would in (0, 1):
+    if not record.resign_enabled and would in (0, 1):
         false_resign = outcomes[would] >= 0
     return lowest, false_resign
 
