@@ -8,9 +8,11 @@ in a worker thread; the event loop only moves messages.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -28,6 +30,7 @@ from shared.baselines import make_agent
 from shared.bus import Bus, BusError, translated
 from shared.games import Game, UnknownGame, get_game
 from shared.jobs import Delivery, JobSettings, Puller, ensure_consumer
+from shared.leasewatch import KeyChanges
 from shared.modelcache import Evaluators
 from shared.models import ModelStore
 from shared.service import main as service_main
@@ -74,6 +77,7 @@ class Worker:
         self.halt = threading.Event()  # tells the playing thread to give up
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="evaluator")
         self.evaluators = Evaluators(ModelStore(bus, Path(cfg.cache_dir)), self.pool, cfg.threads)
+        self.followers: set[asyncio.Task[None]] = set()
 
     async def serve(self) -> None:
         puller = Puller(self.bus, "eval", EvalJob)
@@ -102,19 +106,22 @@ class Worker:
             job.b.name,
             extra={"job": job.job_id},
         )
-        async with delivery.kept_alive(self.cfg.keepalive_s):
+        abandon = threading.Event()  # set once the scheduler decides this job's match
+        async with delivery.kept_alive(self.cfg.keepalive_s), self.abandoned(job, abandon):
             try:
                 waited = max(0.0, time.time() - delivery.submitted_at)
                 started, cpu_at_start = time.monotonic(), time.process_time()
-                outcome = await self.evaluate(job)
+                outcome = await self.evaluate(job, abandon)
                 spent = Spent(
                     time.monotonic() - started, time.process_time() - cpu_at_start, waited
                 )
                 await self.publish(job, outcome, spent)
-            except MatchStopped:  # stopping: hand the job back at once rather than after ack-wait
-                with translated("nak job"):
-                    await delivery.msg.nak()
-                return
+            except MatchStopped:
+                if self.halt.is_set():  # stopping: hand the job back now rather than after ack-wait
+                    with translated("nak job"):
+                        await delivery.msg.nak()
+                    return
+                log.info("job %s: its match was decided while it played; dropped", job.job_id)
             except (BusError, ValueError, UnknownGame) as e:
                 log.error("job %s failed: %r", job.job_id, e, extra={"job": job.job_id})
                 await delivery.retry(self.bus, self.cfg.node_id, f"{type(e).__name__}: {e}")
@@ -135,8 +142,40 @@ class Worker:
             return False
         return entry.value is not None
 
-    async def evaluate(self, job: EvalJob) -> MatchOutcome:
-        """Resolve both players and play the match in the worker thread; raise MatchStopped."""
+    @contextlib.asynccontextmanager
+    async def abandoned(self, job: EvalJob, abandon: threading.Event) -> AsyncIterator[None]:
+        """Set `abandon` if the job's match is decided while the body runs: the games left would
+        count for nothing (a match job queued behind another of its match is usually playing
+        when the decision lands)."""
+        if job.kind != "match" or not job.a.sha256:
+            yield
+            return
+        changes = KeyChanges(names.decided_key(job.game, job.a.sha256), names.REGISTRY_BUCKET)
+        # The follower is closed, not cancelled: nats-py can swallow a cancellation that lands
+        # while a watch is being set up, and the follower ends by itself once closed.
+        follower = asyncio.create_task(changes.follow(self.bus))
+        self.followers.add(follower)
+        follower.add_done_callback(self.followers.discard)
+        setter = asyncio.create_task(self.set_when_decided(job, changes, abandon))
+        try:
+            yield
+        finally:
+            await changes.close()
+            setter.cancel()
+            await asyncio.gather(setter, return_exceptions=True)
+
+    async def set_when_decided(
+        self, job: EvalJob, changes: KeyChanges, abandon: threading.Event
+    ) -> None:
+        while not abandon.is_set():
+            await changes.changed.wait()
+            changes.changed.clear()
+            if await self.decided(job):
+                abandon.set()
+
+    async def evaluate(self, job: EvalJob, abandon: threading.Event | None = None) -> MatchOutcome:
+        """Resolve both players and play the match in the worker thread; raise MatchStopped
+        when stopping or once `abandon` is set."""
         game = get_game(job.game)
         a = await self.player(game, job.a, "a")
         b = await self.player(game, job.b, "b")
@@ -149,7 +188,7 @@ class Worker:
             np.random.default_rng(job.seed or None),
             opening_plies=self.cfg.opening_plies,
             concurrent=self.cfg.concurrent_games,
-            stop=self.halt.is_set,
+            stop=self.halt.is_set if abandon is None else _either(self.halt, abandon),
         )
         return await asyncio.get_running_loop().run_in_executor(self.pool, match)
 
@@ -187,6 +226,10 @@ class Worker:
         log.info(
             "job %s: %s %s %s", job.job_id, job.a.name, score, job.b.name, extra={"job": job.job_id}
         )
+
+
+def _either(*events: threading.Event) -> Callable[[], bool]:
+    return lambda: any(e.is_set() for e in events)
 
 
 def check_spec(spec: PlayerSpec) -> None:

@@ -54,7 +54,11 @@ CONNECT4 = Preset(
         selfplay_games_per_job=32,
         eval_games_per_job=20,
         eval_jobs_per_worker=2,  # a match job always waits: the evaluator never idles between
-        sprt=SprtConfig(max_games=200),
+        # A gate that only stops a clearly worse candidate: with (-20, 0) capped at 200 games
+        # nearly every match ran to the cap, a quarter as many games as self-play (docs/
+        # training-runs.md); (-50, 0) capped at 100 plays about half as many, and still rejects a
+        # candidate 100 Elo worse 90% of the time (bench/sprt_cost.py, 20-game jobs, 10% draws).
+        sprt=SprtConfig(elo0=-50.0, elo1=0.0, max_games=100),
     ),
     effects=EffectSettings(
         selfplay_sims=64, eval_sims=64, train_steps=600, window_games=6000, gauntlet_games=100

@@ -219,3 +219,26 @@ async def test_match_jobs_of_a_decided_match_are_dropped_unplayed(
     start_evaluator(processes, nats_server.url, tmp_path, settings)
     await eventually(lambda: queue_empty(bus), 20, what="both jobs acknowledged")
     assert set(await results(bus)) == {"g-live"}
+
+
+async def test_a_match_job_being_played_is_dropped_once_its_match_is_decided(
+    nats_server: NatsServer, bus: Bus, processes: Processes, tmp_path: Path
+) -> None:
+    settings = JobSettings(ack_wait_s=60.0, max_deliver=3)
+    await ensure_consumer(bus, "eval", settings)
+    model = PlayerSpec("gen1", sha256=await store_tiny_model(bus, tmp_path), sims=2000)
+    long_job = EvalJob("m-long", "tictactoe", "match", model, RANDOM, 400, 1, group="m1")
+    await submit(bus, "eval", long_job)
+    start_evaluator(processes, nats_server.url, tmp_path, settings)
+
+    async def being_played() -> bool:
+        info = await bus.js.consumer_info(names.JOBS_STREAM, names.job_consumer("eval", "match"))
+        return bool(info.num_ack_pending == 1)
+
+    await eventually(being_played, 20, what="the match job being played")
+    decided = ModelEvent("rejected", "tictactoe", 1, model.sha256, 0.0)
+    await bus.write(
+        names.REGISTRY_BUCKET, names.decided_key("tictactoe", model.sha256), encode(decided)
+    )
+    await eventually(lambda: queue_empty(bus), 20, what="the job acknowledged unfinished")
+    assert await results(bus) == {}
