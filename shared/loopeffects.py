@@ -84,7 +84,9 @@ class Effects:
             case EnqueueSelfplay():
                 await self.selfplay(action, game.generation)
             case StartTraining():
-                await self.train(action, await self.parent(action, game.best))
+                # From the best, never from a rejected candidate: a poisoned or broken net
+                # that lost its match must not be the parent of every later one.
+                await self.train(action, game.best)
             case StartMatch():
                 first_job = game.match_games // self.loop.eval_games_per_job
                 if game.pending_eval != action.candidate:
@@ -128,17 +130,6 @@ class Effects:
         if entry.value is None:
             return None
         return decode(entry.value, ModelMeta, subject=key).resign_threshold
-
-    async def parent(self, action: StartTraining, best: str | None) -> str | None:
-        """Training continues from the previous candidate, promoted or not, so no learning is
-        thrown away with a rejected net; the best net is the fallback (and self-play's net)."""
-        if best is None or action.training < 2:
-            return best
-        key = names.trained_key(train_job_id(action.game, action.training - 1))
-        entry = await self.bus.last(names.REGISTRY_BUCKET, key)
-        if entry.value is None:
-            return best
-        return decode(entry.value, ModelMeta, subject=key).sha256
 
     async def train(self, action: StartTraining, parent: str | None) -> None:
         job = TrainJob(

@@ -9,10 +9,11 @@ from hypothesis import strategies as st
 
 from schemas import names
 from schemas.codec import decode, encode
-from schemas.jobs import ModelEvent, ModelMeta
+from schemas.jobs import ModelEvent, ModelMeta, TrainJob
 from shared.bus import Bus
+from shared.jobs import JobSettings, Puller, ensure_consumer
 from shared.loopeffects import Effects, EffectSettings, selfplay_sims
-from shared.policy import LoopConfig, LoopState, Reject
+from shared.policy import GameState, LoopConfig, LoopState, Reject, StartTraining
 from shared.presets import BadTuning, preset, tuned
 from shared.sprt import SprtConfig, sprt
 
@@ -85,3 +86,19 @@ async def test_a_decided_match_is_marked_for_the_evaluators(bus: Bus) -> None:
     assert entry.value is not None
     event = decode(entry.value, ModelEvent)
     assert (event.kind, event.generation, event.sha256) == ("rejected", 3, "cd" * 32)
+
+
+async def test_training_after_a_rejected_candidate_starts_from_the_best(bus: Bus) -> None:
+    await bus.provision()
+    effects = Effects(bus, LoopConfig(games=("tictactoe",)), EffectSettings(), term=1)
+    rejected = ModelMeta(
+        "cd" * 32, "tictactoe", 3, "ab" * 32, 10, 1, 9, 100, 50, 1.0, 0.5, 0.0, "tictactoe-t2"
+    )
+    await bus.write(names.REGISTRY_BUCKET, names.trained_key("tictactoe-t2"), encode(rejected))
+    state = LoopState({"tictactoe": GameState(generation=2, best="ab" * 32, trainings=2)})
+    await ensure_consumer(bus, "train", JobSettings())
+    await effects.carry_out(StartTraining("tictactoe", 3, 3, 600), state)
+    puller = Puller(bus, "train", TrainJob)
+    delivery = await puller.next(timeout_s=2.0)
+    assert delivery is not None
+    assert delivery.job.parent_sha256 == "ab" * 32
