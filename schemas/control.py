@@ -6,11 +6,22 @@ gets a new tag, so an old reader rejects it by name instead of misreading it.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import Meta
+
+from schemas.codec import Count, Ident, NonNegative, Text, Timestamp, Token
 
 PROTOCOL = 1  # the wire protocol this build speaks; a new message tag in use bumps it
+
+
+MAX_SERVICES = 256  # every role runs seven, plus a self-play process per usable core
+MAX_ROLES = 16
+MAX_COUNTERS = 64  # a process's work counters (shared.counters), a handful in practice
+MAX_GPUS = 64
+
+Counters = Annotated[dict[Token, NonNegative], Meta(max_length=MAX_COUNTERS)]
 
 
 class Wire(msgspec.Struct, frozen=True, forbid_unknown_fields=False, tag_field="type"):
@@ -20,56 +31,56 @@ class Wire(msgspec.Struct, frozen=True, forbid_unknown_fields=False, tag_field="
 class ServicePulse(Wire, frozen=True, tag="conclave.service_pulse.v1"):
     """A service process's liveness and event-loop lag over the last interval."""
 
-    node: str
-    service: str
-    pid: int
-    lag_p50_ms: float
-    lag_max_ms: float
-    started_at: float
-    sent_at: float
-    counters: dict[str, float] = {}  # work done since the process started (shared.counters)
-    doing: str = ""  # the job it is working on, "" when idle
+    node: Token
+    service: Token
+    pid: Count
+    lag_p50_ms: NonNegative
+    lag_max_ms: NonNegative
+    started_at: Timestamp
+    sent_at: Timestamp
+    counters: Counters = {}  # work done since the process started (shared.counters)
+    doing: Ident = ""  # the job it is working on, "" when idle
 
 
 class ServiceState(msgspec.Struct, frozen=True):
-    name: str
+    name: Token
     alive: bool
-    pid: int = 0
-    lag_p50_ms: float = 0.0
-    lag_max_ms: float = 0.0
-    last_pulse_age_s: float | None = None
-    counters: dict[str, float] = {}
-    doing: str = ""
+    pid: Count = 0
+    lag_p50_ms: NonNegative = 0.0
+    lag_max_ms: NonNegative = 0.0
+    last_pulse_age_s: NonNegative | None = None
+    counters: Counters = {}
+    doing: Ident = ""
 
 
 class Resources(msgspec.Struct, frozen=True):
-    cores: int
-    memory_bytes: int
-    gpus: list[str] = []
+    cores: Count
+    memory_bytes: Count
+    gpus: Annotated[list[Ident], Meta(max_length=MAX_GPUS)] = []
 
 
 class NodeStatus(Wire, frozen=True, tag="conclave.node_status.v1"):
     """What a node's heartbeat writes into KV `nodes` about once a second, with a per-key TTL."""
 
-    node: str
-    roles: list[str]
-    services: list[ServiceState]
-    version: str
+    node: Token
+    roles: Annotated[list[Token], Meta(max_length=MAX_ROLES)]
+    services: Annotated[list[ServiceState], Meta(max_length=MAX_SERVICES)]
+    version: Token
     resources: Resources
-    hostname: str
-    started_at: float
-    sent_at: float
-    protocol: int = 1  # PROTOCOL of the build that wrote it
+    hostname: Ident
+    started_at: Timestamp
+    sent_at: Timestamp
+    protocol: Count = 1  # PROTOCOL of the build that wrote it
 
 
 class Lease(Wire, frozen=True, tag="conclave.lease.v1"):
     """The leader lease value; `term` is 0 on the acquiring write, whose revision is the term."""
 
-    node: str
-    instance: str
-    term: int
-    acquired_at: float
-    ttl_s: float
+    node: Token
+    instance: Ident
+    term: Count
+    acquired_at: Timestamp
+    ttl_s: NonNegative
 
 
 LeaderEventKind = Literal["elected", "lost", "fenced", "released"]
@@ -79,31 +90,31 @@ class LeaderEvent(Wire, frozen=True, tag="conclave.leader_event.v1"):
     """Published on `events.leader.<kind>` when a node gains or gives up leadership."""
 
     kind: LeaderEventKind
-    node: str
-    instance: str
-    term: int
-    at: float
-    reason: str = ""
+    node: Token
+    instance: Ident
+    term: Count
+    at: Timestamp
+    reason: Text = ""
 
 
 class LeaderValidity(Wire, frozen=True, tag="conclave.leader_validity.v1"):
     """A holder's promise: it leads `term` from `valid_from` to `valid_until` at most."""
 
-    node: str
-    instance: str
-    term: int
-    valid_from: float
-    valid_until: float
+    node: Token
+    instance: Ident
+    term: Count
+    valid_from: Timestamp
+    valid_until: Timestamp
 
 
 class ClusterProtocol(Wire, frozen=True, tag="conclave.cluster_protocol.v1"):
     """The wire protocols the coordinator accepts (registry key `cluster.protocol`); a node
     outside the range is shown in status with the reason and pulls no work."""
 
-    min_protocol: int
-    max_protocol: int
-    set_by: str
-    at: float
+    min_protocol: Count
+    max_protocol: Count
+    set_by: Token
+    at: Timestamp
 
 
 CONTROL_MESSAGES: tuple[type[msgspec.Struct], ...] = (

@@ -7,13 +7,31 @@ msgpack (`encode_record` / `decode_record`); a new layout gets a new `type` tag.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 import numpy as np
 import numpy.typing as npt
+from msgspec import Meta
 
-from schemas.codec import BadMessage, split_error
+from schemas.codec import (
+    BadMessage,
+    Count,
+    GameValue,
+    Ident,
+    NonNegative,
+    Sha256,
+    Timestamp,
+    Token,
+    rejection,
+)
+from schemas.jobs import Sims
 
 _F32 = np.dtype("<f4")
+MAX_PLIES = 4096  # far beyond any game we play; bounds the per-ply lists before they are read
+MAX_ACTIONS = 65536
+
+PerPly = Meta(max_length=MAX_PLIES)
 
 
 class GameRecord(msgspec.Struct, frozen=True, tag_field="type", tag="conclave.game.v1"):
@@ -25,31 +43,31 @@ class GameRecord(msgspec.Struct, frozen=True, tag_field="type", tag="conclave.ga
     disabled (None if nobody did) — a false resign when that player did not lose.
     """
 
-    game: str
-    game_id: str
-    model_sha256: str
-    generation: int
-    moves: list[int]
+    game: Token
+    game_id: Ident
+    model_sha256: Sha256
+    generation: Count
+    moves: Annotated[list[Count], PerPly]
     policy: bytes
-    root_values: list[float]
-    outcome: float
-    plies: int
-    num_actions: int
-    search: str
-    sims_per_move: int
+    root_values: Annotated[list[GameValue], PerPly]
+    outcome: GameValue
+    plies: Annotated[int, Meta(ge=0, le=MAX_PLIES)]
+    num_actions: Annotated[int, Meta(ge=1, le=MAX_ACTIONS)]
+    search: Token
+    sims_per_move: Sims
     resigned: bool = False
     resign_enabled: bool = False
-    would_resign: int | None = None
-    started_at: float = 0.0
-    seconds: float = 0.0
-    nn_evals: int = 0  # network rows spent on this game's searches
-    cache_hits: int = 0  # leaves answered by the game's evaluation cache
-    terminal_visits: int = 0  # simulations that ended in a finished position
-    max_depth: int = 0  # deepest simulation, in plies from a root
+    would_resign: Annotated[int, Meta(ge=0, le=1)] | None = None
+    started_at: Timestamp = 0.0
+    seconds: NonNegative = 0.0
+    nn_evals: Count = 0  # network rows spent on this game's searches
+    cache_hits: Count = 0  # leaves answered by the game's evaluation cache
+    terminal_visits: Count = 0  # simulations that ended in a finished position
+    max_depth: Count = 0  # deepest simulation, in plies from a root
     # Playout cap randomisation: per ply, whether it had the full search (a training target);
     # empty means every ply did. Cheap plies were searched with `cheap_sims` and only played.
-    full_search: list[bool] = []
-    cheap_sims: int = 0
+    full_search: Annotated[list[bool], PerPly] = []
+    cheap_sims: Sims = 0
 
     def __post_init__(self) -> None:
         if len(self.moves) != self.plies:
@@ -58,6 +76,9 @@ class GameRecord(msgspec.Struct, frozen=True, tag_field="type", tag="conclave.ga
             raise ValueError(f"GameRecord.root_values has {len(self.root_values)} values")
         if len(self.policy) != self.plies * self.num_actions * _F32.itemsize:
             raise ValueError(f"GameRecord.policy has {len(self.policy)} bytes")
+        targets = np.frombuffer(self.policy, dtype=_F32)
+        if not ((targets >= 0) & (targets <= 1)).all():  # NaN fails both
+            raise ValueError("GameRecord.policy has a target that is not a probability")
         if self.outcome not in (-1.0, 0.0, 1.0):
             raise ValueError(f"GameRecord.outcome must be -1, 0 or 1, got {self.outcome}")
         if any(not 0 <= m < self.num_actions for m in self.moves):
@@ -104,14 +125,11 @@ def decode_record(data: bytes, *, subject: str = "games") -> GameRecord:
     if len(data) > MAX_RECORD_BYTES:
         raise BadMessage(subject, "$", f"{len(data)} bytes exceeds {MAX_RECORD_BYTES}")
     try:
+        # Only skipping an unknown field recurses (every known field is flat), so the decoder's
+        # own RecursionError bounds nesting as cheaply as a scan would; `rejection` names it.
         return _decoder.decode(data)
-    except msgspec.ValidationError as e:
-        field, reason = split_error(str(e))
-        raise BadMessage(subject, field, reason) from e
-    except msgspec.DecodeError as e:
-        raise BadMessage(subject, "$", f"not valid msgpack: {e}") from e
-    except UnicodeDecodeError as e:
-        raise BadMessage(subject, "$", f"a string is not UTF-8 at byte {e.start}") from e
+    except Exception as e:
+        raise rejection(subject, e, "msgpack") from e
 
 
 WIRE_MESSAGES = (GameRecord,)

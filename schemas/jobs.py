@@ -2,116 +2,139 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import Meta
 
+from schemas.codec import Count, GameValue, Ident, NonNegative, Sha256, Text, Timestamp, Token
 from schemas.control import Wire
+
+# Work sizes a job asks for, bounded far above any preset so that no message can make a worker
+# allocate a search tree, a match or a replay window it cannot hold.
+MAX_SIMS = 100_000
+MAX_GAMES_PER_JOB = 100_000
+MAX_STEPS = 10_000_000
+MAX_WINDOW_GAMES = 10_000_000
+
+Sims = Annotated[int, Meta(ge=0, le=MAX_SIMS)]
+Games = Annotated[int, Meta(ge=0, le=MAX_GAMES_PER_JOB)]
 
 
 class PlayerSpec(msgspec.Struct, frozen=True):
     """One side of an evaluation game: a model by digest, or a baseline agent spec."""
 
-    name: str  # stable rating-pool id, e.g. "gen3" or "mcts:200"
-    sha256: str = ""  # set for models
-    agent: str = ""  # set for baselines: random | onestep | mcts:N
-    sims: int = 0  # search budget for models
+    name: Ident  # stable rating-pool id, e.g. "gen3" or "mcts:200"
+    sha256: Sha256 = ""  # set for models
+    agent: Ident = ""  # set for baselines: random | onestep | mcts:N
+    sims: Sims = 0  # search budget for models
+
+    def same_player(self, other: PlayerSpec) -> bool:
+        """The same rating-pool entry, or the same model under two names."""
+        return self.name == other.name or (
+            bool(self.sha256) and (self.sha256, self.agent) == (other.sha256, other.agent)
+        )
 
 
 class SelfplayJob(Wire, frozen=True, tag="conclave.job.selfplay.v1"):
-    job_id: str
-    game: str
-    model_sha256: str  # "" means the uniform-policy bootstrap
-    generation: int
-    games: int
-    sims: int
-    term: int
-    group: str = "sp"
-    resign_value: float | None = None  # resign below this Q (None: play every game out)
+    job_id: Ident
+    game: Token
+    model_sha256: Sha256  # "" means the uniform-policy bootstrap
+    generation: Count
+    games: Games
+    sims: Sims
+    term: Count
+    group: Token = "sp"
+    resign_value: GameValue | None = None  # resign below this Q (None: play every game out)
 
 
 class TrainJob(Wire, frozen=True, tag="conclave.job.train.v1"):
-    job_id: str
-    game: str
-    generation: int  # the generation this training produces
-    parent_sha256: str  # "" trains from scratch
-    window_games: int
-    steps: int
-    term: int
-    group: str = "t"
+    job_id: Ident
+    game: Token
+    generation: Count  # the generation this training produces
+    parent_sha256: Sha256  # "" trains from scratch
+    window_games: Annotated[int, Meta(ge=0, le=MAX_WINDOW_GAMES)]
+    steps: Annotated[int, Meta(ge=0, le=MAX_STEPS)]
+    term: Count
+    group: Token = "t"
 
 
 class EvalJob(Wire, frozen=True, tag="conclave.job.eval.v1"):
-    job_id: str
-    game: str
+    job_id: Ident
+    game: Token
     kind: Literal["match", "gauntlet", "rating"]
     a: PlayerSpec
     b: PlayerSpec
-    games: int  # played in colour-swapped pairs
-    term: int
-    seed: int = 0
-    group: str = "e"
+    games: Games  # played in colour-swapped pairs
+    term: Count
+    seed: Count = 0
+    group: Token = "e"
 
 
 Job = SelfplayJob | TrainJob | EvalJob
 
 
 class EvalResult(Wire, frozen=True, tag="conclave.eval_result.v1"):
-    """The outcome of one evaluation job, from `a`'s side."""
+    """The outcome of one evaluation job, from `a`'s side, between two different players."""
 
-    job_id: str
-    game: str
+    job_id: Ident
+    game: Token
     kind: Literal["match", "gauntlet", "rating"]
     a: PlayerSpec
     b: PlayerSpec
-    wins_a: int
-    draws: int
-    wins_b: int
-    term: int
-    finished_at: float
-    group: str = ""  # the job's group, so an archived result can be filed again on restore
-    elapsed_s: float = 0.0  # wall time of the match (0: not measured, an older evaluator)
-    cpu_s: float = 0.0  # the evaluator process's CPU time over the match
-    waited_s: float = 0.0  # from the job's submission to the start of the delivery that played it
+    wins_a: Count
+    draws: Count
+    wins_b: Count
+    term: Count
+    finished_at: Timestamp
+    group: Token = ""  # the job's group, so an archived result can be filed again on restore
+    elapsed_s: NonNegative = 0.0  # wall time of the match (0: not measured, an older evaluator)
+    cpu_s: NonNegative = 0.0  # the evaluator process's CPU time over the match
+    waited_s: NonNegative = 0.0  # from the job's submission to the start of the delivery
+
+    def __post_init__(self) -> None:
+        # A player against itself would enter the ratings and the SPRT as a real game.
+        if self.a.same_player(self.b):
+            raise ValueError(f"EvalResult.b is the same player as a ({self.a.name!r})")
 
 
 class ModelMeta(Wire, frozen=True, tag="conclave.model.v1"):
     """A checkpoint in the object store `models`, named by `sha256`."""
 
-    sha256: str
-    game: str
-    generation: int
-    parent_sha256: str
-    size_bytes: int
-    window_first_seq: int
-    window_last_seq: int
-    positions: int
-    steps: int
-    policy_loss: float | None  # None when no step was taken (the initial network)
-    value_loss: float | None
-    created_at: float
-    train_job: str
-    window_games: int = 0  # distinct games in the replay window when training began
-    duplicates_skipped: int = 0  # game records seen again (same id) and not kept twice
-    rejected_records: int = 0  # records that failed replay under the rules
+    sha256: Sha256
+    game: Token
+    generation: Count
+    parent_sha256: Sha256
+    size_bytes: Count
+    window_first_seq: Count
+    window_last_seq: Count
+    positions: Count
+    steps: Count
+    policy_loss: NonNegative | None  # None when no step was taken (the initial network)
+    value_loss: NonNegative | None
+    created_at: Timestamp
+    train_job: Ident
+    window_games: Count = 0  # distinct games in the replay window when training began
+    duplicates_skipped: Count = 0  # game records seen again (same id) and not kept twice
+    rejected_records: Count = 0  # records that failed replay under the rules
     # Resignation calibrated on the window's played-out games (None: not enough yet), and the
     # false-resign check: of `resign_checked` games someone would have resigned (resigning
     # disabled), `false_resigns` were not lost by them.
-    resign_threshold: float | None = None
-    resign_samples: int = 0
-    resign_checked: int = 0
-    false_resigns: int = 0
+    resign_threshold: GameValue | None = None
+    resign_samples: Count = 0
+    resign_checked: Count = 0
+    false_resigns: Count = 0
 
 
 class BestPointer(Wire, frozen=True, tag="conclave.best.v1"):
     """Which model is the best of a game; moved only by compare-and-set, stamped with a term."""
 
-    game: str
-    generation: int
-    sha256: str
-    term: int
-    promoted_at: float
-    reason: str = ""
+    game: Token
+    generation: Count
+    sha256: Sha256
+    term: Count
+    promoted_at: Timestamp
+    reason: Text = ""
 
 
 ModelEventKind = Literal["candidate", "promoted", "rejected"]
@@ -119,11 +142,11 @@ ModelEventKind = Literal["candidate", "promoted", "rejected"]
 
 class ModelEvent(Wire, frozen=True, tag="conclave.model_event.v1"):
     kind: ModelEventKind
-    game: str
-    generation: int
-    sha256: str
-    at: float
-    detail: str = ""
+    game: Token
+    generation: Count
+    sha256: Sha256
+    at: Timestamp
+    detail: Text = ""
 
 
 class TrainProgress(Wire, frozen=True, tag="conclave.train_progress.v1"):
@@ -133,40 +156,40 @@ class TrainProgress(Wire, frozen=True, tag="conclave.train_progress.v1"):
     the last ones when no step followed); a loss is None when it is not finite or no step ran.
     """
 
-    game: str
-    job_id: str
-    generation: int
-    step: int  # steps taken so far
-    steps: int  # the job's step budget
-    policy_loss: float | None
-    value_loss: float | None
-    samples_per_s: float
-    at: float
+    game: Token
+    job_id: Ident
+    generation: Count
+    step: Count  # steps taken so far
+    steps: Count  # the job's step budget
+    policy_loss: NonNegative | None
+    value_loss: NonNegative | None
+    samples_per_s: NonNegative
+    at: Timestamp
     done: bool = False
-    learning_rate: float = 0.0  # at the last step reported
+    learning_rate: NonNegative = 0.0  # at the last step reported
 
 
 class JobFailure(Wire, frozen=True, tag="conclave.job_failure.v1"):
     """A worker's report that an attempt failed; the dead-letter keeps the last reason."""
 
-    job_id: str
-    kind: str
-    node: str
-    reason: str
-    delivery: int
-    at: float
+    job_id: Ident
+    kind: Token
+    node: Token
+    reason: Text
+    delivery: Count
+    at: Timestamp
 
 
 class DeadLetter(Wire, frozen=True, tag="conclave.dead_letter.v1"):
     """A job that exhausted its deliveries, with why, moved out of the work queue."""
 
-    kind: str
-    job_id: str
-    stream_seq: int
-    deliveries: int
-    reason: str
+    kind: Token
+    job_id: Ident
+    stream_seq: Count
+    deliveries: Count
+    reason: Text
     job: bytes  # the original job message
-    at: float
+    at: Timestamp
 
 
 WIRE_MESSAGES: tuple[type[msgspec.Struct], ...] = (

@@ -230,3 +230,13 @@ def trained_key(job_id: str) -> str:
 
 def loop_key(game: str) -> str:
     return check_token(game, "game")
+
+
+def issued_key(game: str, group: str, job_id: str) -> str:
+    """Loop-bucket key the leader writes (the EvalJob) before it submits an evaluation job: the
+    results it owes. A filter with `ANY` for any of the tokens."""
+    game, group = token_or_any(game, "game"), token_or_any(group, "job group")
+    return f"issued.{game}.{group}.{token_or_any(job_id, 'job id')}"
+
+
+SKIPPED_RESULTS = "results"  # DLQ kind of a stored result that counts for nothing (and why)

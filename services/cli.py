@@ -8,11 +8,17 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import msgspec
 
 from shared import log as logsetup
 from shared.bus import BusConfig, BusError
 from shared.lease import LeaseParams
 from shared.presets import PRESETS
+
+if TYPE_CHECKING:
+    from shared.permissions import Role
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
@@ -171,9 +177,16 @@ def cmd_auth(args: argparse.Namespace) -> int:
     from shared import identities, permissions
 
     if args.auth_command == "table":
+        print(permissions.capability_table())
         print(permissions.markdown_table(), end="")
         return 0
     out = Path(args.out)
+    if args.auth_command == "node":
+        roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
+        seed = identities.add_node(out, args.node_id, _known_roles(roles))
+        print(f"wrote {seed} (owner-only) and {out / identities.ACCOUNTS_FILE}")
+        print("  server: install the new accounts file and reload (nats-server --signal reload)")
+        return 0
     hosts = ["127.0.0.1", "localhost", *args.host] if args.tls else None
     written = identities.init(out, tls_hosts=hosts)
     accounts = out / identities.ACCOUNTS_FILE
@@ -183,6 +196,25 @@ def cmd_auth(args: argparse.Namespace) -> int:
         print(f"  {role}: {path}")
     if args.tls:
         print(f"  TLS: CA and server certificate for {', '.join(hosts or [])} in {out / 'tls'}")
+    return 0
+
+
+def _known_roles(roles: tuple[str, ...]) -> tuple[Role, ...]:
+    from shared.permissions import ROLES
+
+    known = [r for r in ROLES if r != "admin"]
+    for role in roles:
+        if role not in known:
+            raise SystemExit(f"--roles: unknown role {role!r}; known: {', '.join(known)}")
+    return tuple(r for r in known if r in roles)
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    from services.up import provision
+
+    config = msgspec.structs.replace(_client(args, "provision"), replicas=args.replicas)
+    asyncio.run(provision(config))
+    print(f"provisioned every stream, bucket and object store ({args.replicas} replicas)")
     return 0
 
 
@@ -348,8 +380,23 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument(
         "--host", action="append", default=[], help="a name or address the servers are reached by"
     )
-    auth_sub.add_parser("table", help="print every role's permissions (markdown)")
+    node_auth = auth_sub.add_parser(
+        "node", help="a node's own identity (its status key); rewrites accounts.conf"
+    )
+    node_auth.add_argument("node_id", help="the node's --node-id")
+    node_auth.add_argument("--out", required=True, help="the `auth init` directory")
+    node_auth.add_argument(
+        "--roles", default="", help="roles it also carries: a node linked through a leaf server"
+    )
+    auth_sub.add_parser("table", help="print who may do what, and every identity's permissions")
     auth.set_defaults(handler=cmd_auth)
+
+    provision = sub.add_parser(
+        "provision", help="create or update every stream, bucket and object store (as admin)"
+    )
+    provision.add_argument("--replicas", type=int, default=1, help="3 on a cluster")
+    _nats_option(provision)
+    provision.set_defaults(handler=cmd_provision)
 
     soak = sub.add_parser("soak", help="N nodes on a 3-server hub, faults, and a report")
     soak.add_argument("--nodes", type=int, default=24)

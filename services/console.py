@@ -19,6 +19,7 @@ from schemas.codec import BadMessage, decode
 from schemas.control import LeaderEvent
 from schemas.jobs import ModelEvent, ModelMeta, TrainProgress
 from services.scheduler import STATE_KEY, LoopRecord
+from shared.archive.layout import check_sha256
 from shared.bus import Bus, BusConfig, BusError
 from shared.fencing import read_termed
 from shared.models import ModelStore
@@ -103,12 +104,12 @@ class Console:
     async def _save_checkpoint(self, bus: Bus, event: ModelEvent) -> None:
         run = self.data / "run" / event.game
         try:
-            blob = await ModelStore(bus, self.data / "cache" / "console").read(event.sha256)
-        except BusError as e:
-            log.warning("checkpoint %s not saved: %s", event.sha256[:12], e)
-            return
-        path = run / f"gen{event.generation:03d}-{event.sha256[:12]}.ckpt"
-        await asyncio.to_thread(_write, path, blob)
+            digest = check_sha256(event.sha256)  # it names a cache file: no path of a node's choice
+            blob = await ModelStore(bus, self.data / "cache" / "console").read(digest)
+            path = run / f"gen{event.generation:03d}-{digest[:12]}.ckpt"
+            await asyncio.to_thread(_write, path, blob)
+        except (BusError, OSError, ValueError) as e:
+            log.warning("checkpoint of generation %d not saved: %s", event.generation, e)
 
     async def _progress(self, bus: Bus, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -116,8 +117,8 @@ class Console:
                 break
             try:
                 _say(await self.progress_line(bus))
-            except (BusError, BadMessage) as e:
-                log.warning("progress not read: %s", e)
+            except Exception as e:  # whatever a node wrote, the console goes on
+                log.warning("progress not read: %r", e)
 
     async def progress_line(self, bus: Bus) -> str:
         record, _ = await read_termed(bus, names.LOOP_BUCKET, STATE_KEY, LoopRecord)
@@ -149,8 +150,8 @@ class Console:
     async def _write_ratings(self, bus: Bus) -> None:
         try:
             ratings, _ = await game_ratings(bus, self.game)
-        except BusError as e:
-            log.warning("ratings not written: %s", e)
+        except Exception as e:  # whatever a node wrote, `conclave up` ends cleanly
+            log.warning("ratings not written: %r", e)
             return
         table = ratings_markdown(ratings)
         path = self.data / "run" / self.game / "ratings.md"
@@ -244,12 +245,14 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def _decoded(msg: Msg, kind: type[M]) -> M | None:
-    """The message as `kind`, or None (logged) when it does not decode."""
+    """The message as `kind`, or None (logged) when it does not decode, whyever not."""
     try:
         return decode(msg.data, kind, subject=msg.subject)
     except BadMessage as e:
         log.warning("%s", e)
-        return None
+    except Exception as e:  # e.g. RecursionError on deep nesting: unreadable all the same
+        log.warning("unreadable message on %r: %r", msg.subject, e)
+    return None
 
 
 def _say(text: str) -> None:

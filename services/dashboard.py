@@ -20,10 +20,11 @@ import signal
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import numpy as np
+from nats.aio.msg import Msg
 
 from schemas import names
 from schemas.codec import BadMessage, decode
@@ -43,6 +44,7 @@ from shared.ratingjobs import game_ratings
 log = logging.getLogger("conclave.dashboard")
 PAGE = Path(__file__).with_name("dashboard.html")
 MAX_BODY_BYTES = 16 * 1024
+M = TypeVar("M", LeaderEvent, ModelEvent)
 
 
 class EloPoint(msgspec.Struct, frozen=True):
@@ -122,9 +124,43 @@ async def elo_points(bus: Bus, game: str) -> list[EloPoint]:
     return sorted(points, key=lambda p: (p.generation is None, p.generation or 0, p.name))
 
 
+class Unreadable:
+    """What the page leaves out because it does not decode: logged once per stream sequence or
+    key (a snapshot re-reads everything every few seconds), at most LIMIT remembered."""
+
+    LIMIT = 10_000
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def skip(self, where: str, error: Exception) -> None:
+        if where in self.seen:
+            return
+        if len(self.seen) >= self.LIMIT:
+            self.seen.clear()
+        self.seen.add(where)
+        log.warning("skipped unreadable %s: %r", where, error)
+
+
+unreadable = Unreadable()
+
+
+def decoded_stream(msgs: list[Msg], kind: type[M]) -> list[M]:
+    """The messages that decode as `kind`; the others are skipped (logged once each)."""
+    found = []
+    for m in msgs:
+        try:
+            found.append(decode(m.data, kind, subject=m.subject))
+        except Exception as e:  # BadMessage or anything else: unreadable all the same
+            unreadable.skip(f"{m.subject} #{m.metadata.sequence.stream}", e)
+    return found
+
+
 async def model_events(bus: Bus) -> list[ModelEvent]:
+    """Model events of known games (a game name also names subjects and page sections)."""
     msgs = await bus.read_all(names.EVENTS_STREAM, names.model_event_subject("*"))
-    return [decode(m.data, ModelEvent) for m in msgs]
+    known = set(game_names())
+    return [e for e in decoded_stream(msgs, ModelEvent) if e.game in known]
 
 
 async def losses(bus: Bus) -> dict[str, list[Losses]]:
@@ -132,11 +168,14 @@ async def losses(bus: Bus) -> dict[str, list[Losses]]:
     for key, entry in (await bus.snapshot(names.REGISTRY_BUCKET)).items():
         if ".model." not in key or entry.value is None:
             continue
-        with contextlib.suppress(BadMessage):
-            meta = decode(entry.value, ModelMeta)
-            found.setdefault(meta.game, []).append(
-                Losses(meta.generation, meta.policy_loss, meta.value_loss, meta.created_at)
-            )
+        try:
+            meta = decode(entry.value, ModelMeta, subject=key)
+        except Exception as e:
+            unreadable.skip(f"registry/{key}", e)
+            continue
+        found.setdefault(meta.game, []).append(
+            Losses(meta.generation, meta.policy_loss, meta.value_loss, meta.created_at)
+        )
     return {game: sorted(points, key=lambda p: p.at) for game, points in found.items()}
 
 
@@ -147,18 +186,27 @@ async def snapshot(bus: Bus) -> Snapshot:
     trained = await losses(bus)
     games: dict[str, GameHistory] = {}
     for game in sorted({g.game for g in report.games} | {e.game for e in events}):
-        decisions = [
-            Decision(e.generation, e.kind, e.at, e.detail)
-            for e in events
-            if e.game == game and e.kind in ("promoted", "rejected")
-        ]
-        steps = step_losses(await train_history(bus, game))
-        games[game] = GameHistory(
-            await elo_points(bus, game), decisions, trained.get(game, []), steps
-        )
+        try:
+            games[game] = await game_history(bus, game, events, trained.get(game, []))
+        except BusError:
+            raise
+        except Exception as e:  # one game's unreadable data leaves the others on the page
+            unreadable.skip(f"history of {game[:80]!r}", e)
     leader = await bus.read_all(names.EVENTS_STREAM, names.leader_event_subject("*"))
-    history = [decode(m.data, LeaderEvent) for m in leader][-200:]
+    history = decoded_stream(leader, LeaderEvent)[-200:]
     return Snapshot(report.at, msgspec.to_builtins(report), history, games)
+
+
+async def game_history(
+    bus: Bus, game: str, events: list[ModelEvent], trained: list[Losses]
+) -> GameHistory:
+    decisions = [
+        Decision(e.generation, e.kind, e.at, e.detail)
+        for e in events
+        if e.game == game and e.kind in ("promoted", "rejected")
+    ]
+    steps = step_losses(await train_history(bus, game))
+    return GameHistory(await elo_points(bus, game), decisions, trained, steps)
 
 
 class HttpError(Exception):
@@ -306,8 +354,8 @@ class Dashboard:
         while not stop.is_set():
             try:
                 data = msgspec.json.encode(await snapshot(self.bus))
-            except (BusError, BadMessage) as e:
-                log.warning("snapshot failed: %s", e)
+            except Exception as e:  # the page keeps the last snapshot; the server goes on
+                log.warning("snapshot failed: %r", e)
             else:
                 async with self.changed:
                     self.latest = data

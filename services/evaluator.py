@@ -12,7 +12,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -23,16 +23,16 @@ import numpy as np
 
 from schemas import names
 from schemas.codec import encode
-from schemas.jobs import EvalJob, EvalResult, PlayerSpec, job_group
+from schemas.jobs import DeadLetter, EvalJob, EvalResult, PlayerSpec, job_group
 from shared import counters
 from shared.arena import AgentPlayer, MatchOutcome, MatchStopped, ModelPlayer, Player, play_match
 from shared.baselines import make_agent
 from shared.bus import Bus, BusError, translated
 from shared.games import Game, UnknownGame, get_game
-from shared.jobs import Delivery, JobSettings, Puller, ensure_consumer
-from shared.leasewatch import KeyChanges
+from shared.jobs import Delivery, JobSettings, Puller, await_consumer
+from shared.leasewatch import KeyChanges, first_of
 from shared.modelcache import Evaluators
-from shared.models import ModelStore
+from shared.models import ModelStore, UnloadableModel
 from shared.service import main as service_main
 from shared.service import set_when, wait_or_stop
 
@@ -122,11 +122,34 @@ class Worker:
                         await delivery.msg.nak()
                     return
                 log.info("job %s: its match was decided while it played; dropped", job.job_id)
+            except UnloadableModel as e:
+                await self.unloadable(delivery, e)
+                return
             except (BusError, ValueError, UnknownGame) as e:
                 log.error("job %s failed: %r", job.job_id, e, extra={"job": job.job_id})
                 await delivery.retry(self.bus, self.cfg.node_id, f"{type(e).__name__}: {e}")
                 return
         await delivery.done()
+
+    async def unloadable(self, delivery: Delivery[EvalJob], error: UnloadableModel) -> None:
+        """Dead-letter the job at once with the reason: no evaluator running this build can load
+        the model, so retries would only delay the scheduler's verdict (it rejects a candidate
+        named in its match's dead letters)."""
+        job, meta = delivery.job, delivery.msg.metadata
+        seq = int(meta.sequence.stream)
+        letter = DeadLetter(
+            "eval", job.job_id, seq, delivery.delivered, str(error), delivery.msg.data, time.time()
+        )
+        subject = names.dlq_subject("eval", job.game, job_group(job))
+        try:
+            await self.bus.publish_durable(subject, encode(letter), msg_id=f"dlq-{seq}")
+        except BusError as e:  # the verdict is not stored: keep the job for another attempt
+            log.warning("job %s: dead letter not stored: %s", job.job_id, e)
+            await delivery.retry(self.bus, self.cfg.node_id, str(error))
+            return
+        with translated("terminate job"):
+            await delivery.msg.term()
+        log.error("job %s dead-lettered: %s", job.job_id, error, extra={"job": job.job_id})
 
     async def decided(self, job: EvalJob) -> bool:
         """A promotion match job whose match the scheduler has already decided (a read error
@@ -150,32 +173,40 @@ class Worker:
         if job.kind != "match" or not job.a.sha256:
             yield
             return
-        changes = KeyChanges(names.decided_key(job.game, job.a.sha256), names.REGISTRY_BUCKET)
-        # The follower is closed, not cancelled: nats-py can swallow a cancellation that lands
-        # while a watch is being set up, and the follower ends by itself once closed.
-        follower = asyncio.create_task(changes.follow(self.bus))
-        self.followers.add(follower)
-        follower.add_done_callback(self.followers.discard)
-        setter = asyncio.create_task(self.set_when_decided(job, changes, abandon))
+        finished = asyncio.Event()
+        self.keep(self.abandon_when_decided(job, abandon, finished))
         try:
             yield
         finally:
-            await changes.close()
-            setter.cancel()
-            await asyncio.gather(setter, return_exceptions=True)
+            finished.set()  # not a cancel: nats-py can swallow one mid-request (seen: a hang)
 
-    async def set_when_decided(
-        self, job: EvalJob, changes: KeyChanges, abandon: threading.Event
+    async def abandon_when_decided(
+        self, job: EvalJob, abandon: threading.Event, finished: asyncio.Event
     ) -> None:
-        while not abandon.is_set():
-            await changes.changed.wait()
-            changes.changed.clear()
-            if await self.decided(job):
-                abandon.set()
+        changes = KeyChanges(names.decided_key(job.game, job.a.sha256), names.REGISTRY_BUCKET)
+        self.keep(changes.follow(self.bus))  # ends by itself once closed
+        try:
+            while not finished.is_set():
+                await first_of(finished.wait(), changes.changed.wait())
+                if changes.changed.is_set() and not finished.is_set():
+                    changes.changed.clear()
+                    if await self.decided(job):
+                        abandon.set()
+                        return
+        finally:
+            await changes.close()
+
+    def keep(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` as a task held until it ends."""
+        task = asyncio.create_task(work)
+        self.followers.add(task)
+        task.add_done_callback(self.followers.discard)
 
     async def evaluate(self, job: EvalJob, abandon: threading.Event | None = None) -> MatchOutcome:
         """Resolve both players and play the match in the worker thread; raise MatchStopped
         when stopping or once `abandon` is set."""
+        if job.a.same_player(job.b):  # its result could not be stored: refuse before playing
+            raise BadPlayer(f"player b ({job.b.name}) is the same player as a ({job.a.name})")
         game = get_game(job.game)
         a = await self.player(game, job.a, "a")
         b = await self.player(game, job.b, "b")
@@ -199,6 +230,8 @@ class Worker:
             if spec.agent:
                 return AgentPlayer(make_agent(spec.agent))
             return ModelPlayer(await self.evaluators.get(game, spec.sha256), spec.sims)
+        except UnloadableModel:
+            raise  # its own verdict: the job is dead-lettered at once, not retried
         except (BusError, ValueError) as e:
             raise BadPlayer(f"player {side} ({spec.name}): {e}") from e
 
@@ -242,7 +275,7 @@ def check_spec(spec: PlayerSpec) -> None:
 
 async def run(bus: Bus, cfg: EvaluatorConfig, stop: asyncio.Event) -> None:
     await bus.provision()
-    await ensure_consumer(bus, "eval", cfg.jobs)
+    await await_consumer(bus, "eval", stop)
     worker = Worker(bus, cfg, stop)
     watcher = asyncio.create_task(set_when(stop, worker.halt))
     try:

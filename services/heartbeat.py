@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import sys
 import time
+from collections.abc import Iterable
 
 import msgspec
+import nats.errors
 from nats.aio.msg import Msg
 
 from schemas import names
 from schemas.codec import BadMessage, decode, encode
-from schemas.control import PROTOCOL, NodeStatus, Resources, ServicePulse, ServiceState
+from schemas.control import (
+    MAX_SERVICES,
+    PROTOCOL,
+    NodeStatus,
+    Resources,
+    ServicePulse,
+    ServiceState,
+)
 from shared.bus import Bus, BusError
 from shared.service import VERSION, wait_or_stop
 from shared.service import main as service_main
@@ -29,28 +39,97 @@ class HeartbeatConfig(msgspec.Struct, frozen=True):
     every_s: float = 1.0
     ttl_s: int = 5
     stale_after_s: float = 3.0
+    detect_gpus: bool = True  # ask torch, in a child process, which GPUs the node has
+
+
+MAX_EXTRA_SERVICES = 16  # services beyond the launcher's list kept (the status: MAX_SERVICES)
+MAX_COUNTERS = 16  # work counters kept per service (shared.counters has a handful)
+MAX_DOING_CHARS = 200
+FORGET_AFTER_S = 60.0  # an unexpected service silent this long leaves the status
+HEADROOM_BYTES = 4096  # of the max payload, for the write's subject and headers
+LOG_EVERY_S = 10.0  # at most LOG_BURST lines per interval about rejected or dropped pulses
+LOG_BURST = 20
+# Service kinds a launcher runs (services/launcher.py ROLE_SERVICES, plus heartbeat): an
+# unexpected instance of one of them (`selfplay-9`) outranks a name nobody runs.
+KNOWN_KINDS = frozenset(
+    {"heartbeat", "leader", "scheduler", "selfplay", "trainer", "evaluator", "syncer"}
+)
 
 
 class Pulses:
-    """The latest pulse of each local service, from `pulse.<node>.*`."""
+    """The latest pulse of each local service, from `pulse.<node>.*`.
 
-    def __init__(self) -> None:
+    Pulses are untrusted: one that does not decode is skipped, and what is kept is bounded
+    (every expected service, at most `max_extra` others, few counters, short strings), so the
+    node's status always fits a NATS message however many service names its pulses invent.
+    """
+
+    def __init__(self, expected: Iterable[str] = (), max_extra: int = MAX_EXTRA_SERVICES) -> None:
+        self.expected = frozenset(expected)
+        self.max_extra = max_extra
         self.latest: dict[str, tuple[ServicePulse, float]] = {}
         self.rejected = 0
+        self.dropped = 0
+        self._window_at, self._logged = -LOG_EVERY_S, 0
 
     async def on_message(self, msg: Msg) -> None:
+        pulse = self._parsed(msg)
+        if pulse is not None:
+            self.take(pulse, time.monotonic())
+
+    def _parsed(self, msg: Msg) -> ServicePulse | None:
         try:
             pulse = decode(msg.data, ServicePulse, subject=msg.subject)
-        except BadMessage as e:
+            names.check_token(pulse.service, "$.service")
+        except Exception as e:  # BadMessage, BadName, RecursionError: all unreadable
             self.rejected += 1
-            log.warning("rejected pulse: %s", e, extra={"subject": e.subject, "field": e.field})
+            field = e.field if isinstance(e, BadMessage) else "$.service"
+            self._note(f"rejected pulse: {e}", subject=msg.subject, field=field)
+            return None
+        return bounded(pulse)
+
+    def take(self, pulse: ServicePulse, now: float) -> None:
+        """Keep `pulse` unless it would push a better-ranked service out of the status."""
+        name = pulse.service
+        if name in self.latest or name in self.expected or self._room_for(name, now):
+            self.latest[name] = (pulse, now)
             return
-        self.latest[pulse.service] = (pulse, time.monotonic())
+        self.dropped += 1
+        self._note(f"dropped pulse: {self.max_extra} other services are listed", pulse_service=name)
+
+    def _room_for(self, name: str, now: float) -> bool:
+        self._forget(now)
+        extras = [n for n in self.latest if n not in self.expected]
+        if len(extras) < self.max_extra:
+            return True
+        worst = max(extras, key=lambda n: (_rank(n), -self.latest[n][1]))
+        if _rank(name) >= _rank(worst):
+            return False
+        del self.latest[worst]
+        return True
+
+    def _forget(self, now: float) -> None:
+        for name, (_, at) in list(self.latest.items()):
+            if name not in self.expected and now - at > FORGET_AFTER_S:
+                del self.latest[name]
+
+    def _note(self, text: str, **extra: str) -> None:
+        """Log, unless LOG_BURST lines were logged this interval (a flood must not flood)."""
+        now = time.monotonic()
+        if now - self._window_at >= LOG_EVERY_S:
+            self._window_at, self._logged = now, 0
+        if self._logged < LOG_BURST:
+            self._logged += 1
+            counts = f"({self.rejected} rejected, {self.dropped} dropped so far)"
+            log.warning("%s %s", text, counts, extra=extra)
 
     def states(self, expected: list[str], stale_after_s: float) -> list[ServiceState]:
+        """Every expected service and the best-ranked others, at most MAX_SERVICES (what a
+        reader accepts), by name."""
         now = time.monotonic()
-        names_ = sorted(set(expected) | set(self.latest))
-        return [self._state(name, now, stale_after_s) for name in names_]
+        others = sorted(set(self.latest) - set(expected), key=lambda n: (_rank(n), n))
+        chosen = [*sorted(set(expected)), *others][:MAX_SERVICES]
+        return [self._state(name, now, stale_after_s) for name in sorted(chosen)]
 
     def _state(self, name: str, now: float, stale_after_s: float) -> ServiceState:
         seen = self.latest.get(name)
@@ -68,6 +147,55 @@ class Pulses:
             counters=pulse.counters,
             doing=pulse.doing,
         )
+
+
+def _rank(name: str) -> int:
+    return 0 if names.service_kind(name) in KNOWN_KINDS else 1
+
+
+def bounded(pulse: ServicePulse) -> ServicePulse:
+    """`pulse` cut to what a status carries: MAX_COUNTERS finite counters with token names, a
+    short `doing`, finite lags (JSON has no infinity: it would make the status unreadable)."""
+    counters = {
+        k: v for k, v in sorted(pulse.counters.items()) if _is_token(k) and math.isfinite(v)
+    }
+    return msgspec.structs.replace(
+        pulse,
+        counters=dict(list(counters.items())[:MAX_COUNTERS]),
+        doing=pulse.doing[:MAX_DOING_CHARS],
+        lag_p50_ms=_finite(pulse.lag_p50_ms),
+        lag_max_ms=_finite(pulse.lag_max_ms),
+    )
+
+
+def _is_token(text: str) -> bool:
+    try:
+        names.check_token(text, "counter")
+    except names.BadName:
+        return False
+    return True
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else 0.0
+
+
+def fitted(status: NodeStatus, expected: Iterable[str], max_bytes: int) -> bytes:
+    """The encoded status; if it is over `max_bytes` (never, while pulses are bounded and the
+    launcher's list is sane), its expected services alone without counters, so the node still
+    shows, and failing that none."""
+    data = encode(status)
+    if len(data) <= max_bytes:
+        return data
+    log.error("status of %d bytes is over %d: services left out", len(data), max_bytes)
+    keep = set(expected)
+    lean = [
+        msgspec.structs.replace(s, counters={}, doing="") for s in status.services if s.name in keep
+    ]
+    data = encode(msgspec.structs.replace(status, services=lean))
+    if len(data) <= max_bytes:
+        return data
+    return encode(msgspec.structs.replace(status, services=[]))
 
 
 def memory_bytes() -> int:
@@ -103,11 +231,11 @@ async def detect_gpus(timeout_s: float = 60.0) -> list[str]:
 
 async def run(bus: Bus, cfg: HeartbeatConfig, stop: asyncio.Event) -> None:
     await bus.provision()
-    pulses = Pulses()
+    pulses = Pulses(cfg.services)
     sub = await bus.subscribe(names.pulse_wildcard(cfg.node_id), pulses.on_message)
     resources = Resources(cores=os.cpu_count() or 1, memory_bytes=memory_bytes())
     started = time.time()
-    gpu_task = asyncio.ensure_future(detect_gpus())
+    gpu_task = asyncio.ensure_future(detect_gpus() if cfg.detect_gpus else no_gpus())
     key = names.node_key(cfg.node_id)
     try:
         while not stop.is_set():
@@ -124,14 +252,19 @@ async def run(bus: Bus, cfg: HeartbeatConfig, stop: asyncio.Event) -> None:
                 started_at=started,
                 sent_at=time.time(),
             )
+            data = fitted(status, cfg.services, bus.nc.max_payload - HEADROOM_BYTES)
             try:
-                await bus.write(names.NODES_BUCKET, key, encode(status), ttl_s=cfg.ttl_s)
-            except BusError as e:
-                log.warning("status not written: %s", e)
+                await bus.write(names.NODES_BUCKET, key, data, ttl_s=cfg.ttl_s)
+            except (BusError, nats.errors.MaxPayloadError) as e:
+                log.warning("status not written: %r", e)
             await wait_or_stop(stop, cfg.every_s)
     finally:
         gpu_task.cancel()
         await sub.unsubscribe()
+
+
+async def no_gpus() -> list[str]:
+    return []
 
 
 def main(argv: list[str] | None = None) -> int:

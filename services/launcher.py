@@ -21,8 +21,9 @@ from services.scheduler import SchedulerConfig
 from services.selfplay import SelfplayWorkerConfig
 from services.syncer import SyncerConfig
 from shared.archive import S3Config
-from shared.bus import BusConfig
+from shared.bus import BusConfig, identity_inbox
 from shared.evalplan import EvalBudget
+from shared.identities import node_seed_path
 from shared.lease import LeaseParams
 from shared.natsserver import HUB_DOMAIN
 from shared.presets import Preset, preset, tuned
@@ -70,6 +71,7 @@ class NodeOptions(msgspec.Struct, frozen=True):
     tls_ca: str | None = None  # the hub's CA (`conclave auth init --tls`)
     via_leaf: list[str] = []  # hub leaf URLs: run a local leaf server and connect through it
     domain: str | None = None  # the hub's JetStream domain, when connected through a leaf
+    inbox_prefix: str | None = None  # through a leaf: the link identity's (`shared.bus`)
     eval_budget: float = EvalBudget().budget  # most of the workers' CPU evaluation may use
     selfplay_workers: int | None = None  # self-play processes; None: one per usable core
     tune: list[str] = []  # `section.name=value` changes to the preset (shared.presets.tuned)
@@ -176,6 +178,7 @@ def child_spec(service: str, opts: NodeOptions) -> ChildSpec:
         domain=opts.domain,
         nkey_seed=creds_for(service, opts),
         tls_ca=opts.tls_ca,
+        inbox_prefix=opts.inbox_prefix,
     )
     proc = ProcessConfig(opts.node_id, service, bus, log_level=opts.log_level)
     config = encode(service_config(service, opts)).decode()
@@ -189,7 +192,11 @@ def child_spec(service: str, opts: NodeOptions) -> ChildSpec:
     return ChildSpec(service, argv, log_path)
 
 
-# The identity each service runs as (`conclave auth init` roles); heartbeat: the node's first.
+class MissingIdentity(ValueError):
+    pass
+
+
+# The identity each service runs as (`conclave auth init` roles); heartbeat: the node's own.
 SERVICE_ROLE = {
     "leader": "coordinator",
     "scheduler": "coordinator",
@@ -201,13 +208,23 @@ SERVICE_ROLE = {
 
 
 def creds_for(service: str, opts: NodeOptions) -> str | None:
+    """The seed `service` connects with: one `--creds` file for all, or from a directory its
+    role's, and for the heartbeat (and a leaf link) the node's own (`conclave auth node`)."""
     if opts.creds is None:
         return None
     path = Path(opts.creds)
     if not path.is_dir():
         return str(path)
-    first = "coordinator" if not opts.roles or opts.roles[0] == "control" else opts.roles[0]
-    return str(path / f"{SERVICE_ROLE.get(names.service_kind(service), first)}.nk")
+    kind = names.service_kind(service)
+    if kind in SERVICE_ROLE:
+        return str(path / f"{SERVICE_ROLE[kind]}.nk")
+    node = node_seed_path(path, opts.node_id)
+    if not node.exists():
+        raise MissingIdentity(
+            f"no identity for node {opts.node_id} in {path}: "
+            f"run `conclave auth node --out {path} {opts.node_id}` and reload the servers"
+        )
+    return str(node)
 
 
 def syncer_config(opts: NodeOptions, cache: str) -> SyncerConfig:
@@ -254,17 +271,24 @@ async def node_main(opts: NodeOptions) -> int:
         _print_node(opts, ", ".join(opts.nats_urls))
         await run_node(opts, stop)
         return 0
-    # Every service's traffic crosses the one link, as one identity: the node's (first) role's.
+    # Every service's traffic crosses the one link, as one identity: the node's own, which then
+    # carries the node's roles (`conclave auth node --roles`); replies come to its inbox.
+    link = creds_for("heartbeat", opts)
     leaf = LocalLeaf(
         opts.node_id,
         Path(opts.cache_dir) / opts.node_id / "leaf",
         opts.via_leaf,
-        nkey_seed=creds_for("heartbeat", opts),
+        nkey_seed=link,
         ca_file=opts.tls_ca,
     )
     await leaf.start()
     opts = msgspec.structs.replace(
-        opts, nats_urls=[leaf.url], domain=HUB_DOMAIN, creds=None, tls_ca=None
+        opts,
+        nats_urls=[leaf.url],
+        domain=HUB_DOMAIN,
+        creds=None,
+        tls_ca=None,
+        inbox_prefix=identity_inbox(link) if link else None,
     )
     _print_node(opts, f"{leaf.url}, a leaf server linked to {', '.join(opts.via_leaf)}")
     leaf_stop = asyncio.Event()  # the leaf outlives the services, so their goodbyes get out

@@ -9,6 +9,7 @@ snapshot (`services.status.gather`) and turns it into metric families, so the en
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -20,6 +21,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from services.status import StatusReport, gather
 from shared.bus import Bus, BusConfig
 
+log = logging.getLogger("conclave.metrics")
 SCRAPE_TIMEOUT_S = 10.0
 
 
@@ -174,6 +176,9 @@ class BusCollector(Collector):
             report = future.result(SCRAPE_TIMEOUT_S)
         except FutureTimeout:
             future.cancel()
+            return
+        except Exception as e:  # the bus away, or data gather could not read: an empty scrape
+            log.warning("scrape failed: %r", e)
             return
         yield from families(report)
 

@@ -18,7 +18,7 @@ import msgspec
 
 from schemas import names
 from schemas.codec import decode, encode
-from schemas.jobs import BestPointer, EvalResult, ModelEvent
+from schemas.jobs import BestPointer, EvalJob, EvalResult, ModelEvent
 from services.scheduler import STATE_KEY, LoopRecord
 from services.syncer import RESULTS_SUFFIX
 from shared import archive
@@ -62,7 +62,7 @@ async def restore_game(
     report.best_generation = best.generation if best else -1
     report.promotions = await restore_history(bus, store, game)
     report.games = await restore_games(bus, store, game, window)
-    report.results = await restore_results(bus, store, game)
+    report.results = await restore_results(bus, store, game, report.corrupt)
     if best is not None:
         state = GameState(generation=best.generation, best=best.sha256)
         record = LoopRecord(0, LoopState({game: state}), time.time())
@@ -129,21 +129,46 @@ async def restore_games(bus: Bus, store: Store, game: str, window: int) -> int:
     return len(seen)
 
 
-async def restore_results(bus: Bus, store: Store, game: str) -> int:
-    """File every archived evaluation result again: the ratings pool comes back whole."""
+async def restore_results(
+    bus: Bus, store: Store, game: str, corrupt: list[str] | None = None
+) -> int:
+    """File every archived evaluation result again: the ratings pool comes back whole. A result
+    that does not decode (the archive keeps what nodes wrote) is reported in `corrupt`, not
+    filed."""
     shards = await asyncio.to_thread(
         lambda: list(archive.restore_shards(store, f"{game}{RESULTS_SUFFIX}"))
     )
     seen: set[str] = set()
+    filed = 0
     for manifest, records in shards:
         for msg_id, data in zip(manifest.game_ids, records, strict=True):
             if msg_id in seen:
                 continue
             seen.add(msg_id)
-            result = decode(data, EvalResult)
-            subject = names.results_subject(game, result.group or "restored")
+            try:
+                result = decode(data, EvalResult, subject=msg_id)
+                group = result.group or "restored"
+                subject = names.results_subject(game, group)
+                owed = names.issued_key(game, group, result.job_id)
+            except Exception as e:  # BadMessage, a group no subject takes: not restorable
+                problem = f"result {msg_id[:80]!r} of {game}: {e}"[:500]
+                log.error("not restored: %s", problem)
+                if corrupt is not None:
+                    corrupt.append(problem)
+                continue
+            # Results count only for jobs the leader issued: the restore issues them again.
+            await bus.write(names.LOOP_BUCKET, owed, encode(issued_job(result, group)))
             await bus.publish_durable(subject, data, msg_id=msg_id)
-    return len(seen)
+            filed += 1
+    return filed
+
+
+def issued_job(result: EvalResult, group: str) -> EvalJob:
+    """The job `result` answers, as the leader records an issued one."""
+    games = result.wins_a + result.draws + result.wins_b
+    return EvalJob(
+        result.job_id, result.game, result.kind, result.a, result.b, games, 0, group=group
+    )
 
 
 async def restore_main(

@@ -28,6 +28,7 @@ from shared.observe import accepted_nodes, cpu_readings, observe, train_job_id
 from shared.phase import GauntletPhase, Phase, TrainingPhase, phase_of
 from shared.policy import GameState, LoopConfig, LoopState, Snapshot, apply, next_actions
 from shared.progress import last_train_progress
+from shared.ratingjobs import SkipLog
 from shared.service import main as service_main
 from shared.service import wait_or_stop
 
@@ -109,7 +110,8 @@ class MasterLoop:
     def __init__(self, bus: Bus, cfg: SchedulerConfig, term: int) -> None:
         self.bus, self.cfg, self.term = bus, cfg, term
         self.effects = Effects(bus, cfg.loop, cfg.effects, term)
-        self.background = BackgroundEval(bus, cfg.loop, cfg.effects, cfg.budget, term)
+        self.skips = SkipLog()  # results that count for nothing, dead-lettered once each
+        self.background = BackgroundEval(bus, cfg.loop, cfg.effects, cfg.budget, term, self.skips)
         self.cpu = CpuMeter(cfg.budget.window_s)
 
     async def tick(self) -> int:
@@ -119,7 +121,7 @@ class MasterLoop:
             raise StaleTerm(f"loop state already written by term {record.term}")
         state = record.state if record else LoopState()
         nodes = await accepted_nodes(self.bus)
-        snapshot = await observe(self.bus, state, self.cfg.loop, nodes)
+        snapshot = await observe(self.bus, state, self.cfg.loop, nodes, self.skips)
         now = time.time()
         self.cpu.update(cpu_readings(nodes), now)
         used = self.cpu.used()
@@ -131,6 +133,7 @@ class MasterLoop:
             state = apply(state, action)
         gauntlets = await self.gauntlets(state)
         await self.background.step(state, gauntlets, snapshot.eval_workers, share)
+        await self.skips.dead_letter(self.bus)
         ticks = (record.ticks if record else 0) + 1
         totals = {name: g.games_total for name, g in snapshot.games.items()}
         update = LoopRecord(

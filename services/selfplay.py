@@ -23,7 +23,7 @@ from schemas.jobs import SelfplayJob
 from shared import counters
 from shared.bus import Bus, BusError, Unavailable, translated
 from shared.games import get_game
-from shared.jobs import Delivery, JobSettings, Puller, ensure_consumer
+from shared.jobs import Delivery, JobSettings, Puller, await_consumer
 from shared.modelcache import Evaluators
 from shared.models import ModelStore
 from shared.netconfig import CheckpointError
@@ -153,7 +153,7 @@ async def run(bus: Bus, cfg: SelfplayWorkerConfig, stop: asyncio.Event) -> None:
     if cfg.nice:
         os.nice(cfg.nice)
     await bus.provision()
-    await ensure_consumer(bus, "selfplay", cfg.jobs)
+    await await_consumer(bus, "selfplay", stop)
     worker = Worker(bus, cfg, stop)
     watcher = asyncio.create_task(set_when(stop, worker.halt))
     prefetch = asyncio.create_task(prefetch_promoted(bus, worker.evaluators.store, stop))

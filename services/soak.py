@@ -27,7 +27,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from schemas import names
-from schemas.codec import BadMessage, decode
+from schemas.codec import decode
 from schemas.control import NodeStatus
 from shared.bus import Bus, BusConfig, BusError
 from shared.leaseaudit import LeaseAudit
@@ -111,7 +111,7 @@ class Sniffer:
             return
         try:
             ack = msgspec.json.decode(msg.data, type=dict[str, object])
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             return
         seq = ack.get("seq")
         if isinstance(seq, int) and "error" not in ack:
@@ -238,8 +238,8 @@ class Harness:
             if entry.value is None:
                 continue
             try:
-                statuses[node_id] = decode(entry.value, NodeStatus)
-            except BadMessage:
+                statuses[node_id] = decode(entry.value, NodeStatus, subject=node_id)
+            except Exception:  # unreadable however it fails: the node counts as not healthy
                 continue
         self.statuses = statuses
         return True

@@ -15,7 +15,7 @@ from schemas.codec import BadMessage, decode
 from schemas.control import ClusterProtocol, Lease, NodeStatus
 from services.scheduler import STATE_KEY, LoopRecord, games_per_hour
 from services.syncer import GAMES_CONSUMER, SyncStatus
-from shared.bus import Bus, BusConfig, Entry
+from shared.bus import Bus, BusConfig, BusError, Entry
 from shared.compat import accepted_range, refusal
 from shared.fencing import read_termed
 from shared.observe import count
@@ -158,12 +158,13 @@ async def gather(bus: Bus) -> StatusReport:
         try:
             status = decode(entry.value or b"", NodeStatus, subject=key)
             nodes.append(node_info(status, now, accepted, pinged=pinged))
-        except BadMessage as e:
-            problems.append(f"node {key}: {e}")
+        except Exception as e:  # a node writes its own key: whatever it holds, show the rest
+            problems.append(f"node {key}: unreadable: {unreadable(e)}")
+    lease = await bus.last(names.ELECTION_BUCKET, names.LEADER_KEY)
     try:
-        leader = leader_info(await bus.last(names.ELECTION_BUCKET, names.LEADER_KEY), now)
-    except BadMessage as e:
-        leader, problems = None, [*problems, f"lease: {e}"]
+        leader = leader_info(lease, now)
+    except Exception as e:
+        leader, problems = None, [*problems, f"lease: unreadable: {unreadable(e)}"]
     alive = [n for n in nodes if n.alive]
     games = await games_info(bus, problems)
     archive = await archive_info(bus, now, problems)
@@ -177,7 +178,7 @@ async def discover(bus: Bus, wait_s: float = 0.5) -> frozenset[tuple[str, str]]:
     found: set[tuple[str, str]] = set()
 
     async def collect(msg: Msg) -> None:
-        with contextlib.suppress(msgspec.DecodeError):
+        with contextlib.suppress(msgspec.DecodeError, RecursionError):  # anyone may answer
             reply = msgspec.json.decode(msg.data, type=dict[str, Any])
             meta = reply.get("metadata") or {}
             if isinstance(meta, dict) and "node" in meta and "service" in meta:
@@ -200,8 +201,8 @@ async def archive_info(bus: Bus, now: float, problems: list[str]) -> ArchiveInfo
         return None
     try:
         sync = decode(entry.value, SyncStatus, subject="sync.status")
-    except BadMessage as e:
-        problems.append(f"sync status: {e}")
+    except Exception as e:
+        problems.append(f"sync status: unreadable: {unreadable(e)}")
         return None
     try:
         info = await bus.js.consumer_info(names.GAMES_STREAM, GAMES_CONSUMER)
@@ -219,12 +220,27 @@ async def games_info(bus: Bus, problems: list[str]) -> list[GameInfo]:
     try:
         record, _ = await read_termed(bus, names.LOOP_BUCKET, STATE_KEY, LoopRecord)
     except BadMessage as e:
-        problems.append(f"loop state: {e}")
+        problems.append(f"loop state: unreadable: {unreadable(e)}")
         return []
     if record is None:
         return []
     now = time.time()
-    return [await game_info(bus, record, name, now) for name in sorted(record.state.games)]
+    games = []
+    for name in sorted(record.state.games):
+        try:
+            games.append(await game_info(bus, record, name, now))
+        except BusError:
+            raise
+        except Exception as e:  # e.g. a name no subject takes: the other games still show
+            problems.append(f"game {name[:80]!r}: unreadable: {unreadable(e)}")
+    return games
+
+
+def unreadable(e: Exception) -> str:
+    """Why a value could not be shown, naming the field when the decoder knows it."""
+    if isinstance(e, BadMessage):
+        return f"field {e.field}: {e.reason}"[:500]
+    return repr(e)[:500]
 
 
 async def game_info(bus: Bus, record: LoopRecord, game: str, now: float) -> GameInfo:

@@ -23,15 +23,17 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from schemas import names
 from schemas.codec import BadMessage, decode, encode
-from schemas.jobs import BestPointer, ModelEvent
+from schemas.jobs import BestPointer, DeadLetter, ModelEvent
 from services.scheduler import STATE_KEY, LoopRecord
 from shared import archive
 from shared.archive import S3Config, S3Store, Store
+from shared.archive.layout import check_sha256
 from shared.bus import Bus, BusError, translated
 from shared.fencing import read_termed
+from shared.games import game_names
 from shared.lease import LeaseParams
 from shared.leaseholder import Contender, hold
-from shared.models import ModelStore
+from shared.models import ModelError, ModelStore
 from shared.ratingjobs import game_ratings
 from shared.service import main as service_main
 from shared.service import wait_or_stop
@@ -43,6 +45,10 @@ GAMES_CONSUMER = names.SYNCER_GAMES_CONSUMER
 RESULTS_CONSUMER = names.SYNCER_RESULTS_CONSUMER
 RESULTS_SUFFIX = "__results"  # a reserved suffix: no game name may end with it
 MODELS_CONSUMER = names.SYNCER_MODELS_CONSUMER
+# Dead letters: candidate events at dlq.model.<game>.candidate, game and result records whose
+# subject names no archivable game at dlq.archive.unknown.<stream>
+MODEL_DEAD_KIND = "model"
+ARCHIVE_DEAD_KIND = "archive"
 
 
 class SyncerConfig(msgspec.Struct, frozen=True):
@@ -115,6 +121,12 @@ class Archiver:
     async def take(self, msg: Msg) -> None:
         """Buffer a game record, or ack it at once if an earlier run already archived it."""
         game = self.name_of(msg.subject)
+        try:
+            archive.layout.check_game(game)
+        except ValueError as e:
+            where = msg.metadata.stream.lower()
+            await dead_letter(self.bus, msg, f"subject {msg.subject[:200]!r}: {e}", where=where)
+            return
         seq = int(msg.metadata.sequence.stream)
         if archive.covers(await self.ranges_of(game), seq):
             await msg.ack()
@@ -197,26 +209,48 @@ class Archiver:
         self.newest_model = event.sha256
 
     async def archive_documents(self, games: list[str]) -> None:
+        """Each game's best pointer, ratings and promotions; one game's failure (an unreadable
+        pointer, an archive error) is reported and the next game is still archived."""
         for game in games:
-            best = await self.bus.last(names.REGISTRY_BUCKET, names.best_key(game))
-            if best.value is not None:
-                pointer = decode(best.value, BestPointer)
-                await asyncio.to_thread(
-                    archive.put_json, self.store, archive.layout.registry_best_key(game), pointer
-                )
-            ratings, _ = await game_ratings(self.bus, game)
+            try:
+                await self.archive_game_documents(game)
+            except Exception as e:  # whatever the registry holds, the syncer goes on
+                self.failed(f"documents of {game!r}: {e!r}")
+
+    async def archive_game_documents(self, game: str) -> None:
+        best = await self.bus.last(names.REGISTRY_BUCKET, names.best_key(game))
+        if best.value is not None:
+            pointer = decode(best.value, BestPointer, subject=names.best_key(game))
             await asyncio.to_thread(
-                archive.put_json, self.store, archive.layout.ratings_key(game), ratings
+                archive.put_json, self.store, archive.layout.registry_best_key(game), pointer
             )
-            history = await promotions(self.bus, game)
-            await asyncio.to_thread(
-                archive.put_json, self.store, archive.layout.registry_history_key(game), history
-            )
+        ratings, _ = await game_ratings(self.bus, game)
+        await asyncio.to_thread(
+            archive.put_json, self.store, archive.layout.ratings_key(game), ratings
+        )
+        history = await promotions(self.bus, game)
+        await asyncio.to_thread(
+            archive.put_json, self.store, archive.layout.registry_history_key(game), history
+        )
+
+
+_skipped_promotions: set[int] = set()  # stream sequences already logged as unreadable
+_SKIPPED_LIMIT = 10_000
 
 
 async def promotions(bus: Bus, game: str) -> list[ModelEvent]:
-    msgs = await bus.read_all(names.EVENTS_STREAM, names.model_event_subject("promoted"))
-    events = [decode(m.data, ModelEvent) for m in msgs]
+    """`game`'s promotion events; an unreadable one is skipped (logged once per sequence)."""
+    events = []
+    for msg in await bus.read_all(names.EVENTS_STREAM, names.model_event_subject("promoted")):
+        try:
+            events.append(decode(msg.data, ModelEvent, subject=msg.subject))
+        except Exception as e:  # BadMessage, RecursionError: skipped all the same
+            seq = int(msg.metadata.sequence.stream)
+            if seq not in _skipped_promotions:
+                if len(_skipped_promotions) >= _SKIPPED_LIMIT:
+                    _skipped_promotions.clear()
+                _skipped_promotions.add(seq)
+                log.warning("promotion event #%d skipped: %s", seq, unreadable_reason(e))
     return [e for e in events if e.game == game]
 
 
@@ -288,14 +322,19 @@ async def models_loop(bus: Bus, arch: Archiver, me: Contender, stop: asyncio.Eve
 
 
 async def archive_one_model(arch: Archiver, models: ModelStore, msg: Msg) -> None:
+    """Archive one candidate's checkpoint; an event that is unreadable, invalid or names a
+    model that is not (or not intact) in the object store is dead-lettered and acked, so it
+    never holds up the ones behind it nor crashes the syncer."""
     try:
-        event = decode(msg.data, ModelEvent, subject=msg.subject)
-    except BadMessage as e:
-        log.error("unreadable model event: %s", e, extra={"field": e.field})
-        await msg.term()
+        event = candidate_event(msg)
+    except Exception as e:  # BadMessage, RecursionError...: whatever it is, it is unusable
+        await dead_letter(arch.bus, msg, unreadable_reason(e), MODEL_DEAD_KIND)
         return
     try:
         await arch.archive_model(models, event)
+    except ModelError as e:
+        await dead_letter(arch.bus, msg, f"field $.sha256: {e}", MODEL_DEAD_KIND, event.game)
+        return
     except (archive.ArchiveError, BusError) as e:
         arch.failed(f"model {event.sha256[:12]}: {e}")
         await msg.nak(delay=5)
@@ -303,13 +342,65 @@ async def archive_one_model(arch: Archiver, models: ModelStore, msg: Msg) -> Non
     await msg.ack()
 
 
+def candidate_event(msg: Msg) -> ModelEvent:
+    """The event in `msg`; BadMessage naming the field if it does not decode or names no known
+    game or no well-formed digest (both become keys and paths)."""
+    event = decode(msg.data, ModelEvent, subject=msg.subject)
+    if event.game not in game_names():
+        known = ", ".join(game_names())
+        raise BadMessage(msg.subject, "$.game", f"unknown game {event.game[:80]!r}; known: {known}")
+    try:
+        check_sha256(event.sha256)
+    except ValueError as e:
+        raise BadMessage(msg.subject, "$.sha256", str(e)[:200]) from e
+    return event
+
+
+def unreadable_reason(e: Exception) -> str:
+    if isinstance(e, BadMessage):
+        return f"field {e.field}: {e.reason}"[:2000]
+    return f"field $: {e!r}"[:2000]
+
+
+async def dead_letter(
+    bus: Bus,
+    msg: Msg,
+    reason: str,
+    kind: str = ARCHIVE_DEAD_KIND,
+    game: str = "unknown",
+    where: str = "candidate",
+) -> None:
+    """Move a message the syncer cannot use to the DLQ with `reason`, then ack it; if the DLQ
+    cannot take it, it is acked all the same (logged with the reason): it must not come back."""
+    meta = msg.metadata
+    seq, stream = int(meta.sequence.stream), meta.stream
+    log.error("%s #%d dead-lettered: %s", stream, seq, reason)
+    letter = DeadLetter(
+        kind, "", seq, int(meta.num_delivered), reason, msg.data[:65536], time.time()
+    )
+    subject = names.dlq_subject(kind, _token_or(game, "unknown"), where)
+    try:
+        await bus.publish_durable(subject, encode(letter), msg_id=f"dlq-syncer-{stream}-{seq}")
+    except BusError as e:
+        log.error("%s #%d not dead-lettered (%s): acked anyway", stream, seq, e)
+    with contextlib.suppress(nats.errors.Error):
+        await msg.ack()
+
+
+def _token_or(value: str, fallback: str) -> str:
+    try:
+        return names.check_token(value, "game")
+    except names.BadName:
+        return fallback
+
+
 async def archive_documents_quietly(bus: Bus, arch: Archiver) -> None:
     try:
         record, _ = await read_termed(bus, names.LOOP_BUCKET, STATE_KEY, LoopRecord)
-        games = sorted(record.state.games) if record else []
-        await arch.archive_documents(games)
-    except (archive.ArchiveError, BusError, BadMessage) as e:
+    except (BusError, BadMessage) as e:
         arch.failed(f"documents: {e}")
+        return
+    await arch.archive_documents(sorted(record.state.games) if record else [])
 
 
 async def run(bus: Bus, cfg: SyncerConfig, stop: asyncio.Event) -> None:

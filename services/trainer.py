@@ -1,10 +1,15 @@
 """trainer service: keeps a replay window per game from the games stream and runs training jobs.
 
 On start it reads only the tail of the games stream that fits the windows, so a restart does not
-re-read everything; records are replayed through the rules (in a worker thread) before use, and a
-game id seen twice is kept once. A training job warm-starts from its parent checkpoint, writes the
-new checkpoint to the object store and its metadata to KV `registry`, then announces a candidate.
-While it trains it reports its progress on `events.train.progress.<game>` every few seconds.
+re-read everything. Records are untrusted: each is checked against its game's rules
+(`shared.recordcheck`, in a worker thread) before use, and one that fails, or raises anything at
+all, is dead-lettered with the field at fault; a game id seen twice is kept once.
+
+A training job warm-starts from its parent checkpoint, writes the new checkpoint to the object
+store and its metadata to KV `registry`, then announces a candidate. A step with a non-finite
+loss or gradients is skipped (and counted); a job with no finite step fails, and a net with a
+non-finite weight is never written. While it trains it reports its progress on
+`events.train.progress.<game>` every few seconds.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -23,27 +29,37 @@ from typing import Any, NamedTuple
 import msgspec
 import numpy as np
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from schemas import names
-from schemas.codec import BadMessage, encode
-from schemas.game import decode_record
+from schemas.codec import BadMessage, decode, encode
+from schemas.game import GameRecord, decode_record
 from schemas.jobs import DeadLetter, ModelEvent, ModelMeta, TrainJob, TrainProgress
 from shared import counters
-from shared.bus import Bus, BusError, translated
-from shared.games import UnknownGame, get_game
-from shared.jobs import Delivery, JobSettings, Puller, ensure_consumer
+from shared.bus import Bus, BusError
+from shared.games import UnknownGame, game_names, get_game
+from shared.jobs import Delivery, JobSettings, Puller, await_consumer
 from shared.models import ModelStore
 from shared.net import CheckpointError, NetConfig, PolicyValueNet, checkpoint_bytes, load_checkpoint
+from shared.recordcheck import resign_flag
 from shared.replay import GamePositions, RejectedRecord, ReplayWindow, positions_of
 from shared.resign import ResignSettings
 from shared.service import main as service_main
 from shared.service import wait_or_stop
-from shared.training import StepsDone, TrainReport, TrainSettings, new_net, train
+from shared.training import (
+    NonFiniteTraining,
+    StepsDone,
+    TrainReport,
+    TrainSettings,
+    new_net,
+    train,
+)
 
 log = logging.getLogger("conclave.trainer")
 
 INGEST_BATCH = 256
+MAX_THRESHOLDS = 4096  # models whose resign threshold is remembered
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_INDEX = re.compile(r"\[\d+\]")
 PROGRESS_DRAIN_S = 10.0  # the most a finished training waits for its progress reports to go out
 
 
@@ -67,6 +83,7 @@ class Trainer:
         self.bus, self.cfg = bus, cfg
         self.windows: dict[str, ReplayWindow] = {}
         self.rejected: Counter[str] = Counter()
+        self.thresholds: Thresholds = {}
         self.pending: list[tuple[int, bytes]] = []
         self.arrived = asyncio.Event()
         self.ingest_pool = ThreadPoolExecutor(1, thread_name_prefix="ingest")
@@ -85,62 +102,75 @@ class Trainer:
         """Subscribe to the games stream from where the windows' tail begins."""
         info = await self.bus.js.stream_info(names.GAMES_STREAM)
         start = max(info.state.first_seq, info.state.last_seq - 2 * self.cfg.window_games + 1, 1)
-        with translated("follow games"):
-            await self.bus.js.subscribe(
-                names.games_subject("*"),
-                stream=names.GAMES_STREAM,
-                cb=self._on_game,
-                ordered_consumer=True,
-                config=ConsumerConfig(
-                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
-                ),
-            )
+        await self.bus.follow(names.GAMES_STREAM, names.games_subject("*"), start, self._on_game)
 
     async def _on_game(self, msg: Msg) -> None:
         self.pending.append((int(msg.metadata.sequence.stream), msg.data))
         self.arrived.set()
 
     async def ingest(self, stop: asyncio.Event) -> None:
-        """Validate arrived records off the loop, in batches, and add them to the windows."""
-        loop = asyncio.get_running_loop()
+        """Check arrived records off the loop, in batches, and add them to the windows."""
         while not stop.is_set():
             await self.arrived.wait()
             self.arrived.clear()
             while self.pending:
                 batch, self.pending = self.pending[:INGEST_BATCH], self.pending[INGEST_BATCH:]
-                kept, rejected = await loop.run_in_executor(self.ingest_pool, self._validate, batch)
-                for game, positions in kept:
-                    self.window(game).add(positions)
-                for rejection in rejected:
-                    await self.quarantine(rejection)
+                await self.take(batch)
                 self.last_seq = max(self.last_seq, batch[-1][0])
 
-    def _validate(
-        self, batch: list[tuple[int, bytes]]
-    ) -> tuple[list[tuple[str, GamePositions]], list[Rejection]]:
-        kept, rejected = [], []
-        for seq, data in batch:
-            game = "unknown"
-            try:
-                record = decode_record(data)
-                game = record.game
-                positions = positions_of(get_game(game), record, seq, self.cfg.root_value_weight)
-                kept.append((game, positions))
-            except BadMessage as e:
-                self.rejected[f"unreadable at {e.field}"] += 1
-                rejected.append(Rejection(seq, data, f"field {e.field}: {e.reason}", game))
-            except (RejectedRecord, UnknownGame, ValueError) as e:
-                reason = type(e).__name__ if not isinstance(e, RejectedRecord) else str(e)
-                self.rejected[reason.split(":")[0]] += 1
-                rejected.append(Rejection(seq, data, f"{type(e).__name__}: {e}", game))
-        return kept, rejected
+    async def take(self, batch: list[tuple[int, bytes]]) -> None:
+        """Decode and check one batch; keep the good records, dead-letter every other one.
+
+        No record can stop the intake: any exception a record raises refuses that record.
+        """
+        loop = asyncio.get_running_loop()
+        decoded, unreadable = await loop.run_in_executor(self.ingest_pool, decode_all, batch)
+        thresholds = await self.resign_thresholds([d.record for d in decoded])
+        kept, refused = await loop.run_in_executor(
+            self.ingest_pool, check_all, decoded, thresholds, self.cfg.root_value_weight
+        )
+        for game, positions in kept:
+            self.window(game).add(positions)
+        for rejection in [*unreadable, *refused]:
+            await self.quarantine(rejection)
+
+    async def resign_thresholds(self, records: list[GameRecord]) -> Thresholds:
+        """The resign threshold given to the model of each record with a resignation field set."""
+        wanted = {(r.game, r.model_sha256) for r in records if resign_flag(r)}
+        found: Thresholds = {}
+        for key in wanted:
+            if key not in self.thresholds:
+                try:
+                    self.thresholds[key] = await self.model_threshold(*key)
+                except BusError as e:  # refused now, looked up again for the next record
+                    log.warning("resign threshold of model %s not read: %s", key[1][:12], e)
+            found[key] = self.thresholds.get(key)
+        if len(self.thresholds) > MAX_THRESHOLDS:  # forged digests must not grow it for ever
+            self.thresholds.clear()
+        return found
+
+    async def model_threshold(self, game: str, sha256: str) -> float | None:
+        """The threshold the training that made the model calibrated (None: none, or no such
+        model); self-play resigned at most at it (`shared.loopeffects.resign_value`)."""
+        if not _SHA256.fullmatch(sha256) or not _is_token(game):
+            return None
+        key = names.model_key(game, sha256)
+        entry = await self.bus.last(names.REGISTRY_BUCKET, key)
+        if entry.value is None:
+            return None
+        try:
+            return decode(entry.value, ModelMeta, subject=key).resign_threshold
+        except BadMessage:
+            return None
 
     async def quarantine(self, rejection: Rejection) -> None:
         """A record the trainer will not use goes to the dead-letter stream with the reason."""
-        seq, data, reason, game = rejection
+        seq, data, reason, game, kind = rejection
+        self.rejected[kind] += 1
+        counters.add("records_rejected")
         log.warning("rejected game record #%d: %s", seq, reason)
         letter = DeadLetter("records", "", seq, 0, reason[:2000], data[:65536], time.time())
-        subject = names.dlq_subject("records", game if _is_token(game) else "unknown", "rejected")
+        subject = names.dlq_subject("records", game, "rejected")
         try:
             await self.bus.publish_durable(subject, encode(letter), msg_id=f"dlq-record-{seq}")
         except BusError as e:
@@ -178,6 +208,20 @@ class Trainer:
         loop = asyncio.get_running_loop()
         window = self.window(job.game)
         net, report = await self.train_reporting(job, game, parent, window)
+        counters.add("train_steps_skipped", report.skipped)
+        if report.skipped:
+            log.warning(
+                "train job %s skipped %d steps (first: %s)",
+                job.job_id,
+                report.skipped,
+                report.first_fault,
+                extra={"job": job.job_id},
+            )
+        if report.steps == 0 and report.skipped:
+            raise NonFiniteTraining(
+                f"all {report.skipped} steps had a non-finite loss or gradients "
+                f"(first: {report.first_fault}); no checkpoint written"
+            )
         # Generation 0 may start with no games: it is the untrained initial network.
         if report.steps == 0 and job.parent_sha256:
             raise ValueError(f"no positions to train on for {job.game} (window empty)")
@@ -212,6 +256,7 @@ class Trainer:
             false_resigns=resign.false,
         )
         await self.bus.write(names.REGISTRY_BUCKET, names.model_key(job.game, digest), encode(meta))
+        self.thresholds[(job.game, digest)] = meta.resign_threshold
         await self.bus.write(names.REGISTRY_BUCKET, names.trained_key(job.job_id), encode(meta))
         event = ModelEvent("candidate", job.game, job.generation, digest, time.time())
         await self.bus.publish_durable(names.model_event_subject("candidate"), encode(event))
@@ -343,10 +388,60 @@ async def _drain(publisher: asyncio.Task[None]) -> None:
 
 
 class Rejection(NamedTuple):
+    """A record refused: why, the DLQ subject's game token, and its kind for the counts."""
+
     seq: int
     data: bytes
     reason: str
     game: str
+    kind: str
+
+
+class Decoded(NamedTuple):
+    seq: int
+    data: bytes
+    record: GameRecord
+
+
+Thresholds = dict[tuple[str, str], float | None]  # (game, model sha256) -> resign threshold
+
+
+def decode_all(batch: list[tuple[int, bytes]]) -> tuple[list[Decoded], list[Rejection]]:
+    """Decode each record; one that does not decode is refused with the field at fault."""
+    decoded, refused = [], []
+    for seq, data in batch:
+        try:
+            decoded.append(Decoded(seq, data, decode_record(data)))
+        except BadMessage as e:
+            reason = f"field {e.field}: {e.reason}"
+            refused.append(Rejection(seq, data, reason, "unknown", f"unreadable at {e.field}"))
+        except Exception as e:  # any record may be hostile; none may stop the intake
+            refused.append(_rejection(seq, data, "unknown", e))
+    return decoded, refused
+
+
+def check_all(
+    decoded: list[Decoded], thresholds: Thresholds, root_value_weight: float
+) -> tuple[list[tuple[str, GamePositions]], list[Rejection]]:
+    """Check each record under its game's rules (`shared.recordcheck`) and make its positions."""
+    kept, refused = [], []
+    known = set(game_names())
+    for seq, data, record in decoded:
+        game = record.game if record.game in known else "unknown"  # the DLQ subject's token
+        threshold = thresholds.get((record.game, record.model_sha256))
+        try:
+            rules = get_game(record.game)
+            kept.append((game, positions_of(rules, record, seq, root_value_weight, threshold)))
+        except Exception as e:  # any record may be hostile; none may stop the intake
+            refused.append(_rejection(seq, data, game, e))
+    return kept, refused
+
+
+def _rejection(seq: int, data: bytes, game: str, error: Exception) -> Rejection:
+    kind = type(error).__name__
+    if isinstance(error, RejectedRecord):
+        kind = _INDEX.sub("[]", error.field)  # one count per field, not per ply
+    return Rejection(seq, data, f"{type(error).__name__}: {error}", game, kind)
 
 
 def _is_token(value: str) -> bool:
@@ -363,7 +458,7 @@ def _finite(x: float) -> float | None:
 
 async def run(bus: Bus, cfg: TrainerConfig, stop: asyncio.Event) -> None:
     await bus.provision()
-    await ensure_consumer(bus, "train", cfg.jobs)
+    await await_consumer(bus, "train", stop)
     trainer = Trainer(bus, cfg)
     await trainer.follow_games()
     try:

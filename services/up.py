@@ -16,7 +16,14 @@ from services.console import Console, run_summary
 from services.launcher import LOOP_ROLES, NodeOptions, run_node, stop_on_signals
 from shared.bus import Bus, BusConfig, BusError
 from shared.evalplan import EvalBudget
-from shared.identities import ACCOUNTS_FILE, init, seed_path
+from shared.identities import (
+    ACCOUNTS_FILE,
+    add_node,
+    init,
+    node_seed_path,
+    seed_path,
+    write_accounts,
+)
 from shared.lease import LeaseParams
 from shared.natsserver import NatsServer, ServerSpec
 
@@ -41,7 +48,7 @@ async def up_main(opts: UpOptions) -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
     data = Path(opts.data_dir)
-    auth = await asyncio.to_thread(local_identities, data / "auth")
+    auth = await asyncio.to_thread(local_identities, data / "auth", opts.node_id)
     spec = ServerSpec("conclave", data / "nats", port=opts.nats_port, auth=auth)
     server = NatsServer(spec)
     await asyncio.to_thread(server.start)
@@ -63,6 +70,7 @@ async def up_main(opts: UpOptions) -> int:
         )
         _print_where(server, data, opts)
         admin = str(seed_path(data / "auth", "admin"))
+        await provision(BusConfig(servers=[server.url], name="up-provision", nkey_seed=admin))
         if not opts.no_train:
             start = BusConfig(servers=[server.url], name="up-start", nkey_seed=admin)
             await _say_where_it_starts(start, opts.game, data)
@@ -82,12 +90,24 @@ async def up_main(opts: UpOptions) -> int:
     return 0
 
 
-def local_identities(directory: Path) -> str:
-    """This data directory's identities (made on first use) as the server's accounts block."""
+def local_identities(directory: Path, node_id: str) -> str:
+    """This data directory's identities (made on first use, the node's too) as the server's
+    accounts block, rewritten from the seeds so it grants what this build's permissions say."""
     accounts = directory / ACCOUNTS_FILE
     if not accounts.exists():
         init(directory)
-    return accounts.read_text()
+    if not node_seed_path(directory, node_id).exists():
+        add_node(directory, node_id)
+    return write_accounts(directory).read_text()
+
+
+async def provision(config: BusConfig) -> None:
+    """Create or update every stream, bucket and object store as admin: no service may."""
+    bus = await Bus.connect(config)
+    try:
+        await bus.provision()
+    finally:
+        await bus.close()
 
 
 async def _say_where_it_starts(config: BusConfig, game: str, data: Path) -> None:

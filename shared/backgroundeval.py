@@ -12,11 +12,10 @@ from schemas import names
 from schemas.jobs import EvalJob, EvalResult, PlayerSpec
 from shared.bus import Bus
 from shared.evalplan import EvalBudget, background_jobs, games_for, gauntlet_settled
-from shared.jobs import submit
-from shared.loopeffects import EffectSettings, model_name
+from shared.loopeffects import EffectSettings, issue, model_name
 from shared.phase import GauntletOpponent, GauntletPhase
 from shared.policy import LoopConfig, LoopState
-from shared.ratingjobs import game_results, pair_results
+from shared.ratingjobs import SkipLog, game_results, pair_results
 from shared.ratings import fit, pairing_uncertainty
 
 log = logging.getLogger("conclave.background")
@@ -68,6 +67,7 @@ class BackgroundEval:
         settings: EffectSettings,
         budget: EvalBudget,
         term: int,
+        skips: SkipLog | None = None,
     ) -> None:
         self.bus, self.loop, self.settings, self.budget, self.term = (
             bus,
@@ -76,6 +76,7 @@ class BackgroundEval:
             budget,
             term,
         )
+        self.skips = skips  # results that count for nothing, met while reading
         self.pace: Pace = {}
         self._scores: dict[str, tuple[int, tuple[int, int, int]]] = {}
         self._no_pair: dict[str, int] = {}  # results stored when a game last had no pair
@@ -97,14 +98,14 @@ class BackgroundEval:
         for game, phase in gauntlets.items():
             jobs = self.gauntlet_jobs(game, state, phase, depths, slots - submitted)
             for job in jobs:
-                await submit(self.bus, "eval", job)
+                await issue(self.bus, job)
             submitted += len(jobs)
         for game in self.loop.games:
             if submitted >= slots:
                 break
             rating = await self.rating_job(game)
             if rating is not None:
-                await submit(self.bus, "eval", rating)
+                await issue(self.bus, rating)
                 submitted += 1
         return submitted
 
@@ -160,7 +161,7 @@ class BackgroundEval:
         n = counts.get(subject, 0)
         cached = self._scores.get(subject)
         if cached is None or cached[0] != n:
-            results = await game_results(self.bus, game, group) if n else []
+            results = await game_results(self.bus, game, group, self.skips) if n else []
             self._learn_pace(results)
             cached = (n, _score(results))
             self._scores[subject] = cached
@@ -174,7 +175,7 @@ class BackgroundEval:
         )
         if self._no_pair.get(game) == sum(stored.values()):
             return None
-        results = await game_results(self.bus, game)
+        results = await game_results(self.bus, game, skips=self.skips)
         self._learn_pace(results)
         players = {spec.name: spec for r in results for spec in (r.a, r.b)}
         # The Newton fit is CPU work: off the scheduler's loop, which also pulses.

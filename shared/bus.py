@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import json
 import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -18,12 +22,23 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, RawStreamMsg, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    ObjectInfo,
+    ObjectMetaOptions,
+    RawStreamMsg,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.kv import KeyValue
+from nats.nuid import NUID
 
 import nats
 from schemas import names
 from shared import provision
+from shared.permissions import inbox_prefix
 
 log = logging.getLogger("conclave.bus")
 
@@ -31,6 +46,11 @@ _WRONG_LAST_SEQUENCE = 10071
 _STREAM_NAME_IN_USE = 10058
 _NO_SUITABLE_PEERS = 10005  # no server matches a stream's placement (tags, cluster)
 _DELETED_OPS = {"DEL", "PURGE"}
+FOLLOW_BATCH = 256
+FOLLOW_WAIT_S = 5.0
+FOLLOW_RETRY_S = 1.0
+FOLLOW_INACTIVE_S = 60.0  # a follower that stopped fetching for this long is dropped by the server
+NOT_PROVISIONED = "(only admin provisions: `conclave provision --creds admin.nk`)"
 
 
 class BusError(Exception):
@@ -67,6 +87,10 @@ class BusConfig(msgspec.Struct, frozen=True):
     creds: str | None = None
     nkey_seed: str | None = None  # a role's seed file (`conclave auth init`)
     tls_ca: str | None = None  # verify the server against this CA (`conclave auth init --tls`)
+    # Where replies come to; None: the seed's own (`_INBOX.<public key>`), the only one its
+    # identity may subscribe to. Set it for a client that reaches the hub through a leaf link
+    # (no seed of its own): the link identity's.
+    inbox_prefix: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +139,7 @@ class Bus:
         self.cfg = cfg
         self.js: JetStreamContext = nc.jetstream(domain=cfg.domain, timeout=cfg.request_timeout_s)
         self._kv: dict[str, KeyValue] = {}
+        self._followers: set[asyncio.Task[None]] = set()
         self.closing = False
 
     @classmethod
@@ -147,6 +172,12 @@ class Bus:
             options["user_credentials"] = cfg.creds
         if cfg.nkey_seed:
             options["nkeys_seed"] = cfg.nkey_seed
+        try:
+            prefix = cfg.inbox_prefix or (identity_inbox(cfg.nkey_seed) if cfg.nkey_seed else None)
+        except (OSError, ValueError) as e:  # as nats-py would fail on it, but before connecting
+            raise ConnectFailed(f"cannot read the nkey seed {cfg.nkey_seed}: {e}") from e
+        if prefix:
+            options["inbox_prefix"] = prefix
         if cfg.tls_ca:
             options["tls"] = ssl.create_default_context(cafile=cfg.tls_ca)
         try:
@@ -161,6 +192,8 @@ class Bus:
     async def close(self) -> None:
         """Flush what we published, then close (a drain would wait out open pull requests)."""
         self.closing = True
+        for task in list(self._followers):
+            task.cancel()
         if self.nc.is_closed:
             return
         with suppress(TimeoutError, nats.errors.Error):
@@ -170,20 +203,15 @@ class Bus:
     # -- provisioning -------------------------------------------------------------------------
 
     async def provision(self) -> None:
-        """Create every stream and bucket Conclave uses that is missing, and bring any whose
-        settings drifted up to date. What exists as configured is only read (STREAM.INFO), so a
-        worker whose identity may not create or update streams provisions nothing once the
-        coordinator has."""
+        """Create every stream, bucket and object store Conclave uses that is missing, and bring
+        any whose settings drifted up to date. What exists as configured is only read
+        (STREAM.INFO): only admin may create or update streams, so a service checks what admin
+        provisioned (`conclave up`, `conclave provision`) and fails, naming the stream, if
+        anything is missing or out of date."""
         for config in provision.streams():
             await self.ensure_stream(config)
         for config in provision.lease_slot_streams(self.cfg.replicas):
             await self._ensure_slot_stream(config)
-        for store in provision.object_stores(self.cfg.replicas):
-            if await self._stream_config(f"OBJ_{store.bucket}") is not None:
-                continue
-            with translated(f"object store {store.bucket}"):
-                # nats-py overwrites config.bucket with its first argument, so pass both.
-                await self.js.create_object_store(store.bucket or "", config=store)
 
     async def ensure_stream(self, config: StreamConfig, replicas: int | None = None) -> None:
         """Create `config`'s stream or update it if it drifted; `replicas` defaults to the bus
@@ -193,10 +221,10 @@ class Bus:
         existing = await self._stream_config(config.name or "")
         if existing is not None:
             if not provision.same_settings(existing, config):
-                with translated(f"update stream {config.name}"):
+                with translated(f"update stream {config.name} {NOT_PROVISIONED}"):
                     await self.js.update_stream(config)
             return
-        with translated(f"add stream {config.name}"):
+        with translated(f"add stream {config.name} {NOT_PROVISIONED}"):
             try:
                 await self.js.add_stream(config)
             except nats.js.errors.BadRequestError as e:
@@ -341,6 +369,94 @@ class Bus:
                 await sub.unsubscribe()
         return msgs
 
+    async def follow(
+        self,
+        stream: str,
+        subject: str,
+        start_seq: int,
+        handler: Callable[[Msg], Awaitable[None]],
+        wait_s: float = FOLLOW_WAIT_S,
+    ) -> asyncio.Task[None]:
+        """Hand every message on `subject` from `start_seq` on to `handler`, in order, until the
+        bus closes (or the returned task is cancelled). An ordered consumer, but named: an
+        identity that may create unnamed consumers on a stream could take over its durables
+        (the server treats a `name` in an unnamed create as an update), so none may there. A
+        lost consumer is noticed within about two `wait_s` and made again from where it was."""
+        sub = await self._follower(stream, subject, start_seq)
+        task = asyncio.create_task(self._follow(sub, stream, subject, wait_s, start_seq, handler))
+        self._followers.add(task)
+        task.add_done_callback(self._followers.discard)
+        return task
+
+    async def _follower(
+        self, stream: str, subject: str, start_seq: int
+    ) -> JetStreamContext.PullSubscription:
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=max(1, start_seq),
+            inactive_threshold=FOLLOW_INACTIVE_S,
+            mem_storage=True,
+            num_replicas=1,
+        )
+        with translated(f"follow {subject}"):
+            return await self.js.pull_subscribe(subject, stream=stream, config=config)
+
+    async def _follow(
+        self,
+        sub: JetStreamContext.PullSubscription,
+        stream: str,
+        subject: str,
+        wait_s: float,
+        next_seq: int,
+        handler: Callable[[Msg], Awaitable[None]],
+    ) -> None:
+        while not self.closing:
+            try:
+                msgs = await sub.fetch(FOLLOW_BATCH, timeout=wait_s)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except (nats.errors.Error, BusError) as e:  # the consumer is gone: from where we were
+                log.warning("following %s: %r; starting again at #%d", subject, e, next_seq)
+                await asyncio.sleep(FOLLOW_RETRY_S)
+                with suppress(BusError, nats.errors.Error):
+                    old, sub = sub, await self._follower(stream, subject, next_seq)
+                    await old.unsubscribe()
+                continue
+            for msg in msgs:
+                next_seq = int(msg.metadata.sequence.stream) + 1
+                await handler(msg)
+
+    async def put_object(self, store: str, name: str, data: bytes, chunk_bytes: int) -> bool:
+        """Store `data` as object `name` in the object store `store`, as nats-py's reader expects
+        it but without the rollup header nats-py's `put` sends (the store refuses rollups, so no
+        writer can wipe it): the chunks, then the meta message, written only while the object
+        has none, so a stored object never changes. Returns False if it already had one (the
+        chunks just sent are then unreferenced; nobody but admin can purge them)."""
+        nuid = NUID().next().decode()
+        chunks = [data[i : i + chunk_bytes] for i in range(0, len(data), chunk_bytes)]
+        with translated(f"put object {store}/{name}"):
+            for chunk in chunks:
+                await self.js.publish(f"$O.{store}.C.{nuid}", chunk)
+        info = ObjectInfo(
+            name=name,
+            bucket=store,
+            nuid=nuid,
+            size=len(data),
+            chunks=len(chunks),
+            mtime=datetime.now(UTC).isoformat(),
+            digest=f"SHA-256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()}",
+            options=ObjectMetaOptions(max_chunk_size=chunk_bytes),
+        )
+        meta = f"$O.{store}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+        headers = {"Nats-Expected-Last-Subject-Sequence": "0"}
+        try:
+            with translated(f"put object {store}/{name} meta"):
+                await self.js.publish(meta, json.dumps(info.as_dict()).encode(), headers=headers)
+        except CasFailed:
+            return False
+        return True
+
     # -- messages ------------------------------------------------------------------------------
 
     async def publish(self, subject: str, data: bytes) -> None:
@@ -365,6 +481,14 @@ class Bus:
 async def _next(watcher: KeyValue.KeyWatcher, timeout: float) -> KeyValue.Entry | None:
     entry: KeyValue.Entry | None = await watcher.updates(timeout)  # type: ignore[no-untyped-call]
     return entry
+
+
+def identity_inbox(seed_file: str) -> str:
+    """The inbox prefix of the identity whose nkey seed is in `seed_file`."""
+    import nkeys  # only clients with an identity need it
+
+    seed = Path(seed_file).read_bytes().strip()
+    return inbox_prefix(nkeys.from_seed(seed).public_key.decode())
 
 
 def ttl_header(ttl_s: float) -> str:

@@ -38,7 +38,9 @@ async def accepted_range(bus: Bus) -> ClusterProtocol | None:
         return decode(entry.value, ClusterProtocol, subject=names.PROTOCOL_KEY)
     except BadMessage as e:
         log.warning("%s", e)
-        return None
+    except Exception as e:  # unreadable however it fails: no range, as if unset
+        log.warning("unreadable %s: %r", names.PROTOCOL_KEY, e)
+    return None
 
 
 async def announce(bus: Bus, node_id: str) -> None:

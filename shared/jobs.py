@@ -35,6 +35,7 @@ JOB_TYPES: dict[str, type[SelfplayJob] | type[TrainJob] | type[EvalJob]] = {
 
 
 LANE_PROBE_S = 0.25  # how long a worker waits on each higher-priority lane before the next
+CONSUMER_POLL_S = 1.0  # how often a worker looks for the job consumers it waits for
 
 
 class JobSettings(msgspec.Struct, frozen=True):
@@ -46,8 +47,9 @@ class JobSettings(msgspec.Struct, frozen=True):
 async def ensure_consumer(
     bus: Bus, kind: str, settings: JobSettings, *, migrate: bool = False
 ) -> None:
-    """Create (or update) the durable consumer of every lane of `kind`; `migrate` (the
-    coordinator's) first drops a consumer from before the lanes."""
+    """Create (or update) the durable consumer of every lane of `kind`; `migrate` first drops a
+    consumer from before the lanes. The coordinator's: only its identity (and admin's) may
+    configure the job consumers; workers wait for them (`await_consumer`)."""
     if kind == "eval" and migrate:
         await _drop_unlaned_eval_consumer(bus)
     for lane in names.job_lanes(kind):
@@ -61,6 +63,36 @@ async def ensure_consumer(
         )
         with translated(f"add consumer {config.durable_name}"):
             await bus.js.add_consumer(names.JOBS_STREAM, config)
+
+
+async def await_consumer(
+    bus: Bus, kind: str, stop: asyncio.Event, every_s: float = CONSUMER_POLL_S
+) -> bool:
+    """Wait until the durable consumer of every lane of `kind` exists (the coordinator creates
+    them): a worker binds to them and never creates or reconfigures them. False if `stop` came
+    first."""
+    for lane in names.job_lanes(kind):
+        consumer = names.job_consumer(kind, lane)
+        waiting = False
+        while not await _consumer_exists(bus, consumer):
+            if not waiting:
+                log.info("waiting for the coordinator to create consumer %s", consumer)
+                waiting = True
+            try:
+                await asyncio.wait_for(stop.wait(), every_s)
+            except TimeoutError:
+                continue
+            return False
+    return True
+
+
+async def _consumer_exists(bus: Bus, consumer: str) -> bool:
+    with translated(f"consumer info {consumer}"):
+        try:
+            await bus.js.consumer_info(names.JOBS_STREAM, consumer)
+        except nats.js.errors.NotFoundError:
+            return False
+    return True
 
 
 async def _drop_unlaned_eval_consumer(bus: Bus) -> None:
@@ -302,8 +334,8 @@ async def handle_dead_letters(bus: Bus, stop: asyncio.Event) -> None:
 
 async def _dead_letter_one(bus: Bus, msg: Msg) -> None:
     try:
-        advisory = msgspec.json.decode(msg.data, type=MaxDeliveries)
-    except msgspec.DecodeError as e:
+        advisory = decode(msg.data, MaxDeliveries, subject=msg.subject)
+    except BadMessage as e:
         log.error("unreadable advisory: %s", e)
     else:
         letter = await dead_letter_exhausted(bus, advisory)

@@ -13,7 +13,7 @@ import nats.errors
 from nats.js.kv import KeyValue
 
 from schemas import names
-from schemas.codec import BadMessage, decode
+from schemas.codec import decode
 from schemas.control import Lease
 from shared.bus import Bus, BusError
 
@@ -92,6 +92,6 @@ async def current_holder(bus: Bus) -> Holder | None:
         return None
     try:
         lease = decode(entry.value, Lease, subject=names.LEADER_KEY)
-    except BadMessage:
+    except Exception:  # BadMessage or anything else: no holder we can name
         return None
     return Holder(lease.node, lease.term or entry.revision)

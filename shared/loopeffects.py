@@ -74,6 +74,15 @@ def model_name(generation: int) -> str:
     return f"gen{generation}"
 
 
+async def issue(bus: Bus, job: EvalJob) -> None:
+    """Record `job` in KV `loop` as owed a result, then submit it: only an issued job's result
+    counts (`shared.ratingjobs`), so the record is stored before any evaluator can see the job.
+    A re-issue under the same id (a leader repeating an action) writes the record again."""
+    key = names.issued_key(job.game, job.group, job.job_id)
+    await bus.write(names.LOOP_BUCKET, key, encode(job))
+    await submit(bus, "eval", job)
+
+
 class Effects:
     def __init__(self, bus: Bus, loop: LoopConfig, settings: EffectSettings, term: int) -> None:
         self.bus, self.loop, self.settings, self.term = bus, loop, settings, term
@@ -95,7 +104,7 @@ class Effects:
             case Promote():
                 await self.promote(action)
             case Reject():
-                detail = _sprt_detail(action.result)
+                detail = "; ".join(filter(None, (action.reason, _sprt_detail(action.result))))
                 await self.decided("rejected", action.game, action.generation, action.candidate)
                 await self.event(
                     "rejected", action.game, action.generation, action.candidate, detail
@@ -161,7 +170,7 @@ class Effects:
                 seed=k + 1,
                 group=group,
             )
-            await submit(self.bus, "eval", job)
+            await issue(self.bus, job)
 
     async def promote(self, action: Promote) -> None:
         key = names.best_key(action.game)

@@ -25,8 +25,6 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
-    ObjectMeta,
-    ObjectMetaOptions,
 )
 from nats.js.object_store import ObjectStore
 
@@ -49,6 +47,20 @@ class ModelMissing(ModelError):
 
 class DigestMismatch(ModelError):
     """The bytes received do not hash to the name they were asked for."""
+
+
+class UnloadableModel(ValueError):
+    """A verified blob that this build cannot turn into a network: unreadable bytes, another
+    game, or a shape or architecture that does not fit. Retrying cannot help."""
+
+    def __init__(self, sha256: str, cause: str) -> None:
+        super().__init__(f"{unloadable_prefix(sha256)} {cause}")
+        self.sha256, self.cause = sha256, cause
+
+
+def unloadable_prefix(sha256: str) -> str:
+    """How a failure reason (a dead letter's) starts when model `sha256` cannot be loaded."""
+    return f"unloadable model {sha256}:"
 
 
 def sha256_hex(data: bytes) -> str:
@@ -77,9 +89,8 @@ class ModelStore:
         obs = await self.store()
         if await self._exists(obs, digest):
             return digest
-        meta = ObjectMeta(name=digest, options=ObjectMetaOptions(max_chunk_size=CHUNK_BYTES))
-        with translated(f"put model {digest[:12]}"):
-            await obs.put(digest, data, meta=meta)
+        # Not nats-py's `put`: the store refuses its rollup header (`Bus.put_object`).
+        await self.bus.put_object(names.MODELS_STORE, digest, data, CHUNK_BYTES)
         return digest
 
     async def _exists(self, obs: ObjectStore, digest: str) -> bool:

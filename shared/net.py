@@ -2,7 +2,8 @@
 
 A checkpoint is `torch.save` of a dict of plain values (format tag, game name, architecture,
 generation, sha256 of the weights) plus the state dict, and is read back with
-`torch.load(weights_only=True)`, so loading never runs pickled code.
+`torch.load(weights_only=True)`, so loading never runs pickled code. A checkpoint whose weights
+or buffers hold a NaN or an infinity is neither written nor loaded.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from shared.netconfig import BadDigest, CheckpointError, MalformedCheckpoint, NetConfig, WrongGame
 
 CHECKPOINT_FORMAT = "conclave.checkpoint.v1"
+
+
+class NonFiniteWeights(CheckpointError):
+    """A network whose parameters or buffers hold a NaN or an infinity."""
 
 
 class _ResidualBlock(nn.Module):
@@ -116,9 +121,21 @@ class Checkpoint(msgspec.Struct, frozen=True):
     net: PolicyValueNet
 
 
+def check_finite(state: dict[str, Any]) -> None:
+    """Raise NonFiniteWeights naming the first floating-point tensor with a non-finite value."""
+    for name in sorted(state):
+        tensor = state[name]
+        if isinstance(tensor, Tensor) and tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise NonFiniteWeights(f"checkpoint weight {name!r} has {bad} non-finite values")
+
+
 def checkpoint_bytes(net: PolicyValueNet, game: str, generation: int) -> bytes:
-    """Serialise `net` for `game` at `generation`."""
+    """Serialise `net` for `game` at `generation`; raise NonFiniteWeights if it holds a NaN or
+    an infinity."""
     state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    check_finite(state)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "game": game,
@@ -144,7 +161,8 @@ def save_checkpoint(path: Path, net: PolicyValueNet, game: str, generation: int)
 
 
 def load_checkpoint(source: bytes | Path, game: str) -> Checkpoint:
-    """Read a checkpoint for `game`; raise WrongGame, BadDigest or MalformedCheckpoint."""
+    """Read a checkpoint for `game`; raise WrongGame, BadDigest, MalformedCheckpoint or
+    NonFiniteWeights."""
     data = source.read_bytes() if isinstance(source, Path) else source
     payload = _unpickle(data)
     if payload.get("format") != CHECKPOINT_FORMAT:
@@ -157,6 +175,7 @@ def load_checkpoint(source: bytes | Path, game: str) -> Checkpoint:
     digest = _digest(state)
     if digest != payload.get("sha256"):
         raise BadDigest(f"weights sha256 {digest} != recorded {payload.get('sha256')!r}")
+    check_finite(state)
     net = _build(payload, state)
     return Checkpoint(game, net.config, int(payload["generation"]), digest, net)
 
@@ -189,8 +208,10 @@ __all__ = [
     "CheckpointError",
     "MalformedCheckpoint",
     "NetConfig",
+    "NonFiniteWeights",
     "PolicyValueNet",
     "WrongGame",
+    "check_finite",
     "checkpoint_bytes",
     "inference_copy",
     "load_checkpoint",

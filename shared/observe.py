@@ -2,21 +2,27 @@
 
 Everything here is derived from durable state (KV, stream contents), never from messages the
 scheduler had to be running to see, so a new leader observes exactly what the old one would have.
+Workers count only from fresh node statuses (by the server's timestamp), each node's claim
+bounded by its cores; match games only from the results owed (`shared.ratingjobs`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
+
+from nats.aio.msg import Msg
 
 from schemas import names
 from schemas.codec import BadMessage, decode
 from schemas.control import NodeStatus
-from schemas.jobs import EvalResult, ModelMeta
+from schemas.jobs import DeadLetter, EvalJob, EvalResult, ModelMeta
 from shared import counters
 from shared.bus import Bus
 from shared.compat import accepted_range, refusal
 from shared.evalplan import CpuReading
+from shared.models import unloadable_prefix
 from shared.policy import (
     GameSnapshot,
     GameState,
@@ -26,8 +32,16 @@ from shared.policy import (
     Snapshot,
     Trained,
 )
+from shared.ratingjobs import SkipLog, issued_jobs, owed_results
 
 log = logging.getLogger("conclave.observe")
+
+# A status counts while younger than the heartbeat's key TTL (services.heartbeat ttl_s): the
+# server expires it then, so an older one is a dead node's, or one written without the TTL.
+HEARTBEAT_TTL_S = 5.0
+# What one node's status may claim: a self-play process per core, at most this many; one
+# process of every other service (the launcher runs one).
+MAX_SELFPLAY_PER_NODE = 128
 
 
 def train_group(training: int) -> str:
@@ -42,30 +56,65 @@ def train_job_id(game: str, training: int) -> str:
     return f"{game}-t{training}"
 
 
-async def accepted_nodes(bus: Bus) -> list[NodeStatus]:
-    """Every node's last status whose protocol the cluster accepts (others are no workers)."""
+async def accepted_nodes(bus: Bus, now: float | None = None) -> list[NodeStatus]:
+    """Every node's fresh status (stored by the server within the heartbeat TTL, under its own
+    node's key) whose protocol the cluster accepts; the others are no workers."""
     accepted = await accepted_range(bus)
+    now = time.time() if now is None else now
+    bucket = names.NODES_BUCKET
     nodes = []
-    for key, entry in (await bus.snapshot(names.NODES_BUCKET)).items():
-        try:
-            status = decode(entry.value or b"", NodeStatus, subject=key)
-        except BadMessage as e:
-            log.warning("%s", e)
-            continue
-        if refusal(status.protocol, accepted) is None:
+    for msg in await bus.read_all(names.kv_stream(bucket), names.kv_subject(bucket, ">")):
+        key = msg.subject.removeprefix(names.kv_subject(bucket, ""))
+        status = _node_status(msg, key, now)
+        if status is not None and refusal(status.protocol, accepted) is None:
             nodes.append(status)
     return nodes
 
 
+def _node_status(msg: Msg, key: str, now: float) -> NodeStatus | None:
+    headers = msg.headers or {}
+    if headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers:
+        return None
+    age = now - msg.metadata.timestamp.timestamp()
+    if not fresh(age):
+        log.info("status of %s is %.0f s old; not counted", key, age)
+        return None
+    try:
+        status = decode(msg.data, NodeStatus, subject=key)
+    except BadMessage as e:
+        log.warning("%s", e, extra={"field": e.field})
+        return None
+    if status.node != key:
+        log.warning("status under key %s names node %r; not counted", key, status.node)
+        return None
+    return status
+
+
+def fresh(age_s: float) -> bool:
+    """Whether a status stored `age_s` seconds ago (server time) still counts."""
+    return age_s <= HEARTBEAT_TTL_S
+
+
 def live_workers(nodes: Iterable[NodeStatus]) -> dict[str, int]:
-    """Live processes of each service (by the services their nodes' heartbeats report alive)."""
+    """Live processes of each service (by the services their nodes' heartbeats report alive),
+    each node counting at most `node_claim` of a kind."""
     counts: dict[str, int] = {}
     for status in nodes:
+        mine: dict[str, int] = {}
         for service in status.services:
             if service.alive:
                 kind = names.service_kind(service.name)
-                counts[kind] = counts.get(kind, 0) + 1
+                mine[kind] = mine.get(kind, 0) + 1
+        for kind, n in mine.items():
+            counts[kind] = counts.get(kind, 0) + min(n, node_claim(status, kind))
     return counts
+
+
+def node_claim(status: NodeStatus, kind: str) -> int:
+    """The most processes of `kind` one node's status may count for."""
+    if kind != "selfplay":
+        return 1
+    return max(1, min(status.resources.cores, MAX_SELFPLAY_PER_NODE))
 
 
 def cpu_readings(nodes: Iterable[NodeStatus]) -> list[CpuReading]:
@@ -85,14 +134,22 @@ async def count(bus: Bus, stream: str, subject: str) -> int:
 
 
 async def observe(
-    bus: Bus, state: LoopState, cfg: LoopConfig, nodes: list[NodeStatus] | None = None
+    bus: Bus,
+    state: LoopState,
+    cfg: LoopConfig,
+    nodes: list[NodeStatus] | None = None,
+    skips: SkipLog | None = None,
 ) -> Snapshot:
     workers = live_workers(await accepted_nodes(bus) if nodes is None else nodes)
-    games = {name: await observe_game(bus, name, state.game(name), cfg) for name in cfg.games}
+    games = {
+        name: await observe_game(bus, name, state.game(name), cfg, skips) for name in cfg.games
+    }
     return Snapshot(workers.get("selfplay", 0), workers.get("evaluator", 0), games)
 
 
-async def observe_game(bus: Bus, game: str, state: GameState, cfg: LoopConfig) -> GameSnapshot:
+async def observe_game(
+    bus: Bus, game: str, state: GameState, cfg: LoopConfig, skips: SkipLog | None = None
+) -> GameSnapshot:
     return GameSnapshot(
         games_total=await count(bus, names.GAMES_STREAM, names.games_subject(game)),
         queued_selfplay=await count(
@@ -100,7 +157,7 @@ async def observe_game(bus: Bus, game: str, state: GameState, cfg: LoopConfig) -
         ),
         trained=await trained(bus, game, state),
         failed_training=await failed_training(bus, game, state),
-        match=await match_score(bus, game, state, cfg),
+        match=await match_score(bus, game, state, cfg, skips),
     )
 
 
@@ -122,23 +179,50 @@ async def failed_training(bus: Bus, game: str, state: GameState) -> int | None:
     return state.trainings if await count(bus, names.DLQ_STREAM, subject) else None
 
 
-async def match_score(bus: Bus, game: str, state: GameState, cfg: LoopConfig) -> MatchScore | None:
-    """The candidate's W/D/L so far, each job's result counted once however often delivered."""
-    if state.pending_eval is None:
+async def match_score(
+    bus: Bus, game: str, state: GameState, cfg: LoopConfig, skips: SkipLog | None = None
+) -> MatchScore | None:
+    """The candidate's W/D/L from the results its match is owed (each job once); as lost, the
+    games of its dead-lettered jobs and of issued jobs whose only results were skipped (they
+    will never count); and an evaluator's reason why the candidate cannot be loaded."""
+    candidate = state.pending_eval
+    if candidate is None:
         return None
     group = match_group(state.trainings)
-    results: dict[str, EvalResult] = {}
-    for msg in await bus.read_all(names.RESULTS_STREAM, names.results_subject(game, group)):
-        try:
-            result = decode(msg.data, EvalResult, subject=msg.subject)
-        except BadMessage as e:
-            log.warning("%s", e)
-            continue
-        results[result.job_id] = result
-    lost_jobs = await count(bus, names.DLQ_STREAM, names.dlq_subject("eval", game, group))
-    wins, draws, losses = _tally(results.values(), state.pending_eval)
-    lost = lost_jobs * cfg.eval_games_per_job
-    return MatchScore(state.pending_eval, wins, draws, losses, lost)
+    owed = await owed_results(bus, game, group)
+    if skips is not None:
+        skips.note(owed.skipped)
+    msgs = await bus.read_all(names.DLQ_STREAM, names.dlq_subject("eval", game, group))
+    letters = [_dead_letter(msg) for msg in msgs]
+    issued = owed.issued or (await issued_jobs(bus, game, group) if msgs else {})
+    counted = {r.job_id for r in owed.counted}
+    lettered = {letter.job_id for letter in letters if letter is not None}
+    spoiled = {s.job_id for s in owed.skipped if s.job_id in issued} - counted - lettered
+    wins, draws, losses = _tally(owed.counted, candidate)
+    lost = (len(msgs) + len(spoiled)) * cfg.eval_games_per_job
+    unloadable = unloadable_reason([x for x in letters if x is not None], candidate, issued)
+    return MatchScore(candidate, wins, draws, losses, lost, unloadable)
+
+
+def _dead_letter(msg: Msg) -> DeadLetter | None:
+    try:
+        return decode(msg.data, DeadLetter, subject=msg.subject)
+    except BadMessage as e:
+        log.warning("%s", e, extra={"field": e.field})
+        return None
+
+
+def unloadable_reason(
+    letters: Iterable[DeadLetter], candidate: str, issued: dict[str, EvalJob]
+) -> str:
+    """The first dead letter of an issued job of the candidate's match saying that the candidate
+    cannot be loaded, as a rejection reason ("" when there is none)."""
+    prefix = unloadable_prefix(candidate)
+    for letter in letters:
+        job = issued.get(letter.job_id)
+        if job is not None and job.a.sha256 == candidate and letter.reason.startswith(prefix):
+            return f"no evaluator can load the candidate ({letter.job_id}): {letter.reason}"
+    return ""
 
 
 def _tally(results: Iterable[EvalResult], candidate: str) -> tuple[int, int, int]:

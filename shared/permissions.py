@@ -1,14 +1,18 @@
-"""What each role's NATS identity may publish and subscribe to, derived from `schemas.names`.
+"""What each NATS identity may publish and subscribe to, derived from `schemas.names`.
 
 Least privilege per role: a worker may pull its own job kind, publish its products and read what
 it needs; only the coordinator writes the lease, the loop state, the best pointer and jobs (and
-removes dead-lettered jobs from the queue), and nobody but `admin` deletes or purges a stream,
-bucket or object store. Nothing here is hand-maintained apart from which
-capability each role has: every subject comes from the module that names them. Pure: no I/O.
+removes dead-lettered jobs from the queue). No role creates, updates, deletes or purges a stream,
+bucket or object store (`admin` provisions them); a durable consumer is created and configured
+only by the role that owns it (`durables`), and pulled from and acked only by its users. Each
+identity subscribes only to its own inbox (`_INBOX.<public key>.>`), and a node identity writes
+only its own status key. Nothing here is hand-maintained apart from which capability each role
+has: every subject comes from the module that names them. Pure: no I/O.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import msgspec
@@ -18,14 +22,63 @@ from schemas import names
 Role = Literal["coordinator", "selfplay", "trainer", "evaluator", "syncer", "admin"]
 ROLES: tuple[Role, ...] = ("coordinator", "selfplay", "trainer", "evaluator", "syncer", "admin")
 API = "$JS.API"
+DOMAIN_API = "$JS.*.API"  # the same API through a leaf link (`$JS.<domain>.API`)
 MODELS_STREAM = f"OBJ_{names.MODELS_STORE}"
+INBOX_ROOT = "_INBOX"
+# What only admin does to streams, buckets and object stores (denied to every other identity).
+STREAM_ADMIN = ("CREATE", "UPDATE", "DELETE", "PURGE")
+WORKER_OF_KIND: dict[str, Role] = {"selfplay": "selfplay", "train": "trainer", "eval": "evaluator"}
+KEY = "<public-key>"  # an identity's key where none is given (the docs)
+LEGACY_EVAL_CONSUMER = "eval-workers"  # dropped by the coordinator when migrating to lanes
+# The syncer's dead-letter kinds (`services/syncer.py`: MODEL_DEAD_KIND, ARCHIVE_DEAD_KIND).
+SYNCER_DEAD_KINDS = ("model", "archive")
 
 
 class Permissions(msgspec.Struct, frozen=True):
-    """Allow lists (everything else is denied); replies to requests are always allowed."""
+    """Allow lists (everything else is denied) and a publish deny list that overrides them;
+    replies to requests are always allowed."""
 
     publish: list[str]
     subscribe: list[str]
+    publish_deny: list[str] = []
+
+
+@dataclass(frozen=True)
+class Durable:
+    """A shared durable consumer: only `owner` creates or reconfigures it; only `users` pull from
+    it and ack its messages."""
+
+    stream: str
+    name: str
+    owner: Role
+    users: tuple[Role, ...]
+
+
+def durables() -> list[Durable]:
+    """Every durable consumer Conclave uses."""
+    jobs = [
+        Durable(names.JOBS_STREAM, consumer, "coordinator", (WORKER_OF_KIND[kind],))
+        for kind in names.JOB_KINDS
+        for consumer in names.job_consumers(kind)
+    ]
+    return [
+        *jobs,
+        Durable(
+            names.ADVISORIES_STREAM, names.DEAD_LETTER_CONSUMER, "coordinator", ("coordinator",)
+        ),
+        Durable(names.GAMES_STREAM, names.SYNCER_GAMES_CONSUMER, "syncer", ("syncer",)),
+        Durable(names.RESULTS_STREAM, names.SYNCER_RESULTS_CONSUMER, "syncer", ("syncer",)),
+        Durable(names.EVENTS_STREAM, names.SYNCER_MODELS_CONSUMER, "syncer", ("syncer",)),
+    ]
+
+
+def has_durables(stream: str) -> bool:
+    return any(d.stream == stream for d in durables())
+
+
+def inbox_prefix(identity: str) -> str:
+    """The inbox prefix of the identity with this public key (its clients connect with it)."""
+    return f"{INBOX_ROOT}.{identity}"
 
 
 def stream_read(stream: str) -> list[str]:
@@ -39,27 +92,39 @@ def stream_read(stream: str) -> list[str]:
 
 
 def ephemeral_consumers(stream: str) -> list[str]:
-    """Create, read through and drop unnamed consumers (KV watches, readers of a stream)."""
+    """Create and read through randomly named consumers (one-off readers, `Bus.follow`), and on
+    a stream without durables unnamed ones too (KV watches): the server takes a `name` in an
+    unnamed create as an update of that consumer, which a subject cannot show, while a named
+    create names its consumer in the subject, so the durables' names are denied (`denied`).
+    Nobody but admin deletes a consumer (ephemerals expire by themselves)."""
+    unnamed = [] if has_durables(stream) else [f"{API}.CONSUMER.CREATE.{stream}"]
     return [
-        f"{API}.CONSUMER.CREATE.{stream}",
+        *unnamed,
         f"{API}.CONSUMER.CREATE.{stream}.>",
         f"{API}.CONSUMER.INFO.{stream}.*",
         f"{API}.CONSUMER.MSG.NEXT.{stream}.*",
-        f"{API}.CONSUMER.DELETE.{stream}.*",
         f"$JS.ACK.{stream}.>",
         f"$JS.FC.{stream}.>",
     ]
 
 
-def durable_consumer(stream: str, name: str) -> list[str]:
-    """Create (idempotently) and pull from one named consumer; never delete it."""
+def durable_use(durable: Durable) -> list[str]:
+    """Bind to, pull from and ack one durable consumer."""
+    stream, name = durable.stream, durable.name
+    return [
+        f"{API}.CONSUMER.INFO.{stream}.{name}",
+        f"{API}.CONSUMER.MSG.NEXT.{stream}.{name}",
+        f"$JS.ACK.{stream}.{name}.>",
+    ]
+
+
+def durable_configure(durable: Durable) -> list[str]:
+    """Create or update one durable consumer (every API form of it)."""
+    stream, name = durable.stream, durable.name
     return [
         f"{API}.CONSUMER.CREATE.{stream}.{name}",
         f"{API}.CONSUMER.CREATE.{stream}.{name}.>",
         f"{API}.CONSUMER.DURABLE.CREATE.{stream}.{name}",
-        f"{API}.CONSUMER.INFO.{stream}.{name}",
-        f"{API}.CONSUMER.MSG.NEXT.{stream}.{name}",
-        f"$JS.ACK.{stream}.{name}.>",
     ]
 
 
@@ -72,9 +137,8 @@ def kv_read(bucket: str) -> list[str]:
 
 
 def kv_write(bucket: str, key: str) -> list[str]:
-    """Put `key` (a wildcard pattern allowed) directly or through the hub's domain prefix."""
-    subject = names.kv_subject(bucket, key)
-    return [subject, f"$JS.*.API.{subject}"]
+    """Put `key` (a wildcard pattern allowed); `with_domains` adds the leaf form."""
+    return [names.kv_subject(bucket, key)]
 
 
 def lease_slot_buckets() -> list[str]:
@@ -95,17 +159,21 @@ def lease_write(key: str) -> list[str]:
     return [c for bucket in buckets for c in kv_write(bucket, key)]
 
 
+def durable_grants(roles: frozenset[Role]) -> list[str]:
+    """The durables `roles` own (configure) or use (bind, pull, ack)."""
+    grants: list[str] = []
+    for durable in durables():
+        if durable.owner in roles:
+            grants += durable_configure(durable)
+        if roles & set(durable.users):
+            grants += durable_use(durable)
+    return grants
+
+
 def jobs(kind: str) -> list[str]:
-    """A worker of one job kind: its shared consumer, dead letters and failure reports."""
-    return [
-        *[
-            c
-            for name in names.job_consumers(kind)
-            for c in durable_consumer(names.JOBS_STREAM, name)
-        ],
-        names.dlq_subject(kind, names.ANY, names.ANY),
-        names.job_failure_subject(names.ANY),
-    ]
+    """A worker of one job kind: dead letters and failure reports (its consumers come from
+    `durable_grants`: bind, pull and ack, never create)."""
+    return [names.dlq_subject(kind, names.ANY, names.ANY), names.job_failure_subject(names.ANY)]
 
 
 def models_read() -> list[str]:
@@ -117,28 +185,24 @@ def models_write() -> list[str]:
     return [f"$O.{names.MODELS_STORE}.>", *kv_write(names.REGISTRY_BUCKET, meta)]
 
 
-def every_node() -> Permissions:
-    """What every node does: provision checks, heartbeats, pulses and service discovery."""
+def every_identity(identity: str) -> Permissions:
+    """What every identity does: provision checks, pulses, logs, service discovery, replies to
+    its own inbox."""
     return Permissions(
         publish=[
             f"{API}.INFO",
             f"{API}.STREAM.INFO.*",
-            *kv_write(names.NODES_BUCKET, names.ANY),
             names.pulse_subject(names.ANY, names.ANY),
             names.log_subject(names.ANY, names.ANY, names.ANY),
         ],
-        subscribe=["_INBOX.>", "$SRV.>", names.pulse_subject(names.ANY, names.ANY)],
+        subscribe=[f"{inbox_prefix(identity)}.>", "$SRV.>"],
     )
 
 
 def role_grants(role: Role) -> list[str]:
-    """The publish grants a role adds to `every_node`."""
+    """The publish grants a role adds to `every_identity`."""
     if role == "selfplay":
-        return [
-            *jobs("selfplay"),
-            names.games_subject(names.ANY),
-            *models_read(),
-        ]
+        return [*jobs("selfplay"), names.games_subject(names.ANY), *models_read()]
     if role == "trainer":
         return [
             *jobs("train"),
@@ -156,14 +220,12 @@ def role_grants(role: Role) -> list[str]:
         return [
             *lease_read(),
             *lease_write(names.SYNCER_KEY),
-            *durable_consumer(names.GAMES_STREAM, names.SYNCER_GAMES_CONSUMER),
-            *durable_consumer(names.RESULTS_STREAM, names.SYNCER_RESULTS_CONSUMER),
-            *durable_consumer(names.EVENTS_STREAM, names.SYNCER_MODELS_CONSUMER),
             *reader(names.EVENTS_STREAM),
             *reader(names.RESULTS_STREAM),
             *models_read(),
             *kv_read(names.LOOP_BUCKET),
             *kv_write(names.REGISTRY_BUCKET, "sync.status"),
+            *[names.dlq_subject(kind, names.ANY, names.ANY) for kind in SYNCER_DEAD_KINDS],
         ]
     if role == "coordinator":
         return coordinator_grants()
@@ -171,14 +233,13 @@ def role_grants(role: Role) -> list[str]:
 
 
 def coordinator_grants() -> list[str]:
-    """Leader and scheduler: the lease, the loop state, jobs, pointers; provisioning (create and
-    update, never delete or purge a stream); removing a dead-lettered job from the queue."""
+    """Leader and scheduler: the lease, the loop state, jobs, pointers; the job consumers (it
+    writes the jobs, so it sets how they are delivered); removing a dead-lettered job."""
     return [
-        f"{API}.STREAM.CREATE.*",
         f"{API}.STREAM.MSG.DELETE.{names.JOBS_STREAM}",
-        f"{API}.STREAM.UPDATE.*",
         f"{API}.STREAM.NAMES",
         f"{API}.STREAM.LIST",
+        f"{API}.CONSUMER.DELETE.{names.JOBS_STREAM}.{LEGACY_EVAL_CONSUMER}",
         *lease_read(),
         *lease_write(names.LEADER_KEY),
         *kv_read(names.NODES_BUCKET),
@@ -191,15 +252,8 @@ def coordinator_grants() -> list[str]:
         "jobs.>",
         "dlq.>",
         *reader(names.JOBS_STREAM),
-        *[
-            c
-            for kind in names.JOB_KINDS
-            for name in names.job_consumers(kind)
-            for c in durable_consumer(names.JOBS_STREAM, name)
-        ],
         *reader(names.DLQ_STREAM),
         *reader(names.ADVISORIES_STREAM),
-        *durable_consumer(names.ADVISORIES_STREAM, names.DEAD_LETTER_CONSUMER),
         *reader(names.EVENTS_STREAM),
         *reader(names.RESULTS_STREAM),
         *stream_read(names.GAMES_STREAM),
@@ -208,27 +262,193 @@ def coordinator_grants() -> list[str]:
 
 
 def role_subscriptions(role: Role) -> list[str]:
-    """Core subscriptions a role adds to `every_node` (consumers deliver to `_INBOX.>`)."""
+    """Core subscriptions a role adds to `every_identity` (consumers deliver to its inbox)."""
     if role == "selfplay":
         return [names.model_event_subject("promoted")]  # prefetch the new best model
-    return [">"] if role == "admin" else []
+    return []
 
 
-def permissions(role: Role) -> Permissions:
-    """The full allow lists of `role` (sorted, without repeats)."""
-    base = every_node()
+def denied(roles: frozenset[Role]) -> list[str]:
+    """What `roles` may never publish, whatever their wildcards allow: stream administration,
+    unnamed consumers beside durables, and configuring, deleting or (unless they use them)
+    pulling from or acking others' durables."""
+    deny = [f"{API}.STREAM.{verb}.>" for verb in STREAM_ADMIN]
+    deny += sorted({f"{API}.CONSUMER.CREATE.{d.stream}" for d in durables()})  # see ephemerals
+    for durable in durables():
+        stream, name = durable.stream, durable.name
+        deny.append(f"{API}.CONSUMER.DELETE.{stream}.{name}")
+        if durable.owner not in roles:
+            deny += durable_configure(durable)
+        if not roles & set(durable.users):
+            deny += [f"{API}.CONSUMER.MSG.NEXT.{stream}.{name}", f"$JS.ACK.{stream}.{name}.>"]
+    return deny
+
+
+def with_domains(subjects: list[str]) -> list[str]:
+    """Each JetStream API subject (KV puts included) also through a leaf link's domain prefix."""
+    extra = [
+        DOMAIN_API + s.removeprefix(API) if s.startswith(f"{API}.") else f"{DOMAIN_API}.{s}"
+        for s in subjects
+        if s.startswith((f"{API}.", "$KV."))
+    ]
+    return subjects + extra
+
+
+def _sorted(subjects: list[str]) -> list[str]:
+    return sorted(set(with_domains(subjects)))
+
+
+def permissions(role: Role, identity: str = KEY) -> Permissions:
+    """The full lists of `role` for the identity with public key `identity` (sorted, without
+    repeats). Admin may do everything, read every inbox included."""
+    if role == "admin":
+        return Permissions(publish=[">"], subscribe=[">"])
+    return combined(frozenset({role}), identity)
+
+
+def combined(
+    roles: frozenset[Role], identity: str, extra: Permissions | None = None
+) -> Permissions:
+    """The lists of an identity that acts as every one of `roles` (none: only `every_identity`),
+    plus `extra`."""
+    base = every_identity(identity)
+    publish = base.publish + [g for role in sorted(roles) for g in role_grants(role)]
+    subscribe = base.subscribe + [s for role in sorted(roles) for s in role_subscriptions(role)]
+    if extra is not None:
+        publish, subscribe = publish + extra.publish, subscribe + extra.subscribe
     return Permissions(
-        publish=sorted(set(base.publish) | set(role_grants(role))),
-        subscribe=sorted(set(base.subscribe) | set(role_subscriptions(role))),
+        publish=_sorted(publish + durable_grants(roles)),
+        subscribe=sorted(set(subscribe)),
+        publish_deny=_sorted(denied(roles)),
     )
 
 
+def node_permissions(node_id: str, identity: str, roles: tuple[Role, ...] = ()) -> Permissions:
+    """A node's own identity (its heartbeat's): its status key and its services' pulses; with
+    `roles` (a node behind a leaf server, whose one link carries every service), also everything
+    those roles may do."""
+    if "admin" in roles:
+        raise ValueError(f"node {node_id}: roles may not include admin")
+    own = Permissions(
+        publish=kv_write(names.NODES_BUCKET, names.node_key(node_id)),
+        subscribe=[names.pulse_wildcard(node_id)],
+    )
+    return combined(frozenset(roles), identity, own)
+
+
+def covers(pattern: str, subject: str) -> bool:
+    """Whether permission `pattern` covers `subject` (which may itself hold wildcards, as a
+    subscription does): `>` covers the rest, `*` one token that is not `>`."""
+    have, want = pattern.split("."), subject.split(".")
+    for i, token in enumerate(have):
+        if token == ">":
+            return len(want) > i
+        if i >= len(want) or want[i] == ">" or (token != "*" and token != want[i]):
+            return False
+    return len(want) == len(have)
+
+
+def may_publish(grant: Permissions, subject: str) -> bool:
+    allowed = any(covers(p, subject) for p in grant.publish)
+    return allowed and not any(covers(p, subject) for p in grant.publish_deny)
+
+
+def may_subscribe(grant: Permissions, subject: str) -> bool:
+    return any(covers(p, subject) for p in grant.subscribe)
+
+
+EXAMPLE_NODE = "NODE"
+
+
+def identities_shown() -> list[tuple[str, Permissions]]:
+    """Every kind of identity, with placeholders for its key (and node id)."""
+    shown = [(role, permissions(role, KEY)) for role in ROLES if role != "admin"]
+    node = (f"node {EXAMPLE_NODE}", node_permissions(EXAMPLE_NODE, KEY))
+    return [*shown, node, ("admin", permissions("admin", KEY))]
+
+
+def capabilities() -> list[tuple[str, str, str]]:
+    """What the docs' capability table checks: (what, `pub`/`sub`, a concrete subject)."""
+    jobs_consumer = names.job_consumer("selfplay")
+    other = names.node_key("OTHER")
+    return [
+        ("purge a stream or bucket", "pub", f"{API}.STREAM.PURGE.{names.GAMES_STREAM}"),
+        ("update a stream's limits", "pub", f"{API}.STREAM.UPDATE.{names.DLQ_STREAM}"),
+        ("delete an object store", "pub", f"{API}.STREAM.DELETE.{MODELS_STREAM}"),
+        (
+            "create or reconfigure a job consumer",
+            "pub",
+            f"{API}.CONSUMER.DURABLE.CREATE.{names.JOBS_STREAM}.{jobs_consumer}",
+        ),
+        (
+            "delete a job consumer",
+            "pub",
+            f"{API}.CONSUMER.DELETE.{names.JOBS_STREAM}.{jobs_consumer}",
+        ),
+        (
+            "reconfigure the syncer's consumer",
+            "pub",
+            f"{API}.CONSUMER.CREATE.{names.GAMES_STREAM}.{names.SYNCER_GAMES_CONSUMER}.games.*",
+        ),
+        (
+            "create an unnamed consumer on GAMES",
+            "pub",
+            f"{API}.CONSUMER.CREATE.{names.GAMES_STREAM}",
+        ),
+        (
+            "pull self-play jobs",
+            "pub",
+            f"{API}.CONSUMER.MSG.NEXT.{names.JOBS_STREAM}.{jobs_consumer}",
+        ),
+        (
+            "pull the syncer's games",
+            "pub",
+            f"{API}.CONSUMER.MSG.NEXT.{names.GAMES_STREAM}.{names.SYNCER_GAMES_CONSUMER}",
+        ),
+        ("publish jobs", "pub", names.job_subject("selfplay", "tictactoe", "sp")),
+        (
+            "write the leader lease",
+            "pub",
+            names.kv_subject(names.ELECTION_BUCKET, names.LEADER_KEY),
+        ),
+        (
+            "write the best-model pointer",
+            "pub",
+            names.kv_subject(names.REGISTRY_BUCKET, names.best_key("tictactoe")),
+        ),
+        ("write a checkpoint", "pub", f"$O.{names.MODELS_STORE}.C.x"),
+        ("publish game records", "pub", names.games_subject("tictactoe")),
+        (
+            f"write its status (`{EXAMPLE_NODE}`)",
+            "pub",
+            names.kv_subject(names.NODES_BUCKET, EXAMPLE_NODE),
+        ),
+        ("write another node's status", "pub", names.kv_subject(names.NODES_BUCKET, other)),
+        ("read its own inbox", "sub", f"{inbox_prefix(KEY)}.x"),
+        ("read another identity's inbox", "sub", f"{inbox_prefix('OTHER')}.x"),
+        ("read every inbox (`_INBOX.>`)", "sub", f"{INBOX_ROOT}.>"),
+    ]
+
+
+def capability_table() -> str:
+    """Who may do what, checked against the permissions (docs/security.md embeds it)."""
+    shown = identities_shown()
+    rows = [
+        "| may ... | " + " | ".join(name for name, _ in shown) + " |",
+        "|---|" + "---|" * len(shown),
+    ]
+    for what, verb, subject in capabilities():
+        check = may_publish if verb == "pub" else may_subscribe
+        cells = ["yes" if check(grant, subject) else "no" for _, grant in shown]
+        rows.append(f"| {what} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
 def markdown_table() -> str:
-    """Every role's allow lists as a markdown table (docs/security.md embeds it)."""
-    rows = ["| role | may publish | may subscribe |", "|---|---|---|"]
-    for role in ROLES:
-        grant = permissions(role)
-        publish = "<br>".join(f"`{s}`" for s in grant.publish)
-        subscribe = "<br>".join(f"`{s}`" for s in grant.subscribe)
-        rows.append(f"| {role} | {publish} | {subscribe} |")
+    """Every identity's lists as a markdown table (docs/security.md embeds it)."""
+    rows = ["| identity | may publish | never publishes | may subscribe |", "|---|---|---|---|"]
+    for name, grant in identities_shown():
+        cells = [grant.publish, grant.publish_deny, grant.subscribe]
+        text = [("<br>".join(f"`{s}`" for s in cell) or "-") for cell in cells]
+        rows.append(f"| {name} | " + " | ".join(text) + " |")
     return "\n".join(rows) + "\n"

@@ -107,6 +107,7 @@ class MatchScore(msgspec.Struct, frozen=True):
     """Finished games of `candidate` against the best, from the candidate's view.
 
     `lost` counts games of match jobs that ended in the dead-letter queue: never to be played.
+    `unloadable` is an evaluator's reason why it cannot load the candidate ("" when none).
     """
 
     candidate: str
@@ -114,6 +115,7 @@ class MatchScore(msgspec.Struct, frozen=True):
     draws: int = 0
     losses: int = 0
     lost: int = 0
+    unloadable: str = ""
 
     def __post_init__(self) -> None:
         _check_counts(self, "MatchScore", ("wins", "draws", "losses", "lost"))
@@ -193,11 +195,13 @@ class Promote(_Action, frozen=True, tag="promote"):
 
 
 class Reject(_Action, frozen=True, tag="reject"):
-    """Drop `candidate` (it was shown worse, or failed the cap rule); the best stays."""
+    """Drop `candidate` (it was shown worse, failed the cap rule, or cannot be played: then
+    `reason` says why); the best stays."""
 
     candidate: str
     generation: int
-    result: SprtResult
+    result: SprtResult | None = None
+    reason: str = ""
 
 
 Action = EnqueueSelfplay | StartTraining | AbandonTraining | StartMatch | Promote | Reject
@@ -235,16 +239,31 @@ def should_train(state: GameState, games_total: int, cfg: LoopConfig) -> bool:
 def match_games_to_schedule(
     scheduled: int, score: MatchScore, eval_workers: int, cfg: LoopConfig
 ) -> int:
-    """More match games to schedule: whole jobs up to the in-flight window, capped at max_games.
+    """More match games to schedule, in whole jobs: up to the in-flight window, until max_games
+    are live (scheduled and not lost), and never past max_games plus one job in all.
 
-    The window is max(1, eval_workers) * eval_jobs_per_worker * eval_games_per_job games; lost
-    games no longer count as scheduled.
+    The window is max(1, eval_workers) * eval_jobs_per_worker * eval_games_per_job games. Lost
+    games no longer count as live, so they are replaced, but only within that one job's slack:
+    jobs that keep dead-lettering cannot make a match schedule games without end.
     """
+    per_job = cfg.eval_games_per_job
     live = scheduled - score.lost
-    in_flight = max(0, live - score.finished)
-    window = max(1, eval_workers) * cfg.eval_jobs_per_worker * cfg.eval_games_per_job
-    jobs = max(0, window - in_flight) // cfg.eval_games_per_job
-    return max(0, min(jobs * cfg.eval_games_per_job, cfg.sprt.max_games - live))
+    window = max(1, eval_workers) * cfg.eval_jobs_per_worker * per_job
+    jobs = min(
+        max(0, window - _in_flight(scheduled, score)) // per_job,
+        -(-max(0, cfg.sprt.max_games - live) // per_job),  # whole jobs up to the cap
+        max(0, match_games_limit(cfg) - scheduled) // per_job,
+    )
+    return jobs * per_job
+
+
+def match_games_limit(cfg: LoopConfig) -> int:
+    """The most match games ever scheduled for one candidate."""
+    return cfg.sprt.max_games + cfg.eval_games_per_job
+
+
+def _in_flight(scheduled: int, score: MatchScore) -> int:
+    return max(0, scheduled - score.lost - score.finished)
 
 
 def next_actions(state: LoopState, snapshot: Snapshot, cfg: LoopConfig) -> list[Action]:
@@ -329,13 +348,34 @@ def _on_match(
     score = observed.match
     if score is None or score.candidate != candidate:
         score = MatchScore(candidate)
+    if score.unloadable:
+        return Reject(name, candidate, state.generation + 1, reason=score.unloadable)
     result = sprt(score.wins, score.draws, score.losses, cfg.sprt)
-    if result.decision == "accept_h1":
-        return Promote(name, candidate, state.generation + 1, result)
-    if result.decision == "accept_h0":
-        return Reject(name, candidate, state.generation + 1, result)
+    if result.decision != "continue":
+        return _decided(name, candidate, state.generation + 1, result)
     more = match_games_to_schedule(state.match_games, score, eval_workers, cfg)
-    return StartMatch(name, candidate, best, more) if more > 0 else None
+    if more > 0:
+        return StartMatch(name, candidate, best, more)
+    if _in_flight(state.match_games, score) == 0:
+        return _exhausted(name, candidate, state, score, cfg)
+    return None
+
+
+def _decided(name: str, candidate: str, generation: int, result: SprtResult) -> Action:
+    if result.decision == "accept_h1":
+        return Promote(name, candidate, generation, result)
+    return Reject(name, candidate, generation, result)
+
+
+def _exhausted(
+    name: str, candidate: str, state: GameState, score: MatchScore, cfg: LoopConfig
+) -> Reject:
+    """Nothing in flight and no games left to schedule: too many match jobs were dead-lettered.
+    The best stays (a candidate whose games keep failing must not become every self-play
+    worker's net); the SPRT over the games played goes with the reason."""
+    reason = f"match cut short: {score.lost} of {state.match_games} games dead-lettered"
+    result = sprt(score.wins, score.draws, score.losses, cfg.sprt) if score.finished else None
+    return Reject(name, candidate, state.generation + 1, result, reason=reason)
 
 
 def _selfplay_actions(state: LoopState, snapshot: Snapshot, cfg: LoopConfig) -> list[Action]:

@@ -9,8 +9,9 @@ import logging
 from nats.aio.msg import Msg
 
 from schemas import names
-from schemas.codec import BadMessage, decode
+from schemas.codec import decode
 from schemas.jobs import ModelEvent
+from shared.archive.layout import check_sha256
 from shared.bus import Bus, BusError
 from shared.models import ModelStore
 
@@ -22,9 +23,10 @@ async def prefetch_promoted(bus: Bus, store: ModelStore, stop: asyncio.Event) ->
 
     async def on_event(msg: Msg) -> None:
         try:
-            wanted.put_nowait(decode(msg.data, ModelEvent, subject=msg.subject).sha256)
-        except BadMessage as e:
-            log.warning("%s", e)
+            event = decode(msg.data, ModelEvent, subject=msg.subject)
+            wanted.put_nowait(check_sha256(event.sha256))  # it names a cache file
+        except Exception as e:  # BadMessage, a malformed digest: nothing to fetch
+            log.warning("promotion event skipped: %r", e)
 
     sub = await bus.subscribe(names.model_event_subject("promoted"), on_event)
     try:
@@ -32,7 +34,7 @@ async def prefetch_promoted(bus: Bus, store: ModelStore, stop: asyncio.Event) ->
             digest = await wanted.get()
             try:
                 await store.path(digest)
-            except BusError as e:
+            except (BusError, OSError) as e:
                 log.warning("prefetch of %s failed: %s", digest[:12], e)
     finally:
         await sub.unsubscribe()

@@ -1,17 +1,26 @@
 """Every stream, KV bucket and object store Conclave uses, as configuration (no I/O here).
 
 `Bus.provision()` creates what is missing and updates what drifted; replicas come from the bus
-config, except for the lease slots, which are single-replica by design.
+config, except for the lease slots, which are single-replica by design. Only admin may create or
+update them (`shared.permissions`), so `conclave up` and `conclave provision` provision as admin
+and every service only checks.
+
+Streams refuse rollup headers: a `Nats-Rollup: all` publish would purge the whole stream, and
+permissions cannot filter headers, so any identity allowed to write one key could otherwise wipe
+a bucket. Nothing Conclave does needs them: KV deletes are `KV-Operation: DEL` markers, and
+objects are written without the rollup nats-py's `put` uses (`Bus.put_object`). The exception
+is a bucket with expiry markers (`nodes`, the lease buckets): the server writes its markers as
+rollups and so turns rollups on there whatever the config says (measured on 2.15); docs/security.md
+says what that leaves. Purges are denied by permissions, not by `deny_purge`, which no one
+(admin included) could ever undo.
 """
 
 from __future__ import annotations
 
 from nats.js.api import (
     DiscardPolicy,
-    ObjectStoreConfig,
     Placement,
     RetentionPolicy,
-    StorageType,
     StreamConfig,
 )
 
@@ -21,11 +30,12 @@ DAY = 86400.0
 
 
 def kv_stream(bucket: str, marker_ttl_s: float | None = None) -> StreamConfig:
-    """A history-1 KV bucket that allows per-message TTLs, with optional expiry markers."""
+    """A history-1 KV bucket that allows per-message TTLs, with optional expiry markers; the
+    server's expiry markers are rollups, so it allows rollups wherever it writes them."""
     return StreamConfig(
         name=names.kv_stream(bucket),
         subjects=[f"$KV.{bucket}.>"],
-        allow_rollup_hdrs=True,
+        allow_rollup_hdrs=marker_ttl_s is not None,
         allow_msg_ttl=True,
         deny_delete=True,
         discard=DiscardPolicy.NEW,
@@ -35,7 +45,30 @@ def kv_stream(bucket: str, marker_ttl_s: float | None = None) -> StreamConfig:
     )
 
 
+def object_store_stream(bucket: str) -> StreamConfig:
+    """An object store's stream as nats-py creates it, except that it refuses rollups."""
+    return StreamConfig(
+        name=f"OBJ_{bucket}",
+        subjects=[f"$O.{bucket}.C.>", f"$O.{bucket}.M.>"],
+        discard=DiscardPolicy.NEW,
+        allow_rollup_hdrs=False,
+        allow_direct=True,
+    )
+
+
 def streams() -> list[StreamConfig]:
+    """Every stream, KV bucket and object store but the lease slots (`lease_slot_streams`)."""
+    return [no_rollups(config) for config in _streams()]
+
+
+def no_rollups(config: StreamConfig) -> StreamConfig:
+    """`config`, refusing rollups unless it was set to allow them (expiry markers need them)."""
+    if config.allow_rollup_hdrs is None:
+        config.allow_rollup_hdrs = False
+    return config
+
+
+def _streams() -> list[StreamConfig]:
     return [
         kv_stream(names.NODES_BUCKET, marker_ttl_s=2),
         kv_stream(names.ELECTION_BUCKET, marker_ttl_s=1),
@@ -66,6 +99,7 @@ def streams() -> list[StreamConfig]:
             duplicate_window=300,
         ),
         StreamConfig(name=names.RESULTS_STREAM, subjects=["results.>"]),
+        object_store_stream(names.MODELS_STORE),
     ]
 
 
@@ -81,12 +115,6 @@ def lease_slot_streams(replicas: int) -> list[StreamConfig]:
             config.placement = Placement(tags=[names.lease_slot_tag(slot)])
         configs.append(config)
     return configs
-
-
-def object_stores(replicas: int) -> list[ObjectStoreConfig]:
-    return [
-        ObjectStoreConfig(bucket=names.MODELS_STORE, storage=StorageType.FILE, replicas=replicas)
-    ]
 
 
 # The settings provisioning owns; a stream whose values all match is left alone.
@@ -115,6 +143,8 @@ def same_settings(existing: StreamConfig, wanted: StreamConfig) -> bool:
         if want is None or (name == "duplicate_window" and want == 0):  # 0: the server's default
             continue
         have = getattr(existing, name)
+        if isinstance(want, bool):  # the server leaves a false flag out of its answer
+            have = bool(have)
         if isinstance(want, list):
             want, have = sorted(want), sorted(have or [])
         if have != want:

@@ -15,11 +15,17 @@ The anchor's theta is fixed at 0. Intervals are elo +/- 1.96*sd, sd from the inv
 information (the negative Hessian of the log-posterior at its maximum) with the anchor's row and
 column removed. Players not connected to the anchor through real games are rated relative to
 their own component (centred on mean 0), flagged `connected=False`, with an infinite interval.
+
+Results come from the bus, so `fit` trusts none of them: a result with equal or empty names, a
+count that is negative, not an integer or absurdly large is dropped with a warning naming the
+field (`PairResult.problem`), and the pool keeps at most MAX_PLAYERS players (those with the most
+games), so no node can make the fit raise or outgrow memory.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -29,16 +35,24 @@ import numpy as np
 import numpy.typing as npt
 
 Matrix = npt.NDArray[np.float64]
+log = logging.getLogger("conclave.ratings")
 
 ELO_PER_NAT = 400.0 / math.log(10.0)
 _Z95 = 1.959963984540054
 _VIRTUAL_DRAWS = 1.0
 _MAX_ITERATIONS = 100
 _TOLERANCE = 1e-10
+MAX_GAMES = 10**9  # per count of one result: far above any match, small enough for floats
+MAX_PLAYERS = 1000  # the dense fit is O(players^2) memory and O(players^3) time per step
+_WARNED_LIMIT = 10_000  # distinct warnings remembered, so a re-read pool logs each one once
+_warned: set[str] = set()
 
 
 class PairResult(msgspec.Struct, frozen=True):
-    """Games between players `a` and `b`: a's wins, draws, b's wins."""
+    """Games between players `a` and `b`: a's wins, draws, b's wins.
+
+    Built from bus data without checks; `fit` drops a result whose `problem` is not None.
+    """
 
     a: str
     b: str
@@ -46,14 +60,21 @@ class PairResult(msgspec.Struct, frozen=True):
     draws: int
     wins_b: int
 
-    def __post_init__(self) -> None:
-        if not self.a or not self.b:
-            raise ValueError("PairResult.a and PairResult.b must be non-empty")
+    def problem(self) -> str | None:
+        """Why the fit cannot use this result, naming the field; None if it can."""
+        for name in ("a", "b"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                return f"PairResult.{name} must be a non-empty string, got {_shown(value)}"
         if self.a == self.b:
-            raise ValueError(f"PairResult.b must differ from a ({self.a!r})")
+            return f"PairResult.b must differ from a ({_shown(self.a)})"
         for name in ("wins_a", "draws", "wins_b"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"PairResult.{name} must be >= 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                return f"PairResult.{name} must be an integer, got {_shown(value)}"
+            if not 0 <= value <= MAX_GAMES:
+                return f"PairResult.{name} must be in [0, {MAX_GAMES}], got {value}"
+        return None
 
 
 class Rating(msgspec.Struct, frozen=True):
@@ -77,7 +98,7 @@ def fit(results: Iterable[PairResult], anchor: str = "random") -> dict[str, Rati
     """Posterior-mode Bradley-Terry ratings of every player in `results`, plus the anchor at 0."""
     if not anchor:
         raise ValueError("anchor must be non-empty")
-    tally = _tally(results, anchor)
+    tally = _tally(_bounded(_usable(results), anchor), anchor)
     ratings: dict[str, Rating] = {}
     for component in _components(tally.games):
         ratings.update(_fit_component(tally, component, anchor))
@@ -134,8 +155,53 @@ def _pair_scores(
     return scored
 
 
-def _tally(results: Iterable[PairResult], anchor: str) -> _Tally:
-    rows = list(results)
+def _usable(results: Iterable[PairResult]) -> list[PairResult]:
+    """The results the fit can use; each dropped one is logged (once) with the field at fault."""
+    kept = []
+    for r in results:
+        problem = r.problem()
+        if problem is None:
+            kept.append(r)
+        else:
+            _warn_once(f"rating pool: result dropped: {problem}")
+    return kept
+
+
+def _bounded(rows: list[PairResult], anchor: str) -> list[PairResult]:
+    """`rows` among the anchor and the MAX_PLAYERS - 1 players with the most games (ties by
+    name); results of other players are dropped."""
+    played: dict[str, int] = {}
+    for r in rows:
+        n = r.wins_a + r.draws + r.wins_b
+        played[r.a] = played.get(r.a, 0) + n
+        played[r.b] = played.get(r.b, 0) + n
+    if len(played.keys() | {anchor}) <= MAX_PLAYERS:
+        return rows
+    others = sorted(played.keys() - {anchor}, key=lambda name: (-played[name], name))
+    kept = {anchor, *others[: MAX_PLAYERS - 1]}
+    _warn_once(
+        f"rating pool: {len(others) + 1} players, over {MAX_PLAYERS}: "
+        f"the results of the {len(others) + 1 - len(kept)} with the fewest games are dropped"
+    )
+    return [r for r in rows if r.a in kept and r.b in kept]
+
+
+def _warn_once(text: str) -> None:
+    if text in _warned:
+        return
+    if len(_warned) >= _WARNED_LIMIT:
+        _warned.clear()
+    _warned.add(text)
+    log.warning("%s", text)
+
+
+def _shown(value: object) -> str:
+    """A value for a log line, cut short: it may be anything a node wrote."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def _tally(rows: list[PairResult], anchor: str) -> _Tally:
     players = sorted({anchor, *(r.a for r in rows), *(r.b for r in rows)})
     index = {name: i for i, name in enumerate(players)}
     score = np.zeros((len(players), len(players)))
@@ -205,7 +271,10 @@ def _newton(score: Matrix, games: Matrix, ref: int) -> Matrix:
         gradient = (score - games * p).sum(axis=1)
         info = _information(p, games)
         step = np.zeros_like(theta)
-        step[free] = np.linalg.solve(info[np.ix_(free, free)], gradient[free])
+        try:
+            step[free] = np.linalg.solve(info[np.ix_(free, free)], gradient[free])
+        except np.linalg.LinAlgError:  # no information left to step by: keep the best so far
+            break
         step, current = _backtrack(theta, step, score, current)
         theta = theta + step
         if float(np.max(np.abs(step), initial=0.0)) < _TOLERANCE:
@@ -229,7 +298,11 @@ def _standard_errors(theta: Matrix, games: Matrix, ref: int) -> Matrix:
     info = _information(_sigmoid_matrix(theta), games)
     sd = np.zeros_like(theta)
     if free.any():
-        covariance = np.linalg.inv(info[np.ix_(free, free)])
+        try:
+            covariance = np.linalg.inv(info[np.ix_(free, free)])
+        except np.linalg.LinAlgError:
+            sd[free] = math.inf  # no information: unbounded intervals rather than an error
+            return sd
         sd[free] = np.sqrt(np.maximum(np.diag(covariance), 0.0))
     return sd
 

@@ -1,7 +1,8 @@
 """The trainer's sliding window of self-play positions: validated, deduplicated, reuse-capped.
 
-Every record is replayed through the game's rules before its positions are kept, so an illegal
-move, an outcome the moves do not produce, or a malformed policy target is rejected with a reason.
+Every record is checked against the game's rules (`shared.recordcheck`) before its positions are
+kept, so an illegal move, an outcome the moves do not produce, a non-finite value or a malformed
+policy target is rejected with the field at fault.
 """
 
 from __future__ import annotations
@@ -14,16 +15,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from schemas.game import GameRecord, policy_targets, trained_plies
-from shared.games.base import FloatArray, Game, IllegalMove
+from schemas.game import GameRecord, trained_plies
+from shared.games.base import FloatArray, Game
+from shared.recordcheck import RejectedRecord, check_record
 from shared.resign import ResignReport, ResignSettings, lowest_values
 from shared.resign import report as resign_report
-
-POLICY_TOLERANCE = 1e-3
-
-
-class RejectedRecord(ValueError):
-    """A game record that does not replay under the rules; the message says why."""
 
 
 @dataclass
@@ -43,46 +39,37 @@ class GamePositions:
 
 
 def positions_of(
-    game: Game[Any], record: GameRecord, seq: int = 0, root_value_weight: float = 0.0
+    game: Game[Any],
+    record: GameRecord,
+    seq: int = 0,
+    root_value_weight: float = 0.0,
+    resign_threshold: float | None = None,
 ) -> GamePositions:
-    """Replay `record` under the rules; raise RejectedRecord naming what is wrong.
+    """Check `record` (`shared.recordcheck`; raise RejectedRecord naming the field at fault)
+    and return its training positions.
 
     Value targets are the outcome blended with the search's root value at each ply
     (`root_value_weight` of it): a sampled exploratory blunder late in a game then does not
-    teach that every earlier position was lost.
+    teach that every earlier position was lost. `resign_threshold` is the one the record's
+    model self-played with (None: its games may not resign).
     """
-    if record.game != game.name:
-        raise RejectedRecord(f"record is for {record.game!r}, not {game.name!r}")
-    if record.num_actions != game.num_actions:
-        raise RejectedRecord(f"num_actions {record.num_actions} != {game.num_actions}")
-    policies = _checked_policies(record)
-    state = game.initial()
-    encodings, values, movers = [], [], []
-    for ply, move in enumerate(record.moves):
-        if game.terminal_value(state) is not None:
-            raise RejectedRecord(f"move {ply + 1} played after the game ended")
-        if not game.legal_mask(state)[move]:
-            raise RejectedRecord(f"move {ply + 1} ({game.action_name(move)}) is illegal")
-        encodings.append(game.encode(state))
-        movers.append(game.to_play(state))
-        outcome = record.outcome if game.to_play(state) == 0 else -record.outcome
-        root = record.root_values[ply]
-        values.append((1.0 - root_value_weight) * outcome + root_value_weight * root)
-        try:
-            state = game.apply(state, move)
-        except IllegalMove as e:
-            raise RejectedRecord(f"move {ply + 1}: {e}") from e
-    _check_outcome(game, state, record)
+    replayed = check_record(game, record, resign_threshold)
     kept = trained_plies(record)  # cheap-search plies are played, never trained on
+    values = [
+        (1.0 - root_value_weight) * (record.outcome if mover == 0 else -record.outcome)
+        + root_value_weight * record.root_values[ply]
+        for ply, mover in enumerate(replayed.movers)
+    ]
+    encodings = [game.encode(replayed.states[ply]) for ply in kept]
     shape = (0, *game.encoding_shape)
     return GamePositions(
         record.game_id,
         seq,
-        np.stack([encodings[i] for i in kept]) if kept else np.zeros(shape, np.float32),
-        policies[kept],
+        np.stack(encodings) if encodings else np.zeros(shape, np.float32),
+        replayed.policies[kept],
         np.asarray([values[i] for i in kept], dtype=np.float32),
         np.zeros(len(kept), dtype=np.int32),
-        *_resign_evidence(record, movers),
+        *_resign_evidence(record, replayed.movers),
     )
 
 
@@ -95,28 +82,6 @@ def _resign_evidence(record: GameRecord, movers: list[int]) -> tuple[list[float]
     if not record.resign_enabled and would in (0, 1):
         false_resign = outcomes[would] >= 0
     return lowest, false_resign
-
-
-def _checked_policies(record: GameRecord) -> FloatArray:
-    policies = policy_targets(record)
-    if not np.all(np.isfinite(policies)) or np.any(policies < 0):
-        raise RejectedRecord("policy targets must be finite and non-negative")
-    sums = policies.sum(axis=1)
-    if np.any(np.abs(sums - 1.0) > POLICY_TOLERANCE):
-        bad = int(np.argmax(np.abs(sums - 1.0)))
-        raise RejectedRecord(f"policy target at ply {bad + 1} sums to {sums[bad]:.4f}")
-    return policies
-
-
-def _check_outcome(game: Game[Any], final: Any, record: GameRecord) -> None:
-    value = game.terminal_value(final)
-    if value is None:
-        if not record.resigned:
-            raise RejectedRecord("the moves do not end the game and nobody resigned")
-        return
-    first_player_view = value if game.to_play(final) == 0 else -value
-    if first_player_view != record.outcome:
-        raise RejectedRecord(f"outcome {record.outcome} but the moves give {first_player_view}")
 
 
 class ReplayWindow:
@@ -210,3 +175,13 @@ def augment(game: Game[Any], batch: Batch, rng: np.random.Generator) -> Batch:
         mapped[:, sym.actions] = batch.policies[rows]
         policies[rows] = mapped
     return Batch(encodings, policies, batch.values)
+
+
+__all__ = [
+    "Batch",
+    "GamePositions",
+    "RejectedRecord",
+    "ReplayWindow",
+    "augment",
+    "positions_of",
+]

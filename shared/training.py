@@ -1,7 +1,13 @@
-"""Gradient steps on replay batches: policy cross-entropy plus value mean squared error."""
+"""Gradient steps on replay batches: policy cross-entropy plus value mean squared error.
+
+A step whose loss or gradients are not finite is skipped: no optimizer step, gradients zeroed,
+batch-norm statistics put back, so one poisoned batch cannot turn the net into NaNs.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -13,15 +19,23 @@ import torch.nn.functional as F
 from shared.games.base import Game
 from shared.net import PolicyValueNet
 from shared.netconfig import NetConfig, TrainSettings, lr_factor
-from shared.replay import ReplayWindow, augment
+from shared.replay import Batch, ReplayWindow, augment
+
+log = logging.getLogger("conclave.training")
+
+
+class NonFiniteTraining(ValueError):
+    """A training none of whose steps had a finite loss and finite gradients."""
 
 
 @dataclass(frozen=True)
 class TrainReport:
-    steps: int
+    steps: int  # steps taken
     positions: int
     policy_loss: float
     value_loss: float
+    skipped: int = 0  # steps not taken: their loss or gradients were not finite
+    first_fault: str = ""  # what was not finite in the first skipped step
 
 
 class StepsDone(NamedTuple):
@@ -32,6 +46,7 @@ class StepsDone(NamedTuple):
     policy_loss: float  # means over the steps since the previous call
     value_loss: float
     learning_rate: float = 0.0  # of the last step
+    skipped: int = 0  # steps skipped so far (non-finite loss or gradients)
 
 
 ProgressCallback = Callable[[StepsDone], None]
@@ -51,9 +66,11 @@ def train(
     on_progress: ProgressCallback | None = None,
     progress_every: int = 1,
 ) -> TrainReport:
-    """Run up to `steps` Adam steps on augmented batches; stops early when the window is used up.
+    """Run up to `steps` AdamW steps on augmented batches; stops early when the window is used
+    up. A step whose loss or gradients are not finite is skipped and counted (`skipped`).
 
-    `on_progress` (called in this thread) hears every `progress_every` steps and after the last.
+    `on_progress` (called in this thread) hears every `progress_every` taken steps and after
+    the last.
     """
     optimizer = torch.optim.AdamW(
         net.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
@@ -64,31 +81,77 @@ def train(
     net.train()
     policy_losses: list[float] = []
     value_losses: list[float] = []
-    seen, done = 0, 0
+    seen, skipped, first_fault = 0, 0, ""
     progress = _Progress(on_progress, progress_every)
     for _ in range(steps):
         batch = window.sample(settings.batch_size, rng)
         if batch is None:
             break
-        batch = augment(game, batch, rng)
-        logits, values = net(torch.from_numpy(batch.encodings))
-        targets = torch.from_numpy(batch.policies)
-        policy_loss = -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-        value_loss = F.mse_loss(values.view(-1), torch.from_numpy(batch.values))
-        loss = policy_loss + settings.value_weight * value_loss
-        optimizer.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
         rate = float(optimizer.param_groups[0]["lr"])
-        optimizer.step()
+        losses = _step(net, optimizer, augment(game, batch, rng), settings.value_weight)
+        if isinstance(losses, str):
+            if not skipped:
+                first_fault = losses
+                log.warning("training step skipped: %s", losses)
+            skipped += 1
+            progress.skip()
+            continue
         schedule.step()
-        policy_losses.append(policy_loss.item())
-        value_losses.append(value_loss.item())
+        policy_losses.append(losses[0])
+        value_losses.append(losses[1])
         seen += len(batch.values)
-        done += 1
-        progress.add(len(batch.values), policy_losses[-1], value_losses[-1], rate)
+        progress.add(len(batch.values), losses[0], losses[1], rate)
     progress.flush()
     net.eval()
-    return TrainReport(done, seen, _mean(policy_losses), _mean(value_losses))
+    if skipped:
+        log.warning("%d training steps skipped: loss or gradients not finite", skipped)
+    return TrainReport(
+        len(policy_losses),
+        seen,
+        _mean(policy_losses),
+        _mean(value_losses),
+        skipped,
+        first_fault,
+    )
+
+
+def _step(
+    net: PolicyValueNet, optimizer: torch.optim.Optimizer, batch: Batch, value_weight: float
+) -> tuple[float, float] | str:
+    """One optimizer step; its (policy, value) losses, or what was not finite (no step taken,
+    gradients zeroed, batch-norm statistics restored)."""
+    saved = [b.detach().clone() for b in net.buffers()]
+    logits, values = net(torch.from_numpy(batch.encodings))
+    targets = torch.from_numpy(batch.policies)
+    policy_loss = -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    value_loss = F.mse_loss(values.view(-1), torch.from_numpy(batch.values))
+    optimizer.zero_grad()
+    fault = _loss_fault(policy_loss.item(), value_loss.item())
+    if fault is None:
+        (policy_loss + value_weight * value_loss).backward()  # type: ignore[no-untyped-call]
+        fault = _gradient_fault(net)
+    if fault is not None:
+        optimizer.zero_grad()
+        with torch.no_grad():
+            for buffer, old in zip(net.buffers(), saved, strict=True):
+                buffer.copy_(old)
+        return fault
+    optimizer.step()
+    return policy_loss.item(), value_loss.item()
+
+
+def _loss_fault(policy_loss: float, value_loss: float) -> str | None:
+    if math.isfinite(policy_loss) and math.isfinite(value_loss):
+        return None
+    return f"policy loss {policy_loss}, value loss {value_loss}"
+
+
+def _gradient_fault(net: PolicyValueNet) -> str | None:
+    for name, parameter in net.named_parameters():
+        grad = parameter.grad
+        if grad is not None and not bool(torch.isfinite(grad).all()):
+            return f"gradient of {name} not finite"
+    return None
 
 
 class _Progress:
@@ -96,7 +159,7 @@ class _Progress:
 
     def __init__(self, on_progress: ProgressCallback | None, every: int) -> None:
         self.on_progress, self.every = on_progress, max(every, 1)
-        self.step, self.positions = 0, 0
+        self.step, self.positions, self.skipped = 0, 0, 0
         self.learning_rate = 0.0
         self.policy_losses: list[float] = []
         self.value_losses: list[float] = []
@@ -112,11 +175,16 @@ class _Progress:
         if self.step % self.every == 0:
             self.flush()
 
+    def skip(self) -> None:
+        self.skipped += 1
+
     def flush(self) -> None:
         if self.on_progress is None or not self.policy_losses:
             return
         policy, value = _mean(self.policy_losses), _mean(self.value_losses)
-        self.on_progress(StepsDone(self.step, self.positions, policy, value, self.learning_rate))
+        self.on_progress(
+            StepsDone(self.step, self.positions, policy, value, self.learning_rate, self.skipped)
+        )
         self.positions = 0
         self.policy_losses.clear()
         self.value_losses.clear()
@@ -126,4 +194,12 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-__all__ = ["ProgressCallback", "StepsDone", "TrainReport", "TrainSettings", "new_net", "train"]
+__all__ = [
+    "NonFiniteTraining",
+    "ProgressCallback",
+    "StepsDone",
+    "TrainReport",
+    "TrainSettings",
+    "new_net",
+    "train",
+]

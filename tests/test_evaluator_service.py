@@ -133,7 +133,8 @@ async def test_a_stopped_evaluator_hands_its_job_back(
     settings = JobSettings(ack_wait_s=60.0, max_deliver=3)
     await ensure_consumer(bus, "eval", settings)
     slow = PlayerSpec("mcts:2000", agent="mcts:2000")
-    await submit(bus, "eval", EvalJob("ev-4", "connect4", "match", slow, slow, 200, 1))
+    other = PlayerSpec("mcts:2000-b", agent="mcts:2000")
+    await submit(bus, "eval", EvalJob("ev-4", "connect4", "match", slow, other, 200, 1))
     proc = start_evaluator(processes, nats_server.url, tmp_path, settings)
 
     async def being_played() -> bool:

@@ -1,9 +1,12 @@
 """Hostile input: every wire schema decodes random and mutated bytes without crashing, and every
-rejection names the field at fault (JSON control messages and msgpack game records alike)."""
+rejection names the field at fault (JSON control messages and msgpack game records alike); a
+message that does decode holds no negative count, no NaN or infinity, no flood."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -13,7 +16,8 @@ from hypothesis import strategies as st
 
 from schemas.codec import BadMessage, decode, encode
 from schemas.export import wire_messages
-from schemas.game import MAX_RECORD_BYTES, GameRecord, decode_record, encode_record
+from schemas.game import MAX_PLIES, MAX_RECORD_BYTES, GameRecord, decode_record, encode_record
+from schemas.jobs import PlayerSpec
 
 KINDS = wire_messages()
 
@@ -21,14 +25,17 @@ KINDS = wire_messages()
 def example_value(t: msgspec.inspect.Type) -> Any:
     """A valid value of a msgspec type: the smallest that is not empty."""
     simple: dict[type, Any] = {
-        msgspec.inspect.StrType: "x",
-        msgspec.inspect.IntType: 1,
-        msgspec.inspect.FloatType: 1.5,
         msgspec.inspect.BoolType: True,
         msgspec.inspect.BytesType: b"\x00\x01",
     }
     if type(t) in simple:
         return simple[type(t)]
+    if isinstance(t, msgspec.inspect.StrType):
+        return next(s for s in ("x", "ab" * 32) if re.search(t.pattern or "", s))
+    if isinstance(t, msgspec.inspect.IntType):
+        return 1
+    if isinstance(t, msgspec.inspect.FloatType):
+        return next(x for x in (1.5, 0.5) if x <= (math.inf if t.le is None else t.le))
     if isinstance(t, msgspec.inspect.ListType):
         return [example_value(t.item_type)]
     if isinstance(t, msgspec.inspect.DictType):
@@ -51,6 +58,8 @@ def example(kind: type[Any]) -> Any:
     if kind is GameRecord:  # its fields must agree: one ply of one action
         values |= {"plies": 1, "num_actions": 1, "moves": [0], "outcome": 1.0}
         values |= {"policy": b"\x00\x00\x80\x3f"}
+    if isinstance(values.get("b"), PlayerSpec):  # the two sides of a match are two players
+        values["b"] = PlayerSpec("y", agent="y")
     return kind(**values)
 
 
@@ -122,3 +131,140 @@ def test_a_bad_game_record_names_its_field(
 def test_an_oversized_game_record_is_refused_before_parsing() -> None:
     with pytest.raises(BadMessage, match="exceeds"):
         decode_record(b"\x00" * (MAX_RECORD_BYTES + 1))
+
+
+def document(kind: type[Any]) -> dict[str, Any]:
+    """The example of `kind` as the plain data a hostile writer would edit."""
+    if kind is GameRecord:
+        doc: dict[str, Any] = msgspec.msgpack.decode(encode_record(example(kind)))
+        return doc
+    return dict(msgspec.json.decode(encode(example(kind))))
+
+
+def paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """Every place in a document below its root, containers included."""
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        if prefix or key != "type":  # the tag has its own tests
+            yield (*prefix, key)
+        if isinstance(item, dict | list):
+            yield from paths(item, (*prefix, key))
+
+
+def replaced(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
+    """A copy of `doc` with `value` at `path` (which may add a key)."""
+    copy = dict(doc) if isinstance(doc, dict) else list(doc)
+    copy[path[0]] = replaced(doc[path[0]], path[1:], value) if path[1:] else value
+    return copy
+
+
+def at(doc: Any, path: tuple[Any, ...]) -> Any:
+    for key in path:
+        doc = doc.get(key) if isinstance(doc, dict) else doc[key]
+    return doc
+
+
+def flood(value: Any, n: int) -> Any:
+    """`value` grown to n entries (a list or dict), or repeated n times in a list."""
+    if isinstance(value, dict) and value:
+        first = next(iter(value.values()))
+        return {f"k{i}": first for i in range(n)}
+    if isinstance(value, list) and value:
+        return value[:1] * n
+    return [value] * n
+
+
+def nested(depth: int, *, msgpack: bool) -> msgspec.Raw:
+    if msgpack:
+        return msgspec.Raw(b"\x91" * depth + b"\x90")
+    return msgspec.Raw(b"[" * depth + b"]" * depth)
+
+
+def as_json(value: Any) -> Any:
+    """JSON has no NaN or infinity: send what a hostile writer would, as raw text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return msgspec.Raw(b"NaN" if math.isnan(value) else b"%s1e999" % (b"-" * (value < 0)))
+    return value
+
+
+WRONG_SCALARS = (
+    -1,
+    -(2**63),
+    2**63 - 1,
+    2**64 - 1,
+    math.nan,
+    math.inf,
+    -math.inf,
+    -1e308,
+    2.0,
+    -1.5,
+    "",
+    "x" * 100_000,
+    None,
+)
+HOSTILE = st.one_of(
+    st.tuples(st.just("scalar"), st.sampled_from(WRONG_SCALARS)),
+    st.tuples(st.just("deep"), st.integers(33, 20_000)),
+    st.tuples(st.just("flood"), st.integers(33, 20_000)),
+)
+
+
+def hostile_bytes(kind: type[Any], path: tuple[Any, ...], change: tuple[str, Any]) -> bytes:
+    doc, msgpack = document(kind), kind is GameRecord
+    how, arg = change
+    if how == "deep":
+        new: Any = nested(arg, msgpack=msgpack)
+    elif how == "flood":
+        new = flood(at(doc, path), arg)
+    else:
+        new = arg if msgpack else as_json(arg)
+    bad = replaced(doc, path, new)
+    return msgspec.msgpack.encode(bad) if msgpack else msgspec.json.encode(bad)
+
+
+def assert_bounded(value: Any) -> None:
+    """No negative count, no NaN or infinity, no collection beyond the longest game."""
+    if isinstance(value, dict | list):
+        assert len(value) <= MAX_PLIES
+        for item in value.values() if isinstance(value, dict) else value:
+            assert_bounded(item)
+    elif isinstance(value, float):
+        assert math.isfinite(value)
+    elif isinstance(value, int):
+        assert value >= 0
+
+
+def assert_decodes_bounded_or_names_the_field(kind: type[Any], data: bytes) -> None:
+    _, dec = codec_of(kind)
+    try:
+        decoded = dec(data)
+    except BadMessage as e:
+        assert e.field.startswith("$") and e.field in str(e)
+    else:
+        assert isinstance(decoded, kind)
+        assert_bounded(msgspec.to_builtins(decoded))
+
+
+def places(kind: type[Any]) -> list[tuple[Any, ...]]:
+    return [*paths(document(kind)), ("unknown_field",)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from(KINDS), pick=st.integers(0, 10_000), change=HOSTILE)
+def test_well_typed_but_wrong_values_are_rejected_by_field_or_decode_bounded(
+    kind: type[Any], pick: int, change: tuple[str, Any]
+) -> None:
+    """Negative counts, NaN/inf, deep nesting and floods of any size, at any field or an
+    unknown one."""
+    where = places(kind)
+    data = hostile_bytes(kind, where[pick % len(where)], change)
+    assert_decodes_bounded_or_names_the_field(kind, data)
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
+def test_every_wrong_value_at_every_field_is_rejected_or_bounded(kind: type[Any]) -> None:
+    """The same, exhaustively: each wrong scalar, a deep nest and a flood at every place."""
+    changes = [("scalar", x) for x in WRONG_SCALARS] + [("deep", 5_000), ("flood", 5_000)]
+    for path in places(kind):
+        for change in changes:
+            assert_decodes_bounded_or_names_the_field(kind, hostile_bytes(kind, path, change))

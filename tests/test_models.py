@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from schemas import names
 from shared.bus import Bus
-from shared.models import DigestMismatch, ModelMissing, ModelStore, sha256_hex
+from shared.models import CHUNK_BYTES, DigestMismatch, ModelMissing, ModelStore, sha256_hex
 
 
 async def test_round_trip_is_byte_identical_and_cached(bus: Bus, tmp_path: Path) -> None:
@@ -25,9 +26,8 @@ async def test_round_trip_is_byte_identical_and_cached(bus: Bus, tmp_path: Path)
 
 async def test_a_blob_under_the_wrong_name_is_never_cached(bus: Bus, tmp_path: Path) -> None:
     store = ModelStore(bus, tmp_path / "c")
-    obs = await store.store()
     fake = sha256_hex(b"what the name promises")
-    await obs.put(fake, b"something else entirely")
+    await bus.put_object(names.MODELS_STORE, fake, b"something else entirely", CHUNK_BYTES)
     with pytest.raises(DigestMismatch):
         await store.path(fake)
     assert list((tmp_path / "c").iterdir()) == []

@@ -116,9 +116,23 @@ def test_match_window_is_whole_jobs_per_evaluator() -> None:
 
 
 def test_match_schedule_is_capped_and_replaces_lost_games() -> None:
-    assert match_games_to_schedule(396, MatchScore("c", 200, 100, 96), 3, CFG) == 4
+    assert match_games_to_schedule(396, MatchScore("c", 200, 100, 96), 3, CFG) == 8  # whole jobs
     assert match_games_to_schedule(400, MatchScore("c", 200, 100, 100), 3, CFG) == 0
     assert match_games_to_schedule(400, MatchScore("c", 200, 100, 92, lost=8), 3, CFG) == 8
+
+
+def test_lost_games_are_replaced_only_within_one_jobs_slack() -> None:
+    # 408 scheduled (the cap plus one job), 16 of them lost: nothing more, however many are lost.
+    assert match_games_to_schedule(408, MatchScore("c", 196, 100, 96, lost=16), 3, CFG) == 0
+    assert match_games_to_schedule(400, MatchScore("c", lost=400), 3, CFG) == 8
+    assert match_games_to_schedule(408, MatchScore("c", lost=408), 3, CFG) == 0
+
+
+def test_a_match_that_cannot_be_finished_is_rejected_with_the_reason() -> None:
+    state = _one(msgspec.structs.replace(EVALUATING, match_games=408))
+    (action,) = next_actions(state, _snap(match=MatchScore("cand", 50, 40, 50, lost=268)), CFG)
+    assert isinstance(action, Reject) and "268 of 408 games dead-lettered" in action.reason
+    assert action.result is not None and action.result.games == 140
 
 
 # next_actions
@@ -185,7 +199,7 @@ def test_match_promotes_a_clearly_better_candidate() -> None:
 def test_match_rejects_a_clearly_worse_candidate() -> None:
     (action,) = next_actions(_one(EVALUATING), _snap(match=MatchScore("cand", 10, 10, 60)), CFG)
     assert isinstance(action, Reject)
-    assert action.result.decision == "accept_h0"
+    assert action.result is not None and action.result.decision == "accept_h0"
     assert apply(_one(EVALUATING), action).game("c4") == BEST
 
 
@@ -354,9 +368,8 @@ def _check_state(state: LoopState, worlds: dict[str, _World]) -> None:
         g = state.game(name)
         assert not (g.training_in_progress and g.pending_eval is not None)
         assert min(g.match_games, g.trainings, g.generation + 1, world.queued) >= 0
-        if g.pending_eval is not None:
-            lost = world.scores.get(g.pending_eval, MatchScore("x")).lost
-            assert g.match_games - lost <= SIM.sprt.max_games
+        if g.pending_eval is not None:  # lost games replaced within one job's slack only
+            assert g.match_games <= SIM.sprt.max_games + SIM.eval_games_per_job
 
 
 _step = st.tuples(

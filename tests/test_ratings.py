@@ -6,7 +6,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.ratings import ELO_PER_NAT, PairResult, Rating, fit, pairing_uncertainty
+from shared.ratings import (
+    ELO_PER_NAT,
+    MAX_GAMES,
+    MAX_PLAYERS,
+    PairResult,
+    Rating,
+    fit,
+    pairing_uncertainty,
+)
 
 Z95 = 1.959963984540054
 
@@ -138,14 +146,56 @@ def test_zero_game_results_do_not_connect() -> None:
     [
         ({"a": "x", "b": "x"}, "PairResult.b"),
         ({"a": ""}, "PairResult.a"),
+        ({"b": None}, "PairResult.b"),
         ({"wins_a": -1}, "PairResult.wins_a"),
         ({"draws": -2}, "PairResult.draws"),
+        ({"wins_b": 1.5}, "PairResult.wins_b"),
+        ({"wins_b": MAX_GAMES + 1}, "PairResult.wins_b"),
     ],
 )
-def test_pair_result_validation_names_the_field(kwargs: dict[str, object], field: str) -> None:
-    fields: dict[str, object] = {"a": "p", "b": "q", "wins_a": 1, "draws": 0, "wins_b": 0}
-    with pytest.raises(ValueError, match=field):
-        PairResult(**(fields | kwargs))  # type: ignore[arg-type]
+def test_an_unusable_result_names_its_field_and_is_dropped(
+    kwargs: dict[str, object], field: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    fields: dict[str, object] = {"a": "p", "b": "random", "wins_a": 1, "draws": 0, "wins_b": 0}
+    bad = PairResult(**(fields | kwargs))  # type: ignore[arg-type]
+    assert field in (bad.problem() or "")
+    good = PairResult("q", "random", 3, 1, 1)
+    assert fit([bad, good]) == fit([good])
+    assert field in caplog.text
+
+
+def test_a_good_result_has_no_problem() -> None:
+    assert PairResult("a", "random", 0, 0, MAX_GAMES).problem() is None
+
+
+def test_the_pool_keeps_the_players_with_most_games() -> None:
+    rows = [PairResult(f"p{i:04d}", "random", 1 + (i < 3), 0, 0) for i in range(MAX_PLAYERS + 5)]
+    ratings = fit(rows)
+    assert len(ratings) == MAX_PLAYERS
+    assert {"random", "p0000", "p0001", "p0002"} <= ratings.keys()
+    assert f"p{MAX_PLAYERS + 4:04d}" not in ratings
+
+
+_any_name = st.sampled_from(["random", "a", "b", "c", ""]) | st.text(max_size=3)
+_any_count = st.integers(min_value=-3, max_value=30) | st.integers(
+    min_value=-(10**30), max_value=10**30
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.builds(PairResult, _any_name, _any_name, _any_count, _any_count, _any_count),
+        max_size=10,
+    )
+)
+def test_the_fit_never_raises_and_rates_only_usable_results(rows: list[PairResult]) -> None:
+    ratings = fit(rows)
+    usable = [r for r in rows if r.problem() is None]
+    assert ratings.keys() == {"random"} | {name for r in usable for name in (r.a, r.b)}
+    for r in ratings.values():
+        assert math.isfinite(r.elo)
+        assert r.lo <= r.elo <= r.hi
 
 
 def test_pairing_prefers_unrated_then_uncertain_close_pairs() -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from schemas.game import GameRecord, pack_policy
@@ -13,9 +16,20 @@ from shared.replay import RejectedRecord, ReplayWindow, augment, positions_of
 GAME = get_game("tictactoe")
 
 
+def uniform_legal(actions: list[int]) -> npt.NDArray[np.float32]:
+    """Policy targets spread evenly over each ply's legal moves (while the game is on)."""
+    policy = np.zeros((len(actions), 9), dtype=np.float32)
+    state = GAME.initial()
+    for ply, action in enumerate(actions):
+        legal = GAME.legal_mask(state)
+        policy[ply] = legal / legal.sum() if legal.any() else 1 / 9
+        state = GAME.apply(state, action) if legal[action] else state
+    return policy
+
+
 def record(moves: str, outcome: float, game_id: str = "g1", **changes: object) -> GameRecord:
     actions = [int(c) - 1 for c in moves]
-    policy = np.full((len(actions), 9), 1 / 9, dtype=np.float32)
+    policy = uniform_legal(actions)
     base = GameRecord(
         "tictactoe",
         game_id,
@@ -54,7 +68,7 @@ def test_root_values_are_blended_into_value_targets() -> None:
     ],
 )
 def test_records_that_break_the_rules_are_rejected_with_a_reason(
-    moves: str, outcome: float, changes: dict[str, object], reason: str
+    moves: str, outcome: float, changes: dict[str, Any], reason: str
 ) -> None:
     with pytest.raises(RejectedRecord, match=reason):
         positions_of(GAME, record(moves, outcome, **changes))
@@ -90,8 +104,8 @@ def test_augmentation_moves_policy_mass_with_the_board() -> None:
     window = ReplayWindow(window_games=10, max_reuse=100)
     one_hot = np.zeros((1, 9), dtype=np.float32)
     one_hot[0, 0] = 1.0  # a policy target on the corner cell 1
-    rec = record("5", 0.0, policy=pack_policy(one_hot), resigned=True)
-    window.add(positions_of(GAME, rec))
+    rec = record("5", 1.0, policy=pack_policy(one_hot), resigned=True, resign_enabled=True)
+    window.add(positions_of(GAME, rec, resign_threshold=-0.8))  # O resigned after X's move
     batch = window.sample(1, np.random.default_rng(0))
     assert batch is not None
     rng = np.random.default_rng(1)

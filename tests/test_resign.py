@@ -65,13 +65,13 @@ def test_played_out_games_feed_the_window_and_would_resign_games_are_checked() -
     rng = np.random.default_rng(0)
     played_out = SelfPlayConfig(concurrent_games=4, num_simulations=4)
     for record in self_play(game, uniform_evaluator, rng, played_out, num_games=10):
-        window.add(positions_of(game, record))
+        window.add(positions_of(game, record, resign_threshold=1.0))
     checked = SelfPlayConfig(
         concurrent_games=4, num_simulations=4, resign_value=1.0, resign_disabled_fraction=1.0
     )
     records = list(self_play(game, uniform_evaluator, rng, checked, num_games=6))
     for record in records:
-        window.add(positions_of(game, record))
+        window.add(positions_of(game, record, resign_threshold=1.0))
     r = window.resign_report(ResignSettings(min_samples=1))
     assert r.samples >= 10  # at least one non-losing player per played-out game
     assert r.checked == 6  # at threshold 1.0 the first mover always "would resign"

@@ -7,11 +7,12 @@ import time
 from schemas import names
 from schemas.codec import encode
 from schemas.control import Lease, NodeStatus, Resources, ServiceState
-from schemas.jobs import DeadLetter, EvalResult, PlayerSpec, SelfplayJob
+from schemas.jobs import DeadLetter, EvalJob, EvalResult, PlayerSpec, SelfplayJob
 from services.scheduler import STATE_KEY, LoopRecord
 from services.status import games_info, gather, render_text
 from shared.bus import Bus
 from shared.jobs import submit
+from shared.loopeffects import issue
 from shared.policy import GameState, LoopState
 
 
@@ -50,7 +51,9 @@ async def test_games_section_reports_best_elo_queues_and_dead_letters(bus: Bus) 
     counts = {"tictactoe": [(0.0, 0), (1800.0, 500)]}
     await bus.write(names.LOOP_BUCKET, STATE_KEY, encode(LoopRecord(3, state, 0.0, 1, counts)))
     gen2, rnd = PlayerSpec("gen2", "ab" * 32, sims=8), PlayerSpec("random", agent="random")
-    result = EvalResult("tictactoe-g2-0", "tictactoe", "gauntlet", gen2, rnd, 15, 3, 2, 3, 0.0)
+    job = EvalJob("tictactoe-g2-0", "tictactoe", "gauntlet", gen2, rnd, 20, 3, group="g2")
+    await issue(bus, job)  # only an issued job's result counts
+    result = EvalResult(job.job_id, "tictactoe", "gauntlet", gen2, rnd, 15, 3, 2, 3, 0.0, "g2")
     await bus.publish_durable(names.results_subject("tictactoe", "g2"), encode(result))
     await submit(bus, "selfplay", SelfplayJob("tictactoe-sp-1", "tictactoe", "", 2, 10, 8, 3))
     letter = DeadLetter("eval", "tictactoe-m2-0", 9, 5, "boom", b"{}", 0.0)

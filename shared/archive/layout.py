@@ -15,7 +15,7 @@ import re
 
 from schemas.names import check_token
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _ENTRY = re.compile(r"^(\d{12})-(\d{12})-([0-9a-f]{16})$")
 TAG_LEN = 16
 MAX_SEQ = 10**12 - 1
@@ -26,7 +26,7 @@ def check_game(game: str) -> str:
 
 
 def check_sha256(sha256: str) -> str:
-    if not _SHA256.match(sha256):
+    if not _SHA256.fullmatch(sha256):
         raise ValueError(f"sha256 {sha256!r} must be 64 lowercase hex digits")
     return sha256
 
@@ -109,7 +109,7 @@ def parse_model_key(game: str, key: str) -> str | None:
     if not key.startswith(prefix) or not key.endswith(".ckpt"):
         return None
     sha = key[len(prefix) : -len(".ckpt")]
-    return sha if _SHA256.match(sha) else None
+    return sha if _SHA256.fullmatch(sha) else None
 
 
 def registry_best_key(game: str) -> str:

@@ -65,7 +65,7 @@ def record_game_id(seq: int, data: bytes) -> str:
     """The `game_id` field of a msgpack game record, the only field the archive reads."""
     try:
         return _id_decoder.decode(data).game_id
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, RecursionError) as e:  # RecursionError: nested too deep
         raise ArchiveError(f"record at seq {seq} has no readable game_id: {e}") from e
 
 
@@ -190,7 +190,7 @@ def read_manifest(store: Store, game: str, entry: layout.Entry) -> Manifest:
     data = store.get_bytes(key)
     try:
         manifest = msgspec.json.decode(data, type=Manifest)
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, RecursionError) as e:  # RecursionError: nested too deep
         raise CorruptArchive(f"manifest {key} is unreadable: {e}") from e
     described = (manifest.game, manifest.first_seq, manifest.last_seq, manifest.shard_sha256)
     if described[:3] != (game, *entry[:2]) or not described[3].startswith(entry[2]):
@@ -234,7 +234,7 @@ def read_shard(store: Store, game: str, manifest: Manifest) -> list[bytes]:
         raise CorruptArchive(f"shard {key}: sha256 of the payload does not match its manifest")
     try:
         records = _shard_decoder.decode(raw)
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, RecursionError) as e:  # RecursionError: nested too deep
         raise CorruptArchive(f"shard {key}: payload is not a msgpack list of records: {e}") from e
     if len(records) != manifest.count:
         raise CorruptArchive(f"shard {key}: {len(records)} records, manifest says {manifest.count}")
@@ -335,5 +335,5 @@ def get_json(store: Store, key: str, type_: type[T]) -> T:
     data = store.get_bytes(key)
     try:
         return msgspec.json.decode(data, type=type_)
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, RecursionError) as e:  # RecursionError: nested too deep
         raise CorruptArchive(f"document {key} is not a valid {type_.__name__}: {e}") from e

@@ -9,7 +9,7 @@ from collections.abc import Collection
 import nats.errors
 
 from schemas import names
-from schemas.codec import BadMessage, decode
+from schemas.codec import decode
 from schemas.jobs import ModelMeta
 from shared.bus import Bus, BusError
 from shared.soak.record import GameAudit, JobCounts
@@ -54,8 +54,8 @@ async def checkpoints(bus: Bus) -> list[ModelMeta]:
     metas = []
     for msg in msgs:
         try:
-            metas.append(decode(msg.data, ModelMeta))
-        except BadMessage:
+            metas.append(decode(msg.data, ModelMeta, subject=msg.subject))
+        except Exception:  # unreadable however it fails: not a checkpoint to audit
             continue
     return metas
 

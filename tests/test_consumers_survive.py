@@ -1,0 +1,215 @@
+"""No consumer crashes on a message another node wrote: bad evaluation results, node keys,
+candidate events and pulse floods are skipped or dead-lettered, and the consumer goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from schemas import names
+from schemas.codec import decode, encode
+from schemas.control import MAX_SERVICES, NodeStatus, Resources, ServicePulse, ServiceState
+from schemas.jobs import DeadLetter, EvalJob, EvalResult, ModelEvent, PlayerSpec
+from services.console import Console
+from services.dashboard import model_events
+from services.heartbeat import KNOWN_KINDS, HeartbeatConfig, Pulses
+from services.heartbeat import run as heartbeat_run
+from services.launcher import ROLE_SERVICES
+from services.status import gather, render_text
+from services.syncer import (
+    MODELS_CONSUMER,
+    Archiver,
+    SyncerConfig,
+    archive_one_model,
+    results_name,
+)
+from shared import archive
+from shared.bus import Bus, BusConfig
+from shared.loopeffects import issue
+from shared.models import ModelStore
+from shared.natsserver import NatsServer
+
+GAME = "tictactoe"
+GEN1 = PlayerSpec("gen1", "ab" * 32, sims=8)
+RANDOM = PlayerSpec("random", agent="random")
+DEEP = "[" * 5000 + "]" * 5000
+
+
+def raw(message: msgspec.Struct, **change: Any) -> bytes:
+    """`message` as JSON with fields changed or added, past any check its constructor makes;
+    the value "@DEEP@" becomes 5000 nested arrays."""
+    doc = json.loads(encode(message))
+    doc.update(change)
+    return json.dumps(doc).encode().replace(b'"@DEEP@"', DEEP.encode())
+
+
+async def test_bad_results_do_not_stop_the_consoles_ratings(bus: Bus, tmp_path: Path) -> None:
+    job = EvalJob(f"{GAME}-g1-0", GAME, "gauntlet", GEN1, RANDOM, 10, 1, group="g1")
+    await issue(bus, job)
+    good = EvalResult(job.job_id, GAME, "gauntlet", GEN1, RANDOM, 7, 2, 1, 1, 1.0, "g1")
+    subject = names.results_subject(GAME, "g1")
+    player = msgspec.to_builtins(GEN1)
+    for bad in (
+        raw(good, job_id=f"{GAME}-g1-1", b=player),  # gen1 against itself
+        raw(good, job_id=f"{GAME}-g1-2", wins_b=-5),
+        raw(good, job_id=f"{GAME}-g1-3", extra="@DEEP@"),
+    ):
+        await bus.publish_durable(subject, bad)
+    await bus.publish_durable(subject, encode(good))
+
+    console = Console(bus.cfg, tmp_path, GAME, None, 1.0)
+    assert GAME in await console.progress_line(bus)
+    await console._write_ratings(bus)
+    table = (tmp_path / "run" / GAME / "ratings.md").read_text()
+    assert "| gen1 | +" in table and "| random | +0 |" in table
+
+
+async def test_a_deeply_nested_node_key_is_shown_unreadable(bus: Bus) -> None:
+    now = time.time()
+    services = [ServiceState("heartbeat", True, 1, 0.2, 4.5)]
+    fine = NodeStatus("ok", ["selfplay"], services, "0.1.0", Resources(2, 2**31), "h", 0.0, now)
+    await bus.write(names.NODES_BUCKET, "ok", encode(fine))
+    await bus.write(names.NODES_BUCKET, "evil", raw(fine, node="evil", roles="@DEEP@"))
+    report = await gather(bus)
+    assert [n.id for n in report.nodes] == ["ok"] and report.nodes_alive == 1
+    [problem] = report.problems
+    assert problem.startswith("node evil: unreadable") and "nested" in problem
+    assert "problem: node evil" in render_text(report)
+
+
+async def test_an_invalid_candidate_is_dead_lettered_and_the_next_one_archived(
+    bus: Bus, tmp_path: Path
+) -> None:
+    models = ModelStore(bus, tmp_path / "cache")
+    sha = await models.put(b"a checkpoint")
+    candidate = ModelEvent("candidate", GAME, 1, sha, 1.0)
+    subject = names.model_event_subject("candidate")
+    await bus.publish_durable(subject, raw(candidate, game="no such game"))
+    await bus.publish_durable(subject, encode(candidate))
+
+    store = archive.LocalStore(tmp_path / "archive")
+    cfg = SyncerConfig("n1", str(tmp_path / "cache"), local_dir=str(tmp_path / "archive"))
+    arch = Archiver(bus, cfg, store, "file://archive")
+    sub = await bus.js.pull_subscribe(subject, durable=MODELS_CONSUMER, stream=names.EVENTS_STREAM)
+    for msg in await sub.fetch(2, timeout=2.0):
+        await archive_one_model(arch, models, msg)
+
+    [dead] = await bus.read_all(names.DLQ_STREAM, names.dlq_subject("model", "unknown", "*"))
+    letter = decode(dead.data, DeadLetter)
+    assert "$.game" in letter.reason and "no such game" in letter.reason
+    assert arch.newest_model == sha
+    assert sha in archive.list_models(store, GAME)
+    info = await bus.js.consumer_info(names.EVENTS_STREAM, MODELS_CONSUMER)
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
+
+
+async def test_a_result_whose_game_cannot_be_archived_is_dead_lettered(
+    bus: Bus, tmp_path: Path
+) -> None:
+    long_game = "g" * 60  # a subject token, but with the results suffix no archive name
+    await bus.publish_durable(names.results_subject(long_game, "g1"), b"{}")
+    store = archive.LocalStore(tmp_path / "archive")
+    cfg = SyncerConfig("n1", str(tmp_path / "cache"), local_dir=str(tmp_path / "archive"))
+    arch = Archiver(bus, cfg, store, "file://archive", results_name)
+    sub = await bus.js.pull_subscribe("results.>", durable="t", stream=names.RESULTS_STREAM)
+    [msg] = await sub.fetch(1, timeout=2.0)
+    await arch.take(msg)
+    [dead] = await bus.read_all(names.DLQ_STREAM, names.dlq_subject("archive", "*", "*"))
+    assert long_game in decode(dead.data, DeadLetter).reason and not arch.pending
+    info = await bus.js.consumer_info(names.RESULTS_STREAM, "t")
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
+
+
+async def test_ten_thousand_service_names_leave_the_status_readable_and_fresh(
+    bus: Bus, nats_server: NatsServer
+) -> None:
+    expected = ["heartbeat", "selfplay", "trainer"]
+    cfg = HeartbeatConfig("n1", ["selfplay"], expected, every_s=0.1, detect_gpus=False)
+    stop = asyncio.Event()
+    beating = asyncio.create_task(heartbeat_run(bus, cfg, stop))
+    try:
+        await status_when(bus, "n1", lambda s: True)  # it listens to pulses before it writes
+        await flood(nats_server.url, "n1", 10_000)
+        await pulse(bus, "n1", "trainer")  # after the flood: it shows once the flood is read
+        status, size = await status_when(bus, "n1", lambda s: alive(s, "trainer"))
+    finally:
+        stop.set()
+        await beating
+    assert size < bus.nc.max_payload
+    listed = {s.name for s in status.services}
+    assert set(expected) <= listed and len(listed) <= MAX_SERVICES
+    assert time.time() - status.sent_at < 1.0
+
+
+def alive(status: NodeStatus, service: str) -> bool:
+    return any(s.name == service and s.alive for s in status.services)
+
+
+async def flood(url: str, node: str, count: int) -> None:
+    """`count` pulses from as many invented services, on their own connection."""
+    bus = await Bus.connect(BusConfig(servers=[url], name="flood"))
+    try:
+        for i in range(count):
+            await bus.nc.publish(names.pulse_subject(node, f"svc{i}"), pulse_bytes(node, f"svc{i}"))
+        await bus.nc.flush()
+    finally:
+        await bus.close()
+
+
+async def pulse(bus: Bus, node: str, service: str) -> None:
+    await bus.nc.publish(names.pulse_subject(node, service), pulse_bytes(node, service))
+    await bus.nc.flush()
+
+
+def pulse_bytes(node: str, service: str) -> bytes:
+    counters = {f"c{k}": float(k) for k in range(40)}
+    now = time.time()
+    return encode(ServicePulse(node, service, 7, 0.1, 0.2, now, now, counters, "x" * 200))
+
+
+async def status_when(
+    bus: Bus, node: str, ready: Callable[[NodeStatus], bool]
+) -> tuple[NodeStatus, int]:
+    """The node's stored status once it is `ready`, and its size; every one read decodes."""
+    for _ in range(100):
+        entry = await bus.last(names.NODES_BUCKET, node)
+        if entry.value is not None:
+            status = decode(entry.value, NodeStatus)
+            if ready(status):
+                return status, len(entry.value)
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the status of {node} never became ready")
+
+
+def test_pulses_keep_expected_then_known_services_within_the_cap() -> None:
+    pulses = Pulses(["heartbeat"], max_extra=2)
+    for t, name in enumerate(["junk1", "junk2", "junk3", "selfplay-9", "heartbeat", "junk4"]):
+        pulses.take(ServicePulse("n1", name, 1, 0.0, 0.0, 0.0, 0.0), now=float(t))
+    assert set(pulses.latest) == {"heartbeat", "junk2", "selfplay-9"}
+    assert pulses.dropped == 2  # junk3 and junk4; selfplay-9 pushed junk1 (the oldest) out
+    assert [s.name for s in pulses.states(["heartbeat"], 3.0)] == [
+        "heartbeat",
+        "junk2",
+        "selfplay-9",
+    ]
+
+
+def test_the_heartbeats_known_services_are_the_launchers() -> None:
+    launched = set(itertools.chain.from_iterable(ROLE_SERVICES.values()))
+    assert {"heartbeat", *launched} == KNOWN_KINDS
+
+
+async def test_the_dashboard_skips_unreadable_and_unknown_game_events(bus: Bus) -> None:
+    promoted = ModelEvent("promoted", GAME, 1, "ab" * 32, 1.0)
+    subject = names.model_event_subject("promoted")
+    await bus.publish_durable(subject, raw(promoted, detail="@DEEP@"))
+    await bus.publish_durable(subject, raw(promoted, game="no such game"))
+    await bus.publish_durable(subject, encode(promoted))
+    assert await model_events(bus) == [promoted]

@@ -1,0 +1,468 @@
+"""Least privilege against wiping, snooping and tampering, on a real server with auth: no role
+identity may purge, roll up, change limits or reconfigure others' consumers, read another
+identity's inbox or write another node's status; admin may; the services' own work still works."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import msgspec
+import nats.errors
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from schemas import names
+from schemas.jobs import SelfplayJob
+from services import cli
+from services.launcher import MissingIdentity, NodeOptions, creds_for
+from services.up import local_identities
+from shared import permissions, provision
+from shared.bus import Bus, BusConfig, BusError, identity_inbox
+from shared.identities import ACCOUNTS_FILE, add_node, init, node_seed_path
+from shared.jobs import JobSettings, Puller, await_consumer, ensure_consumer, submit
+from shared.models import CHUNK_BYTES, ModelStore, sha256_hex
+from shared.natsserver import NatsServer, ServerSpec
+from shared.permissions import Role
+
+ROLE_IDENTITIES: tuple[Role, ...] = ("coordinator", "selfplay", "trainer", "evaluator", "syncer")
+REFUSED = (BusError, TimeoutError, nats.errors.Error)
+GAME = "tictactoe"
+
+
+@pytest.fixture
+def auth(tmp_path: Path) -> Path:
+    directory = tmp_path / "auth"
+    init(directory)
+    add_node(directory, "n1")
+    add_node(directory, "n2")
+    return directory
+
+
+@pytest.fixture
+def secured(tmp_path: Path, auth: Path) -> Iterator[NatsServer]:
+    accounts = (auth / ACCOUNTS_FILE).read_text()
+    server = NatsServer(ServerSpec("secured", tmp_path / "server", auth=accounts)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Identities:
+    """Connections to the secured server, one per identity, closed at teardown."""
+
+    def __init__(self, server: NatsServer, auth: Path) -> None:
+        self.server = server
+        self.auth = auth
+        self.buses: dict[str, Bus] = {}
+
+    def seed(self, who: str) -> Path:
+        if who.startswith("node "):
+            return node_seed_path(self.auth, who.removeprefix("node "))
+        return self.auth / f"{who}.nk"
+
+    async def __call__(self, who: str) -> Bus:
+        if who not in self.buses:
+            cfg = BusConfig(
+                servers=[self.server.url],
+                name=who,
+                nkey_seed=str(self.seed(who)),
+                request_timeout_s=0.5,
+                connect_timeout_s=3.0,
+            )
+            self.buses[who] = await Bus.connect(cfg)
+        return self.buses[who]
+
+    async def close(self) -> None:
+        for bus in self.buses.values():
+            await bus.close()
+
+
+@pytest.fixture
+async def ids(secured: NatsServer, auth: Path) -> AsyncIterator[Identities]:
+    identities = Identities(secured, auth)
+    admin = await identities("admin")
+    await admin.provision()
+    await ensure_consumer(await identities("coordinator"), "selfplay", JobSettings(max_deliver=5))
+    try:
+        yield identities
+    finally:
+        await identities.close()
+
+
+async def refused(attempt: Awaitable[object]) -> bool:
+    """Whether the server refused `attempt`: an error answer, or none (a permission denial)."""
+    try:
+        await attempt
+    except REFUSED:
+        return True
+    return False
+
+
+# -- pure: what the configuration and the permissions say -------------------------------------
+
+
+def test_only_the_buckets_with_expiry_markers_accept_rollup_headers() -> None:
+    """The server writes expiry markers as rollups, so it needs them there (docs/security.md)."""
+    configs = provision.streams() + provision.lease_slot_streams(3)
+    assert {c.name for c in configs} >= {"KV_nodes", "KV_registry", "OBJ_models", "GAMES"}
+    rollups = {c.name for c in configs if c.allow_rollup_hdrs is not False}
+    markers = {c.name for c in configs if c.subject_delete_marker_ttl}
+    assert (
+        rollups == markers == {"KV_nodes", "KV_election", *(f"KV_election-{n}" for n in (1, 2, 3))}
+    )
+
+
+def test_no_role_identity_may_administer_streams_or_others_consumers() -> None:
+    for role in ROLE_IDENTITIES:
+        grant = permissions.permissions(role, "KEY")
+        for verb in permissions.STREAM_ADMIN:
+            assert not permissions.may_publish(grant, f"$JS.API.STREAM.{verb}.GAMES"), role
+            assert not permissions.may_publish(grant, f"$JS.hub.API.STREAM.{verb}.GAMES"), role
+        for durable in permissions.durables():
+            delete = f"$JS.API.CONSUMER.DELETE.{durable.stream}.{durable.name}"
+            assert not permissions.may_publish(grant, delete), (role, durable)
+            for subject in permissions.durable_configure(durable):
+                assert permissions.may_publish(grant, subject) == (durable.owner == role)
+            pull = f"$JS.API.CONSUMER.MSG.NEXT.{durable.stream}.{durable.name}"
+            assert permissions.may_publish(grant, pull) == (role in durable.users), (role, pull)
+        assert not permissions.may_subscribe(grant, "_INBOX.>")
+        assert permissions.may_subscribe(grant, "_INBOX.KEY.abc.1")
+    admin = permissions.permissions("admin", "KEY")
+    assert permissions.may_publish(admin, "$JS.API.STREAM.PURGE.GAMES")
+    assert permissions.may_subscribe(admin, "_INBOX.>")
+
+
+def test_a_node_identity_writes_only_its_own_status() -> None:
+    grant = permissions.node_permissions("n1", "KEY")
+    assert permissions.may_publish(grant, "$KV.nodes.n1")
+    assert permissions.may_publish(grant, "$JS.hub.API.$KV.nodes.n1")
+    assert not permissions.may_publish(grant, "$KV.nodes.n2")
+    for role in ROLE_IDENTITIES:
+        assert not permissions.may_publish(permissions.permissions(role, "K"), "$KV.nodes.n1")
+    with pytest.raises(ValueError, match="admin"):
+        permissions.node_permissions("n1", "KEY", ("admin",))
+
+
+def _reference(pattern: str, subject: str) -> bool:
+    """NATS subject coverage as a regular expression over literal subjects."""
+    parts = [
+        "[^.]+" if t == "*" else "[^.]+(\\.[^.]+)*" if t == ">" else re.escape(t)
+        for t in pattern.split(".")
+    ]
+    return re.fullmatch("\\.".join(parts), subject) is not None
+
+
+tokens = st.sampled_from(["a", "b", "KV", "$JS"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.one_of(tokens, st.just("*")), min_size=1, max_size=4),
+    st.booleans(),
+    st.lists(tokens, min_size=1, max_size=5),
+)
+def test_subject_coverage_matches_nats_wildcards(
+    head: list[str], tail: bool, subject: list[str]
+) -> None:
+    pattern = ".".join([*head, ">"] if tail else head)
+    assert permissions.covers(pattern, ".".join(subject)) == _reference(pattern, ".".join(subject))
+
+
+# -- on a real server ----------------------------------------------------------------------------
+
+# A subject each identity may write, in a stream it may write to (rollups must not wipe it).
+WRITABLE: dict[str, tuple[str, str]] = {
+    "coordinator": (names.kv_subject(names.REGISTRY_BUCKET, names.best_key(GAME)), "KV_registry"),
+    "selfplay": (names.games_subject(GAME), names.GAMES_STREAM),
+    "trainer": (f"$O.{names.MODELS_STORE}.M.bW9kZWw=", "OBJ_models"),
+    "evaluator": (names.results_subject(GAME, "r"), names.RESULTS_STREAM),
+    "syncer": (names.kv_subject(names.REGISTRY_BUCKET, "sync.status"), "KV_registry"),
+}
+
+
+async def test_a_rollup_from_any_writer_is_refused_and_every_key_survives(
+    ids: Identities,
+) -> None:
+    admin = await ids("admin")
+    for subject, _ in WRITABLE.values():
+        await admin.js.publish(subject, b"kept")
+        await admin.js.publish(_sibling(subject), b"kept")
+    counts = {s: (await admin.js.stream_info(s)).state.messages for _, s in WRITABLE.values()}
+    for who, (subject, _) in WRITABLE.items():
+        bus = await ids(who)
+        await bus.js.publish(subject, b"legit")  # it may write there...
+        rollup = bus.js.publish(subject, b"", headers={"Nats-Rollup": "all"})
+        assert await refused(rollup), who  # ...but not roll the stream up
+    for subject, stream in WRITABLE.values():
+        assert (await admin.js.stream_info(stream)).state.messages >= counts[stream], stream
+        kept = await admin.js.get_msg(stream, subject=_sibling(subject))
+        assert kept.data == b"kept", stream
+
+
+def _sibling(subject: str) -> str:
+    """Another subject in the same stream (the last token changed)."""
+    head, _, last = subject.rpartition(".")
+    return f"{head}.{last.rstrip('=')}x"
+
+
+def _attempts(bus: Bus) -> dict[str, Awaitable[object]]:
+    """Administration no role identity may do (each owner's own durables aside)."""
+    js = bus.js
+    jobs, games = names.job_consumer("selfplay"), names.SYNCER_GAMES_CONSUMER
+    return {
+        "purge": js.purge_stream(names.GAMES_STREAM),
+        "purge bucket": js.purge_stream("KV_registry"),
+        "limits": _update_limits(bus),
+        "delete consumer": js.delete_consumer(names.JOBS_STREAM, jobs),
+        # The server would take a name in an unnamed create as an update of that consumer.
+        "unnamed create as the job consumer": _unnamed_create(bus, names.JOBS_STREAM, jobs),
+        "unnamed create as the syncer's": _unnamed_create(bus, names.GAMES_STREAM, games),
+    }
+
+
+async def _update_limits(bus: Bus) -> None:
+    config = (await bus.js.stream_info(names.DLQ_STREAM)).config
+    config.max_msgs = 1
+    await bus.js.update_stream(config)
+
+
+async def _unnamed_create(bus: Bus, stream: str, name: str) -> None:
+    config = {"name": name, "max_deliver": 1, "ack_policy": "explicit"}
+    body = json.dumps({"stream_name": stream, "config": config}).encode()
+    subject = f"$JS.API.CONSUMER.CREATE.{stream}"
+    reply = await bus.nc.request(subject, body, timeout=bus.cfg.request_timeout_s)
+    if b'"error"' in reply.data:
+        raise BusError(reply.data.decode())
+
+
+@pytest.mark.parametrize("who", [*ROLE_IDENTITIES, "node n1"])
+async def test_no_role_identity_purges_changes_limits_or_reconfigures_consumers(
+    ids: Identities, who: str
+) -> None:
+    admin, bus = await ids("admin"), await ids(who)
+    await admin.publish_durable(names.dlq_subject("selfplay", GAME, "sp"), b"letter")
+    await admin.publish_durable(names.dlq_subject("selfplay", GAME, "sp"), b"letter 2")
+    syncer = await ids("syncer")
+    await syncer.js.pull_subscribe(
+        names.games_subject("*"),
+        durable=names.SYNCER_GAMES_CONSUMER,
+        stream=names.GAMES_STREAM,
+        config=ConsumerConfig(max_deliver=7, ack_policy=AckPolicy.EXPLICIT),
+    )
+    attempts = _attempts(bus)
+    if who != "coordinator":  # the coordinator owns the job consumers: it sets their delivery
+        config = ConsumerConfig(durable_name=names.job_consumer("selfplay"), max_deliver=1)
+        attempts["job consumer"] = bus.js.add_consumer(names.JOBS_STREAM, config)
+    if who != "syncer":
+        config = ConsumerConfig(durable_name=names.SYNCER_GAMES_CONSUMER, max_deliver=1)
+        attempts["syncer's consumer"] = bus.js.add_consumer(names.GAMES_STREAM, config)
+    outcomes = await asyncio.gather(*(refused(a) for a in attempts.values()))
+    assert dict(zip(attempts, outcomes, strict=True)) == dict.fromkeys(attempts, True)
+    consumer = await admin.js.consumer_info(names.JOBS_STREAM, names.job_consumer("selfplay"))
+    assert consumer.config.max_deliver == 5
+    consumer = await admin.js.consumer_info(names.GAMES_STREAM, names.SYNCER_GAMES_CONSUMER)
+    assert consumer.config.max_deliver == 7
+    assert (await admin.js.stream_info(names.DLQ_STREAM)).state.messages == 2
+
+
+async def test_admin_may_purge_change_limits_and_reconfigure_consumers(ids: Identities) -> None:
+    admin = await ids("admin")
+    await admin.publish_durable(names.games_subject(GAME), b"g")
+    await admin.js.purge_stream(names.GAMES_STREAM)
+    assert (await admin.js.stream_info(names.GAMES_STREAM)).state.messages == 0
+    await _update_limits(admin)
+    assert (await admin.js.stream_info(names.DLQ_STREAM)).config.max_msgs == 1
+    consumer = names.job_consumer("selfplay")
+    config = ConsumerConfig(
+        durable_name=consumer, max_deliver=2, ack_policy=AckPolicy.EXPLICIT,
+        filter_subject=names.job_filter("selfplay"),
+    )  # fmt: skip
+    assert (await admin.js.add_consumer(names.JOBS_STREAM, config)).config.max_deliver == 2
+    assert await admin.js.delete_consumer(names.JOBS_STREAM, consumer)
+    # Rollups are off for admin too; admin may turn them back on for a stream.
+    stream = (await admin.js.stream_info("KV_registry")).config
+    stream.allow_rollup_hdrs = True
+    await admin.js.update_stream(stream)
+    await admin.js.publish("$KV.registry.a", b"1", headers={"Nats-Rollup": "all"})
+
+
+async def test_each_identity_reads_only_its_own_inbox(
+    ids: Identities, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="conclave.bus")
+    selfplay, evaluator, admin = await ids("selfplay"), await ids("evaluator"), await ids("admin")
+    prefix = identity_inbox(str(ids.seed("selfplay")))
+    assert selfplay.nc.new_inbox().startswith(f"{prefix}.")
+    seen: list[str] = []
+
+    async def snoop(msg: Msg) -> None:
+        seen.append(msg.subject)
+
+    for subject in ("_INBOX.>", f"{prefix}.>"):
+        await evaluator.subscribe(subject, snoop)
+    await evaluator.nc.flush()
+    everything: list[str] = []
+
+    async def watch_all(msg: Msg) -> None:
+        everything.append(msg.subject)
+
+    await admin.subscribe("_INBOX.>", watch_all)  # admin may
+    await admin.nc.flush()
+    await selfplay.last(names.REGISTRY_BUCKET, "anything")  # a request: its reply to its inbox
+    async with selfplay.watch(names.REGISTRY_BUCKET, "k"):  # a watch delivers to its inbox
+        await selfplay.nc.flush()
+    await asyncio.sleep(0.2)
+    assert seen == []
+    assert any(s.startswith(f"{prefix}.") for s in everything)
+    logged = " ".join(r.getMessage() for r in caplog.records).lower()
+    assert 'permissions violation for subscription to "_inbox.>"' in logged
+    assert f'permissions violation for subscription to "{prefix.lower()}.>"' in logged
+
+
+async def test_a_node_writes_its_own_status_and_no_other(ids: Identities) -> None:
+    n1 = await ids("node n1")
+    await n1.write(names.NODES_BUCKET, "n1", b"{}", ttl_s=5)
+    assert await refused(n1.write(names.NODES_BUCKET, "n2", b"{}", ttl_s=5))
+    forgers = [await ids(role) for role in ROLE_IDENTITIES]
+    forged = [refused(b.write(names.NODES_BUCKET, "n1", b"forged", ttl_s=5)) for b in forgers]
+    assert await asyncio.gather(*forged) == [True] * len(forgers)
+    admin = await ids("admin")
+    assert (await admin.last(names.NODES_BUCKET, "n1")).value == b"{}"
+    assert (await admin.last(names.NODES_BUCKET, "n2")).value is None
+
+
+async def test_the_services_work_still_works_without_creating_shared_consumers(
+    ids: Identities, tmp_path: Path
+) -> None:
+    coordinator, selfplay = await ids("coordinator"), await ids("selfplay")
+    trainer, syncer = await ids("trainer"), await ids("syncer")
+    await coordinator.provision()  # everything is there: it only reads
+    assert await await_consumer(selfplay, "selfplay", asyncio.Event(), every_s=0.05)
+    job = SelfplayJob("j1", GAME, "", generation=0, games=1, sims=2, term=1)
+    await submit(coordinator, "selfplay", job)
+    delivery = await Puller(selfplay, "selfplay", SelfplayJob).next(timeout_s=3)
+    assert delivery is not None and delivery.job.job_id == "j1"
+    await delivery.done()
+    # Models: the trainer stores without rollups, once; a worker reads and verifies them.
+    data = b"m" * (CHUNK_BYTES + 10)
+    digest = sha256_hex(data)
+    assert await trainer.put_object(names.MODELS_STORE, digest, data, CHUNK_BYTES)
+    assert await trainer.put_object(names.MODELS_STORE, digest, b"other", CHUNK_BYTES) is False
+    assert await ModelStore(selfplay, tmp_path / "s").read(digest) == data
+    # A follower of the games (the trainer's), and the syncer's own durable consumer.
+    await selfplay.publish_durable(names.games_subject(GAME), b"g1", msg_id="g1")
+    got: list[bytes] = []
+
+    async def take(msg: Msg) -> None:
+        got.append(msg.data)
+
+    await trainer.follow(names.GAMES_STREAM, names.games_subject("*"), 1, take)
+    sub = await syncer.js.pull_subscribe(
+        names.games_subject("*"), durable=names.SYNCER_GAMES_CONSUMER, stream=names.GAMES_STREAM
+    )
+    [msg] = await sub.fetch(1, timeout=2)
+    await msg.ack_sync()
+    await _until(lambda: got == [b"g1"])
+    # Results, read back through an ephemeral consumer by the coordinator.
+    evaluator = await ids("evaluator")
+    await evaluator.publish_durable(names.results_subject(GAME, "r"), b"r1", msg_id="r1")
+    read = await coordinator.read_all(names.RESULTS_STREAM, names.results_subject(GAME, "*"))
+    assert [m.data for m in read] == [b"r1"]
+
+
+async def test_a_worker_waits_for_the_coordinator_to_create_its_consumer(
+    ids: Identities,
+) -> None:
+    evaluator, coordinator = await ids("evaluator"), await ids("coordinator")
+    stop = asyncio.Event()
+    waiting = asyncio.create_task(await_consumer(evaluator, "eval", stop, every_s=0.05))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    await ensure_consumer(coordinator, "eval", JobSettings())
+    assert await asyncio.wait_for(waiting, 3)
+    stop.set()
+    assert await await_consumer(evaluator, "eval", stop)  # there already: no wait
+
+
+def test_accounts_give_every_user_its_inbox_and_deny_list(auth: Path) -> None:
+    text = (auth / ACCOUNTS_FILE).read_text()
+    assert text.count("nkey:") == len(permissions.ROLES) + 2
+    assert text.count('"deny":') == len(permissions.ROLES) - 1 + 2  # all but admin
+    assert '"_INBOX.>"' not in text  # admin subscribes to `>`; nobody else to every inbox
+
+
+async def test_a_follower_goes_on_from_where_it_was_when_its_consumer_is_lost(
+    ids: Identities,
+) -> None:
+    trainer, selfplay, admin = await ids("trainer"), await ids("selfplay"), await ids("admin")
+    got: list[bytes] = []
+
+    async def take(msg: Msg) -> None:
+        got.append(msg.data)
+
+    await selfplay.publish_durable(names.games_subject(GAME), b"g1")
+    await trainer.follow(names.GAMES_STREAM, names.games_subject("*"), 1, take, wait_s=0.5)
+    await _until(lambda: got == [b"g1"])
+    [follower] = [c.name for c in await admin.js.consumers_info(names.GAMES_STREAM)]
+    await admin.js.delete_consumer(names.GAMES_STREAM, follower)
+    await selfplay.publish_durable(names.games_subject(GAME), b"g2")
+    await _until(lambda: got == [b"g1", b"g2"])
+
+
+async def _until(check: Callable[[], bool], timeout_s: float = 3.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+def test_cli_adds_a_node_identity_and_provisions_as_admin(secured: NatsServer, auth: Path) -> None:
+    assert cli.main(["auth", "node", "--out", str(auth), "edge", "--roles", "selfplay"]) == 0
+    assert oct(node_seed_path(auth, "edge").stat().st_mode & 0o777) == "0o600"
+    assert "# node edge" in (auth / ACCOUNTS_FILE).read_text()
+    admin = ["--nats", secured.url, "--creds", str(auth / "admin.nk")]
+    assert cli.main(["provision", *admin]) == 0
+    assert cli.main(["status", *admin, "--json"]) == 0  # reads the provisioned buckets
+
+
+async def test_a_service_finding_a_drifted_stream_fails_naming_it_and_who_provisions(
+    ids: Identities,
+) -> None:
+    admin, selfplay = await ids("admin"), await ids("selfplay")
+    drifted = (await admin.js.stream_info(names.EVENTS_STREAM)).config
+    drifted.max_age = 3600.0
+    await admin.js.update_stream(drifted)
+    with pytest.raises(BusError, match=f"stream {names.EVENTS_STREAM} .*only admin provisions"):
+        await selfplay.provision()
+    await admin.provision()
+    await selfplay.provision()  # as configured again: it only reads
+
+
+def test_the_heartbeat_runs_as_its_node_and_a_node_without_one_is_refused(auth: Path) -> None:
+    opts = NodeOptions(node_id="n1", roles=["selfplay"], nats_urls=[], creds=str(auth))
+    assert creds_for("heartbeat", opts) == str(node_seed_path(auth, "n1"))
+    assert creds_for("selfplay-2", opts) == str(auth / "selfplay.nk")
+    stranger = msgspec.structs.replace(opts, node_id="n9")
+    with pytest.raises(MissingIdentity, match="conclave auth node"):
+        creds_for("heartbeat", stranger)
+
+
+def test_up_makes_its_node_identity_and_rewrites_the_accounts_from_the_seeds(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "auth"
+    first = local_identities(directory, "local")
+    admin_seed = (directory / "admin.nk").read_bytes()
+    (directory / ACCOUNTS_FILE).write_text("# stale\n")
+    assert local_identities(directory, "local") == first  # same keys, this build's permissions
+    assert (directory / "admin.nk").read_bytes() == admin_seed
+    assert "# node local" in first
