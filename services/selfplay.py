@@ -153,12 +153,13 @@ async def run(bus: Bus, cfg: SelfplayWorkerConfig, stop: asyncio.Event) -> None:
     if cfg.nice:
         os.nice(cfg.nice)
     await bus.provision()
-    await await_consumer(bus, "selfplay", stop)
     worker = Worker(bus, cfg, stop)
     watcher = asyncio.create_task(set_when(stop, worker.halt))
+    # Models are fetched while the worker still waits for the coordinator's job consumers.
     prefetch = asyncio.create_task(prefetch_promoted(bus, worker.evaluators.store, stop))
     try:
-        await worker.serve()
+        if await await_consumer(bus, "selfplay", stop):
+            await worker.serve()
     finally:
         watcher.cancel()
         prefetch.cancel()
