@@ -79,13 +79,7 @@ def test_every_wire_message_has_an_example_that_round_trips() -> None:
 @settings(max_examples=600, deadline=None)
 @given(kind=st.sampled_from(KINDS), data=st.binary(max_size=400))
 def test_random_bytes_are_rejected_by_field_never_crash(kind: type[Any], data: bytes) -> None:
-    _, dec = codec_of(kind)
-    try:
-        decoded = dec(data)
-    except BadMessage as e:
-        assert e.field.startswith("$") and e.field in str(e)
-    else:
-        assert isinstance(decoded, kind)
+    assert_decodes_bounded_or_names_the_field(kind, data)
 
 
 @settings(max_examples=1500, deadline=None)

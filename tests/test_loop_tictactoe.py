@@ -1,5 +1,7 @@
 """Acceptance: the whole loop as separate processes learns tic-tac-toe to perfect play, with
-rating jobs flooding the evaluation queue (matches must jump it, so the loop keeps promoting).
+rating jobs flooding the evaluation queue (matches must jump it, so the loop keeps promoting)
+and, from the first promotion on, nodes holding the cluster's own role credentials attacking it
+(tests/hostile.py): it dead-letters every attack naming the field and loses nothing good.
 
 `conclave up --game tictactoe` runs NATS and every service (leader, scheduler, selfplay, trainer,
 evaluator) as supervised processes. Perfect play: at every position reachable with the best model
@@ -20,15 +22,16 @@ import pytest
 from schemas import names
 from schemas.codec import decode
 from schemas.jobs import BestPointer, EvalJob, EvalResult, PlayerSpec
-from shared.bus import Bus, BusConfig, BusError
+from shared.bus import Bus
 from shared.games import get_game
-from shared.jobs import submit
+from shared.loopeffects import issue
 from shared.models import ModelStore
 from shared.natsserver import free_port
 from shared.presets import TICTACTOE
 from shared.ratingjobs import game_results
 from shared.search.agent import checkpoint_agent
 from shared.solver.small import PerfectPlayReport, check_perfect_play
+from tests import hostile
 from tests.conftest import Processes
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -70,7 +73,8 @@ async def test_tictactoe_reaches_perfect_play_within_ten_minutes(
     )
     started = time.monotonic()
     # `up` runs with auth on: this test reads the cluster as the admin identity it generated.
-    bus = await _connect(f"nats://127.0.0.1:{port}", tmp_path / "data" / "auth" / "admin.nk")
+    url = f"nats://127.0.0.1:{port}"
+    bus = await hostile.connect(url, tmp_path / "data" / "auth" / "admin.nk")
     store = ModelStore(bus, tmp_path / "check-cache")
     checked: dict[str, PerfectPlayReport] = {}
     flooded = False
@@ -79,6 +83,7 @@ async def test_tictactoe_reaches_perfect_play_within_ten_minutes(
             pointer = await best_pointer(bus)
             if pointer is not None and not flooded:
                 await flood_with_rating_jobs(bus, FLOOD_JOBS)
+                await hostile.attack(url, tmp_path / "data" / "auth")
                 flooded = True
             if pointer is not None and pointer.sha256 not in checked:
                 report = perfect_play(await store.path(pointer.sha256))
@@ -96,6 +101,11 @@ async def test_tictactoe_reaches_perfect_play_within_ten_minutes(
         )
         assert elapsed < LIMIT_S
         assert_matches_jumped_the_flood(await game_results(bus, "tictactoe"))
+        assert up.poll() is None, "conclave up exited under attack"
+        best = await best_pointer(bus)
+        assert best is not None
+        await hostile.assert_nothing_good_lost(bus, best)
+        await hostile.assert_attacks_dead_lettered(bus)
     finally:
         await bus.close()
         up.send_signal(signal.SIGTERM)
@@ -108,7 +118,7 @@ async def flood_with_rating_jobs(bus: Bus, count: int) -> None:
     onestep = PlayerSpec("onestep", agent="onestep")
     for k in range(count):
         job = EvalJob(f"flood-{k}", "tictactoe", "rating", onestep, slow, 20, 0, group="r")
-        await submit(bus, "eval", job)
+        await issue(bus, job)  # as the leader would: only an issued job's result counts
 
 
 def assert_matches_jumped_the_flood(results: list[EvalResult]) -> None:
@@ -127,15 +137,3 @@ def assert_matches_jumped_the_flood(results: list[EvalResult]) -> None:
             if r.finished_at > submitted and r.finished_at - r.elapsed_s < started
         ]
         assert len(ahead) <= 1, f"match job {m.job_id} waited behind {ahead}"
-
-
-async def _connect(url: str, seed: Path) -> Bus:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            return await Bus.connect(
-                BusConfig(servers=[url], name="loop-test", connect_timeout_s=2, nkey_seed=str(seed))
-            )
-        except BusError:
-            if time.monotonic() > deadline:
-                raise
