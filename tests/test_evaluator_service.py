@@ -52,6 +52,11 @@ async def queue_empty(bus: Bus) -> bool:
     return (await bus.js.stream_info(names.JOBS_STREAM)).state.messages == 0
 
 
+async def match_job_being_played(bus: Bus) -> bool:
+    info = await bus.js.consumer_info(names.JOBS_STREAM, names.job_consumer("eval", "match"))
+    return bool(info.num_ack_pending == 1)
+
+
 async def store_tiny_model(bus: Bus, tmp_path: Path) -> str:
     net = PolicyValueNet(
         NetConfig(blocks=1, channels=8, value_hidden=8),
@@ -137,11 +142,7 @@ async def test_a_stopped_evaluator_hands_its_job_back(
     await submit(bus, "eval", EvalJob("ev-4", "connect4", "match", slow, other, 200, 1))
     proc = start_evaluator(processes, nats_server.url, tmp_path, settings)
 
-    async def being_played() -> bool:
-        info = await bus.js.consumer_info(names.JOBS_STREAM, names.job_consumer("eval", "match"))
-        return bool(info.num_ack_pending == 1)
-
-    await eventually(being_played, 15, what="the job being played")
+    await eventually(lambda: match_job_being_played(bus), 15, what="the job being played")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 0
     redelivered = await Puller(bus, "eval", EvalJob).next(timeout_s=5.0)  # well inside ack wait
@@ -232,11 +233,7 @@ async def test_a_match_job_being_played_is_dropped_once_its_match_is_decided(
     await submit(bus, "eval", long_job)
     start_evaluator(processes, nats_server.url, tmp_path, settings)
 
-    async def being_played() -> bool:
-        info = await bus.js.consumer_info(names.JOBS_STREAM, names.job_consumer("eval", "match"))
-        return bool(info.num_ack_pending == 1)
-
-    await eventually(being_played, 20, what="the match job being played")
+    await eventually(lambda: match_job_being_played(bus), 20, what="the match job being played")
     decided = ModelEvent("rejected", "tictactoe", 1, model.sha256, 0.0)
     await bus.write(
         names.REGISTRY_BUCKET, names.decided_key("tictactoe", model.sha256), encode(decided)
