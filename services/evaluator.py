@@ -23,13 +23,13 @@ import numpy as np
 
 from schemas import names
 from schemas.codec import encode
-from schemas.jobs import DeadLetter, EvalJob, EvalResult, PlayerSpec, job_group
+from schemas.jobs import EvalJob, EvalResult, PlayerSpec, job_group
 from shared import counters
 from shared.arena import AgentPlayer, MatchOutcome, MatchStopped, ModelPlayer, Player, play_match
 from shared.baselines import make_agent
 from shared.bus import Bus, BusError, translated
 from shared.games import Game, UnknownGame, get_game
-from shared.jobs import Delivery, JobSettings, Puller, await_consumer
+from shared.jobs import Delivery, JobSettings, Puller, await_consumer, dead_letter_now
 from shared.leasewatch import KeyChanges, first_of
 from shared.modelcache import Evaluators
 from shared.models import ModelStore, UnloadableModel
@@ -135,21 +135,12 @@ class Worker:
         """Dead-letter the job at once with the reason: no evaluator running this build can load
         the model, so retries would only delay the scheduler's verdict (it rejects a candidate
         named in its match's dead letters)."""
-        job, meta = delivery.job, delivery.msg.metadata
-        seq = int(meta.sequence.stream)
-        letter = DeadLetter(
-            "eval", job.job_id, seq, delivery.delivered, str(error), delivery.msg.data, time.time()
-        )
-        subject = names.dlq_subject("eval", job.game, job_group(job))
+        job = delivery.job
         try:
-            await self.bus.publish_durable(subject, encode(letter), msg_id=f"dlq-{seq}")
+            await dead_letter_now(self.bus, "eval", delivery.msg, str(error), job.job_id)
         except BusError as e:  # the verdict is not stored: keep the job for another attempt
             log.warning("job %s: dead letter not stored: %s", job.job_id, e)
             await delivery.retry(self.bus, self.cfg.node_id, str(error))
-            return
-        with translated("terminate job"):
-            await delivery.msg.term()
-        log.error("job %s dead-lettered: %s", job.job_id, error, extra={"job": job.job_id})
 
     async def decided(self, job: EvalJob) -> bool:
         """A promotion match job whose match the scheduler has already decided (a read error

@@ -237,11 +237,18 @@ async def report_failure(
         log.warning("failure report for %s not stored: %s", job_id, e)
 
 
-async def dead_letter_now(bus: Bus, kind: str, msg: Msg, reason: str) -> None:
-    """Move a job that must never be retried (it cannot even be read) to the DLQ at once."""
+async def dead_letter_now(bus: Bus, kind: str, msg: Msg, reason: str, job_id: str = "") -> None:
+    """Move a job that must never be retried (unreadable, or no worker can do it) to the DLQ at
+    once; `job_id` when the job could be read."""
     meta = msg.metadata
     letter = DeadLetter(
-        kind, "", int(meta.sequence.stream), int(meta.num_delivered), reason, msg.data, time.time()
+        kind,
+        job_id,
+        int(meta.sequence.stream),
+        int(meta.num_delivered),
+        reason,
+        msg.data,
+        time.time(),
     )
     await bus.publish_durable(
         names.dlq_subject(kind, *names.game_and_group(msg.subject)),
