@@ -309,13 +309,20 @@ class Bus:
         return int(ack.seq)
 
     async def snapshot(self, bucket: str) -> dict[str, Entry]:
-        """The current value of every present key in a bucket."""
+        """The current value of every present key in a bucket.
+
+        Ends at the entry the server says is the last (`delta` 0), not at nats-py's end
+        marker: that marker can come first when the entries are still unread on the socket
+        while the consumer's info already counts them delivered (seen: an empty snapshot).
+        """
         kv = await self.kv(bucket)
         entries: dict[str, Entry] = {}
         with translated(f"snapshot {bucket}"):
+            if (await kv.status()).values == 0:
+                return entries
             watcher = await kv.watchall()
             try:
-                while (update := await _next(watcher, self.cfg.request_timeout_s)) is not None:
+                async for update in _initial(watcher, self.cfg.request_timeout_s):
                     if update.operation not in _DELETED_OPS and update.value is not None:
                         entries[update.key] = Entry(
                             update.key, update.revision or 0, update.value, None
@@ -478,9 +485,23 @@ class Bus:
             return await self.nc.subscribe(subject, cb=handler)
 
 
-async def _next(watcher: KeyValue.KeyWatcher, timeout: float) -> KeyValue.Entry | None:
-    entry: KeyValue.Entry | None = await watcher.updates(timeout)  # type: ignore[no-untyped-call]
-    return entry
+async def _initial(watcher: KeyValue.KeyWatcher, timeout: float) -> AsyncIterator[KeyValue.Entry]:
+    """The watcher's initial entries, up to the one with nothing pending after it. Only if
+    none comes (every key expired meanwhile) does the end marker end it, after `timeout`."""
+    marked = False
+    while True:
+        try:
+            entry: KeyValue.Entry | None = await watcher.updates(timeout)  # type: ignore[no-untyped-call]
+        except nats.errors.TimeoutError:
+            if marked:
+                return
+            raise
+        if entry is None:
+            marked = True
+            continue
+        yield entry
+        if entry.delta == 0:
+            return
 
 
 def identity_inbox(seed_file: str) -> str:

@@ -102,3 +102,22 @@ async def test_first_connect_fails_fast_and_names_the_server() -> None:
     with pytest.raises(ConnectFailed, match=url):
         await Bus.connect(BusConfig(servers=[url], name="t", connect_timeout_s=1.0))
     assert time.monotonic() - started < 5
+
+
+async def test_concurrent_snapshots_each_see_every_key(bus: Bus) -> None:
+    """nats-py's end-of-initial-values marker can overtake the values themselves; a snapshot
+    that trusted it came back empty under load (seen in CI)."""
+    keys = {f"n{i}": f"{i}".encode() * 2000 for i in range(8)}
+    for key, value in keys.items():
+        await bus.write(names.NODES_BUCKET, key, value)
+    rev = await bus.write(names.NODES_BUCKET, "gone", b"x")
+    await bus.cas_delete(names.NODES_BUCKET, "gone", rev)
+    snapshots = await asyncio.gather(*(bus.snapshot(names.NODES_BUCKET) for _ in range(40)))
+    for snapshot in snapshots:
+        assert {k: e.value for k, e in snapshot.items()} == keys
+
+
+async def test_snapshot_of_an_empty_bucket_is_empty_at_once(bus: Bus) -> None:
+    started = time.monotonic()
+    assert await bus.snapshot(names.NODES_BUCKET) == {}
+    assert time.monotonic() - started < bus.cfg.request_timeout_s / 2
