@@ -55,6 +55,12 @@ class SelfPlayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Forced playouts and policy target pruning (KataGo, k = 2 there) for the PUCT root; the
     # Gumbel root needs neither (docs/search.md). 0 is off.
     forced_playouts: float = 0.0
+    # Diversity (KataGo's randomised openings): this fraction of games opens with 1 to
+    # `random_opening_plies` uniformly random moves. Their positions are still searched and
+    # trained on (the targets are the search's), so the net also learns the lopsided positions
+    # its own play never reaches. 0 is off.
+    random_opening_fraction: float = 0.0
+    random_opening_plies: int = 0
 
     def __post_init__(self) -> None:
         for name in ("concurrent_games", "num_simulations", "max_considered", "cheap_simulations"):
@@ -66,6 +72,10 @@ class SelfPlayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("SelfPlayConfig.sample_plies must be >= 0")
         if not 0.0 <= self.resign_disabled_fraction <= 1.0:
             raise ValueError("SelfPlayConfig.resign_disabled_fraction must be in [0, 1]")
+        if not 0.0 <= self.random_opening_fraction <= 1.0:
+            raise ValueError("SelfPlayConfig.random_opening_fraction must be in [0, 1]")
+        if self.random_opening_plies < 0:
+            raise ValueError("SelfPlayConfig.random_opening_plies must be >= 0")
 
 
 @dataclass
@@ -83,6 +93,7 @@ class _Slot:
     full: list[bool] = field(default_factory=list)  # per ply: searched in full
     full_now: bool = True  # the search of the current move is a full one
     would_resign: int | None = None
+    random_plies: int = 0  # this game's first moves are uniformly random
     stats: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(4, dtype=np.int64))
 
 
@@ -152,7 +163,19 @@ def _new_slot(ctx: _Context, rng: np.random.Generator) -> _Slot:
     enabled = ctx.config.resign_value is not None and (
         rng.random() >= ctx.config.resign_disabled_fraction
     )
-    return _Slot(rng.bytes(8).hex(), ctx.game.initial(), enabled, ctx.clock())
+    slot = _Slot(rng.bytes(8).hex(), ctx.game.initial(), enabled, ctx.clock())
+    slot.random_plies = _random_plies(ctx.config, rng)
+    return slot
+
+
+def _random_plies(config: SelfPlayConfig, rng: np.random.Generator) -> int:
+    """How many random moves a new game opens with (no draw at all when it is off, so seeded
+    runs without it are unchanged)."""
+    if config.random_opening_fraction <= 0.0 or config.random_opening_plies <= 0:
+        return 0
+    if rng.random() >= config.random_opening_fraction:
+        return 0
+    return int(rng.integers(1, config.random_opening_plies + 1))
 
 
 def _search_capped(
@@ -250,6 +273,8 @@ def _play(
 
 
 def _choose(ctx: _Context, slot: _Slot, out: SearchOutput, i: int, rng: np.random.Generator) -> int:
+    if len(slot.moves) < slot.random_plies:
+        return int(rng.choice(np.flatnonzero(ctx.game.legal_mask(slot.state))))
     if len(slot.moves) < ctx.config.sample_plies:
         p = out.policy[i].astype(np.float64)
         return int(rng.choice(len(p), p=p / p.sum()))

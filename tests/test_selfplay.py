@@ -125,6 +125,25 @@ def test_puct_selfplay_with_forced_playouts_keeps_valid_targets() -> None:
         check_record(TICTACTOE, record)
 
 
+def _openings(config: SelfPlayConfig, games: int) -> list[tuple[int, ...]]:
+    rng = np.random.default_rng(5)
+    records = list(self_play(CONNECT4, uniform_evaluator, rng, config, num_games=games))
+    for record in records:
+        assert len(positions_of(CONNECT4, record).values) == record.plies  # all trained on
+    return [tuple(r.moves[:2]) for r in records]
+
+
+def test_random_openings_vary_the_first_moves_of_their_share_of_games() -> None:
+    quiet = SelfPlayConfig(concurrent_games=8, num_simulations=8, sample_plies=0, gumbel_scale=0)
+    assert len(set(_openings(quiet, 8))) == 1, "without them every game opens alike"
+    varied = msgspec.structs.replace(quiet, random_opening_fraction=1.0, random_opening_plies=2)
+    assert len(set(_openings(varied, 24))) >= 12  # 49 two-move openings, drawn uniformly
+    half = msgspec.structs.replace(varied, random_opening_fraction=0.5)
+    [usual] = set(_openings(quiet, 1))
+    share = sum(o == usual for o in _openings(half, 40)) / 40
+    assert 0.3 <= share <= 0.75  # half the games, plus the few that draw the usual moves
+
+
 def test_full_searches_only_is_the_default() -> None:
     config = SelfPlayConfig(concurrent_games=2, num_simulations=4)
     rng = np.random.default_rng(0)
@@ -183,3 +202,7 @@ def test_record_validation_names_the_field() -> None:
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="concurrent_games"):
         SelfPlayConfig(concurrent_games=0)
+    with pytest.raises(ValueError, match="random_opening_fraction"):
+        SelfPlayConfig(random_opening_fraction=1.5)
+    with pytest.raises(ValueError, match="random_opening_plies"):
+        SelfPlayConfig(random_opening_plies=-1)
