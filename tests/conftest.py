@@ -67,6 +67,11 @@ class Processes:
         return self.spawn([*argv, "--config", json.dumps(config)], log)
 
     def spawn(self, argv: list[str], log: Path, **kw: Any) -> subprocess.Popen[bytes]:
+        # Temporary files go under the test's directory: a SIGKILLed process cannot remove
+        # its own (seen: dozens of dashboard caches left in /tmp).
+        tmp = self.log_dir.parent / "tmp"
+        tmp.mkdir(exist_ok=True)
+        kw["env"] = {**(kw.get("env") or os.environ), "TMPDIR": str(tmp)}
         with log.open("ab") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, **kw)
         self.procs.append(proc)
