@@ -4,7 +4,7 @@
 
 Starts one real nats-server (the production single-server config, `sync_interval: always`) and
 provisions it with `Bus.provision()`, so KV `nodes` is the production bucket (per-message TTL,
-expiry markers). Each simulated node writes what services/heartbeat.py writes: an encoded
+no expiry markers). Each simulated node writes what services/heartbeat.py writes: an encoded
 `NodeStatus` under its key through `Bus.write`, every `every_s` with the `ttl_s` per-key TTL
 (the `HeartbeatConfig` defaults, 1 s and 5 s), sleeping `every_s` after each write as the
 service does. Start times are jittered over one period.
@@ -27,13 +27,16 @@ After `--warmup` seconds a steady window of `--duration` seconds measures:
 (the server's fsync and the worker's loop lag included), over the whole run.
 
 Then `--kill` nodes (default 5%) stop heartbeating abruptly: their tasks are cancelled, nothing
-is deleted. An observer watches the bucket (`Bus.watch` on every key, the consumer `conclave
-status` and the scheduler read through) and, for each killed node, takes the time from its last
-stored write (the server's timestamp on it) to the moment the watch delivers its delete, purge or
-expiry marker: `detect_death_s` is the p95 (target <= 10), with `detect_death_p50_s` and
-`detect_death_max_s`. `false_deaths` counts markers for nodes still heartbeating, and
-`live_max_gap_s` is the longest gap between two writes of a node while it lived (the margin left
-to the TTL). `write_failures` counts writes that raised `BusError`.
+is deleted. The observer notices death by the scheduler's rule (`shared.observe.fresh`): every
+`READ_EVERY_S` (its tick) it re-reads the bucket, and a node counts while its key is there and
+its last write is within the heartbeat TTL by the server's timestamp (a node the bucket-wide
+read lacks is read directly before it counts as gone: `alive_now`). For each killed node it
+takes the time from that last stored write to the first read that no longer counts the node:
+`detect_death_s` is the p95 (target <= 10), with `detect_death_p50_s` and `detect_death_max_s`.
+`false_deaths` counts nodes still heartbeating that a read stopped counting. To see every write,
+the observer also watches the bucket (`Bus.watch` on every key): `live_max_gap_s` is the longest
+gap between two writes of a node while it lived (the margin left to the TTL). `write_failures`
+counts writes that raised `BusError`, `read_failures` reads that did.
 """
 
 from __future__ import annotations
@@ -66,13 +69,16 @@ from schemas import names  # noqa: E402
 from schemas.codec import BadMessage, decode, encode  # noqa: E402
 from schemas.control import NodeStatus, Resources, ServiceState  # noqa: E402
 from services.heartbeat import HeartbeatConfig, memory_bytes  # noqa: E402
-from shared.bus import Bus, BusConfig, BusError  # noqa: E402
+from shared.bus import Bus, BusConfig, BusError, translated  # noqa: E402
+from shared.bus import _initial as initial_entries  # noqa: E402  (Bus.snapshot's read)
 from shared.natsserver import NatsServer, ServerSpec  # noqa: E402
+from shared.observe import fresh  # noqa: E402
 from shared.service import VERSION  # noqa: E402
 
 ROLES = ["selfplay"]
 SERVICES = ["heartbeat", "selfplay"]
 GONE = ("DEL", "PURGE")
+READ_EVERY_S = 1.0  # how often the observer reads every status (the scheduler's tick)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 DEFAULTS = HeartbeatConfig(node_id="default", roles=ROLES, services=SERVICES)
 
@@ -197,21 +203,28 @@ async def worker(spec: WorkerSpec) -> None:
 
 @dataclass
 class Observer:
-    """What a watcher of KV `nodes` sees: writes, gaps between them, and nodes going away."""
+    """What an observer of KV `nodes` sees: writes and gaps between them (a watch), and which
+    nodes count as alive (a read of every status)."""
 
     killed: set[str] = field(default_factory=set)
     last_put: dict[str, float] = field(default_factory=dict)
+    alive: set[str] = field(default_factory=set)
     detected: dict[str, float] = field(default_factory=dict)
     false_deaths: list[str] = field(default_factory=list)
     puts: int = 0
     bad_values: int = 0
+    read_failures: int = 0
     max_gap_s: float = 0.0
 
-    def on_entry(self, entry: KeyValue.Entry, now: float) -> None:
-        if entry.operation in GONE:
-            self.on_gone(entry.key, now)
-        else:
+    def on_entry(self, entry: KeyValue.Entry) -> None:
+        if entry.operation not in GONE:  # nobody deletes a status here
             self.on_put(entry.key, entry.value or b"", stored_at(entry))
+
+    def on_read(self, alive: set[str], now: float) -> None:
+        """A read of every status: those counted before and not now are noticed dead."""
+        for key in self.alive - alive:
+            self.on_gone(key, now)
+        self.alive = alive
 
     def on_put(self, key: str, value: bytes, stored: float) -> None:
         try:
@@ -236,12 +249,68 @@ def stored_at(entry: KeyValue.Entry) -> float:
     return created.timestamp() if isinstance(created, datetime) else time.time()
 
 
-async def observe(bus: Bus, observer: Observer, watching: asyncio.Event) -> None:
+async def watch_writes(bus: Bus, observer: Observer, watching: asyncio.Event) -> None:
     async with bus.watch(names.NODES_BUCKET, ">") as watcher:
         watching.set()
         async for entry in watcher:
             if entry is not None:  # None: the end of the initial values
-                observer.on_entry(entry, time.time())
+                observer.on_entry(entry)
+
+
+async def stored_times(bus: Bus) -> dict[str, float]:
+    """When each status the bucket holds was stored (server time): a watch's initial values,
+    each key's last message (headers only), read as `Bus.snapshot` reads them."""
+    kv = await bus.kv(names.NODES_BUCKET)
+    stamps: dict[str, float] = {}
+    with translated(f"read {names.NODES_BUCKET}"):
+        if (await kv.status()).values == 0:
+            return stamps
+        watcher = await kv.watchall(meta_only=True)
+        try:
+            async for entry in initial_entries(watcher, bus.cfg.request_timeout_s):
+                if entry.operation in GONE:
+                    stamps.pop(entry.key, None)
+                else:
+                    stamps[entry.key] = stored_at(entry)
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+    return stamps
+
+
+async def still_fresh(bus: Bus, key: str, began: float) -> bool:
+    """One status read directly: whether it is there and was fresh when the read began."""
+    entry = await bus.last(names.NODES_BUCKET, key)
+    written = entry.written_at
+    return entry.present and written is not None and fresh(began - written.timestamp())
+
+
+async def alive_now(bus: Bus, counted: set[str]) -> set[str]:
+    """The nodes the scheduler would count: present, and fresh when the read began
+    (`accepted_nodes` too judges by the time before its read). A read of the whole bucket can
+    miss a key rewritten while it runs (measured: 999 of 1000 heartbeating nodes), so each node
+    of `counted` it lacks is read directly before it counts as gone."""
+    began = time.time()
+    alive = {key for key, at in (await stored_times(bus)).items() if fresh(began - at)}
+    suspects = sorted(counted - alive)
+    found = await asyncio.gather(*(still_fresh(bus, key, began) for key in suspects))
+    return alive | {key for key, fresh_now in zip(suspects, found, strict=True) if fresh_now}
+
+
+async def read_alive(bus: Bus, observer: Observer) -> None:
+    """Every `READ_EVERY_S`, which nodes count; a node is noticed dead once a read is done."""
+    while True:
+        try:
+            alive = await alive_now(bus, observer.alive)
+            observer.on_read(alive, time.time())
+        except BusError:
+            observer.read_failures += 1  # as a scheduler tick would, try again at the next
+        await asyncio.sleep(READ_EVERY_S)
+
+
+async def observe(bus: Bus, observer: Observer, watching: asyncio.Event) -> None:
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(watch_writes(bus, observer, watching))
+        tg.create_task(read_alive(bus, observer))
 
 
 # -- the harness ---------------------------------------------------------------------------------
@@ -364,12 +433,17 @@ async def measure(
         observer.killed |= doomed
         await ask(procs, "kill", 30)
         await wait_detected(observer, doomed, DEFAULTS.ttl_s + 15)
+        await cancel(watch_task)  # before the live nodes stop: their silence is no death
         counts = [json.loads(line) for line in await ask(procs, "stop", 60)]
         return report(args, specs, observer, start, end, counts)
     finally:
-        watch_task.cancel()
-        await asyncio.gather(watch_task, return_exceptions=True)
+        await cancel(watch_task)
         await stop_all(procs)
+
+
+async def cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -432,6 +506,7 @@ def report(
         "writes": sum(c["writes"] for c in counts),
         "write_failures": sum(c["failures"] for c in counts),
         "bad_values": observer.bad_values,
+        "read_failures": observer.read_failures,
     }
 
 

@@ -8,7 +8,10 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 # KV buckets
 NODES_BUCKET = "nodes"
-ELECTION_BUCKET = "election"  # lease registers: who leads, with which term (replicated)
+ELECTION_BUCKET = "election"  # the leader lease's register: who leads, with which term
+ARCHIVE_LEASE_BUCKET = "archive-lease"  # the syncer's lease register: who archives
+# Each lease has its own register (replicated) and slots, so each bucket has one writer role.
+LEASE_REGISTERS = (ELECTION_BUCKET, ARCHIVE_LEASE_BUCKET)
 LEASE_SLOTS_IN_CLUSTER = 3  # lease slots: one single-replica bucket pinned to each hub server
 REGISTRY_BUCKET = "registry"  # per game: best-model pointer, model metadata
 LOOP_BUCKET = "loop"  # per game: the master loop's state, written by the leader only
@@ -33,7 +36,7 @@ SYNCER_MODELS_CONSUMER = "syncer-models"  # candidate events, on EVENTS
 
 # KV keys
 LEADER_KEY = "leader"
-SYNCER_KEY = "syncer"  # the archive's lease, in the election bucket
+SYNCER_KEY = "syncer"  # the archive's lease, in the archive lease buckets
 PROTOCOL_KEY = "cluster.protocol"  # registry: the wire protocols the coordinator accepts
 
 
@@ -43,13 +46,14 @@ def lease_slot_count(replicas: int) -> int:
     return LEASE_SLOTS_IN_CLUSTER if replicas >= LEASE_SLOTS_IN_CLUSTER else 1
 
 
-def lease_slot_bucket(slot: int) -> str:
-    """The KV bucket of lease slot `slot` (from 1)."""
-    return f"election-{slot}"
+def lease_slot_bucket(slot: int, register: str = ELECTION_BUCKET) -> str:
+    """The KV bucket of slot `slot` (from 1) of the lease whose register is `register`."""
+    return f"{register}-{slot}"
 
 
-def lease_slot_buckets(replicas: int) -> list[str]:
-    return [lease_slot_bucket(i) for i in range(1, lease_slot_count(replicas) + 1)]
+def lease_slot_buckets(replicas: int, register: str = ELECTION_BUCKET) -> list[str]:
+    count = lease_slot_count(replicas)
+    return [lease_slot_bucket(i, register) for i in range(1, count + 1)]
 
 
 def lease_slot_tag(slot: int) -> str:

@@ -1,9 +1,10 @@
 """syncer service: the durable copy in S3 (or a local directory) of games, models and registry.
 
-One instance archives at a time (the `syncer` quorum lease, like the leader's). Games are read
-with a durable consumer and acknowledged only after the shard holding them and its manifest are
-stored, so an S3 outage delays the archive and loses nothing; ranges already archived are skipped
-after a restart, so nothing is archived twice. All S3 work runs in threads, off the event loop.
+One instance archives at a time (the `syncer` quorum lease, like the leader's, in buckets of its
+own: `archive-lease` and its slots, which only the syncer writes). Games are read with a durable
+consumer and acknowledged only after the shard holding them and its manifest are stored, so an
+S3 outage delays the archive and loses nothing; ranges already archived are skipped after a
+restart, so nothing is archived twice. All S3 work runs in threads, off the event loop.
 """
 
 from __future__ import annotations
@@ -407,7 +408,14 @@ async def run(bus: Bus, cfg: SyncerConfig, stop: asyncio.Event) -> None:
     await bus.provision()
     store, target = open_store(cfg)
     arch = Archiver(bus, cfg, store, target)
-    me = Contender(bus, cfg.node_id, cfg.lease, key=SYNCER_KEY, announce=False)
+    me = Contender(
+        bus,
+        cfg.node_id,
+        cfg.lease,
+        key=SYNCER_KEY,
+        register_bucket=names.ARCHIVE_LEASE_BUCKET,
+        announce=False,
+    )
     results = Archiver(bus, cfg, store, target, results_name)
     async with asyncio.TaskGroup() as tg:
         tg.create_task(games_loop(bus, arch, me, stop), name="games")

@@ -1,7 +1,9 @@
 """Holding a quorum lease: the leader's, or any other singleton's (e.g. the syncer's).
 
 One task per lease slot keeps that slot (a slow or dead slot server delays only its own task),
-and one task keeps the register in KV `election`, the term, the fencing and the audit trail.
+and one task keeps the register (KV `election` for the leader), the term, the fencing and the
+audit trail. Each lease has a register and slots of its own (`names.LEASE_REGISTERS`), so each
+bucket has one writer role.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Contender:
     node_id: str
     params: LeaseParams
     key: str = names.LEADER_KEY
+    register_bucket: str = names.ELECTION_BUCKET  # its slots are named after it
     announce: bool = True  # leader events and the validity audit trail (the leader lease only)
     instance: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     term: int | None = None
@@ -49,9 +52,10 @@ class Contender:
     slot_changes: list[KeyChanges] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.buckets = self.buckets or names.lease_slot_buckets(self.bus.cfg.replicas)
+        replicas = self.bus.cfg.replicas
+        self.buckets = self.buckets or names.lease_slot_buckets(replicas, self.register_bucket)
         self.slots = [Slot() for _ in self.buckets]
-        self.register_changes = KeyChanges(self.key)
+        self.register_changes = KeyChanges(self.key, self.register_bucket)
         self.slot_changes = [KeyChanges(self.key, bucket) for bucket in self.buckets]
 
     def until(self) -> float:
@@ -104,7 +108,7 @@ class Contender:
     # -- the register ---------------------------------------------------------------------------
 
     async def read_register(self, reset: bool = False) -> None:
-        self.register = await self._reread(names.ELECTION_BUCKET, self.register, reset)
+        self.register = await self._reread(self.register_bucket, self.register, reset)
         self.refresh()
 
     async def claim(self, step: lease.Claim) -> bool:
@@ -113,7 +117,7 @@ class Contender:
         term = 0 if step.new_term else self.term or 0
         timeout = max(self.params.renew_every_s, self.until() - sent)
         try:
-            rev = await self._write(names.ELECTION_BUCKET, step.expect_last, term, timeout)
+            rev = await self._write(self.register_bucket, step.expect_last, term, timeout)
         except CasFailed:
             await self.read_register(reset=True)
             return False
@@ -158,7 +162,7 @@ class Contender:
             (b, s) for b, s in zip(self.buckets, self.slots, strict=True) if s.ours(self.instance)
         ]
         if self.register.ours(self.instance):
-            held.insert(0, (names.ELECTION_BUCKET, self.register))
+            held.insert(0, (self.register_bucket, self.register))
         self.register, self.slots = Slot(), [Slot() for _ in self.buckets]
         results = await asyncio.gather(
             *(self.bus.cas_delete(b, self.key, s.revision) for b, s in held),

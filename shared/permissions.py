@@ -1,13 +1,15 @@
 """What each NATS identity may publish and subscribe to, derived from `schemas.names`.
 
 Least privilege per role: a worker may pull its own job kind, publish its products and read what
-it needs; only the coordinator writes the lease, the loop state, the best pointer and jobs (and
-removes dead-lettered jobs from the queue). No role creates, updates, deletes or purges a stream,
-bucket or object store (`admin` provisions them); a durable consumer is created and configured
-only by the role that owns it (`durables`), and pulled from and acked only by its users. Each
-identity subscribes only to its own inbox (`_INBOX.<public key>.>`), and a node identity writes
-only its own status key. Nothing here is hand-maintained apart from which capability each role
-has: every subject comes from the module that names them. Pure: no I/O.
+it needs; only the coordinator writes the leader lease, the loop state, the best pointer and jobs
+(and removes dead-lettered jobs from the queue), and only the syncer the archive lease: each
+lease's buckets have one writer role, the only one that could roll them up. No role creates,
+updates, deletes or purges a stream, bucket or object store (`admin` provisions them); a durable
+consumer is created and configured only by the role that owns it (`durables`), and pulled from
+and acked only by its users. Each identity subscribes only to its own inbox (`_INBOX.<public
+key>.>`), and a node identity writes only its own status key. Nothing here is hand-maintained
+apart from which capability each role has: every subject comes from the module that names them.
+Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -141,22 +143,20 @@ def kv_write(bucket: str, key: str) -> list[str]:
     return [names.kv_subject(bucket, key)]
 
 
-def lease_slot_buckets() -> list[str]:
-    """Every lease slot bucket a hub may have (a cluster's three, a single server's one among
-    them), so one identity works on either."""
-    return names.lease_slot_buckets(names.LEASE_SLOTS_IN_CLUSTER)
+def lease_buckets(register: str) -> list[str]:
+    """A lease's register and every slot bucket a hub may have for it (a cluster's three, a
+    single server's one among them), so one identity works on either."""
+    return [register, *names.lease_slot_buckets(names.LEASE_SLOTS_IN_CLUSTER, register)]
 
 
-def lease_read() -> list[str]:
-    """The lease register (`election`) and every lease slot."""
-    buckets = [names.ELECTION_BUCKET, *lease_slot_buckets()]
-    return [c for bucket in buckets for c in kv_read(bucket)]
+def lease_read(register: str) -> list[str]:
+    """Read the lease whose register is `register`: the register and its slots."""
+    return [c for bucket in lease_buckets(register) for c in kv_read(bucket)]
 
 
-def lease_write(key: str) -> list[str]:
-    """Write `key` in the lease register and in every lease slot."""
-    buckets = [names.ELECTION_BUCKET, *lease_slot_buckets()]
-    return [c for bucket in buckets for c in kv_write(bucket, key)]
+def lease_write(register: str, key: str) -> list[str]:
+    """Write `key` in the lease's register and in every one of its slots."""
+    return [c for bucket in lease_buckets(register) for c in kv_write(bucket, key)]
 
 
 def durable_grants(roles: frozenset[Role]) -> list[str]:
@@ -218,8 +218,8 @@ def role_grants(role: Role) -> list[str]:
         return [*jobs("eval"), names.results_subject(names.ANY, names.ANY), *models_read()]
     if role == "syncer":
         return [
-            *lease_read(),
-            *lease_write(names.SYNCER_KEY),
+            *lease_read(names.ARCHIVE_LEASE_BUCKET),
+            *lease_write(names.ARCHIVE_LEASE_BUCKET, names.SYNCER_KEY),
             *reader(names.EVENTS_STREAM),
             *reader(names.RESULTS_STREAM),
             *models_read(),
@@ -240,8 +240,8 @@ def coordinator_grants() -> list[str]:
         f"{API}.STREAM.NAMES",
         f"{API}.STREAM.LIST",
         f"{API}.CONSUMER.DELETE.{names.JOBS_STREAM}.{LEGACY_EVAL_CONSUMER}",
-        *lease_read(),
-        *lease_write(names.LEADER_KEY),
+        *lease_read(names.ELECTION_BUCKET),
+        *lease_write(names.ELECTION_BUCKET, names.LEADER_KEY),
         *kv_read(names.NODES_BUCKET),
         *kv_read(names.LOOP_BUCKET),
         *kv_write(names.LOOP_BUCKET, ">"),
@@ -410,6 +410,11 @@ def capabilities() -> list[tuple[str, str, str]]:
             "write the leader lease",
             "pub",
             names.kv_subject(names.ELECTION_BUCKET, names.LEADER_KEY),
+        ),
+        (
+            "write the archive lease",
+            "pub",
+            names.kv_subject(names.ARCHIVE_LEASE_BUCKET, names.SYNCER_KEY),
         ),
         (
             "write the best-model pointer",

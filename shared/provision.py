@@ -9,10 +9,12 @@ Streams refuse rollup headers: a `Nats-Rollup: all` publish would purge the whol
 permissions cannot filter headers, so any identity allowed to write one key could otherwise wipe
 a bucket. Nothing Conclave does needs them: KV deletes are `KV-Operation: DEL` markers, and
 objects are written without the rollup nats-py's `put` uses (`Bus.put_object`). The exception
-is a bucket with expiry markers (`nodes`, the lease buckets): the server writes its markers as
-rollups and so turns rollups on there whatever the config says (measured on 2.15); docs/security.md
-says what that leaves. Purges are denied by permissions, not by `deny_purge`, which no one
-(admin included) could ever undo.
+is a bucket with expiry markers, the lease buckets only: the server writes its markers as
+rollups and so turns rollups on there whatever the config says (measured on 2.15), and each
+lease has buckets of its own, so only that lease's one writer role can roll them up. `nodes`
+expires its keys by per-message TTL without markers (readers judge a status by its server
+timestamp), so it refuses rollups. Purges are denied by permissions, not by `deny_purge`, which
+no one (admin included) could ever undo.
 """
 
 from __future__ import annotations
@@ -68,10 +70,13 @@ def no_rollups(config: StreamConfig) -> StreamConfig:
     return config
 
 
+LEASE_MARKER_TTL_S = 1.0  # contenders wake on a lease key's expiry marker (a KV watch)
+
+
 def _streams() -> list[StreamConfig]:
     return [
-        kv_stream(names.NODES_BUCKET, marker_ttl_s=2),
-        kv_stream(names.ELECTION_BUCKET, marker_ttl_s=1),
+        kv_stream(names.NODES_BUCKET),
+        *(kv_stream(r, marker_ttl_s=LEASE_MARKER_TTL_S) for r in names.LEASE_REGISTERS),
         kv_stream(names.REGISTRY_BUCKET),
         kv_stream(names.LOOP_BUCKET),
         StreamConfig(
@@ -103,13 +108,20 @@ def _streams() -> list[StreamConfig]:
     ]
 
 
-def lease_slot_streams(replicas: int) -> list[StreamConfig]:
-    """The lease slot buckets of a hub with this replication: R1 each, and in a cluster each
-    pinned by its server tag to its own hub server, so losing one server loses one slot."""
+def lease_slot_streams(
+    replicas: int, registers: tuple[str, ...] = names.LEASE_REGISTERS
+) -> list[StreamConfig]:
+    """The slot buckets of each lease (by its register) on a hub with this replication: R1
+    each, and in a cluster each pinned by its server tag to its own hub server, so losing one
+    server loses one slot of each lease."""
+    return [config for register in registers for config in _slot_streams(replicas, register)]
+
+
+def _slot_streams(replicas: int, register: str) -> list[StreamConfig]:
     count = names.lease_slot_count(replicas)
     configs = []
-    for slot, bucket in enumerate(names.lease_slot_buckets(replicas), start=1):
-        config = kv_stream(bucket, marker_ttl_s=1)
+    for slot, bucket in enumerate(names.lease_slot_buckets(replicas, register), start=1):
+        config = kv_stream(bucket, marker_ttl_s=LEASE_MARKER_TTL_S)
         config.num_replicas = 1
         if count == names.LEASE_SLOTS_IN_CLUSTER:
             config.placement = Placement(tags=[names.lease_slot_tag(slot)])
@@ -134,15 +146,18 @@ _OWNED = (
     "storage",
     "placement",  # a lease slot's server: the server moves a stream whose placement changed
 )
+# Owned settings whose absence is a value: no expiry markers (`nodes`) must remove them.
+_UNSET_MEANS_OFF = ("subject_delete_marker_ttl",)
 
 
 def same_settings(existing: StreamConfig, wanted: StreamConfig) -> bool:
     """Whether `existing` (as the server reports it) already has every value `wanted` sets."""
     for name in _OWNED:
-        want = getattr(wanted, name)
-        if want is None or (name == "duplicate_window" and want == 0):  # 0: the server's default
+        want, have = getattr(wanted, name), getattr(existing, name)
+        if name in _UNSET_MEANS_OFF:
+            want, have = want or None, have or None
+        elif want is None or (name == "duplicate_window" and want == 0):  # 0: server default
             continue
-        have = getattr(existing, name)
         if isinstance(want, bool):  # the server leaves a false flag out of its answer
             have = bool(have)
         if isinstance(want, list):

@@ -1,4 +1,5 @@
-"""Lease slots: an R1 KV bucket per hub server, pinned by a server tag, provisioned by the bus."""
+"""Lease slots: an R1 KV bucket per hub server and lease, pinned by a server tag, provisioned by
+the bus."""
 
 from __future__ import annotations
 
@@ -15,17 +16,19 @@ from shared.natsserver import NatsCluster, NatsServer, ServerSpec, server_binary
 from tests.conftest import eventually
 
 
-def test_a_single_server_has_one_unplaced_slot() -> None:
-    [slot] = provision.lease_slot_streams(1)
-    assert slot.name == names.kv_stream("election-1")
-    assert slot.num_replicas == 1
-    assert slot.placement is None
-    assert slot.subject_delete_marker_ttl == 1
+def test_a_single_server_has_one_unplaced_slot_per_lease() -> None:
+    slots = provision.lease_slot_streams(1)
+    assert [s.name for s in slots] == ["KV_election-1", "KV_archive-lease-1"]
+    for slot in slots:
+        assert slot.num_replicas == 1
+        assert slot.placement is None
+        assert slot.subject_delete_marker_ttl == 1
 
 
-def test_a_cluster_has_three_slots_each_pinned_to_its_tag() -> None:
-    slots = provision.lease_slot_streams(3)
-    assert [s.name for s in slots] == [names.kv_stream(f"election-{i}") for i in (1, 2, 3)]
+@pytest.mark.parametrize("register", names.LEASE_REGISTERS)
+def test_a_cluster_has_three_slots_per_lease_each_pinned_to_its_tag(register: str) -> None:
+    slots = provision.lease_slot_streams(3, (register,))
+    assert [s.name for s in slots] == [names.kv_stream(f"{register}-{i}") for i in (1, 2, 3)]
     assert all(s.num_replicas == 1 for s in slots)
     assert [s.placement.tags if s.placement else None for s in slots] == [
         ["lease-slot-1"],
@@ -53,10 +56,11 @@ def test_cluster_servers_carry_one_slot_tag_each(tmp_path: Path) -> None:
     ]
 
 
-async def test_a_single_server_gets_one_r1_slot(bus: Bus) -> None:
-    info = await bus.js.stream_info(names.kv_stream(names.lease_slot_bucket(1)))
-    assert info.config.num_replicas == 1
-    assert info.config.placement is None or not info.config.placement.tags
+async def test_a_single_server_gets_one_r1_slot_per_lease(bus: Bus) -> None:
+    for register in names.LEASE_REGISTERS:
+        info = await bus.js.stream_info(names.kv_stream(names.lease_slot_bucket(1, register)))
+        assert info.config.num_replicas == 1
+        assert info.config.placement is None or not info.config.placement.tags
 
 
 async def provisioned(bus: Bus) -> bool:
@@ -73,10 +77,11 @@ async def test_a_cluster_gets_three_r1_slots_on_three_servers(nats_cluster: Nats
     bus = await Bus.connect(BusConfig(servers=nats_cluster.urls, name="test", replicas=3))
     try:
         await eventually(lambda: provisioned(bus), 30, what="cluster provisioning")
-        for slot, wanted in enumerate(provision.lease_slot_streams(3), start=1):
+        for wanted in provision.lease_slot_streams(3):
             info = await bus.js.stream_info(wanted.name or "")
             assert info.config.num_replicas == 1
             assert info.config.placement == wanted.placement
+            slot = (wanted.name or "").rsplit("-", 1)[1]  # lease-slot-<n> is on server n<n>
             assert info.cluster is not None and info.cluster.leader == f"n{slot}"
             assert not info.cluster.replicas  # R1: no followers
             assert provision.same_settings(info.config, wanted)  # a rerun only reads
@@ -102,14 +107,18 @@ async def test_a_cluster_without_slot_tags_fails_naming_the_tag(tmp_path: Path) 
             server.kill()
 
 
-def test_the_lease_holders_may_write_their_key_in_every_slot() -> None:
-    coordinator = permissions.permissions("coordinator").publish
-    syncer = permissions.permissions("syncer").publish
-    for slot in names.lease_slot_buckets(3):
-        assert names.kv_subject(slot, names.LEADER_KEY) in coordinator
-        assert names.kv_subject(slot, names.SYNCER_KEY) in syncer
-        assert names.kv_subject(slot, names.LEADER_KEY) not in syncer
-        for role in (coordinator, syncer):
-            assert f"$JS.API.DIRECT.GET.{names.kv_stream(slot)}.>" in role
+def test_each_lease_holder_may_write_its_key_in_its_own_slots_only() -> None:
+    coordinator = permissions.permissions("coordinator")
+    syncer = permissions.permissions("syncer")
+    leader_slots = names.lease_slot_buckets(3)
+    archive_slots = names.lease_slot_buckets(3, names.ARCHIVE_LEASE_BUCKET)
+    for slot, archive_slot in zip(leader_slots, archive_slots, strict=True):
+        assert names.kv_subject(slot, names.LEADER_KEY) in coordinator.publish
+        assert names.kv_subject(archive_slot, names.SYNCER_KEY) in syncer.publish
+        assert f"$JS.API.DIRECT.GET.{names.kv_stream(slot)}.>" in coordinator.publish
+        assert f"$JS.API.DIRECT.GET.{names.kv_stream(archive_slot)}.>" in syncer.publish
+        for key in (names.LEADER_KEY, names.SYNCER_KEY):
+            assert not permissions.may_publish(syncer, names.kv_subject(slot, key))
+            assert not permissions.may_publish(coordinator, names.kv_subject(archive_slot, key))
     worker = permissions.permissions("selfplay").publish
-    assert not any("election" in subject for subject in worker)
+    assert not any("election" in s or "archive-lease" in s for s in worker)

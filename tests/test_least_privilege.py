@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, StorageType
 
 from schemas import names
 from schemas.jobs import SelfplayJob
@@ -28,12 +28,16 @@ from shared import permissions, provision
 from shared.bus import Bus, BusConfig, BusError, identity_inbox
 from shared.identities import ACCOUNTS_FILE, add_node, init, node_seed_path
 from shared.jobs import JobSettings, Puller, await_consumer, ensure_consumer, submit
+from shared.lease import LeaseParams
+from shared.leaseholder import Contender, hold
 from shared.models import CHUNK_BYTES, ModelStore, sha256_hex
 from shared.natsserver import NatsServer, ServerSpec
 from shared.permissions import Role
+from tests.conftest import eventually
 
 ROLE_IDENTITIES: tuple[Role, ...] = ("coordinator", "selfplay", "trainer", "evaluator", "syncer")
 REFUSED = (BusError, TimeoutError, nats.errors.Error)
+ROLLUP = {"Nats-Rollup": "all"}
 GAME = "tictactoe"
 
 
@@ -111,14 +115,20 @@ async def refused(attempt: Awaitable[object]) -> bool:
 
 
 def test_only_the_buckets_with_expiry_markers_accept_rollup_headers() -> None:
-    """The server writes expiry markers as rollups, so it needs them there (docs/security.md)."""
+    """The server writes expiry markers as rollups, so it needs them there (docs/security.md):
+    only the lease buckets, each lease's its own; `nodes` expires keys without markers."""
     configs = provision.streams() + provision.lease_slot_streams(3)
     assert {c.name for c in configs} >= {"KV_nodes", "KV_registry", "OBJ_models", "GAMES"}
     rollups = {c.name for c in configs if c.allow_rollup_hdrs is not False}
     markers = {c.name for c in configs if c.subject_delete_marker_ttl}
-    assert (
-        rollups == markers == {"KV_nodes", "KV_election", *(f"KV_election-{n}" for n in (1, 2, 3))}
-    )
+    leases = {
+        names.kv_stream(bucket)
+        for register in ("election", "archive-lease")
+        for bucket in (register, *(f"{register}-{n}" for n in (1, 2, 3)))
+    }
+    assert rollups == markers == leases
+    [nodes] = [c for c in configs if c.name == "KV_nodes"]
+    assert nodes.allow_msg_ttl and nodes.allow_rollup_hdrs is False
 
 
 def test_no_role_identity_may_administer_streams_or_others_consumers() -> None:
@@ -200,7 +210,7 @@ async def test_a_rollup_from_any_writer_is_refused_and_every_key_survives(
     for who, (subject, _) in WRITABLE.items():
         bus = await ids(who)
         await bus.js.publish(subject, b"legit")  # it may write there...
-        rollup = bus.js.publish(subject, b"", headers={"Nats-Rollup": "all"})
+        rollup = bus.js.publish(subject, b"", headers=ROLLUP)
         assert await refused(rollup), who  # ...but not roll the stream up
     for subject, stream in WRITABLE.values():
         assert (await admin.js.stream_info(stream)).state.messages >= counts[stream], stream
@@ -292,7 +302,7 @@ async def test_admin_may_purge_change_limits_and_reconfigure_consumers(ids: Iden
     stream = (await admin.js.stream_info("KV_registry")).config
     stream.allow_rollup_hdrs = True
     await admin.js.update_stream(stream)
-    await admin.js.publish("$KV.registry.a", b"1", headers={"Nats-Rollup": "all"})
+    await admin.js.publish("$KV.registry.a", b"1", headers=ROLLUP)
 
 
 async def test_each_identity_reads_only_its_own_inbox(
@@ -338,6 +348,109 @@ async def test_a_node_writes_its_own_status_and_no_other(ids: Identities) -> Non
     admin = await ids("admin")
     assert (await admin.last(names.NODES_BUCKET, "n1")).value == b"{}"
     assert (await admin.last(names.NODES_BUCKET, "n2")).value is None
+
+
+async def test_a_node_cannot_roll_up_the_statuses_and_they_still_expire(ids: Identities) -> None:
+    n1, n2, admin = await ids("node n1"), await ids("node n2"), await ids("admin")
+    await n2.write(names.NODES_BUCKET, "n2", b"n2 lives", ttl_s=30)
+    await n1.write(names.NODES_BUCKET, "n1", b"n1 lives", ttl_s=1)
+    own_key = names.kv_subject(names.NODES_BUCKET, "n1")
+    assert await refused(n1.js.publish(own_key, b"", headers=ROLLUP))
+    assert (await admin.last(names.NODES_BUCKET, "n2")).value == b"n2 lives"
+    assert (await admin.last(names.NODES_BUCKET, "n1")).value == b"n1 lives"
+    await eventually(  # its 1 s TTL, without an expiry marker
+        lambda: _gone(admin, names.NODES_BUCKET, "n1"), 5, what="n1's status to expire"
+    )
+    assert (await admin.last(names.NODES_BUCKET, "n2")).value == b"n2 lives"
+
+
+async def _gone(bus: Bus, bucket: str, key: str) -> bool:
+    return not (await bus.last(bucket, key)).present
+
+
+# Each lease's buckets on a single server: its register and its one slot.
+LEASES: dict[str, tuple[str, str]] = {
+    "coordinator": (names.ELECTION_BUCKET, names.LEADER_KEY),
+    "syncer": (names.ARCHIVE_LEASE_BUCKET, names.SYNCER_KEY),
+}
+
+
+async def test_each_lease_has_one_writer_role_the_only_one_that_rolls_it_up(
+    ids: Identities,
+) -> None:
+    admin = await ids("admin")
+    for register, key in LEASES.values():
+        for bucket in (register, names.lease_slot_bucket(1, register)):
+            await admin.write(bucket, key, b"held", ttl_s=30)
+            await admin.write(bucket, "other", b"kept", ttl_s=30)
+    attempts: dict[str, Awaitable[bool]] = {}
+    for who, (own, own_key) in LEASES.items():
+        bus = await ids(who)
+        for register, key in LEASES.values():
+            for bucket in (register, names.lease_slot_bucket(1, register)):
+                if register == own:
+                    continue
+                for k in (key, own_key):
+                    subject = names.kv_subject(bucket, k)
+                    attempts[f"{who} writes {bucket}/{k}"] = refused(bus.write(bucket, k, b"x"))
+                    rollup = bus.js.publish(subject, b"", headers=ROLLUP)
+                    attempts[f"{who} rolls up {bucket} by {k}"] = refused(rollup)
+    outcomes = await asyncio.gather(*attempts.values())
+    assert dict(zip(attempts, outcomes, strict=True)) == dict.fromkeys(attempts, True)
+    for register, key in LEASES.values():
+        for bucket in (register, names.lease_slot_bucket(1, register)):
+            assert (await admin.last(bucket, key)).value == b"held", bucket
+            assert (await admin.last(bucket, "other")).value == b"kept", bucket
+    # The owner writes its key, and (expiry markers force rollups on) can roll its own buckets
+    # up: the one writer that could is the one that holds the lease there (docs/security.md).
+    for who, (register, key) in LEASES.items():
+        bus = await ids(who)
+        await bus.write(register, key, b"mine", ttl_s=30)
+        await bus.js.publish(names.kv_subject(register, key), b"", headers=ROLLUP)
+        assert (await admin.last(register, "other")).value is None, register
+
+
+async def test_each_lease_holder_takes_its_lease_with_its_own_identity(ids: Identities) -> None:
+    params = LeaseParams(ttl_s=3)
+    holders = [
+        Contender(await ids(who), "n1", params, key=key, register_bucket=register, announce=False)
+        for who, (register, key) in LEASES.items()
+    ]
+    stop = asyncio.Event()
+    async with asyncio.TaskGroup() as tg:
+        for holder in holders:
+            tg.create_task(hold(holder, stop))
+        await eventually(lambda: all(h.term for h in holders), 5, what="both leases held")
+        stop.set()
+    admin = await ids("admin")
+    for register, key in LEASES.values():
+        assert not (await admin.last(register, key)).present  # released on the way out
+
+
+async def test_an_old_nodes_bucket_with_expiry_markers_is_provisioned_to_refuse_rollups(
+    ids: Identities,
+) -> None:
+    """A cluster provisioned before `nodes` lost its expiry markers: services name the stream,
+    and admin's provisioning updates it in place (the server accepts removing the markers)."""
+    admin, n1, selfplay = await ids("admin"), await ids("node n1"), await ids("selfplay")
+    stream = names.kv_stream(names.NODES_BUCKET)
+    await admin.js.delete_stream(stream)
+    old = provision.kv_stream(names.NODES_BUCKET, marker_ttl_s=2)
+    old.storage = StorageType.FILE
+    await admin.js.add_stream(old)
+    with pytest.raises(BusError, match=f"stream {stream} .*only admin provisions"):
+        await selfplay.provision()
+    await admin.write(names.NODES_BUCKET, "n2", b"n2 lives", ttl_s=30)
+    await admin.provision()
+    config = (await admin.js.stream_info(stream)).config
+    assert not config.subject_delete_marker_ttl and not config.allow_rollup_hdrs
+    assert config.allow_msg_ttl
+    await selfplay.provision()  # as configured again: it only reads
+    await n1.write(names.NODES_BUCKET, "n1", b"n1 lives", ttl_s=1)
+    rollup = n1.js.publish(names.kv_subject(names.NODES_BUCKET, "n1"), b"", headers=ROLLUP)
+    assert await refused(rollup)
+    assert (await admin.last(names.NODES_BUCKET, "n2")).value == b"n2 lives"
+    await eventually(lambda: _gone(admin, names.NODES_BUCKET, "n1"), 5, what="n1 to expire")
 
 
 async def test_the_services_work_still_works_without_creating_shared_consumers(
