@@ -361,7 +361,13 @@ class Bus:
         return msg.time.timestamp() if msg.time else None
 
     async def read_all(self, stream: str, subject: str, batch: int = 256) -> list[Msg]:
-        """Every message stored on `subject` (a filter), oldest first; no durable consumer."""
+        """Every message stored on `subject` (a filter), oldest first, and any stored while it
+        reads; no durable consumer.
+
+        Reads until the server has nothing pending, not up to the count it started with: a
+        KV key rewritten meanwhile moves to the end, so a count would read it twice and miss
+        another (seen at 1000 heartbeating nodes).
+        """
         total = sum((await self.subject_counts(stream, subject)).values())
         if total == 0:
             return []
@@ -370,8 +376,13 @@ class Bus:
         with translated(f"read {subject}"):
             sub = await self.js.pull_subscribe(subject, stream=stream, config=config)
             try:
-                while len(msgs) < total:
-                    msgs += await sub.fetch(min(batch, total - len(msgs)), timeout=5)
+                while not msgs or msgs[-1].metadata.num_pending > 0:
+                    try:
+                        msgs += await sub.fetch(batch, timeout=5)
+                    except nats.errors.TimeoutError:
+                        if (await sub.consumer_info()).num_pending or 0:
+                            raise
+                        break  # what was pending went away (deleted or expired)
             finally:
                 await sub.unsubscribe()
         return msgs

@@ -62,9 +62,11 @@ async def accepted_nodes(bus: Bus, now: float | None = None) -> list[NodeStatus]
     accepted = await accepted_range(bus)
     now = time.time() if now is None else now
     bucket = names.NODES_BUCKET
-    nodes = []
+    latest: dict[str, Msg] = {}  # a key rewritten during the read comes twice: keep the last
     for msg in await bus.read_all(names.kv_stream(bucket), names.kv_subject(bucket, ">")):
-        key = msg.subject.removeprefix(names.kv_subject(bucket, ""))
+        latest[msg.subject.removeprefix(names.kv_subject(bucket, ""))] = msg
+    nodes = []
+    for key, msg in sorted(latest.items()):
         status = _node_status(msg, key, now)
         if status is not None and refusal(status.protocol, accepted) is None:
             nodes.append(status)
@@ -150,31 +152,48 @@ async def observe(
 async def observe_game(
     bus: Bus, game: str, state: GameState, cfg: LoopConfig, skips: SkipLog | None = None
 ) -> GameSnapshot:
+    marker = await trained_marker(bus, game, state)
     return GameSnapshot(
         games_total=await count(bus, names.GAMES_STREAM, names.games_subject(game)),
         queued_selfplay=await count(
             bus, names.JOBS_STREAM, names.job_subject("selfplay", game, "sp")
         ),
-        trained=await trained(bus, game, state),
-        failed_training=await failed_training(bus, game, state),
+        trained=trained(marker, state),
+        failed_training=await failed_training(bus, game, state, marker),
         match=await match_score(bus, game, state, cfg, skips),
     )
 
 
-async def trained(bus: Bus, game: str, state: GameState) -> Trained | None:
+async def trained_marker(bus: Bus, game: str, state: GameState) -> ModelMeta | BadMessage | None:
+    """The running training's `trained.<job>` marker: None while it is not written, and the
+    BadMessage (logged, naming the field) when it does not decode: only a broken or hostile
+    trainer writes one, and the loop must not fail every tick on it."""
     if not state.training_in_progress:
         return None
     key = names.trained_key(train_job_id(game, state.trainings))
     entry = await bus.last(names.REGISTRY_BUCKET, key)
     if entry.value is None:
         return None
-    meta = decode(entry.value, ModelMeta, subject=key)
-    return Trained(state.trainings, meta.sha256)
+    try:
+        return decode(entry.value, ModelMeta, subject=key)
+    except BadMessage as e:
+        log.warning("%s", e, extra={"field": e.field})
+        return e
 
 
-async def failed_training(bus: Bus, game: str, state: GameState) -> int | None:
+def trained(marker: ModelMeta | BadMessage | None, state: GameState) -> Trained | None:
+    return Trained(state.trainings, marker.sha256) if isinstance(marker, ModelMeta) else None
+
+
+async def failed_training(
+    bus: Bus, game: str, state: GameState, marker: ModelMeta | BadMessage | None
+) -> int | None:
+    """The running training, if its job was dead-lettered or its marker is unreadable: either
+    way it made no candidate the loop can use, so the loop trains again."""
     if not state.training_in_progress:
         return None
+    if isinstance(marker, BadMessage):
+        return state.trainings
     subject = names.dlq_subject("train", game, train_group(state.trainings))
     return state.trainings if await count(bus, names.DLQ_STREAM, subject) else None
 
