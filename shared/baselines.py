@@ -11,6 +11,7 @@ from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
+from schemas.jobs import MAX_SIMS
 from shared.games.base import Game
 
 S = TypeVar("S")
@@ -161,14 +162,17 @@ class MctsAgent:
 
 
 def make_agent(spec: str) -> Agent:
-    """Build an agent from 'random', 'onestep' or 'mcts:N' (N simulations, N >= 1)."""
+    """Build an agent from 'random', 'onestep' or 'mcts:N' (N simulations, 1 <= N <= MAX_SIMS:
+    a job names its agents, and no job may ask for a search without end)."""
     if spec == "random":
         return RandomAgent()
     if spec == "onestep":
         return OneStepAgent()
     kind, _, count = spec.partition(":")
-    if kind == "mcts" and count.isascii() and count.isdigit() and int(count) >= 1:
+    digits = count.isascii() and count.isdigit() and len(count) <= len(str(MAX_SIMS))
+    if kind == "mcts" and digits and 1 <= int(count) <= MAX_SIMS:
         return MctsAgent(int(count))
     raise BadAgentSpec(
-        f"agent spec {spec!r} is not one of 'random', 'onestep', 'mcts:N' (N a positive integer)"
+        f"agent spec {spec[:80]!r} is not one of 'random', 'onestep', 'mcts:N' "
+        f"(N a whole number from 1 to {MAX_SIMS})"
     )

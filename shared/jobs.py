@@ -22,6 +22,7 @@ from schemas.jobs import DeadLetter, EvalJob, JobFailure, SelfplayJob, TrainJob,
 from shared import counters
 from shared.bus import Bus, BusError, translated
 from shared.compat import Gate
+from shared.games import game_names
 
 log = logging.getLogger("conclave.jobs")
 
@@ -212,6 +213,7 @@ class Puller(Generic[J]):
     async def _delivery(self, msg: Msg) -> Delivery[J] | None:
         try:
             job = decode(msg.data, self.job_type, subject=msg.subject)
+            check_job(job, msg.subject)
         except BadMessage as e:
             await dead_letter_now(self.bus, self.kind, msg, f"bad job: field {e.field}: {e.reason}")
             return None
@@ -225,6 +227,20 @@ class Puller(Generic[J]):
                     consumer, stream=names.JOBS_STREAM
                 )
         return self._subs[lane]
+
+
+def check_job(job: SelfplayJob | TrainJob | EvalJob, subject: str) -> None:
+    """BadMessage naming the field when no attempt at `job` could work: this build knows no such
+    game, or its id or group cannot name the subjects and keys its products are filed under."""
+    for field, value in (("job_id", job.job_id), ("group", job.group)):
+        try:
+            names.check_token(value, field)
+        except names.BadName as e:
+            raise BadMessage(subject, f"$.{field}", str(e)) from e
+    known = game_names()
+    if job.game not in known:
+        reason = f"unknown game {job.game!r}; known: {', '.join(known)}"
+        raise BadMessage(subject, "$.game", reason)
 
 
 async def report_failure(

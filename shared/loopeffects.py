@@ -14,7 +14,7 @@ import uuid
 import msgspec
 
 from schemas import names
-from schemas.codec import decode, encode
+from schemas.codec import BadMessage, decode, encode
 from schemas.jobs import (
     BestPointer,
     EvalJob,
@@ -138,7 +138,11 @@ class Effects:
         entry = await self.bus.last(names.REGISTRY_BUCKET, key)
         if entry.value is None:
             return None
-        return decode(entry.value, ModelMeta, subject=key).resign_threshold
+        try:
+            return decode(entry.value, ModelMeta, subject=key).resign_threshold
+        except BadMessage as e:  # a broken or hostile trainer's: play every game out
+            log.warning("%s; no resignation", e, extra={"field": e.field})
+            return None
 
     async def train(self, action: StartTraining, parent: str | None) -> None:
         job = TrainJob(

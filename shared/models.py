@@ -4,11 +4,17 @@ nats-py's `ObjectStore.get` is capped near 40 MB/s by a 250 ms flow-control poll
 so downloads use our own reader: a pull consumer on the object's chunk subject, streaming to a
 temporary file and hashing as it goes. A blob is only ever renamed into the cache after its digest
 matches its name, so nothing unverified is loadable.
+
+An object's meta message is read as first written: `Bus.put_object` writes it only while the name
+has none, so a later message on the meta subject (anyone who may write the store can send one)
+changes nothing a reader sees, and a meta that does not decode, or names more chunks than the
+store holds, is a `ModelError` naming the field, never a raw client error or a long wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import logging
@@ -17,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
+import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
@@ -26,15 +33,16 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
 )
-from nats.js.object_store import ObjectStore
 
 from schemas import names
+from schemas.codec import BadMessage, Count, Ident, Token, decode
 from shared.bus import Bus, BusError, Unavailable, translated
 
 log = logging.getLogger("conclave.models")
 
 CHUNK_BYTES = 1024 * 1024
 FETCH_BATCH = 64
+MODELS_STREAM = f"OBJ_{names.MODELS_STORE}"
 
 
 class ModelError(BusError):
@@ -47,6 +55,27 @@ class ModelMissing(ModelError):
 
 class DigestMismatch(ModelError):
     """The bytes received do not hash to the name they were asked for."""
+
+
+class UnreadableMeta(ModelError):
+    """The object's meta message does not decode, or promises chunks the store does not hold."""
+
+
+class ObjectMeta(msgspec.Struct, frozen=True):
+    """What the reader uses of an object's meta message (nats-py's `ObjectInfo` as JSON)."""
+
+    name: Ident
+    nuid: Token  # the chunks' subject token
+    chunks: Count = 0
+    deleted: bool = False
+
+
+def meta_subject(name: str) -> str:
+    return f"$O.{names.MODELS_STORE}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+
+
+def chunk_subject(nuid: str) -> str:
+    return f"$O.{names.MODELS_STORE}.C.{nuid}"
 
 
 class UnloadableModel(ValueError):
@@ -74,33 +103,36 @@ class ModelStore:
         self.bus = bus
         self.cache_dir = cache_dir
         self.max_cache_bytes = max_cache_bytes
-        self._obs: ObjectStore | None = None
         self._locks: dict[str, asyncio.Lock] = {}
-
-    async def store(self) -> ObjectStore:
-        if self._obs is None:
-            with translated("object store models"):
-                self._obs = await self.bus.js.object_store(names.MODELS_STORE)
-        return self._obs
 
     async def put(self, data: bytes) -> str:
         """Store a blob under its sha256 (a no-op if it is there already); return the digest."""
         digest = await asyncio.to_thread(sha256_hex, data)
-        obs = await self.store()
-        if await self._exists(obs, digest):
+        meta = await self.meta(digest)
+        if meta is not None:
+            await self._check_chunks(digest, meta)
             return digest
         # Not nats-py's `put`: the store refuses its rollup header (`Bus.put_object`).
         await self.bus.put_object(names.MODELS_STORE, digest, data, CHUNK_BYTES)
         return digest
 
-    async def _exists(self, obs: ObjectStore, digest: str) -> bool:
+    async def meta(self, digest: str) -> ObjectMeta | None:
+        """The object's meta as first written (None: no such object); UnreadableMeta naming the
+        field when it does not decode."""
+        subject = meta_subject(digest)
+        with translated(f"model info {digest[:12]}"):
+            try:
+                raw = await self.bus.js.get_msg(MODELS_STREAM, seq=1, subject=subject, next=True)
+            except nats.js.errors.NotFoundError:
+                return None
         try:
-            info = await obs.get_info(digest)
-        except nats.js.errors.ObjectNotFoundError:
-            return False
-        except nats.js.errors.NotFoundError:
-            return False
-        return not info.deleted
+            meta = decode(raw.data or b"", ObjectMeta, subject=subject)
+            names.check_token(meta.nuid, "nuid")
+        except BadMessage as e:
+            raise UnreadableMeta(f"model {digest}: meta field {e.field}: {e.reason}") from e
+        except names.BadName as e:
+            raise UnreadableMeta(f"model {digest}: meta field $.nuid: {e}") from e
+        return None if meta.deleted else meta
 
     def cached(self, digest: str) -> Path | None:
         path = self.cache_dir / digest
@@ -123,16 +155,14 @@ class ModelStore:
         return await asyncio.to_thread(path.read_bytes)
 
     async def _download(self, digest: str) -> Path:
-        obs = await self.store()
-        with translated(f"model info {digest[:12]}"):
-            try:
-                info = await obs.get_info(digest)
-            except nats.js.errors.NotFoundError as e:
-                raise ModelMissing(f"model {digest} is not in the object store") from e
+        meta = await self.meta(digest)
+        if meta is None:
+            raise ModelMissing(f"model {digest} is not in the object store")
+        await self._check_chunks(digest, meta)
         fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=f".{digest[:12]}-")
         os.close(fd)
         try:
-            got = await self._stream_chunks(info.nuid, info.chunks or 0, Path(tmp))
+            got = await self._stream_chunks(meta.nuid, meta.chunks, Path(tmp))
             if got != digest:
                 raise DigestMismatch(f"model {digest} arrived with sha256 {got}; discarded")
             final = self.cache_dir / digest
@@ -142,8 +172,19 @@ class ModelStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
+    async def _check_chunks(self, digest: str, meta: ObjectMeta) -> None:
+        """Refuse at once a meta that promises more chunks than its subject holds (the reader
+        would otherwise wait for them)."""
+        stored = sum(
+            (await self.bus.subject_counts(MODELS_STREAM, chunk_subject(meta.nuid))).values()
+        )
+        if stored < meta.chunks:
+            raise UnreadableMeta(
+                f"model {digest}: meta field $.chunks: {meta.chunks}, the store holds {stored}"
+            )
+
     async def _stream_chunks(self, nuid: str, chunks: int, target: Path) -> str:
-        subject = f"$O.{names.MODELS_STORE}.C.{nuid}"
+        subject = chunk_subject(nuid)
         config = ConsumerConfig(
             ack_policy=AckPolicy.NONE,
             deliver_policy=DeliverPolicy.ALL,
@@ -151,9 +192,7 @@ class ModelStore:
         )
         hasher = hashlib.sha256()
         with translated("read model chunks"):
-            sub = await self.bus.js.pull_subscribe(
-                subject, stream=f"OBJ_{names.MODELS_STORE}", config=config
-            )
+            sub = await self.bus.js.pull_subscribe(subject, stream=MODELS_STREAM, config=config)
         try:
             with target.open("wb") as sink:
                 received = 0

@@ -44,7 +44,21 @@ def test_make_agent(spec: str, expected: Agent) -> None:
     assert agent.name == spec
 
 
-@pytest.mark.parametrize("spec", ["", "greedy", "mcts", "mcts:", "mcts:0", "mcts:-3", "mcts:1e3"])
+@pytest.mark.parametrize(
+    "spec",
+    # a search without end (a job names its agents): at most MAX_SIMS simulations
+    [
+        "",
+        "greedy",
+        "mcts",
+        "mcts:",
+        "mcts:0",
+        "mcts:-3",
+        "mcts:1e3",
+        "mcts:100001",
+        "mcts:" + "9" * 30,
+    ],
+)
 def test_make_agent_rejects_bad_specs(spec: str) -> None:
     with pytest.raises(BadAgentSpec, match=f"agent spec '{spec}' is not one of"):
         make_agent(spec)

@@ -32,9 +32,11 @@ from services.syncer import (
 )
 from shared import archive
 from shared.bus import Bus, BusConfig
-from shared.loopeffects import issue
+from shared.loopeffects import Effects, EffectSettings, issue
 from shared.models import ModelStore
 from shared.natsserver import NatsServer
+from shared.observe import observe_game, train_job_id
+from shared.policy import GameState, LoopConfig
 
 GAME = "tictactoe"
 GEN1 = PlayerSpec("gen1", "ab" * 32, sims=8)
@@ -213,3 +215,19 @@ async def test_the_dashboard_skips_unreadable_and_unknown_game_events(bus: Bus) 
     await bus.publish_durable(subject, raw(promoted, game="no such game"))
     await bus.publish_durable(subject, encode(promoted))
     assert await model_events(bus) == [promoted]
+
+
+async def test_an_unreadable_trained_marker_fails_the_training_not_every_tick(bus: Bus) -> None:
+    """A trainer's garbage at `trained.<job>` made every scheduler tick fail (BadMessage)."""
+    state = GameState(generation=0, best=GEN1.sha256, trainings=1, training_in_progress=True)
+    key = names.trained_key(train_job_id(GAME, 1))
+    await bus.write(names.REGISTRY_BUCKET, key, DEEP.encode())
+    snapshot = await observe_game(bus, GAME, state, LoopConfig(games=(GAME,)))
+    assert snapshot.trained is None and snapshot.failed_training == 1
+
+
+async def test_unreadable_model_metadata_means_no_resignation_not_a_failed_tick(bus: Bus) -> None:
+    """With resignation on, a trainer's garbage at the best model's metadata failed every tick."""
+    await bus.write(names.REGISTRY_BUCKET, names.model_key(GAME, GEN1.sha256), b"\xff")
+    effects = Effects(bus, LoopConfig(games=(GAME,)), EffectSettings(resign=True), term=1)
+    assert await effects.resign_value(GAME, GEN1.sha256) is None

@@ -10,7 +10,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from schemas import names
-from schemas.codec import decode
+from schemas.codec import decode, encode
 from schemas.jobs import DeadLetter, SelfplayJob
 from shared import counters
 from shared.bus import Bus
@@ -101,6 +101,33 @@ async def test_a_malformed_job_is_dead_lettered_at_once_naming_the_field(queue: 
     assert "bad job" in letter.reason and "$." in letter.reason
     await asyncio.sleep(1.5)
     assert await puller.next(0.5) is None, "a terminated job is not redelivered"
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "reason"),
+    [
+        ({"game": "nogame"}, "$.game", "unknown game 'nogame'"),
+        ({"job_id": "a.b"}, "$.job_id", "job_id 'a.b' must be"),
+        ({"group": "a.b"}, "$.group", "group 'a.b' must be"),
+    ],
+)
+async def test_a_job_no_attempt_could_do_is_dead_lettered_naming_the_field(
+    queue: Bus, change: dict[str, str], field: str, reason: str
+) -> None:
+    """Found by tests/test_fuzz_live.py: a self-play worker crashed on an unknown game, and a
+    trainer on a job id that cannot name its `trained.<job>` key or failure report."""
+    subject = names.job_subject("selfplay", "tictactoe", "sp")
+    await queue.js.publish(subject, encode(msgspec.structs.replace(job(1), **change)))
+    await submit(queue, "selfplay", job(2))
+    puller = Puller(queue, "selfplay", SelfplayJob)
+    assert await puller.next(2) is None
+    delivery = await puller.next(2)
+    assert delivery is not None and delivery.job == job(2)  # the one behind it comes through
+    stored = await queue.js.get_msg(
+        names.DLQ_STREAM, subject=names.dlq_subject("selfplay", "tictactoe", "sp")
+    )
+    letter = decode(stored.data or b"", DeadLetter)
+    assert letter.reason.startswith(f"bad job: field {field}: {reason}"), letter.reason
 
 
 async def test_a_job_in_hand_is_what_the_process_is_doing() -> None:
