@@ -34,8 +34,8 @@ def _nats_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--creds",
         default=os.environ.get("CONCLAVE_CREDS"),
-        help="an nkey seed file from `conclave auth init` (default: $CONCLAVE_CREDS); for `node`, "
-        "a directory of them gives each service its role's",
+        help="an nkey seed file from `conclave auth` (default: $CONCLAVE_CREDS); for `node`, a "
+        "directory holding the node's identity (`auth node`) runs every service as it",
     )
     p.add_argument(
         "--tls-ca",
@@ -183,8 +183,12 @@ def cmd_auth(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.auth_command == "node":
         roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
-        seed = identities.add_node(out, args.node_id, _known_roles(roles))
-        print(f"wrote {seed} (owner-only) and {out / identities.ACCOUNTS_FILE}")
+        kept = args.keep_key and identities.node_seed_path(out, args.node_id).exists()
+        seed = identities.add_node(out, args.node_id, _known_roles(roles), keep_key=args.keep_key)
+        what = "kept its key" if kept else "wrote its seed (owner-only)"
+        print(f"node {args.node_id}: {what} {seed}; wrote {out / identities.ACCOUNTS_FILE}")
+        hand_out = f"{identities.NODES_DIR}/{seed.name} and {identities.NODE_ROLES_FILE}"
+        print(f"  node: its --creds directory needs {hand_out} from {out}, nothing else")
         print("  server: install the new accounts file and reload (nats-server --signal reload)")
         return 0
     hosts = ["127.0.0.1", "localhost", *args.host] if args.tls else None
@@ -381,12 +385,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", action="append", default=[], help="a name or address the servers are reached by"
     )
     node_auth = auth_sub.add_parser(
-        "node", help="a node's own identity (its status key); rewrites accounts.conf"
+        "node", help="a node's own identity, which all its services run as; rewrites accounts.conf"
     )
     node_auth.add_argument("node_id", help="the node's --node-id")
     node_auth.add_argument("--out", required=True, help="the `auth init` directory")
     node_auth.add_argument(
-        "--roles", default="", help="roles it also carries: a node linked through a leaf server"
+        "--roles", default="", help="the roles the node runs, e.g. selfplay,evaluator"
+    )
+    node_auth.add_argument(
+        "--keep-key", action="store_true", help="an existing identity keeps its key: roles only"
     )
     auth_sub.add_parser("table", help="print who may do what, and every identity's permissions")
     auth.set_defaults(handler=cmd_auth)

@@ -23,9 +23,10 @@ from services.syncer import SyncerConfig
 from shared.archive import S3Config
 from shared.bus import BusConfig, identity_inbox
 from shared.evalplan import EvalBudget
-from shared.identities import node_seed_path
+from shared.identities import node_roles, node_seed_path
 from shared.lease import LeaseParams
 from shared.natsserver import HUB_DOMAIN
+from shared.permissions import ROLES, Role
 from shared.presets import Preset, preset, tuned
 from shared.service import ProcessConfig
 from shared.supervisor import Child, ChildSpec, Limits, python_module_argv
@@ -67,7 +68,7 @@ class NodeOptions(msgspec.Struct, frozen=True):
     threads: int = 1
     archive: str = "conclave-archive"  # s3://bucket/prefix, or a local directory
     s3_endpoint: str | None = None
-    creds: str | None = None  # a seed file for every service, or a directory of `<role>.nk`
+    creds: str | None = None  # a seed file for all services, or a directory with the node identity
     tls_ca: str | None = None  # the hub's CA (`conclave auth init --tls`)
     via_leaf: list[str] = []  # hub leaf URLs: run a local leaf server and connect through it
     domain: str | None = None  # the hub's JetStream domain, when connected through a leaf
@@ -193,11 +194,12 @@ def child_spec(service: str, opts: NodeOptions) -> ChildSpec:
 
 
 class MissingIdentity(ValueError):
-    pass
+    """The credentials directory has no identity for this node, or one without a role that one
+    of its services needs."""
 
 
-# The identity each service runs as (`conclave auth init` roles); heartbeat: the node's own.
-SERVICE_ROLE = {
+# The role a service's work needs its node's identity to carry (the heartbeat needs none).
+SERVICE_ROLE: dict[str, Role] = {
     "leader": "coordinator",
     "scheduler": "coordinator",
     "selfplay": "selfplay",
@@ -207,24 +209,46 @@ SERVICE_ROLE = {
 }
 
 
+def identity_roles(roles: list[str]) -> tuple[Role, ...]:
+    """The roles the identity of a node running `roles` must carry (`conclave auth node`)."""
+    kinds = {names.service_kind(s) for s in services_for(roles)}
+    needed = {SERVICE_ROLE[kind] for kind in kinds if kind in SERVICE_ROLE}
+    return tuple(role for role in ROLES if role in needed)
+
+
 def creds_for(service: str, opts: NodeOptions) -> str | None:
-    """The seed `service` connects with: one `--creds` file for all, or from a directory its
-    role's, and for the heartbeat (and a leaf link) the node's own (`conclave auth node`)."""
+    """The seed `service` connects with: one `--creds` file for all, or from a directory the
+    node's own identity (`nodes/<node>.nk`), which must carry the service's role. There is no
+    fallback to a shared role seed: a node without its identity, or whose identity lacks the
+    role, is refused by name."""
     if opts.creds is None:
         return None
     path = Path(opts.creds)
     if not path.is_dir():
         return str(path)
-    kind = names.service_kind(service)
-    if kind in SERVICE_ROLE:
-        return str(path / f"{SERVICE_ROLE[kind]}.nk")
-    node = node_seed_path(path, opts.node_id)
-    if not node.exists():
+    seed = node_seed_path(path, opts.node_id)
+    if not seed.exists():
+        raise MissingIdentity(f"no identity for node {opts.node_id} in {path}: {_fix(path, opts)}")
+    role = SERVICE_ROLE.get(names.service_kind(service))
+    if role is not None and role not in node_roles(path, opts.node_id):
         raise MissingIdentity(
-            f"no identity for node {opts.node_id} in {path}: "
-            f"run `conclave auth node --out {path} {opts.node_id}` and reload the servers"
+            f"node {opts.node_id}'s identity in {path} does not carry role {role}, which its "
+            f"service {service} needs: {_fix(path, opts, keep_key=True)}"
         )
-    return str(node)
+    return str(seed)
+
+
+def _fix(directory: Path, opts: NodeOptions, *, keep_key: bool = False) -> str:
+    roles = ",".join(identity_roles(opts.roles))
+    command = f"conclave auth node --out {directory} {opts.node_id}"
+    command += (f" --roles {roles}" if roles else "") + (" --keep-key" if keep_key else "")
+    return f"run `{command}` and reload the servers"
+
+
+def check_identity(opts: NodeOptions) -> None:
+    """Refuse to start a node any of whose services would have no identity to connect with."""
+    for service in node_services(opts):
+        creds_for(service, opts)
 
 
 def syncer_config(opts: NodeOptions, cache: str) -> SyncerConfig:
@@ -265,14 +289,15 @@ def stop_on_signals(stop: asyncio.Event) -> None:
 
 
 async def node_main(opts: NodeOptions) -> int:
+    check_identity(opts)
     stop = asyncio.Event()
     stop_on_signals(stop)
     if not opts.via_leaf:
         _print_node(opts, ", ".join(opts.nats_urls))
         await run_node(opts, stop)
         return 0
-    # Every service's traffic crosses the one link, as one identity: the node's own, which then
-    # carries the node's roles (`conclave auth node --roles`); replies come to its inbox.
+    # Every service's traffic crosses the one link as the node's own identity (as it would
+    # connect directly); replies come to that identity's inbox.
     link = creds_for("heartbeat", opts)
     leaf = LocalLeaf(
         opts.node_id,

@@ -13,19 +13,13 @@ import msgspec
 
 from schemas.codec import BadMessage
 from services.console import Console, run_summary
-from services.launcher import LOOP_ROLES, NodeOptions, run_node, stop_on_signals
+from services.launcher import LOOP_ROLES, NodeOptions, identity_roles, run_node, stop_on_signals
 from shared.bus import Bus, BusConfig, BusError
 from shared.evalplan import EvalBudget
-from shared.identities import (
-    ACCOUNTS_FILE,
-    add_node,
-    init,
-    node_seed_path,
-    seed_path,
-    write_accounts,
-)
+from shared.identities import ACCOUNTS_FILE, add_node, init, seed_path
 from shared.lease import LeaseParams
 from shared.natsserver import NatsServer, ServerSpec
+from shared.permissions import Role
 
 
 class UpOptions(msgspec.Struct, frozen=True):
@@ -48,14 +42,16 @@ async def up_main(opts: UpOptions) -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
     data = Path(opts.data_dir)
-    auth = await asyncio.to_thread(local_identities, data / "auth", opts.node_id)
+    roles = ["control"] if opts.no_train else list(LOOP_ROLES)
+    carried = identity_roles(roles)
+    auth = await asyncio.to_thread(local_identities, data / "auth", opts.node_id, carried)
     spec = ServerSpec("conclave", data / "nats", port=opts.nats_port, auth=auth)
     server = NatsServer(spec)
     await asyncio.to_thread(server.start)
     try:
         node = NodeOptions(
             node_id=opts.node_id,
-            roles=["control"] if opts.no_train else list(LOOP_ROLES),
+            roles=roles,
             nats_urls=[server.url],
             lease=opts.lease,
             log_dir=str(data / "logs"),
@@ -90,15 +86,15 @@ async def up_main(opts: UpOptions) -> int:
     return 0
 
 
-def local_identities(directory: Path, node_id: str) -> str:
-    """This data directory's identities (made on first use, the node's too) as the server's
-    accounts block, rewritten from the seeds so it grants what this build's permissions say."""
-    accounts = directory / ACCOUNTS_FILE
-    if not accounts.exists():
+def local_identities(directory: Path, node_id: str, roles: tuple[Role, ...]) -> str:
+    """This data directory's identities as the server's accounts block: the role and admin
+    seeds (made on first use) and the node's, which every one of its services runs as, carrying
+    `roles` (what it runs now; its key is kept). Rewritten from the seeds, so it grants what
+    this build's permissions say."""
+    if not (directory / ACCOUNTS_FILE).exists():
         init(directory)
-    if not node_seed_path(directory, node_id).exists():
-        add_node(directory, node_id)
-    return write_accounts(directory).read_text()
+    add_node(directory, node_id, roles, keep_key=True)  # rewrites the accounts block
+    return (directory / ACCOUNTS_FILE).read_text()
 
 
 async def provision(config: BusConfig) -> None:

@@ -2,9 +2,10 @@
 server's accounts block granting each exactly `shared.permissions`. Seeds are written owner-only;
 the server sees public keys.
 
-A role identity is shared by every node of that role; a node identity (`nodes/<node>.nk`) is the
-node's own, so only that node writes its status key. A node behind a leaf server links with its
-node identity, which then also carries its roles (`nodes.json` keeps them).
+A node identity (`nodes/<node>.nk`) is the node's own and carries the roles the node runs
+(`nodes.json` records them): every service on the node connects with it, so only that node
+writes its status key and its pulses, and only it reads its inbox. A role identity is shared by
+every holder of that role; `conclave auth init` still makes them, but nodes run as their own.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ ACCOUNT = "CONCLAVE"
 ACCOUNTS_FILE = "accounts.conf"
 TLS_DIR = "tls"
 NODES_DIR = "nodes"
-NODE_ROLES_FILE = "nodes.json"  # node id -> the roles its identity carries (leaf nodes)
+NODE_ROLES_FILE = "nodes.json"  # node id -> the roles its identity carries
 
 
 def new_seed() -> bytes:
@@ -87,6 +88,11 @@ def _node_roles(directory: Path) -> dict[str, list[Role]]:
     return msgspec.json.decode(path.read_bytes(), type=dict[str, list[Role]])
 
 
+def node_roles(directory: Path, node_id: str) -> tuple[Role, ...]:
+    """The roles `node_id`'s identity carries, as recorded in `directory` (none if unrecorded)."""
+    return tuple(_node_roles(directory).get(node_id, []))
+
+
 def write_accounts(directory: Path) -> Path:
     """(Re)write the accounts block from every seed in `directory` (no key changes)."""
     role_keys = {
@@ -120,13 +126,17 @@ def init(
     return paths
 
 
-def add_node(directory: Path, node_id: str, roles: tuple[Role, ...] = ()) -> Path:
-    """Create (or rotate) `node_id`'s identity, carrying `roles` when it links a leaf server,
-    and rewrite the accounts block; servers take it on a reload."""
+def add_node(
+    directory: Path, node_id: str, roles: tuple[Role, ...] = (), *, keep_key: bool = False
+) -> Path:
+    """Create (or rotate) `node_id`'s identity carrying `roles` (the roles the node runs) and
+    rewrite the accounts block; servers take it on a reload. `keep_key`: an existing identity
+    keeps its seed and only its roles change."""
     node_permissions(node_id, "check", roles)  # refuses a bad node id or admin among the roles
     seed = node_seed_path(directory, node_id)
     seed.parent.mkdir(parents=True, exist_ok=True)
-    write_seed(seed, new_seed())
+    if not (keep_key and seed.exists()):
+        write_seed(seed, new_seed())
     known = _node_roles(directory)
     known[node_id] = list(roles)
     (directory / NODE_ROLES_FILE).write_bytes(msgspec.json.encode(dict(sorted(known.items()))))

@@ -7,7 +7,9 @@ lease's buckets have one writer role, the only one that could roll them up. No r
 updates, deletes or purges a stream, bucket or object store (`admin` provisions them); a durable
 consumer is created and configured only by the role that owns it (`durables`), and pulled from
 and acked only by its users. Each identity subscribes only to its own inbox (`_INBOX.<public
-key>.>`), and a node identity writes only its own status key. Nothing here is hand-maintained
+key>.>`). A node identity (which every service on its node connects with, carrying the node's
+roles) writes only its own status key and publishes pulses and logs only under its own node id;
+the shared role identities stay as they were. Nothing here is hand-maintained
 apart from which capability each role has: every subject comes from the module that names them.
 Pure: no I/O.
 """
@@ -185,16 +187,20 @@ def models_write() -> list[str]:
     return [f"$O.{names.MODELS_STORE}.>", *kv_write(names.REGISTRY_BUCKET, meta)]
 
 
-def every_identity(identity: str) -> Permissions:
-    """What every identity does: provision checks, pulses, logs, service discovery, replies to
+def telemetry(node_id: str) -> list[str]:
+    """Pulses and log lines of `node_id`'s services (`names.ANY`: of every node's)."""
+    return [
+        names.pulse_subject(node_id, names.ANY),
+        names.log_subject(node_id, names.ANY, names.ANY),
+    ]
+
+
+def every_identity(identity: str, node_id: str = names.ANY) -> Permissions:
+    """What every identity does: provision checks, its services' pulses and logs (a role
+    identity's under any node, a node identity's under its own), service discovery, replies to
     its own inbox."""
     return Permissions(
-        publish=[
-            f"{API}.INFO",
-            f"{API}.STREAM.INFO.*",
-            names.pulse_subject(names.ANY, names.ANY),
-            names.log_subject(names.ANY, names.ANY, names.ANY),
-        ],
+        publish=[f"{API}.INFO", f"{API}.STREAM.INFO.*", *telemetry(node_id)],
         subscribe=[f"{inbox_prefix(identity)}.>", "$SRV.>"],
     )
 
@@ -307,11 +313,14 @@ def permissions(role: Role, identity: str = KEY) -> Permissions:
 
 
 def combined(
-    roles: frozenset[Role], identity: str, extra: Permissions | None = None
+    roles: frozenset[Role],
+    identity: str,
+    extra: Permissions | None = None,
+    node_id: str = names.ANY,
 ) -> Permissions:
-    """The lists of an identity that acts as every one of `roles` (none: only `every_identity`),
-    plus `extra`."""
-    base = every_identity(identity)
+    """The lists of an identity that acts as every one of `roles` (none: only `every_identity`)
+    for `node_id` (a node identity) or any node (a role identity), plus `extra`."""
+    base = every_identity(identity, node_id)
     publish = base.publish + [g for role in sorted(roles) for g in role_grants(role)]
     subscribe = base.subscribe + [s for role in sorted(roles) for s in role_subscriptions(role)]
     if extra is not None:
@@ -324,16 +333,16 @@ def combined(
 
 
 def node_permissions(node_id: str, identity: str, roles: tuple[Role, ...] = ()) -> Permissions:
-    """A node's own identity (its heartbeat's): its status key and its services' pulses; with
-    `roles` (a node behind a leaf server, whose one link carries every service), also everything
-    those roles may do."""
+    """A node's own identity, which every service on the node connects with: its status key, its
+    services' pulses and logs (publish, and the heartbeat reads the pulses), and everything
+    `roles` (the roles the node runs) may do, except speak for another node."""
     if "admin" in roles:
         raise ValueError(f"node {node_id}: roles may not include admin")
     own = Permissions(
         publish=kv_write(names.NODES_BUCKET, names.node_key(node_id)),
         subscribe=[names.pulse_wildcard(node_id)],
     )
-    return combined(frozenset(roles), identity, own)
+    return combined(frozenset(roles), identity, own, node_id)
 
 
 def covers(pattern: str, subject: str) -> bool:
@@ -358,19 +367,30 @@ def may_subscribe(grant: Permissions, subject: str) -> bool:
 
 
 EXAMPLE_NODE = "NODE"
+OTHER_NODE = "OTHER"
+NODE_ROLES: tuple[Role, ...] = tuple(role for role in ROLES if role != "admin")
 
 
 def identities_shown() -> list[tuple[str, Permissions]]:
-    """Every kind of identity, with placeholders for its key (and node id)."""
-    shown = [(role, permissions(role, KEY)) for role in ROLES if role != "admin"]
+    """Every kind of identity, with placeholders for its key (and node id); a node identity
+    without roles (one with roles adds those roles' lists to it)."""
+    shown = [(role, permissions(role, KEY)) for role in NODE_ROLES]
     node = (f"node {EXAMPLE_NODE}", node_permissions(EXAMPLE_NODE, KEY))
     return [*shown, node, ("admin", permissions("admin", KEY))]
+
+
+def capability_columns() -> list[tuple[str, Permissions]]:
+    """The capability table's identities: `identities_shown` and a node identity carrying every
+    role (what `conclave up` runs its node as)."""
+    *shown, admin = identities_shown()
+    every_role = node_permissions(EXAMPLE_NODE, KEY, NODE_ROLES)
+    return [*shown, (f"node {EXAMPLE_NODE} with every role", every_role), admin]
 
 
 def capabilities() -> list[tuple[str, str, str]]:
     """What the docs' capability table checks: (what, `pub`/`sub`, a concrete subject)."""
     jobs_consumer = names.job_consumer("selfplay")
-    other = names.node_key("OTHER")
+    other = names.node_key(OTHER_NODE)
     return [
         ("purge a stream or bucket", "pub", f"{API}.STREAM.PURGE.{names.GAMES_STREAM}"),
         ("update a stream's limits", "pub", f"{API}.STREAM.UPDATE.{names.DLQ_STREAM}"),
@@ -429,6 +449,18 @@ def capabilities() -> list[tuple[str, str, str]]:
             names.kv_subject(names.NODES_BUCKET, EXAMPLE_NODE),
         ),
         ("write another node's status", "pub", names.kv_subject(names.NODES_BUCKET, other)),
+        (
+            f"publish its pulses (`{EXAMPLE_NODE}`)",
+            "pub",
+            names.pulse_subject(EXAMPLE_NODE, "selfplay"),
+        ),
+        (
+            f"publish its log lines (`{EXAMPLE_NODE}`)",
+            "pub",
+            names.log_subject(EXAMPLE_NODE, "selfplay", "info"),
+        ),
+        ("publish another node's pulses", "pub", names.pulse_subject(other, "selfplay")),
+        ("publish another node's log lines", "pub", names.log_subject(other, "selfplay", "info")),
         ("read its own inbox", "sub", f"{inbox_prefix(KEY)}.x"),
         ("read another identity's inbox", "sub", f"{inbox_prefix('OTHER')}.x"),
         ("read every inbox (`_INBOX.>`)", "sub", f"{INBOX_ROOT}.>"),
@@ -437,7 +469,7 @@ def capabilities() -> list[tuple[str, str, str]]:
 
 def capability_table() -> str:
     """Who may do what, checked against the permissions (docs/security.md embeds it)."""
-    shown = identities_shown()
+    shown = capability_columns()
     rows = [
         "| may ... | " + " | ".join(name for name, _ in shown) + " |",
         "|---|" + "---|" * len(shown),

@@ -1,6 +1,8 @@
 """Least privilege against wiping, snooping and tampering, on a real server with auth: no role
 identity may purge, roll up, change limits or reconfigure others' consumers, read another
-identity's inbox or write another node's status; admin may; the services' own work still works."""
+identity's inbox or write another node's status; a node identity, whatever roles it carries,
+speaks only for its own node (status, pulses, logs) and reads only its own inbox; admin may do
+anything; the services' own work still works, and the launcher runs each as its node."""
 
 from __future__ import annotations
 
@@ -22,17 +24,28 @@ from nats.js.api import AckPolicy, ConsumerConfig, StorageType
 from schemas import names
 from schemas.jobs import SelfplayJob
 from services import cli
-from services.launcher import MissingIdentity, NodeOptions, creds_for
+from services.launcher import (
+    LOOP_ROLES,
+    MissingIdentity,
+    NodeOptions,
+    build_children,
+    check_identity,
+    creds_for,
+    identity_roles,
+    node_services,
+)
 from services.up import local_identities
 from shared import permissions, provision
 from shared.bus import Bus, BusConfig, BusError, identity_inbox
-from shared.identities import ACCOUNTS_FILE, add_node, init, node_seed_path
+from shared.identities import ACCOUNTS_FILE, add_node, init, node_roles, node_seed_path
 from shared.jobs import JobSettings, Puller, await_consumer, ensure_consumer, submit
 from shared.lease import LeaseParams
 from shared.leaseholder import Contender, hold
 from shared.models import CHUNK_BYTES, ModelStore, sha256_hex
 from shared.natsserver import NatsServer, ServerSpec
 from shared.permissions import Role
+from shared.service import ProcessConfig
+from shared.supervisor import Child
 from tests.conftest import eventually
 
 ROLE_IDENTITIES: tuple[Role, ...] = ("coordinator", "selfplay", "trainer", "evaluator", "syncer")
@@ -41,12 +54,18 @@ ROLLUP = {"Nats-Rollup": "all"}
 GAME = "tictactoe"
 
 
+# Nodes whose identities carry every role (as `conclave up` makes its node's); n1, n2 carry none.
+FULL_NODES = ("f1", "f2")
+
+
 @pytest.fixture
 def auth(tmp_path: Path) -> Path:
     directory = tmp_path / "auth"
     init(directory)
     add_node(directory, "n1")
     add_node(directory, "n2")
+    for node in FULL_NODES:
+        add_node(directory, node, permissions.NODE_ROLES)
     return directory
 
 
@@ -160,6 +179,48 @@ def test_a_node_identity_writes_only_its_own_status() -> None:
         assert not permissions.may_publish(permissions.permissions(role, "K"), "$KV.nodes.n1")
     with pytest.raises(ValueError, match="admin"):
         permissions.node_permissions("n1", "KEY", ("admin",))
+
+
+@pytest.mark.parametrize("roles", [(), *[(r,) for r in ROLE_IDENTITIES], ROLE_IDENTITIES])
+def test_a_node_identity_speaks_only_for_its_own_node_whatever_roles_it_carries(
+    roles: tuple[Role, ...],
+) -> None:
+    grant = permissions.node_permissions("n1", "KEY", roles)
+    for node, own in (("n1", True), ("n2", False)):
+        for subject in (
+            names.kv_subject(names.NODES_BUCKET, node),
+            names.pulse_subject(node, "selfplay"),
+            names.log_subject(node, "selfplay", "info"),
+        ):
+            assert permissions.may_publish(grant, subject) == own, subject
+        assert permissions.may_subscribe(grant, names.pulse_wildcard(node)) == own
+    assert permissions.may_subscribe(grant, "_INBOX.KEY.x")
+    assert not permissions.may_subscribe(grant, "_INBOX.OTHER.x")
+    assert not permissions.may_subscribe(grant, "_INBOX.>")
+
+
+@pytest.mark.parametrize("role", ROLE_IDENTITIES)
+def test_a_node_carrying_a_role_may_do_all_that_role_may_but_speak_for_other_nodes(
+    role: Role,
+) -> None:
+    """So a service runs as its node exactly as it ran as its role (its own pulses and logs)."""
+    alone = permissions.permissions(role, "KEY")
+    for carried in ((role,), ROLE_IDENTITIES):
+        node = permissions.node_permissions("n1", "KEY", carried)
+        others = set(permissions.telemetry(names.ANY))
+        assert [p for p in alone.publish if p not in others and p not in node.publish] == []
+        assert set(node.publish_deny) <= set(alone.publish_deny)
+        assert set(alone.subscribe) <= set(node.subscribe)
+        assert set(permissions.telemetry("n1")) <= set(node.publish)
+
+
+def test_role_identities_are_unchanged_and_still_speak_for_any_node() -> None:
+    """The shared role seeds keep what they had (docs/security.md: hand out node identities)."""
+    for role in ROLE_IDENTITIES:
+        grant = permissions.permissions(role, "KEY")
+        assert permissions.may_publish(grant, names.pulse_subject("n2", "selfplay"))
+        assert permissions.may_publish(grant, names.log_subject("n2", "selfplay", "info"))
+        assert not permissions.may_publish(grant, names.kv_subject(names.NODES_BUCKET, "n2"))
 
 
 def _reference(pattern: str, subject: str) -> bool:
@@ -338,6 +399,51 @@ async def test_each_identity_reads_only_its_own_inbox(
     assert f'permissions violation for subscription to "{prefix.lower()}.>"' in logged
 
 
+async def test_a_node_with_every_role_cannot_speak_for_or_listen_as_another_node(
+    ids: Identities, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="conclave.bus")
+    f1, f2, admin = await ids("node f1"), await ids("node f2"), await ids("admin")
+    heard: list[str] = []
+    snooped: list[str] = []
+
+    async def hear(msg: Msg) -> None:
+        heard.append(msg.subject)
+
+    async def snoop(msg: Msg) -> None:
+        snooped.append(msg.subject)
+
+    for subject in ("pulse.>", "logs.>"):
+        await admin.subscribe(subject, hear)
+    await admin.nc.flush()
+    f2_inbox = identity_inbox(str(ids.seed("node f2")))
+    assert f2.nc.new_inbox().startswith(f"{f2_inbox}.")
+    for subject in (f"{f2_inbox}.>", names.pulse_wildcard("f2")):
+        await f1.subscribe(subject, snoop)
+    for node in ("f1", "f2"):  # its own, then forged
+        await f1.publish(names.pulse_subject(node, "selfplay"), b"{}")
+        await f1.publish(names.log_subject(node, "selfplay", "info"), b"{}")
+    await f1.nc.flush()
+    await f1.write(names.NODES_BUCKET, "f1", b"{}", ttl_s=5)
+    assert await refused(f1.write(names.NODES_BUCKET, "f2", b"forged", ttl_s=5))
+    # f2 goes about its work: a request and a watch (replies to its inbox), a pulse.
+    await f2.last(names.REGISTRY_BUCKET, "anything")
+    async with f2.watch(names.REGISTRY_BUCKET, "k"):
+        await f2.nc.flush()
+    await f2.publish(names.pulse_subject("f2", "heartbeat"), b"{}")
+    await f2.nc.flush()
+    await asyncio.sleep(0.3)
+    assert snooped == []
+    own = [names.pulse_subject("f1", "selfplay"), names.log_subject("f1", "selfplay", "info")]
+    assert sorted(heard) == sorted([*own, names.pulse_subject("f2", "heartbeat")])
+    assert (await admin.last(names.NODES_BUCKET, "f2")).value is None
+    logged = " ".join(r.getMessage() for r in caplog.records).lower()
+    for subject in ("pulse.f2.selfplay", "logs.f2.selfplay.info", "$kv.nodes.f2"):
+        assert f'permissions violation for publish to "{subject}"' in logged, subject
+    for subject in (f"{f2_inbox.lower()}.>", "pulse.f2.*"):
+        assert f'permissions violation for subscription to "{subject}"' in logged, subject
+
+
 async def test_a_node_writes_its_own_status_and_no_other(ids: Identities) -> None:
     n1 = await ids("node n1")
     await n1.write(names.NODES_BUCKET, "n1", b"{}", ttl_s=5)
@@ -508,8 +614,9 @@ async def test_a_worker_waits_for_the_coordinator_to_create_its_consumer(
 
 def test_accounts_give_every_user_its_inbox_and_deny_list(auth: Path) -> None:
     text = (auth / ACCOUNTS_FILE).read_text()
-    assert text.count("nkey:") == len(permissions.ROLES) + 2
-    assert text.count('"deny":') == len(permissions.ROLES) - 1 + 2  # all but admin
+    nodes = 2 + len(FULL_NODES)
+    assert text.count("nkey:") == len(permissions.ROLES) + nodes
+    assert text.count('"deny":') == len(permissions.ROLES) - 1 + nodes  # all but admin
     assert '"_INBOX.>"' not in text  # admin subscribes to `>`; nobody else to every inbox
 
 
@@ -539,9 +646,16 @@ async def _until(check: Callable[[], bool], timeout_s: float = 3.0) -> None:
 
 
 def test_cli_adds_a_node_identity_and_provisions_as_admin(secured: NatsServer, auth: Path) -> None:
-    assert cli.main(["auth", "node", "--out", str(auth), "edge", "--roles", "selfplay"]) == 0
-    assert oct(node_seed_path(auth, "edge").stat().st_mode & 0o777) == "0o600"
+    node = ["auth", "node", "--out", str(auth), "edge"]
+    assert cli.main([*node, "--roles", "selfplay"]) == 0
+    seed = node_seed_path(auth, "edge")
+    assert oct(seed.stat().st_mode & 0o777) == "0o600"
     assert "# node edge" in (auth / ACCOUNTS_FILE).read_text()
+    key = seed.read_bytes()
+    assert cli.main([*node, "--roles", "evaluator,selfplay", "--keep-key"]) == 0
+    assert seed.read_bytes() == key and node_roles(auth, "edge") == ("selfplay", "evaluator")
+    assert cli.main([*node, "--roles", "selfplay"]) == 0  # without --keep-key: a rotation
+    assert seed.read_bytes() != key and node_roles(auth, "edge") == ("selfplay",)
     admin = ["--nats", secured.url, "--creds", str(auth / "admin.nk")]
     assert cli.main(["provision", *admin]) == 0
     assert cli.main(["status", *admin, "--json"]) == 0  # reads the provisioned buckets
@@ -560,22 +674,77 @@ async def test_a_service_finding_a_drifted_stream_fails_naming_it_and_who_provis
     await selfplay.provision()  # as configured again: it only reads
 
 
-def test_the_heartbeat_runs_as_its_node_and_a_node_without_one_is_refused(auth: Path) -> None:
-    opts = NodeOptions(node_id="n1", roles=["selfplay"], nats_urls=[], creds=str(auth))
-    assert creds_for("heartbeat", opts) == str(node_seed_path(auth, "n1"))
-    assert creds_for("selfplay-2", opts) == str(auth / "selfplay.nk")
-    stranger = msgspec.structs.replace(opts, node_id="n9")
-    with pytest.raises(MissingIdentity, match="conclave auth node"):
+def _bus_of(child: Child) -> BusConfig:
+    argv = child.spec.argv(3)
+    return msgspec.json.decode(argv[argv.index("--process") + 1], type=ProcessConfig).bus
+
+
+def test_the_launcher_runs_every_service_as_its_node_identity(auth: Path) -> None:
+    seed = str(node_seed_path(auth, "f1"))
+    opts = NodeOptions("f1", list(LOOP_ROLES), [], creds=str(auth), selfplay_workers=2)
+    services = node_services(opts)
+    assert {"heartbeat", "leader", "scheduler", "selfplay-2", "trainer", "syncer"} <= set(services)
+    assert {creds_for(service, opts) for service in services} == {seed}
+    two_roles = msgspec.structs.replace(opts, roles=["coordinator", "selfplay"])
+    for child in build_children(two_roles):
+        bus = _bus_of(child)
+        assert bus.nkey_seed == seed, child.spec.name
+        assert bus.inbox_prefix is None  # so the bus takes the seed's: `_INBOX.<its key>.`
+    one_file = msgspec.structs.replace(opts, creds=seed)  # a seed file: every service as it
+    assert {creds_for(service, one_file) for service in services} == {seed}
+
+
+def test_a_node_without_its_identity_or_a_role_it_runs_is_refused_by_name(
+    auth: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No fallback to the role seeds (they are right there): the error says what to run."""
+    lacking = NodeOptions("n1", ["selfplay", "evaluator"], [], creds=str(auth))
+    assert creds_for("heartbeat", lacking) == str(node_seed_path(auth, "n1"))  # needs no role
+    assert (auth / "selfplay.nk").exists()
+    fix = f"conclave auth node --out {auth} n1 --roles selfplay,evaluator --keep-key"
+    needs = "does not carry role selfplay, which its service selfplay-2 needs"
+    with pytest.raises(MissingIdentity, match=re.escape(f"{needs}: run `{fix}`")):
+        creds_for("selfplay-2", lacking)
+    with pytest.raises(MissingIdentity, match="node n1's identity"):
+        check_identity(lacking)
+    stranger = msgspec.structs.replace(lacking, node_id="n9")
+    fix = f"conclave auth node --out {auth} n9 --roles selfplay,evaluator`"
+    with pytest.raises(MissingIdentity, match=re.escape(f"no identity for node n9 in {auth}")):
         creds_for("heartbeat", stranger)
+    with pytest.raises(MissingIdentity, match=re.escape(fix)):
+        check_identity(stranger)
+    # `conclave node` refuses before it starts anything, a leaf server included.
+    argv = ["node", "--roles", "selfplay", "--node-id", "n1", "--creds", str(auth)]
+    leaf = [*argv, "--via-leaf", "nats://127.0.0.1:1", "--cache-dir", str(auth.parent / "c")]
+    assert cli.main(leaf) == 2
+    assert "node n1's identity" in capsys.readouterr().err
+    assert not (auth.parent / "c").exists()
 
 
 def test_up_makes_its_node_identity_and_rewrites_the_accounts_from_the_seeds(
     tmp_path: Path,
 ) -> None:
     directory = tmp_path / "auth"
-    first = local_identities(directory, "local")
+    roles = identity_roles(list(LOOP_ROLES))
+    first = local_identities(directory, "local", roles)
     admin_seed = (directory / "admin.nk").read_bytes()
     (directory / ACCOUNTS_FILE).write_text("# stale\n")
-    assert local_identities(directory, "local") == first  # same keys, this build's permissions
+    assert local_identities(directory, "local", roles) == first  # same keys, this build's lists
     assert (directory / "admin.nk").read_bytes() == admin_seed
     assert "# node local" in first
+
+
+def test_up_runs_its_node_as_its_one_identity_carrying_the_roles_it_runs(tmp_path: Path) -> None:
+    """A data directory from before (its node identity without roles) keeps the node's key."""
+    directory = tmp_path / "auth"
+    init(directory)
+    seed = add_node(directory, "local")
+    key = seed.read_bytes()
+    assert identity_roles(["control"]) == ("coordinator",)
+    local_identities(directory, "local", identity_roles(["control"]))  # `up --no-train`
+    assert node_roles(directory, "local") == ("coordinator",)
+    local_identities(directory, "local", identity_roles(list(LOOP_ROLES)))
+    assert node_roles(directory, "local") == permissions.NODE_ROLES
+    assert seed.read_bytes() == key
+    opts = NodeOptions("local", list(LOOP_ROLES), [], creds=str(directory))
+    assert {creds_for(service, opts) for service in node_services(opts)} == {str(seed)}

@@ -1,13 +1,17 @@
-"""`conclave up` end to end: a leader is elected, `conclave status` shows it, SIGTERM stops all."""
+"""`conclave up` end to end: a leader is elected, `conclave status` shows it, every service
+connects as the node's own identity, SIGTERM stops all."""
 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
+from shared.identities import node_seed_path, public_key
 from shared.natsserver import free_port, pid_alive
 from tests.conftest import Processes, eventually
 from tests.test_node import _children_of, _is_zombie
@@ -57,12 +61,33 @@ async def test_up_elects_a_leader_that_status_reports_and_stops_cleanly(
     await eventually(every_service_answers_ping, 30, every=1.0, what="micro discovery in status")
     text = conclave("status", "--nats", url, "--creds", admin).stdout
     assert "leader: local" in text and "nodes alive: 1/1" in text
+    assert connected_as(out.read_text()) == {
+        "local/heartbeat": node_key(tmp_path / "data" / "auth", "local"),
+        "local/leader": node_key(tmp_path / "data" / "auth", "local"),
+    }
 
     children = _children_of(up.pid, 3) or []
     up.send_signal(signal.SIGTERM)
     assert up.wait(30) == 0
     assert "conclave stopped" in out.read_text()
     assert not [p for p in children if pid_alive(p) and not _is_zombie(p)]
+
+
+def connected_as(up_output: str) -> dict[str, str]:
+    """Each of the node's connections (by name) and the key it authenticated with, from the
+    monitor `conclave up` printed."""
+    [monitor] = re.findall(r"\(monitor (http://[^)]+)\)", up_output)
+    with urllib.request.urlopen(f"{monitor}/connz?auth=true", timeout=5) as reply:
+        connections = json.load(reply)["connections"]
+    return {
+        c["name"]: c["authorized_user"]
+        for c in connections
+        if c.get("name", "").startswith("local/")
+    }
+
+
+def node_key(auth: Path, node_id: str) -> str:
+    return public_key(node_seed_path(auth, node_id).read_bytes())
 
 
 def test_status_without_a_cluster_fails_fast_with_a_clear_message() -> None:
