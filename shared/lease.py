@@ -22,6 +22,11 @@ from enum import Enum
 
 import msgspec
 
+# The lease buckets' max age: a lease value written without a TTL (or with a long one) by a
+# broken or hostile writer still goes within this, while a holder rewrites its keys every TTL.
+LEASE_BUCKET_MAX_AGE_S = 120
+MAX_LEASE_TTL_S = LEASE_BUCKET_MAX_AGE_S // 2
+
 
 class LeaseParams(msgspec.Struct, frozen=True):
     """Timing of the lease; the server keeps TTLs in whole seconds."""
@@ -32,8 +37,10 @@ class LeaseParams(msgspec.Struct, frozen=True):
     recheck_s: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.ttl_s < 1:
-            raise ValueError(f"ttl_s must be >= 1 whole second, got {self.ttl_s}")
+        if not 1 <= self.ttl_s <= MAX_LEASE_TTL_S:
+            raise ValueError(
+                f"ttl_s must be 1 to {MAX_LEASE_TTL_S} whole seconds, got {self.ttl_s}"
+            )
         if not 0 < self.margin_s < self.ttl_s:
             raise ValueError(f"margin_s must be between 0 and ttl_s, got {self.margin_s}")
         if not 0 < self.renew_every_s < self.ttl_s - self.margin_s:

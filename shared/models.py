@@ -78,6 +78,33 @@ def chunk_subject(nuid: str) -> str:
     return f"$O.{names.MODELS_STORE}.C.{nuid}"
 
 
+async def read_meta(bus: Bus, digest: str) -> ObjectMeta | None:
+    """Model `digest`'s meta as first written (None: no such object); UnreadableMeta naming the
+    field when it does not decode."""
+    subject = meta_subject(digest)
+    with translated(f"model info {digest[:12]}"):
+        try:
+            raw = await bus.js.get_msg(MODELS_STREAM, seq=1, subject=subject, next=True)
+        except nats.js.errors.NotFoundError:
+            return None
+    try:
+        meta = decode(raw.data or b"", ObjectMeta, subject=subject)
+        names.check_token(meta.nuid, "nuid")
+    except BadMessage as e:
+        raise UnreadableMeta(f"model {digest}: meta field {e.field}: {e.reason}") from e
+    except names.BadName as e:
+        raise UnreadableMeta(f"model {digest}: meta field $.nuid: {e}") from e
+    return None if meta.deleted else meta
+
+
+async def is_stored(bus: Bus, digest: str) -> bool:
+    """Whether model `digest` is in the object store with a readable meta."""
+    try:
+        return await read_meta(bus, digest) is not None
+    except UnreadableMeta:
+        return False
+
+
 class UnloadableModel(ValueError):
     """A verified blob that this build cannot turn into a network: unreadable bytes, another
     game, or a shape or architecture that does not fit. Retrying cannot help."""
@@ -119,20 +146,7 @@ class ModelStore:
     async def meta(self, digest: str) -> ObjectMeta | None:
         """The object's meta as first written (None: no such object); UnreadableMeta naming the
         field when it does not decode."""
-        subject = meta_subject(digest)
-        with translated(f"model info {digest[:12]}"):
-            try:
-                raw = await self.bus.js.get_msg(MODELS_STREAM, seq=1, subject=subject, next=True)
-            except nats.js.errors.NotFoundError:
-                return None
-        try:
-            meta = decode(raw.data or b"", ObjectMeta, subject=subject)
-            names.check_token(meta.nuid, "nuid")
-        except BadMessage as e:
-            raise UnreadableMeta(f"model {digest}: meta field {e.field}: {e.reason}") from e
-        except names.BadName as e:
-            raise UnreadableMeta(f"model {digest}: meta field $.nuid: {e}") from e
-        return None if meta.deleted else meta
+        return await read_meta(self.bus, digest)
 
     def cached(self, digest: str) -> Path | None:
         path = self.cache_dir / digest

@@ -22,7 +22,7 @@ from shared import counters
 from shared.bus import Bus
 from shared.compat import accepted_range, refusal
 from shared.evalplan import CpuReading
-from shared.models import unloadable_prefix
+from shared.models import is_stored, unloadable_prefix
 from shared.policy import (
     GameSnapshot,
     GameState,
@@ -166,19 +166,34 @@ async def observe_game(
 
 async def trained_marker(bus: Bus, game: str, state: GameState) -> ModelMeta | BadMessage | None:
     """The running training's `trained.<job>` marker: None while it is not written, and the
-    BadMessage (logged, naming the field) when it does not decode: only a broken or hostile
-    trainer writes one, and the loop must not fail every tick on it."""
+    BadMessage (logged, naming the field) when it does not decode, names another job or game,
+    or a model the store does not hold: only a broken or hostile trainer writes one (the
+    trainer stores the model first), and the loop must neither fail every tick on it nor
+    schedule a match for it."""
     if not state.training_in_progress:
         return None
-    key = names.trained_key(train_job_id(game, state.trainings))
+    job = train_job_id(game, state.trainings)
+    key = names.trained_key(job)
     entry = await bus.last(names.REGISTRY_BUCKET, key)
     if entry.value is None:
         return None
     try:
-        return decode(entry.value, ModelMeta, subject=key)
+        marker = decode(entry.value, ModelMeta, subject=key)
+        await check_marker(bus, marker, game, job, key)
     except BadMessage as e:
         log.warning("%s", e, extra={"field": e.field})
         return e
+    return marker
+
+
+async def check_marker(bus: Bus, marker: ModelMeta, game: str, job: str, key: str) -> None:
+    """BadMessage naming the field if `marker` is not what training job `job` made."""
+    if marker.train_job != job:
+        raise BadMessage(key, "$.train_job", f"{marker.train_job!r}, not {job!r}")
+    if marker.game != game:
+        raise BadMessage(key, "$.game", f"{marker.game!r}, not {game!r}")
+    if not await is_stored(bus, marker.sha256):
+        raise BadMessage(key, "$.sha256", f"model {marker.sha256} is not in the object store")
 
 
 def trained(marker: ModelMeta | BadMessage | None, state: GameState) -> Trained | None:

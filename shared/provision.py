@@ -27,13 +27,17 @@ from nats.js.api import (
 )
 
 from schemas import names
+from shared.lease import LEASE_BUCKET_MAX_AGE_S
 
 DAY = 86400.0
 
 
-def kv_stream(bucket: str, marker_ttl_s: float | None = None) -> StreamConfig:
-    """A history-1 KV bucket that allows per-message TTLs, with optional expiry markers; the
-    server's expiry markers are rollups, so it allows rollups wherever it writes them."""
+def kv_stream(
+    bucket: str, marker_ttl_s: float | None = None, max_age_s: float | None = None
+) -> StreamConfig:
+    """A history-1 KV bucket that allows per-message TTLs, with optional expiry markers (the
+    server's expiry markers are rollups, so it allows rollups wherever it writes them) and an
+    optional max age."""
     return StreamConfig(
         name=names.kv_stream(bucket),
         subjects=[f"$KV.{bucket}.>"],
@@ -44,6 +48,7 @@ def kv_stream(bucket: str, marker_ttl_s: float | None = None) -> StreamConfig:
         duplicate_window=120,
         max_msgs_per_subject=1,
         subject_delete_marker_ttl=marker_ttl_s,
+        max_age=max_age_s,
     )
 
 
@@ -73,10 +78,16 @@ def no_rollups(config: StreamConfig) -> StreamConfig:
 LEASE_MARKER_TTL_S = 1.0  # contenders wake on a lease key's expiry marker (a KV watch)
 
 
+def lease_stream(bucket: str) -> StreamConfig:
+    """A lease bucket: expiry markers wake contenders, and a max age removes a value written
+    without a TTL (`shared.lease.LEASE_BUCKET_MAX_AGE_S`)."""
+    return kv_stream(bucket, LEASE_MARKER_TTL_S, float(LEASE_BUCKET_MAX_AGE_S))
+
+
 def _streams() -> list[StreamConfig]:
     return [
         kv_stream(names.NODES_BUCKET),
-        *(kv_stream(r, marker_ttl_s=LEASE_MARKER_TTL_S) for r in names.LEASE_REGISTERS),
+        *(lease_stream(r) for r in names.LEASE_REGISTERS),
         kv_stream(names.REGISTRY_BUCKET),
         kv_stream(names.LOOP_BUCKET),
         StreamConfig(
@@ -121,7 +132,7 @@ def _slot_streams(replicas: int, register: str) -> list[StreamConfig]:
     count = names.lease_slot_count(replicas)
     configs = []
     for slot, bucket in enumerate(names.lease_slot_buckets(replicas, register), start=1):
-        config = kv_stream(bucket, marker_ttl_s=LEASE_MARKER_TTL_S)
+        config = lease_stream(bucket)
         config.num_replicas = 1
         if count == names.LEASE_SLOTS_IN_CLUSTER:
             config.placement = Placement(tags=[names.lease_slot_tag(slot)])

@@ -16,7 +16,7 @@ import msgspec
 from schemas import names
 from schemas.codec import decode, encode
 from schemas.control import MAX_SERVICES, NodeStatus, Resources, ServicePulse, ServiceState
-from schemas.jobs import DeadLetter, EvalJob, EvalResult, ModelEvent, PlayerSpec
+from schemas.jobs import DeadLetter, EvalJob, EvalResult, ModelEvent, ModelMeta, PlayerSpec
 from services.console import Console
 from services.dashboard import model_events
 from services.heartbeat import KNOWN_KINDS, HeartbeatConfig, Pulses
@@ -36,7 +36,7 @@ from shared.loopeffects import Effects, EffectSettings, issue
 from shared.models import ModelStore
 from shared.natsserver import NatsServer
 from shared.observe import observe_game, train_job_id
-from shared.policy import GameState, LoopConfig
+from shared.policy import GameState, LoopConfig, Trained
 
 GAME = "tictactoe"
 GEN1 = PlayerSpec("gen1", "ab" * 32, sims=8)
@@ -224,6 +224,27 @@ async def test_an_unreadable_trained_marker_fails_the_training_not_every_tick(bu
     await bus.write(names.REGISTRY_BUCKET, key, DEEP.encode())
     snapshot = await observe_game(bus, GAME, state, LoopConfig(games=(GAME,)))
     assert snapshot.trained is None and snapshot.failed_training == 1
+
+
+async def test_a_trained_marker_counts_only_for_its_job_game_and_a_stored_model(
+    bus: Bus, tmp_path: Path
+) -> None:
+    """Job ids are predictable: a forged marker naming a model never stored cost a whole
+    match of dead-lettered jobs before the candidate was rejected."""
+    state = GameState(generation=0, best=GEN1.sha256, trainings=1, training_in_progress=True)
+    job = train_job_id(GAME, 1)
+    sha = await ModelStore(bus, tmp_path).put(b"a checkpoint")
+    real = ModelMeta(sha, GAME, 1, GEN1.sha256, 12, 1, 9, 100, 50, 1.0, 0.5, 0.0, job)
+    forged = [
+        msgspec.structs.replace(real, sha256="ef" * 32),  # no such model
+        msgspec.structs.replace(real, train_job=f"{GAME}-t7"),
+        msgspec.structs.replace(real, game="connect4"),
+    ]
+    for marker in [*forged, real]:
+        await bus.write(names.REGISTRY_BUCKET, names.trained_key(job), encode(marker))
+        snapshot = await observe_game(bus, GAME, state, LoopConfig(games=(GAME,)))
+        counted = snapshot.trained == Trained(1, sha)
+        assert counted == (marker is real) and (snapshot.failed_training == 1) != counted
 
 
 async def test_unreadable_model_metadata_means_no_resignation_not_a_failed_tick(bus: Bus) -> None:

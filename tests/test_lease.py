@@ -12,8 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from schemas import names
 from shared import lease
-from shared.lease import LeaseParams, Slot, Stance
+from shared.lease import LEASE_BUCKET_MAX_AGE_S, MAX_LEASE_TTL_S, LeaseParams, Slot, Stance
+from shared.provision import lease_slot_streams, streams
 
 P = LeaseParams(ttl_s=3, renew_every_s=1.0, margin_s=0.5, recheck_s=1.0)
 
@@ -332,3 +334,16 @@ def test_a_dead_holder_is_replaced_within_a_ttl_and_a_half() -> None:
     (_, first_end, _), (second_start, _, _) = spans
     assert second_start - 10.0 < P.ttl_s * 1.5
     assert second_start - first_end < 1.0
+
+
+def test_lease_buckets_age_out_a_value_written_without_a_ttl() -> None:
+    """A writer may put a lease key with no TTL (or a long one); the bucket's max age removes
+    it anyway, and no lease may ask for a TTL the max age would cut short."""
+    leases = [*streams(), *lease_slot_streams(3)]
+    aged = {c.name: c.max_age for c in leases if c.subject_delete_marker_ttl}
+    registers = [names.kv_stream(r) for r in names.LEASE_REGISTERS]
+    assert set(registers) < set(aged) and len(aged) == len(registers) * 4
+    assert set(aged.values()) == {LEASE_BUCKET_MAX_AGE_S}
+    LeaseParams(ttl_s=MAX_LEASE_TTL_S, margin_s=1.0)
+    with pytest.raises(ValueError, match="ttl_s"):
+        LeaseParams(ttl_s=MAX_LEASE_TTL_S + 1, margin_s=1.0)
