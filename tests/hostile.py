@@ -38,7 +38,7 @@ async def attack(url: str, auth: Path) -> None:
         await forge_results(evaluator)
         await poison_records(selfplay)
         await bad_candidate(trainer)
-        await wipe_attempts({"selfplay": selfplay, "trainer": trainer})
+        await wipe_attempts({"selfplay": selfplay, "trainer": trainer, "node": node})
         await node.nc.publish(f"$KV.{names.NODES_BUCKET}.{names.node_key('local')}", DEEP[:2000])
         for k in range(10_000):  # pulses naming 10,000 services
             await node.nc.publish(names.pulse_subject("local", f"svc{k}"), b'{"x":1}')
@@ -94,7 +94,8 @@ async def wipe_attempts(buses: dict[str, Bus]) -> None:
     targets = {
         "selfplay": f"$KV.{names.NODES_BUCKET}.{names.node_key('local')}",
         "trainer": f"$KV.{names.REGISTRY_BUCKET}.x",
-    }  # not yet the node identity on its own `nodes` key: a gap (docs/security.md)
+        "node": f"$KV.{names.NODES_BUCKET}.{names.node_key('local')}",  # its own key
+    }
     for role, subject in targets.items():
         try:
             await buses[role].js.publish(subject, b"{}", headers=rollup, timeout=2.0)
