@@ -9,7 +9,8 @@ and a new term is its revision, so terms only grow.
 Safety argument, per slot: a holder counts a slot until `confirmed_at + ttl - margin`, where
 `confirmed_at` is the send time of its last acknowledged write. The server expires the key no
 earlier than `ttl` after it received that write, and another instance can take the slot only
-after expiry (a CAS on the expiry marker), so the old holder stops counting the slot first. Two
+after expiry (a CAS on the key's then empty subject), so the old holder stops counting the slot
+first. Two
 majorities share a slot, so at most one instance holds a majority at any time.
 """
 
@@ -67,8 +68,10 @@ class Slot:
 
 def seen(slot: Slot, holder: str | None, revision: int) -> Slot:
     """`slot` after reading `holder` at `revision`: our confirmation survives only a read of
-    the very write it confirms; an older revision than we know is a stale read."""
-    if slot.known and revision < slot.revision:
+    the very write it confirms; an older revision than we know is a stale read, except an
+    empty key (revision 0): it expired, and leaves no marker (taking it is a create, which
+    fails if the read was wrong)."""
+    if slot.known and 0 < revision < slot.revision:
         return slot
     same = slot.known and revision == slot.revision and holder == slot.holder
     return Slot(holder, revision, slot.confirmed_at if same else None, known=True)

@@ -8,13 +8,12 @@ and every service only checks.
 Streams refuse rollup headers: a `Nats-Rollup: all` publish would purge the whole stream, and
 permissions cannot filter headers, so any identity allowed to write one key could otherwise wipe
 a bucket. Nothing Conclave does needs them: KV deletes are `KV-Operation: DEL` markers, and
-objects are written without the rollup nats-py's `put` uses (`Bus.put_object`). The exception
-is a bucket with expiry markers, the lease buckets only: the server writes its markers as
-rollups and so turns rollups on there whatever the config says (measured on 2.15), and each
-lease has buckets of its own, so only that lease's one writer role can roll them up. `nodes`
-expires its keys by per-message TTL without markers (readers judge a status by its server
-timestamp), so it refuses rollups. Purges are denied by permissions, not by `deny_purge`, which
-no one (admin included) could ever undo.
+objects are written without the rollup nats-py's `put` uses (`Bus.put_object`). No bucket has
+expiry markers: the server writes them as rollups and so turns rollups on wherever they are,
+whatever the config says (measured on 2.15). Keys with a TTL simply go: `nodes` readers judge a
+status by its server timestamp, and lease contenders re-read within `recheck_s` and take an
+expired key by a compare-and-set on its now empty subject. Purges are denied by permissions,
+not by `deny_purge`, which no one (admin included) could ever undo.
 """
 
 from __future__ import annotations
@@ -75,13 +74,10 @@ def no_rollups(config: StreamConfig) -> StreamConfig:
     return config
 
 
-LEASE_MARKER_TTL_S = 1.0  # contenders wake on a lease key's expiry marker (a KV watch)
-
-
 def lease_stream(bucket: str) -> StreamConfig:
-    """A lease bucket: expiry markers wake contenders, and a max age removes a value written
-    without a TTL (`shared.lease.LEASE_BUCKET_MAX_AGE_S`)."""
-    return kv_stream(bucket, LEASE_MARKER_TTL_S, float(LEASE_BUCKET_MAX_AGE_S))
+    """A lease bucket: per-key TTLs, and a max age that removes a value written without one
+    (`shared.lease.LEASE_BUCKET_MAX_AGE_S`)."""
+    return kv_stream(bucket, max_age_s=float(LEASE_BUCKET_MAX_AGE_S))
 
 
 def _streams() -> list[StreamConfig]:

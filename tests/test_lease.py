@@ -95,12 +95,14 @@ REGISTER = -1  # the op slot of the register write
 
 @dataclass
 class Server:
-    """One KV key with per-message TTL and expiry markers, as JetStream keeps it; down during
-    its outages (writes lost unanswered, no reads, no expiry)."""
+    """One KV key with per-message TTL and no expiry markers, as JetStream keeps it: an expired
+    key leaves its subject empty (revision 0), while the stream's sequence only grows; down
+    during its outages (writes lost unanswered, no reads, no expiry)."""
 
     ttl: float
     outages: list[tuple[float, float]] = field(default_factory=list)
-    revision: int = 0
+    revision: int = 0  # the key's last message, 0 when its subject is empty
+    sequence: int = 0  # the stream's last message
     holder: str | None = None
     expires_at: float = math.inf
 
@@ -109,13 +111,14 @@ class Server:
 
     def tick(self, now: float) -> None:
         if self.up(now) and self.holder is not None and now >= self.expires_at:
-            self.revision += 1  # the expiry marker is a message too
+            self.revision = 0  # the message is gone, and nothing marks it
             self.holder, self.expires_at = None, math.inf
 
     def write(self, who: str | None, expect_last: int, now: float) -> int | None:
         if expect_last != self.revision:
             return None
-        self.revision += 1
+        self.sequence += 1
+        self.revision = self.sequence
         self.holder, self.expires_at = who, (math.inf if who is None else now + self.ttl)
         return self.revision
 
@@ -339,11 +342,11 @@ def test_a_dead_holder_is_replaced_within_a_ttl_and_a_half() -> None:
 def test_lease_buckets_age_out_a_value_written_without_a_ttl() -> None:
     """A writer may put a lease key with no TTL (or a long one); the bucket's max age removes
     it anyway, and no lease may ask for a TTL the max age would cut short."""
-    leases = [*streams(), *lease_slot_streams(3)]
-    aged = {c.name: c.max_age for c in leases if c.subject_delete_marker_ttl}
-    registers = [names.kv_stream(r) for r in names.LEASE_REGISTERS]
-    assert set(registers) < set(aged) and len(aged) == len(registers) * 4
-    assert set(aged.values()) == {LEASE_BUCKET_MAX_AGE_S}
+    registers = names.LEASE_REGISTERS
+    buckets = [*registers, *(b for r in registers for b in names.lease_slot_buckets(3, r))]
+    configs = {c.name: c for c in [*streams(), *lease_slot_streams(3)]}
+    aged = {configs[names.kv_stream(b)].max_age for b in buckets}
+    assert len(buckets) == 8 and aged == {LEASE_BUCKET_MAX_AGE_S}
     LeaseParams(ttl_s=MAX_LEASE_TTL_S, margin_s=1.0)
     with pytest.raises(ValueError, match="ttl_s"):
         LeaseParams(ttl_s=MAX_LEASE_TTL_S + 1, margin_s=1.0)

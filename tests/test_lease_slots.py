@@ -22,7 +22,7 @@ def test_a_single_server_has_one_unplaced_slot_per_lease() -> None:
     for slot in slots:
         assert slot.num_replicas == 1
         assert slot.placement is None
-        assert slot.subject_delete_marker_ttl == 1
+        assert slot.subject_delete_marker_ttl is None and slot.allow_rollup_hdrs is False
 
 
 @pytest.mark.parametrize("register", names.LEASE_REGISTERS)

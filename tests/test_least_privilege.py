@@ -133,19 +133,18 @@ async def refused(attempt: Awaitable[object]) -> bool:
 # -- pure: what the configuration and the permissions say -------------------------------------
 
 
-def test_only_the_buckets_with_expiry_markers_accept_rollup_headers() -> None:
-    """The server writes expiry markers as rollups, so it needs them there (docs/security.md):
-    only the lease buckets, each lease's its own; `nodes` expires keys without markers."""
+def test_no_stream_accepts_rollup_headers_or_has_expiry_markers() -> None:
+    """The server writes expiry markers as rollups and so turns rollups on wherever they are
+    (docs/security.md): no bucket has them, the lease buckets and `nodes` included."""
     configs = provision.streams() + provision.lease_slot_streams(3)
-    assert {c.name for c in configs} >= {"KV_nodes", "KV_registry", "OBJ_models", "GAMES"}
-    rollups = {c.name for c in configs if c.allow_rollup_hdrs is not False}
-    markers = {c.name for c in configs if c.subject_delete_marker_ttl}
     leases = {
         names.kv_stream(bucket)
         for register in ("election", "archive-lease")
         for bucket in (register, *(f"{register}-{n}" for n in (1, 2, 3)))
     }
-    assert rollups == markers == leases
+    assert {c.name for c in configs} >= {"KV_nodes", "KV_registry", "OBJ_models", "GAMES"} | leases
+    assert [c.name for c in configs if c.allow_rollup_hdrs is not False] == []
+    assert [c.name for c in configs if c.subject_delete_marker_ttl] == []
     [nodes] = [c for c in configs if c.name == "KV_nodes"]
     assert nodes.allow_msg_ttl and nodes.allow_rollup_hdrs is False
 
@@ -481,7 +480,7 @@ LEASES: dict[str, tuple[str, str]] = {
 }
 
 
-async def test_each_lease_has_one_writer_role_the_only_one_that_rolls_it_up(
+async def test_each_lease_has_one_writer_role_and_none_rolls_it_up(
     ids: Identities,
 ) -> None:
     admin = await ids("admin")
@@ -507,13 +506,13 @@ async def test_each_lease_has_one_writer_role_the_only_one_that_rolls_it_up(
         for bucket in (register, names.lease_slot_bucket(1, register)):
             assert (await admin.last(bucket, key)).value == b"held", bucket
             assert (await admin.last(bucket, "other")).value == b"kept", bucket
-    # The owner writes its key, and (expiry markers force rollups on) can roll its own buckets
-    # up: the one writer that could is the one that holds the lease there (docs/security.md).
+    # The owner writes its key, but cannot roll its own buckets up either.
     for who, (register, key) in LEASES.items():
         bus = await ids(who)
         await bus.write(register, key, b"mine", ttl_s=30)
-        await bus.js.publish(names.kv_subject(register, key), b"", headers=ROLLUP)
-        assert (await admin.last(register, "other")).value is None, register
+        rollup = bus.js.publish(names.kv_subject(register, key), b"", headers=ROLLUP)
+        assert await refused(rollup), f"{who} rolled up {register}"
+        assert (await admin.last(register, "other")).value == b"kept", register
 
 
 async def test_each_lease_holder_takes_its_lease_with_its_own_identity(ids: Identities) -> None:
