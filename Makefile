@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: up test lint unit schemas clean browser
 
-$(STAMP): pyproject.toml setup.py shared/solver/_c4solver.c
+$(STAMP): pyproject.toml setup.py shared/learn/solver/_c4solver.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'

@@ -5,8 +5,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "shared.solver._c4solver",
-            ["shared/solver/_c4solver.c"],
+            "shared.learn.solver._c4solver",
+            ["shared/learn/solver/_c4solver.c"],
             extra_compile_args=["-O3", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         )
     ]

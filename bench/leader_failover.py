@@ -24,10 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shared.bus import Bus, BusConfig, BusError  # noqa: E402
-from shared.lease import LeaseParams  # noqa: E402
-from shared.leaseaudit import LeaseAudit, Term  # noqa: E402
-from shared.natsserver import NatsCluster, NatsServer, ServerSpec  # noqa: E402
+from shared.bus.client import Bus, BusConfig, BusError  # noqa: E402
+from shared.bus.server import NatsCluster, NatsServer, ServerSpec  # noqa: E402
+from shared.lease.audit import LeaseAudit, Term  # noqa: E402
+from shared.lease.quorum import LeaseParams  # noqa: E402
 
 
 def spawn(

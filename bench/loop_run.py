@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from schemas import names
 from schemas.codec import decode
 from schemas.jobs import ModelEvent
-from shared.bus import Bus, BusConfig
-from shared.evalplan import WORKER_SERVICES
-from shared.natsserver import free_port
+from shared.bus.client import Bus, BusConfig
+from shared.bus.server import free_port
+from shared.loop.evalplan import WORKER_SERVICES
 
 TICKS = os.sysconf("SC_CLK_TCK")
 SERVICES = ("selfplay", "trainer", "evaluator", "scheduler", "leader", "heartbeat", "syncer")
@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     port = free_port()
     data = Path(args.data).absolute()
     argv = [
-        sys.executable, "-m", "services.cli", "up", "--game", args.game,
+        sys.executable, "-m", "shared.cli.main", "up", "--game", args.game,
         "--data-dir", str(data), "--nats-port", str(port), *args.up,
     ]  # fmt: skip
     log = (data.parent / f"{data.name}-up.out").open("wb")

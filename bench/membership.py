@@ -27,7 +27,7 @@ After `--warmup` seconds a steady window of `--duration` seconds measures:
 (the server's fsync and the worker's loop lag included), over the whole run.
 
 Then `--kill` nodes (default 5%) stop heartbeating abruptly: their tasks are cancelled, nothing
-is deleted. The observer notices death by the scheduler's rule (`shared.observe.fresh`): every
+is deleted. The observer notices death by the scheduler's rule (`shared.loop.observe.fresh`): every
 `READ_EVERY_S` (its tick) it re-reads the bucket, and a node counts while its key is there and
 its last write is within the heartbeat TTL by the server's timestamp (a node the bucket-wide
 read lacks is read directly before it counts as gone: `alive_now`). For each killed node it
@@ -69,11 +69,11 @@ from schemas import names  # noqa: E402
 from schemas.codec import BadMessage, decode, encode  # noqa: E402
 from schemas.control import NodeStatus, Resources, ServiceState  # noqa: E402
 from services.heartbeat import HeartbeatConfig, memory_bytes  # noqa: E402
-from shared.bus import Bus, BusConfig, BusError, translated  # noqa: E402
-from shared.bus import _initial as initial_entries  # noqa: E402  (Bus.snapshot's read)
-from shared.natsserver import NatsServer, ServerSpec  # noqa: E402
-from shared.observe import fresh  # noqa: E402
-from shared.service import VERSION  # noqa: E402
+from shared.bus.client import Bus, BusConfig, BusError, translated  # noqa: E402
+from shared.bus.client import _initial as initial_entries  # noqa: E402  (Bus.snapshot's read)
+from shared.bus.server import NatsServer, ServerSpec  # noqa: E402
+from shared.loop.observe import fresh  # noqa: E402
+from shared.runtime.service import VERSION  # noqa: E402
 
 ROLES = ["selfplay"]
 SERVICES = ["heartbeat", "selfplay"]

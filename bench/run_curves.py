@@ -24,9 +24,9 @@ from schemas import names
 from schemas.codec import decode
 from schemas.control import LeaderEvent
 from schemas.jobs import EvalResult, ModelEvent
-from shared.bus import Bus, BusConfig
-from shared.natsserver import NatsServer, ServerSpec
-from shared.ratingjobs import game_ratings
+from shared.bus.client import Bus, BusConfig
+from shared.bus.server import NatsServer, ServerSpec
+from shared.loop.ratingjobs import game_ratings
 
 
 async def read_run(url: str, game: str) -> dict[str, Any]:
@@ -91,9 +91,9 @@ async def gauntlet(bus: Bus, game: str, generation: int) -> dict[str, dict[str, 
 
 def add_mistake_rates(run: dict[str, Any], data: Path, positions: int, sims: int) -> None:
     from bench.strength import cached_positions, report
-    from shared.baselines import make_agent
-    from shared.games.connect4 import GAME
-    from shared.search.agent import checkpoint_agent
+    from shared.learn.baselines import make_agent
+    from shared.learn.games.connect4 import GAME
+    from shared.learn.search.agent import checkpoint_agent
 
     labelled, _ = cached_positions(0, positions, Path.home() / ".cache" / "conclave")
     base = report(labelled, [make_agent("onestep"), make_agent("mcts:200")], 0)

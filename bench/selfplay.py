@@ -25,12 +25,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.evaluator import Evaluator, NetEvaluator
-from shared.games import get_game
-from shared.games.base import BoolArray, FloatArray, Game
-from shared.net import NetConfig, PolicyValueNet
-from shared.search import SearchStats
-from shared.selfplay import SelfPlayConfig, self_play
+from shared.learn.games import get_game
+from shared.learn.games.base import BoolArray, FloatArray, Game
+from shared.learn.inference import Evaluator, NetEvaluator
+from shared.learn.net import NetConfig, PolicyValueNet
+from shared.learn.search import SearchStats
+from shared.learn.selfplay import SelfPlayConfig, self_play
 
 
 def sample_batch(game: Game[Any], batch: int) -> tuple[FloatArray, BoolArray]:

@@ -2,7 +2,7 @@
 
     python bench/sprt_cost.py --elo0 -50 --elo1 0 --max-games 100
 
-Plays each SPRT (`shared.sprt.sprt`, cap rule included) on simulated match results: games come
+Plays each SPRT (`shared.loop.sprt.sprt`, cap rule included) on simulated match results: games come
 in jobs of `--chunk` games (the evaluator's match jobs), each a win, draw or loss with the score
 the true Elo gives and a `--draw-rate` share of draws, and the test is read after every job as
 the scheduler reads it. Prints JSON: for each true Elo, the mean games to a decision and the
@@ -18,7 +18,7 @@ import sys
 import msgspec
 import orjson
 
-from shared.sprt import SprtConfig, score_from_elo, sprt
+from shared.loop.sprt import SprtConfig, score_from_elo, sprt
 
 TRUE_ELOS = (-200.0, -100.0, -50.0, -25.0, 0.0, 25.0, 50.0, 100.0, 200.0)
 

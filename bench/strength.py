@@ -7,7 +7,7 @@ A mistake is a move whose win/draw/loss value is worse than the best available (
 Pons' test sets in AlphaZero.jl's Connect Four benchmark). Positions come from seeded games of
 random and `onestep` moves mixed, stopped at a ply drawn within each stage (<= 14, 15-28, > 28
 moves played; the first stage starts at 8 moves, where labelling takes the C solver ~0.5 s);
-every legal move is labelled by `shared.solver.connect4.move_values`, and a position is kept
+every legal move is labelled by `shared.learn.solver.connect4.move_values`, and a position is kept
 only if its moves do not all have the same value. The `quiet` rates cover the positions (of any
 stage) with no immediate win or block for either side, where `onestep` plays at random. The
 labelled set is cached under --cache (default ~/.cache/conclave) by seed and size. Every agent
@@ -30,9 +30,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.baselines import Agent, make_agent, opponent_can_win, wins_at_once
-from shared.games.connect4 import GAME, Connect4State
-from shared.solver.connect4 import move_values
+from shared.learn.baselines import Agent, make_agent, opponent_can_win, wins_at_once
+from shared.learn.games.connect4 import GAME, Connect4State
+from shared.learn.solver.connect4 import move_values
 
 STAGES = (("<=14", 8, 14), ("15-28", 15, 28), (">28", 29, 41))
 QUIET = "quiet"  # a subset across stages: no immediate win or block for either side
@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     agents: list[Agent] = [make_agent(spec) for spec in args.baselines.split(",") if spec]
     if args.checkpoint is not None:
-        from shared.search.agent import checkpoint_agent  # imports torch
+        from shared.learn.search.agent import checkpoint_agent  # imports torch
 
         agents.insert(0, checkpoint_agent(GAME, args.checkpoint, args.sims))
     start = time.perf_counter()

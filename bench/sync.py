@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import sync_archive  # noqa: E402
-from shared.bus import Bus, BusConfig  # noqa: E402
-from shared.models import ModelStore, sha256_hex  # noqa: E402
-from shared.natsserver import NatsServer, ServerSpec  # noqa: E402
+from shared.bus.client import Bus, BusConfig  # noqa: E402
+from shared.bus.server import NatsServer, ServerSpec  # noqa: E402
+from shared.work.models import ModelStore, sha256_hex  # noqa: E402
 from tests.s3server import FAKE_AWS_ENV, running_moto  # noqa: E402
 
 MB = 1_000_000

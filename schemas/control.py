@@ -18,7 +18,7 @@ PROTOCOL = 1  # the wire protocol this build speaks; a new message tag in use bu
 
 MAX_SERVICES = 256  # every role runs seven, plus a self-play process per usable core
 MAX_ROLES = 16
-MAX_COUNTERS = 64  # a process's work counters (shared.counters), a handful in practice
+MAX_COUNTERS = 64  # a process's work counters (shared.runtime.counters), a handful in practice
 MAX_GPUS = 64
 
 Counters = Annotated[dict[Token, NonNegative], Meta(max_length=MAX_COUNTERS)]
@@ -38,7 +38,7 @@ class ServicePulse(Wire, frozen=True, tag="conclave.service_pulse.v1"):
     lag_max_ms: NonNegative
     started_at: Timestamp
     sent_at: Timestamp
-    counters: Counters = {}  # work done since the process started (shared.counters)
+    counters: Counters = {}  # work done since the process started (shared.runtime.counters)
     doing: Ident = ""  # the job it is working on, "" when idle
 
 

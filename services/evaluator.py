@@ -24,17 +24,24 @@ import numpy as np
 from schemas import names
 from schemas.codec import encode
 from schemas.jobs import EvalJob, EvalResult, PlayerSpec, job_group
-from shared import counters
-from shared.arena import AgentPlayer, MatchOutcome, MatchStopped, ModelPlayer, Player, play_match
-from shared.baselines import make_agent
-from shared.bus import Bus, BusError, translated
-from shared.games import Game, UnknownGame, get_game
-from shared.jobs import Delivery, JobSettings, Puller, await_consumer, dead_letter_now
-from shared.leasewatch import KeyChanges, first_of
-from shared.modelcache import Evaluators
-from shared.models import ModelStore, UnloadableModel
-from shared.service import main as service_main
-from shared.service import set_when, wait_or_stop
+from shared.bus.client import Bus, BusError, translated
+from shared.learn.arena import (
+    AgentPlayer,
+    MatchOutcome,
+    MatchStopped,
+    ModelPlayer,
+    Player,
+    play_match,
+)
+from shared.learn.baselines import make_agent
+from shared.learn.games import Game, UnknownGame, get_game
+from shared.lease.watch import KeyChanges, first_of
+from shared.runtime import counters
+from shared.runtime.service import main as service_main
+from shared.runtime.service import set_when, wait_or_stop
+from shared.work.jobs import Delivery, JobSettings, Puller, await_consumer, dead_letter_now
+from shared.work.modelcache import Evaluators
+from shared.work.models import ModelStore, UnloadableModel
 
 log = logging.getLogger("conclave.evaluator")
 

@@ -25,9 +25,9 @@ from schemas.control import (
     ServicePulse,
     ServiceState,
 )
-from shared.bus import Bus, BusError
-from shared.service import VERSION, wait_or_stop
-from shared.service import main as service_main
+from shared.bus.client import Bus, BusError
+from shared.runtime.service import VERSION, wait_or_stop
+from shared.runtime.service import main as service_main
 
 log = logging.getLogger("conclave.heartbeat")
 
@@ -43,13 +43,13 @@ class HeartbeatConfig(msgspec.Struct, frozen=True):
 
 
 MAX_EXTRA_SERVICES = 16  # services beyond the launcher's list kept (the status: MAX_SERVICES)
-MAX_COUNTERS = 16  # work counters kept per service (shared.counters has a handful)
+MAX_COUNTERS = 16  # work counters kept per service (shared.runtime.counters has a handful)
 MAX_DOING_CHARS = 200
 FORGET_AFTER_S = 60.0  # an unexpected service silent this long leaves the status
 HEADROOM_BYTES = 4096  # of the max payload, for the write's subject and headers
 LOG_EVERY_S = 10.0  # at most LOG_BURST lines per interval about rejected or dropped pulses
 LOG_BURST = 20
-# Service kinds a launcher runs (services/launcher.py ROLE_SERVICES, plus heartbeat): an
+# Service kinds a launcher runs (shared/node/launcher.py ROLE_SERVICES, plus heartbeat): an
 # unexpected instance of one of them (`selfplay-9`) outranks a name nobody runs.
 KNOWN_KINDS = frozenset(
     {"heartbeat", "leader", "scheduler", "selfplay", "trainer", "evaluator", "syncer"}

@@ -8,10 +8,10 @@ import logging
 
 import msgspec
 
-from shared.bus import Bus
-from shared.lease import LeaseParams
-from shared.leaseholder import Contender, hold
-from shared.service import main as service_main
+from shared.bus.client import Bus
+from shared.lease.holder import Contender, hold
+from shared.lease.quorum import LeaseParams
+from shared.runtime.service import main as service_main
 
 log = logging.getLogger("conclave.leader")
 

@@ -16,21 +16,21 @@ import msgspec
 
 from schemas import names
 from schemas.codec import BadMessage
-from shared.backgroundeval import BackgroundEval
-from shared.bus import Bus, BusError
-from shared.compat import announce
-from shared.evalplan import CpuMeter, EvalBudget, evaluation_share
-from shared.fencing import StaleTerm, cas_put, read_termed
-from shared.jobs import JobSettings, ensure_consumer, handle_dead_letters
-from shared.leasewatch import Holder, KeyChanges, current_holder
-from shared.loopeffects import Effects, EffectSettings
-from shared.observe import accepted_nodes, cpu_readings, observe, train_job_id
-from shared.phase import GauntletPhase, Phase, TrainingPhase, phase_of
-from shared.policy import GameState, LoopConfig, LoopState, Snapshot, apply, next_actions
-from shared.progress import last_train_progress
-from shared.ratingjobs import SkipLog
-from shared.service import main as service_main
-from shared.service import wait_or_stop
+from shared.bus.client import Bus, BusError
+from shared.bus.compat import announce
+from shared.lease.fencing import StaleTerm, cas_put, read_termed
+from shared.lease.watch import Holder, KeyChanges, current_holder
+from shared.loop.backgroundeval import BackgroundEval
+from shared.loop.effects import Effects, EffectSettings
+from shared.loop.evalplan import CpuMeter, EvalBudget, evaluation_share
+from shared.loop.observe import accepted_nodes, cpu_readings, observe, train_job_id
+from shared.loop.phase import GauntletPhase, Phase, TrainingPhase, phase_of
+from shared.loop.policy import GameState, LoopConfig, LoopState, Snapshot, apply, next_actions
+from shared.loop.progress import last_train_progress
+from shared.loop.ratingjobs import SkipLog
+from shared.runtime.service import main as service_main
+from shared.runtime.service import wait_or_stop
+from shared.work.jobs import JobSettings, ensure_consumer, handle_dead_letters
 
 log = logging.getLogger("conclave.scheduler")
 

@@ -20,17 +20,17 @@ import numpy as np
 from schemas import names
 from schemas.game import GameRecord, encode_record, simulations
 from schemas.jobs import SelfplayJob
-from shared import counters
-from shared.bus import Bus, BusError, Unavailable, translated
-from shared.games import get_game
-from shared.jobs import Delivery, JobSettings, Puller, await_consumer
-from shared.modelcache import Evaluators
-from shared.models import ModelStore
-from shared.netconfig import CheckpointError
-from shared.prefetch import prefetch_promoted
-from shared.selfplay import SelfPlayConfig, self_play
-from shared.service import main as service_main
-from shared.service import set_when, wait_or_stop
+from shared.bus.client import Bus, BusError, Unavailable, translated
+from shared.learn.games import get_game
+from shared.learn.netconfig import CheckpointError
+from shared.learn.selfplay import SelfPlayConfig, self_play
+from shared.runtime import counters
+from shared.runtime.service import main as service_main
+from shared.runtime.service import set_when, wait_or_stop
+from shared.work.jobs import Delivery, JobSettings, Puller, await_consumer
+from shared.work.modelcache import Evaluators
+from shared.work.models import ModelStore
+from shared.work.prefetch import prefetch_promoted
 
 log = logging.getLogger("conclave.selfplay")
 

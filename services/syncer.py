@@ -29,15 +29,15 @@ from services.scheduler import STATE_KEY, LoopRecord
 from shared import archive
 from shared.archive import S3Config, S3Store, Store
 from shared.archive.layout import check_sha256
-from shared.bus import Bus, BusError, translated
-from shared.fencing import read_termed
-from shared.games import game_names
-from shared.lease import LeaseParams
-from shared.leaseholder import Contender, hold
-from shared.models import ModelError, ModelStore
-from shared.ratingjobs import game_ratings
-from shared.service import main as service_main
-from shared.service import wait_or_stop
+from shared.bus.client import Bus, BusError, translated
+from shared.learn.games import game_names
+from shared.lease.fencing import read_termed
+from shared.lease.holder import Contender, hold
+from shared.lease.quorum import LeaseParams
+from shared.loop.ratingjobs import game_ratings
+from shared.runtime.service import main as service_main
+from shared.runtime.service import wait_or_stop
+from shared.work.models import ModelError, ModelStore
 
 log = logging.getLogger("conclave.syncer")
 

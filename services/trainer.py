@@ -2,8 +2,8 @@
 
 On start it reads only the tail of the games stream that fits the windows, so a restart does not
 re-read everything. Records are untrusted: each is checked against its game's rules
-(`shared.recordcheck`, in a worker thread) before use, and one that fails, or raises anything at
-all, is dead-lettered with the field at fault; a game id seen twice is kept once.
+(`shared.learn.recordcheck`, in a worker thread) before use, and one that fails, or raises
+anything at all, is dead-lettered with the field at fault; a game id seen twice is kept once.
 
 A training job warm-starts from its parent checkpoint, writes the new checkpoint to the object
 store and its metadata to KV `registry`, then announces a candidate. A step with a non-finite
@@ -34,18 +34,19 @@ from schemas import names
 from schemas.codec import BadMessage, decode, encode
 from schemas.game import GameRecord, decode_record
 from schemas.jobs import DeadLetter, ModelEvent, ModelMeta, TrainJob, TrainProgress
-from shared import counters
-from shared.bus import Bus, BusError
-from shared.games import UnknownGame, game_names, get_game
-from shared.jobs import Delivery, JobSettings, Puller, await_consumer
-from shared.models import ModelStore
-from shared.net import CheckpointError, NetConfig, PolicyValueNet, checkpoint_bytes, load_checkpoint
-from shared.recordcheck import resign_flag
-from shared.replay import GamePositions, RejectedRecord, ReplayWindow, positions_of
-from shared.resign import ResignSettings
-from shared.service import main as service_main
-from shared.service import wait_or_stop
-from shared.training import (
+from shared.bus.client import Bus, BusError
+from shared.learn.games import UnknownGame, game_names, get_game
+from shared.learn.net import (
+    CheckpointError,
+    NetConfig,
+    PolicyValueNet,
+    checkpoint_bytes,
+    load_checkpoint,
+)
+from shared.learn.recordcheck import resign_flag
+from shared.learn.replay import GamePositions, RejectedRecord, ReplayWindow, positions_of
+from shared.learn.resign import ResignSettings
+from shared.learn.training import (
     NonFiniteTraining,
     StepsDone,
     TrainReport,
@@ -53,6 +54,11 @@ from shared.training import (
     new_net,
     train,
 )
+from shared.runtime import counters
+from shared.runtime.service import main as service_main
+from shared.runtime.service import wait_or_stop
+from shared.work.jobs import Delivery, JobSettings, Puller, await_consumer
+from shared.work.models import ModelStore
 
 log = logging.getLogger("conclave.trainer")
 
@@ -151,7 +157,7 @@ class Trainer:
 
     async def model_threshold(self, game: str, sha256: str) -> float | None:
         """The threshold the training that made the model calibrated (None: none, or no such
-        model); self-play resigned at most at it (`shared.loopeffects.resign_value`)."""
+        model); self-play resigned at most at it (`shared.loop.effects.resign_value`)."""
         if not _SHA256.fullmatch(sha256) or not _is_token(game):
             return None
         key = names.model_key(game, sha256)
@@ -423,7 +429,7 @@ def decode_all(batch: list[tuple[int, bytes]]) -> tuple[list[Decoded], list[Reje
 def check_all(
     decoded: list[Decoded], thresholds: Thresholds, root_value_weight: float
 ) -> tuple[list[tuple[str, GamePositions]], list[Rejection]]:
-    """Check each record under its game's rules (`shared.recordcheck`) and make its positions."""
+    """Check each record under its game's rules (`shared.learn.recordcheck`); make its positions."""
     kept, refused = [], []
     known = set(game_names())
     for seq, data, record in decoded:

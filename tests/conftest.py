@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from shared.bus import Bus, BusConfig
-from shared.natsserver import NatsCluster, NatsServer, ServerSpec
+from shared.bus.client import Bus, BusConfig
+from shared.bus.server import NatsCluster, NatsServer, ServerSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 

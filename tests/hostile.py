@@ -18,11 +18,11 @@ from nats.errors import Error as NatsError
 from schemas import names
 from schemas.game import encode_record
 from schemas.jobs import BestPointer
-from shared.bus import Bus, BusConfig, BusError
-from shared.evaltypes import uniform_evaluator
-from shared.games import get_game
-from shared.identities import node_seed_path, seed_path
-from shared.selfplay import SelfPlayConfig, self_play
+from shared.auth.identities import node_seed_path, seed_path
+from shared.bus.client import Bus, BusConfig, BusError
+from shared.learn.evaltypes import uniform_evaluator
+from shared.learn.games import get_game
+from shared.learn.selfplay import SelfPlayConfig, self_play
 
 GAME = "tictactoe"
 DEEP = b"[" * 100_000 + b"]" * 100_000

@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 from ablation import ARMS, BASELINE, table
 
-from shared.presets import CONNECT4, tuned
+from shared.loop.presets import CONNECT4, tuned
 
 
 def test_each_arm_changes_the_preset_and_only_the_baseline_keeps_it() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shared.arena import (
+from shared.learn.arena import (
     AgentPlayer,
     MatchOutcome,
     MatchStopped,
@@ -17,11 +17,11 @@ from shared.arena import (
     play_match,
     random_opening,
 )
-from shared.baselines import make_agent
-from shared.evaluator import uniform_evaluator
-from shared.games.base import BoolArray, FloatArray, Game, IllegalMove, Symmetry
-from shared.games.connect4 import GAME as CONNECT4
-from shared.games.tictactoe import GAME as TICTACTOE
+from shared.learn.baselines import make_agent
+from shared.learn.games.base import BoolArray, FloatArray, Game, IllegalMove, Symmetry
+from shared.learn.games.connect4 import GAME as CONNECT4
+from shared.learn.games.tictactoe import GAME as TICTACTOE
+from shared.learn.inference import uniform_evaluator
 
 RANDOM = AgentPlayer(make_agent("random"))
 ONESTEP = AgentPlayer(make_agent("onestep"))

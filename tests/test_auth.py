@@ -11,10 +11,10 @@ import nats.errors
 import pytest
 
 from schemas import names
-from shared.bus import Bus, BusConfig, BusError, ConnectFailed, identity_inbox
-from shared.identities import ACCOUNTS_FILE, add_node, init, new_seed, write_seed
-from shared.natsserver import HUB_DOMAIN, LeafSpec, NatsServer, ServerSpec
-from shared.permissions import ROLES, capability_table, markdown_table, permissions
+from shared.auth.identities import ACCOUNTS_FILE, add_node, init, new_seed, write_seed
+from shared.auth.permissions import ROLES, capability_table, markdown_table, permissions
+from shared.bus.client import Bus, BusConfig, BusError, ConnectFailed, identity_inbox
+from shared.bus.server import HUB_DOMAIN, LeafSpec, NatsServer, ServerSpec
 
 
 def test_a_selfplay_identity_may_not_lead_schedule_or_destroy() -> None:

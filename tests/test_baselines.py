@@ -3,7 +3,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shared.baselines import (
+from shared.learn.baselines import (
     Agent,
     BadAgentSpec,
     MctsAgent,
@@ -13,9 +13,9 @@ from shared.baselines import (
     make_agent,
     rollout,
 )
-from shared.games.base import Game
-from shared.games.connect4 import GAME as CONNECT4
-from shared.games.tictactoe import GAME as TICTACTOE
+from shared.learn.games.base import Game
+from shared.learn.games.connect4 import GAME as CONNECT4
+from shared.learn.games.tictactoe import GAME as TICTACTOE
 
 SEEDS = range(8)
 

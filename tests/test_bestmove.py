@@ -7,9 +7,9 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
-from shared.baselines import Agent
-from shared.bestmove import add_arguments, run
-from shared.games import Game
+from shared.cli.bestmove import add_arguments, run
+from shared.learn.baselines import Agent
+from shared.learn.games import Game
 
 S = TypeVar("S")
 
@@ -118,8 +118,8 @@ def test_checkpoint_load_errors_name_the_file() -> None:
 
 
 def test_checkpoint_searches_with_a_real_network(tmp_path: Path) -> None:
-    from shared.games import get_game
-    from shared.net import NetConfig, PolicyValueNet, save_checkpoint
+    from shared.learn.games import get_game
+    from shared.learn.net import NetConfig, PolicyValueNet, save_checkpoint
 
     game = get_game("connect4")
     net = PolicyValueNet(NetConfig(blocks=1, channels=8), game.encoding_shape, game.num_actions)
@@ -132,8 +132,8 @@ def test_checkpoint_searches_with_a_real_network(tmp_path: Path) -> None:
 
 
 def test_unusable_checkpoints_are_named(tmp_path: Path) -> None:
-    from shared.games import get_game
-    from shared.net import NetConfig, PolicyValueNet, save_checkpoint
+    from shared.learn.games import get_game
+    from shared.learn.net import NetConfig, PolicyValueNet, save_checkpoint
 
     game = get_game("tictactoe")
     net = PolicyValueNet(NetConfig(blocks=0, channels=4), game.encoding_shape, game.num_actions)

@@ -9,8 +9,8 @@ import pytest
 from nats.aio.msg import Msg
 
 from schemas import names
-from shared.bus import Bus, BusConfig, CasFailed, ConnectFailed, ttl_header
-from shared.natsserver import free_port
+from shared.bus.client import Bus, BusConfig, CasFailed, ConnectFailed, ttl_header
+from shared.bus.server import free_port
 
 B, K = names.ELECTION_BUCKET, "k"
 

@@ -6,9 +6,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.games.connect4 import CELLS, GAME, Connect4State
-from shared.solver import _c4solver
-from shared.solver.connect4 import DRAW, LOSS, WIN, SolvedPosition, Solver, move_values, scores
+from shared.learn.games.connect4 import CELLS, GAME, Connect4State
+from shared.learn.solver import _c4solver
+from shared.learn.solver.connect4 import (
+    DRAW,
+    LOSS,
+    WIN,
+    SolvedPosition,
+    Solver,
+    move_values,
+    scores,
+)
 from tests.test_solver_connect4 import DRAW_GAME, late_position
 
 

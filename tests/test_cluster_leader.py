@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from schemas import names
-from shared.bus import Bus, BusConfig, BusError
-from shared.leaseaudit import LeaseAudit
-from shared.natsserver import NatsCluster
+from shared.bus.client import Bus, BusConfig, BusError
+from shared.bus.server import NatsCluster
+from shared.lease.audit import LeaseAudit
 from tests.conftest import Processes, eventually
 from tests.test_leader import current_lease, start_contenders
 

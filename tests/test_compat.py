@@ -9,11 +9,11 @@ from schemas import names
 from schemas.codec import encode
 from schemas.control import PROTOCOL, ClusterProtocol, NodeStatus, Resources, ServiceState
 from schemas.jobs import EvalJob, PlayerSpec
-from services.status import gather, render_text
-from shared.bus import Bus
-from shared.compat import announce, refusal
-from shared.jobs import JobSettings, Puller, ensure_consumer, submit
-from shared.observe import accepted_nodes, live_workers
+from shared.bus.client import Bus
+from shared.bus.compat import announce, refusal
+from shared.cli.status import gather, render_text
+from shared.loop.observe import accepted_nodes, live_workers
+from shared.work.jobs import JobSettings, Puller, ensure_consumer, submit
 
 
 def accepting(low: int, high: int) -> ClusterProtocol:

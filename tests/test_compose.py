@@ -7,8 +7,8 @@ from typing import Any
 
 import yaml
 
-from services.launcher import LOOP_ROLES, ROLE_SERVICES
-from shared.natsserver import COMPOSE_SERVERS, compose_config
+from shared.bus.server import COMPOSE_SERVERS, compose_config
+from shared.node.launcher import LOOP_ROLES, ROLE_SERVICES
 
 ROOT = Path(__file__).resolve().parents[1]
 

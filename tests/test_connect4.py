@@ -5,8 +5,8 @@ import pytest
 from hypothesis import assume, event, given
 from hypothesis import strategies as st
 
-from shared.games import BadNotation, IllegalMove, get_game
-from shared.games.connect4 import GAME, Connect4State
+from shared.learn.games import BadNotation, IllegalMove, get_game
+from shared.learn.games.connect4 import GAME, Connect4State
 
 DRAW = "446323116125713546635334125521577677446722"
 Grid = dict[tuple[int, int], int]  # (column, row from the bottom) -> player 0/1

@@ -17,12 +17,8 @@ from schemas import names
 from schemas.codec import decode, encode
 from schemas.control import MAX_SERVICES, NodeStatus, Resources, ServicePulse, ServiceState
 from schemas.jobs import DeadLetter, EvalJob, EvalResult, ModelEvent, ModelMeta, PlayerSpec
-from services.console import Console
-from services.dashboard import model_events
 from services.heartbeat import KNOWN_KINDS, HeartbeatConfig, Pulses
 from services.heartbeat import run as heartbeat_run
-from services.launcher import ROLE_SERVICES
-from services.status import gather, render_text
 from services.syncer import (
     MODELS_CONSUMER,
     Archiver,
@@ -31,12 +27,16 @@ from services.syncer import (
     results_name,
 )
 from shared import archive
-from shared.bus import Bus, BusConfig
-from shared.loopeffects import Effects, EffectSettings, issue
-from shared.models import ModelStore
-from shared.natsserver import NatsServer
-from shared.observe import observe_game, train_job_id
-from shared.policy import GameState, LoopConfig, Trained
+from shared.bus.client import Bus, BusConfig
+from shared.bus.server import NatsServer
+from shared.cli.dashboard import model_events
+from shared.cli.status import gather, render_text
+from shared.loop.effects import Effects, EffectSettings, issue
+from shared.loop.observe import observe_game, train_job_id
+from shared.loop.policy import GameState, LoopConfig, Trained
+from shared.node.console import Console
+from shared.node.launcher import ROLE_SERVICES
+from shared.work.models import ModelStore
 
 GAME = "tictactoe"
 GEN1 = PlayerSpec("gen1", "ab" * 32, sims=8)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from shared.natsserver import free_port
+from shared.bus.server import free_port
 from tests.conftest import Processes, eventually
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ async def test_the_dashboard_shows_live_nodes_and_an_elo_chart(
     port, web = free_port(), free_port()
     data = tmp_path / "data"
     up = [
-        sys.executable, "-m", "services.cli", "up", "--game", "tictactoe",
+        sys.executable, "-m", "shared.cli.main", "up", "--game", "tictactoe",
         "--data-dir", str(data), "--nats-port", str(port),
     ]  # fmt: skip
     out = tmp_path / "up.out"
@@ -70,7 +70,7 @@ async def test_the_dashboard_shows_live_nodes_and_an_elo_chart(
     promoted = re.compile(r"generation [1-9]\d* promoted")
     await eventually(lambda: promoted.search(out.read_text()), 300, what="two promotions")
     board = [
-        sys.executable, "-m", "services.cli", "dashboard", "--port", str(web),
+        sys.executable, "-m", "shared.cli.main", "dashboard", "--port", str(web),
         "--nats", f"nats://127.0.0.1:{port}", "--creds", str(data / "auth" / "admin.nk"),
     ]  # fmt: skip
     board_out = tmp_path / "dashboard.out"
@@ -102,7 +102,7 @@ async def test_the_dashboard_shows_live_nodes_and_an_elo_chart(
     made = await asyncio.to_thread(
         subprocess.run,
         [
-            sys.executable, "-m", "services.cli", "report", "--game", "tictactoe",
+            sys.executable, "-m", "shared.cli.main", "report", "--game", "tictactoe",
             "--out", str(report), "--nats", f"nats://127.0.0.1:{port}",
             "--creds", str(data / "auth" / "admin.nk"),
         ],

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.evalplan import (
+from shared.loop.evalplan import (
     CpuMeter,
     CpuReading,
     EvalBudget,

@@ -14,12 +14,12 @@ from schemas import names
 from schemas.codec import BadMessage, decode, encode
 from schemas.jobs import EvalJob, EvalResult, ModelEvent, PlayerSpec, job_group
 from services.evaluator import BadPlayer, EvaluatorConfig, check_spec
-from shared.bus import Bus
-from shared.games.tictactoe import GAME as TICTACTOE
-from shared.jobs import JobSettings, Puller, ensure_consumer, last_failure, submit
-from shared.models import ModelStore
-from shared.natsserver import NatsServer
-from shared.net import NetConfig, PolicyValueNet, checkpoint_bytes
+from shared.bus.client import Bus
+from shared.bus.server import NatsServer
+from shared.learn.games.tictactoe import GAME as TICTACTOE
+from shared.learn.net import NetConfig, PolicyValueNet, checkpoint_bytes
+from shared.work.jobs import JobSettings, Puller, ensure_consumer, last_failure, submit
+from shared.work.models import ModelStore
 from tests.conftest import Processes, eventually, process_config
 
 RANDOM = PlayerSpec("random", agent="random")

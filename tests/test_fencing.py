@@ -6,8 +6,8 @@ import pytest
 
 from schemas import names
 from schemas.jobs import BestPointer
-from shared.bus import Bus
-from shared.fencing import StaleTerm, cas_put, fenced_put, read_termed
+from shared.bus.client import Bus
+from shared.lease.fencing import StaleTerm, cas_put, fenced_put, read_termed
 
 KEY = names.best_key("tictactoe")
 

@@ -3,7 +3,7 @@ every service a real supervised process) gets a few hundred random and mutated m
 application subject each identity may publish to, each sent with that identity's own credentials,
 and no service crashes or wedges: every consumer gets past them and the loop goes on.
 
-Subjects come from `shared.permissions`: every publish grant of the five role identities and of
+Subjects come from `shared.auth.permissions`: every publish grant of the five role identities and of
 the node identity, wildcards filled with plausible tokens (the running game, another and an
 unknown one; the real node and another; real and unknown job groups and ids; the best model's
 digest and an unknown one). Covered: pulses, logs, game records, results, every event kind,
@@ -77,15 +77,8 @@ from schemas.jobs import (
 )
 from services.scheduler import STATE_KEY, LoopRecord
 from services.syncer import SyncStatus
-from shared import provision
-from shared.bus import Bus
-from shared.evaltypes import uniform_evaluator
-from shared.fencing import read_termed
-from shared.games import get_game
-from shared.identities import NODE_ROLES_FILE, node_seed_path, seed_path
-from shared.leasewatch import current_holder
-from shared.natsserver import free_port
-from shared.permissions import (
+from shared.auth.identities import NODE_ROLES_FILE, node_seed_path, seed_path
+from shared.auth.permissions import (
     ROLES,
     Permissions,
     Role,
@@ -95,7 +88,14 @@ from shared.permissions import (
     node_permissions,
     permissions,
 )
-from shared.selfplay import SelfPlayConfig, self_play
+from shared.bus import provision
+from shared.bus.client import Bus
+from shared.bus.server import free_port
+from shared.learn.evaltypes import uniform_evaluator
+from shared.learn.games import get_game
+from shared.learn.selfplay import SelfPlayConfig, self_play
+from shared.lease.fencing import read_termed
+from shared.lease.watch import current_holder
 from tests import hostile
 from tests.conftest import Processes, eventually
 
@@ -656,7 +656,7 @@ class Cluster:
 def start(processes: Processes, tmp_path: Path) -> Cluster:
     port = free_port()
     data, out = tmp_path / "data", tmp_path / "up.out"
-    argv = [sys.executable, "-m", "services.cli", "up", "--game", GAME, "--data-dir", str(data)]
+    argv = [sys.executable, "-m", "shared.cli.main", "up", "--game", GAME, "--data-dir", str(data)]
     up = processes.spawn([*argv, "--nats-port", str(port), "--selfplay-workers", "1"], out)
     return Cluster(up, f"nats://127.0.0.1:{port}", data, out)
 

@@ -12,9 +12,9 @@ from nats.aio.msg import Msg
 from schemas import names
 from schemas.codec import decode, encode
 from schemas.jobs import DeadLetter, SelfplayJob
-from shared import counters
-from shared.bus import Bus
-from shared.jobs import (
+from shared.bus.client import Bus
+from shared.runtime import counters
+from shared.work.jobs import (
     Delivery,
     JobSettings,
     MaxDeliveries,

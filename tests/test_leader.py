@@ -9,9 +9,9 @@ import time
 from schemas import names
 from schemas.codec import BadMessage, decode
 from schemas.control import Lease
-from shared.bus import Bus, BusError
-from shared.leaseaudit import LeaseAudit
-from shared.natsserver import NatsServer
+from shared.bus.client import Bus, BusError
+from shared.bus.server import NatsServer
+from shared.lease.audit import LeaseAudit
 from tests.conftest import Processes, eventually, process_config
 
 

@@ -14,10 +14,10 @@ from schemas import names
 from schemas.codec import decode
 from schemas.control import NodeStatus
 from schemas.jobs import EvalJob, PlayerSpec
-from shared.bus import Bus, BusConfig, CasFailed
-from shared.jobs import JobSettings, Puller, ensure_consumer, submit
-from shared.models import ModelStore
-from shared.natsserver import HUB_DOMAIN, LeafSpec, NatsServer, pid_alive
+from shared.bus.client import Bus, BusConfig, CasFailed
+from shared.bus.server import HUB_DOMAIN, LeafSpec, NatsServer, pid_alive
+from shared.work.jobs import JobSettings, Puller, ensure_consumer, submit
+from shared.work.models import ModelStore
 from tests.conftest import Processes, eventually
 
 
@@ -68,7 +68,7 @@ async def test_everything_a_worker_does_works_through_a_leaf(
 
 def start_edge(processes: Processes, hub: NatsServer, tmp: Path) -> int:
     argv = [
-        sys.executable, "-m", "services.cli", "node", "--roles", "control",
+        sys.executable, "-m", "shared.cli.main", "node", "--roles", "control",
         "--node-id", "edge1", "--via-leaf", hub.leaf_url, "--cache-dir", str(tmp / "cache"),
         "--log-dir", str(tmp / "logs" / "edge1"),
     ]  # fmt: skip

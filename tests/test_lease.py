@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas import names
-from shared import lease
-from shared.lease import LEASE_BUCKET_MAX_AGE_S, MAX_LEASE_TTL_S, LeaseParams, Slot, Stance
-from shared.provision import lease_slot_streams, streams
+from shared.bus.provision import lease_slot_streams, streams
+from shared.lease import quorum as lease
+from shared.lease.quorum import LEASE_BUCKET_MAX_AGE_S, MAX_LEASE_TTL_S, LeaseParams, Slot, Stance
 
 P = LeaseParams(ttl_s=3, renew_every_s=1.0, margin_s=0.5, recheck_s=1.0)
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from schemas import names
-from shared import permissions, provision
-from shared.bus import Bus, BusConfig, NoPlacement, Unavailable
-from shared.natsserver import NatsCluster, NatsServer, ServerSpec, server_binary
+from shared.auth import permissions
+from shared.bus import provision
+from shared.bus.client import Bus, BusConfig, NoPlacement, Unavailable
+from shared.bus.server import NatsCluster, NatsServer, ServerSpec, server_binary
 from tests.conftest import eventually
 
 

@@ -23,8 +23,16 @@ from nats.js.api import AckPolicy, ConsumerConfig, StorageType
 
 from schemas import names
 from schemas.jobs import SelfplayJob
-from services import cli
-from services.launcher import (
+from shared.auth import permissions
+from shared.auth.identities import ACCOUNTS_FILE, add_node, init, node_roles, node_seed_path
+from shared.auth.permissions import Role
+from shared.bus import provision
+from shared.bus.client import Bus, BusConfig, BusError, identity_inbox
+from shared.bus.server import NatsServer, ServerSpec
+from shared.cli import main as cli
+from shared.lease.holder import Contender, hold
+from shared.lease.quorum import LeaseParams
+from shared.node.launcher import (
     LOOP_ROLES,
     MissingIdentity,
     NodeOptions,
@@ -34,18 +42,11 @@ from services.launcher import (
     identity_roles,
     node_services,
 )
-from services.up import local_identities
-from shared import permissions, provision
-from shared.bus import Bus, BusConfig, BusError, identity_inbox
-from shared.identities import ACCOUNTS_FILE, add_node, init, node_roles, node_seed_path
-from shared.jobs import JobSettings, Puller, await_consumer, ensure_consumer, submit
-from shared.lease import LeaseParams
-from shared.leaseholder import Contender, hold
-from shared.models import CHUNK_BYTES, ModelStore, sha256_hex
-from shared.natsserver import NatsServer, ServerSpec
-from shared.permissions import Role
-from shared.service import ProcessConfig
-from shared.supervisor import Child
+from shared.node.up import local_identities
+from shared.runtime.service import ProcessConfig
+from shared.runtime.supervisor import Child
+from shared.work.jobs import JobSettings, Puller, await_consumer, ensure_consumer, submit
+from shared.work.models import CHUNK_BYTES, ModelStore, sha256_hex
 from tests.conftest import eventually
 
 ROLE_IDENTITIES: tuple[Role, ...] = ("coordinator", "selfplay", "trainer", "evaluator", "syncer")

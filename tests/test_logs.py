@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from services.logs_cli import render
-from shared.bus import Bus
-from shared.buslog import RATE_PER_S, BusLogHandler, levels_from
-from shared.log import JsonFormatter
-from shared.natsserver import NatsServer
+from shared.bus.client import Bus
+from shared.bus.server import NatsServer
+from shared.cli.logs import render
+from shared.runtime.buslog import RATE_PER_S, BusLogHandler, levels_from
+from shared.runtime.log import JsonFormatter
 from tests.conftest import Processes, eventually, process_config
 
 
@@ -45,7 +45,7 @@ async def test_a_service_log_line_arrives_through_conclave_logs(
 ) -> None:
     out = tmp_path / "logs.out"
     argv = [
-        sys.executable, "-m", "services.cli", "logs", "--follow", "--node", "n1",
+        sys.executable, "-m", "shared.cli.main", "logs", "--follow", "--node", "n1",
         "--service", "leader", "--nats", nats_server.url,
     ]  # fmt: skip
     processes.spawn(argv, out)

@@ -22,15 +22,15 @@ import pytest
 from schemas import names
 from schemas.codec import decode
 from schemas.jobs import BestPointer, EvalJob, EvalResult, PlayerSpec
-from shared.bus import Bus
-from shared.games import get_game
-from shared.loopeffects import issue
-from shared.models import ModelStore
-from shared.natsserver import free_port
-from shared.presets import TICTACTOE
-from shared.ratingjobs import game_results
-from shared.search.agent import checkpoint_agent
-from shared.solver.small import PerfectPlayReport, check_perfect_play
+from shared.bus.client import Bus
+from shared.bus.server import free_port
+from shared.learn.games import get_game
+from shared.learn.search.agent import checkpoint_agent
+from shared.learn.solver.small import PerfectPlayReport, check_perfect_play
+from shared.loop.effects import issue
+from shared.loop.presets import TICTACTOE
+from shared.loop.ratingjobs import game_results
+from shared.work.models import ModelStore
 from tests import hostile
 from tests.conftest import Processes
 
@@ -60,7 +60,7 @@ async def test_tictactoe_reaches_perfect_play_within_ten_minutes(
         [
             sys.executable,
             "-m",
-            "services.cli",
+            "shared.cli.main",
             "up",
             "--game",
             "tictactoe",

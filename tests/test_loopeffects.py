@@ -10,12 +10,12 @@ from hypothesis import strategies as st
 from schemas import names
 from schemas.codec import decode, encode
 from schemas.jobs import ModelEvent, ModelMeta, TrainJob
-from shared.bus import Bus
-from shared.jobs import JobSettings, Puller, ensure_consumer
-from shared.loopeffects import Effects, EffectSettings, selfplay_sims
-from shared.policy import GameState, LoopConfig, LoopState, Reject, StartTraining
-from shared.presets import BadTuning, preset, tuned
-from shared.sprt import SprtConfig, sprt
+from shared.bus.client import Bus
+from shared.loop.effects import Effects, EffectSettings, selfplay_sims
+from shared.loop.policy import GameState, LoopConfig, LoopState, Reject, StartTraining
+from shared.loop.presets import BadTuning, preset, tuned
+from shared.loop.sprt import SprtConfig, sprt
+from shared.work.jobs import JobSettings, Puller, ensure_consumer
 
 
 def test_a_fixed_budget_by_default() -> None:

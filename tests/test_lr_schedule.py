@@ -9,12 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.evaluator import uniform_evaluator
-from shared.games import get_game
-from shared.netconfig import NetConfig, TrainSettings, lr_factor
-from shared.replay import ReplayWindow, positions_of
-from shared.selfplay import SelfPlayConfig, self_play
-from shared.training import new_net, train
+from shared.learn.games import get_game
+from shared.learn.inference import uniform_evaluator
+from shared.learn.netconfig import NetConfig, TrainSettings, lr_factor
+from shared.learn.replay import ReplayWindow, positions_of
+from shared.learn.selfplay import SelfPlayConfig, self_play
+from shared.learn.training import new_net, train
 
 COSINE = TrainSettings(lr_schedule="cosine", lr_final_factor=0.1, warmup_steps=10)
 

@@ -14,13 +14,13 @@ from schemas import names
 from schemas.codec import encode
 from schemas.control import Lease, NodeStatus, Resources, ServiceState
 from schemas.jobs import SelfplayJob
-from services.metrics import BusCollector
 from services.scheduler import STATE_KEY, LoopRecord
-from services.status import gather
-from shared.bus import Bus
-from shared.jobs import submit
-from shared.phase import MatchPhase, Phase
-from shared.policy import GameState, LoopState
+from shared.bus.client import Bus
+from shared.cli.metrics import BusCollector
+from shared.cli.status import gather
+from shared.loop.phase import MatchPhase, Phase
+from shared.loop.policy import GameState, LoopState
+from shared.work.jobs import submit
 
 MATCH = Phase(
     "match",

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from schemas import names
-from shared.bus import Bus
-from shared.models import (
+from shared.bus.client import Bus
+from shared.work.models import (
     CHUNK_BYTES,
     DigestMismatch,
     ModelMissing,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.natsserver import (
+from shared.bus.server import (
     NatsCluster,
     NatsServer,
     NatsServerError,

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from shared.evaluator import NetEvaluator, symmetrised, uniform_evaluator
-from shared.games.connect4 import GAME as CONNECT4
-from shared.games.tictactoe import GAME as TICTACTOE
-from shared.net import (
+from shared.learn.games.connect4 import GAME as CONNECT4
+from shared.learn.games.tictactoe import GAME as TICTACTOE
+from shared.learn.inference import NetEvaluator, symmetrised, uniform_evaluator
+from shared.learn.net import (
     BadDigest,
     CheckpointError,
     MalformedCheckpoint,

@@ -18,7 +18,9 @@ from nats.aio.msg import Msg
 from schemas import names
 from schemas.codec import decode
 from schemas.control import NodeStatus
-from services.launcher import (
+from shared.bus.client import Bus
+from shared.bus.server import NatsServer, pid_alive
+from shared.node.launcher import (
     NodeOptions,
     build_children,
     selfplay_nice,
@@ -26,9 +28,7 @@ from services.launcher import (
     services_for,
     supervise,
 )
-from shared.bus import Bus
-from shared.natsserver import NatsServer, pid_alive
-from shared.supervisor import Child
+from shared.runtime.supervisor import Child
 from tests.conftest import Processes, eventually, process_config
 
 COORDINATOR = services_for(["coordinator"])
@@ -168,7 +168,7 @@ async def test_services_stop_when_their_launcher_is_killed(
         [
             sys.executable,
             "-m",
-            "services.cli",
+            "shared.cli.main",
             "node",
             "--roles",
             "coordinator",

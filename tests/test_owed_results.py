@@ -20,21 +20,18 @@ from schemas.control import NodeStatus, Resources, ServiceState
 from schemas.jobs import DeadLetter, EvalJob, EvalResult, PlayerSpec, job_group
 from services.evaluator import EvaluatorConfig, Worker
 from services.heartbeat import HeartbeatConfig
-from shared.bus import Bus
-from shared.games.tictactoe import GAME as TICTACTOE
-from shared.jobs import JobSettings, Puller, ensure_consumer
-from shared.loopeffects import Effects, EffectSettings, issue
-from shared.modelcache import load_evaluator
-from shared.models import UnloadableModel, sha256_hex
-from shared.net import NetConfig, PolicyValueNet, checkpoint_bytes
-from shared.observe import (
+from shared.bus.client import Bus
+from shared.learn.games.tictactoe import GAME as TICTACTOE
+from shared.learn.net import NetConfig, PolicyValueNet, checkpoint_bytes
+from shared.loop.effects import Effects, EffectSettings, issue
+from shared.loop.observe import (
     HEARTBEAT_TTL_S,
     accepted_nodes,
     live_workers,
     match_score,
     observe,
 )
-from shared.policy import (
+from shared.loop.policy import (
     EnqueueSelfplay,
     GameSnapshot,
     GameState,
@@ -48,8 +45,11 @@ from shared.policy import (
     match_games_limit,
     next_actions,
 )
-from shared.ratingjobs import SkipLog, Stored, game_results, judge, mismatch
-from shared.sprt import SprtConfig
+from shared.loop.ratingjobs import SkipLog, Stored, game_results, judge, mismatch
+from shared.loop.sprt import SprtConfig
+from shared.work.jobs import JobSettings, Puller, ensure_consumer
+from shared.work.modelcache import load_evaluator
+from shared.work.models import UnloadableModel, sha256_hex
 
 GAME = "tictactoe"
 CAND, BEST = "cd" * 32, "ab" * 32

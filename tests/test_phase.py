@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import msgspec
 
-from shared.phase import TrainingPhase, phase_of
-from shared.policy import GameSnapshot, GameState, LoopConfig, MatchScore
-from shared.sprt import SprtConfig
+from shared.loop.phase import TrainingPhase, phase_of
+from shared.loop.policy import GameSnapshot, GameState, LoopConfig, MatchScore
+from shared.loop.sprt import SprtConfig
 
 CFG = LoopConfig(games=("tictactoe",), games_per_generation=400, sprt=SprtConfig(max_games=200))
 

@@ -27,8 +27,10 @@ import pytest
 from schemas import names
 from schemas.codec import encode
 from schemas.jobs import BestPointer
-from services.cli import build_parser
-from services.play_cli import (
+from shared.bus.client import Bus
+from shared.bus.server import NatsServer, free_port
+from shared.cli.main import build_parser
+from shared.cli.play import (
     BadMove,
     board_cells,
     outcome,
@@ -38,10 +40,8 @@ from services.play_cli import (
     render,
     replay,
 )
-from shared.bus import Bus
-from shared.games import Game, get_game
-from shared.models import ModelStore
-from shared.natsserver import NatsServer, free_port
+from shared.learn.games import Game, get_game
+from shared.work.models import ModelStore
 from tests.conftest import Processes, eventually
 from tests.test_dashboard import ARTIFACTS, chromium
 
@@ -173,7 +173,7 @@ def test_undecodable_input_is_an_error_not_a_crash() -> None:
 
 
 def save_net(path: Path, game: Game[Any], generation: int) -> Path:
-    from shared.net import NetConfig, PolicyValueNet, save_checkpoint
+    from shared.learn.net import NetConfig, PolicyValueNet, save_checkpoint
 
     config = NetConfig(blocks=1, channels=8, value_hidden=8)
     save_checkpoint(
@@ -183,7 +183,7 @@ def save_net(path: Path, game: Game[Any], generation: int) -> Path:
 
 
 def conclave_play(*args: str, stdin: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "services.cli", "play", *args]
+    cmd = [sys.executable, "-m", "shared.cli.main", "play", *args]
     return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=120)
 
 
@@ -272,7 +272,7 @@ async def board(nats_server: NatsServer, bus: Bus, processes: Processes, tmp_pat
     await publish_best(bus, tmp_path, TTT, generation=2)
     web = free_port()
     cmd = [
-        sys.executable, "-m", "services.cli", "dashboard", "--port", str(web),
+        sys.executable, "-m", "shared.cli.main", "dashboard", "--port", str(web),
         "--nats", nats_server.url,
     ]  # fmt: skip
     out = tmp_path / "dashboard.out"

@@ -24,23 +24,23 @@ from schemas.codec import BadMessage, decode, encode
 from schemas.game import GameRecord, decode_record, encode_record, pack_policy, policy_targets
 from schemas.jobs import DeadLetter, ModelMeta, TrainJob
 from services.trainer import Trainer, TrainerConfig
-from shared import counters
-from shared.bus import Bus
-from shared.evaluator import uniform_evaluator
-from shared.games import get_game
-from shared.games.base import Game
-from shared.net import (
+from shared.bus.client import Bus
+from shared.learn.games import get_game
+from shared.learn.games.base import Game
+from shared.learn.inference import uniform_evaluator
+from shared.learn.net import (
     NonFiniteWeights,
     PolicyValueNet,
     checkpoint_bytes,
     load_checkpoint,
     weights_sha256,
 )
-from shared.netconfig import NetConfig, TrainSettings
-from shared.recordcheck import RejectedRecord, check_record
-from shared.replay import GamePositions, ReplayWindow, positions_of
-from shared.selfplay import SelfPlayConfig, self_play
-from shared.training import NonFiniteTraining, StepsDone, new_net, train
+from shared.learn.netconfig import NetConfig, TrainSettings
+from shared.learn.recordcheck import RejectedRecord, check_record
+from shared.learn.replay import GamePositions, ReplayWindow, positions_of
+from shared.learn.selfplay import SelfPlayConfig, self_play
+from shared.learn.training import NonFiniteTraining, StepsDone, new_net, train
+from shared.runtime import counters
 from tests.conftest import eventually
 
 TTT = get_game("tictactoe")

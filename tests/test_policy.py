@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.policy import (
+from shared.loop.policy import (
     AbandonTraining,
     Action,
     EnqueueSelfplay,
@@ -26,7 +26,7 @@ from shared.policy import (
     selfplay_jobs_to_enqueue,
     should_train,
 )
-from shared.sprt import SprtConfig
+from shared.loop.sprt import SprtConfig
 
 CFG = LoopConfig(
     games=("c4",),

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.ratings import (
+from shared.loop.ratings import (
     ELO_PER_NAT,
     MAX_GAMES,
     MAX_PLAYERS,

@@ -10,8 +10,8 @@ import numpy.typing as npt
 import pytest
 
 from schemas.game import GameRecord, pack_policy
-from shared.games import get_game
-from shared.replay import RejectedRecord, ReplayWindow, augment, positions_of
+from shared.learn.games import get_game
+from shared.learn.replay import RejectedRecord, ReplayWindow, augment, positions_of
 
 GAME = get_game("tictactoe")
 

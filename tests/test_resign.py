@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.evaluator import uniform_evaluator
-from shared.games import get_game
-from shared.replay import ReplayWindow, positions_of
-from shared.resign import ResignSettings, lowest_values, report, threshold
-from shared.selfplay import SelfPlayConfig, self_play
+from shared.learn.games import get_game
+from shared.learn.inference import uniform_evaluator
+from shared.learn.replay import ReplayWindow, positions_of
+from shared.learn.resign import ResignSettings, lowest_values, report, threshold
+from shared.learn.selfplay import SelfPlayConfig, self_play
 
 SETTINGS = ResignSettings(target=0.05, min_samples=20, highest=-0.8)
 

@@ -14,10 +14,10 @@ from schemas.jobs import BestPointer, EvalResult, ModelEvent, PlayerSpec
 from services.scheduler import STATE_KEY, LoopRecord
 from shared import archive
 from shared.archive import S3Store
-from shared.bus import Bus, BusConfig
-from shared.models import ModelStore, sha256_hex
-from shared.natsserver import NatsServer, ServerSpec
-from shared.policy import GameState, LoopState
+from shared.bus.client import Bus, BusConfig
+from shared.bus.server import NatsServer, ServerSpec
+from shared.loop.policy import GameState, LoopState
+from shared.work.models import ModelStore, sha256_hex
 from tests.conftest import Processes, eventually
 from tests.s3server import FAKE_AWS_ENV, MotoServer
 from tests.test_syncer import archived, publish_games, s3_config, start_syncer
@@ -97,7 +97,7 @@ async def test_restore_brings_back_models_pointer_history_and_games_and_refuses_
             [
                 sys.executable,
                 "-m",
-                "services.cli",
+                "shared.cli.main",
                 "restore",
                 "--from",
                 "s3://archive/conclave",

@@ -14,12 +14,12 @@ import pytest
 
 from schemas import names
 from schemas.codec import encode
-from services.console import run_summary
 from services.scheduler import STATE_KEY, LoopRecord
-from shared.bus import Bus, BusConfig
-from shared.fencing import read_termed
-from shared.natsserver import free_port
-from shared.policy import GameState, LoopState
+from shared.bus.client import Bus, BusConfig
+from shared.bus.server import free_port
+from shared.lease.fencing import read_termed
+from shared.loop.policy import GameState, LoopState
+from shared.node.console import run_summary
 from tests.conftest import ROOT, Processes, eventually
 
 PROMOTED = re.compile(r"tictactoe generation (\d+) promoted")
@@ -36,7 +36,7 @@ class Up:
 
     @classmethod
     async def start(cls, data: Path, port: int) -> Up:
-        argv = ["-m", "services.cli", "up", "--game", "tictactoe"]
+        argv = ["-m", "shared.cli.main", "up", "--game", "tictactoe"]
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             *argv,

@@ -20,10 +20,10 @@ from schemas import names
 from schemas.codec import decode
 from schemas.jobs import ModelEvent
 from services.scheduler import STATE_KEY, LoopRecord
-from shared.bus import Bus
-from shared.fencing import read_termed
-from shared.leasewatch import current_holder
-from shared.natsserver import NatsServer
+from shared.bus.client import Bus
+from shared.bus.server import NatsServer
+from shared.lease.fencing import read_termed
+from shared.lease.watch import current_holder
 from tests.conftest import Processes, eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -35,7 +35,7 @@ def start_node(
     argv = [
         sys.executable,
         "-m",
-        "services.cli",
+        "shared.cli.main",
         "node",
         "--roles",
         roles,

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from shared.evaluator import uniform_evaluator
-from shared.games.base import BoolArray, FloatArray, Symmetry
-from shared.games.tictactoe import GAME as TICTACTOE
-from shared.search import (
+from shared.learn.games.base import BoolArray, FloatArray, Symmetry
+from shared.learn.games.tictactoe import GAME as TICTACTOE
+from shared.learn.inference import uniform_evaluator
+from shared.learn.search import (
     Cache,
     SearchOutput,
     Steps,
@@ -25,8 +25,8 @@ from shared.search import (
     gumbel_steps,
     puct_search,
 )
-from shared.search.gumbel import completed_q, interior_action, sigma
-from shared.search.tree import new_tree
+from shared.learn.search.gumbel import completed_q, interior_action, sigma
+from shared.learn.search.tree import new_tree
 
 
 class Pull(NamedTuple):

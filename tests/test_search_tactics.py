@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from shared.evaluator import NetEvaluator, symmetrised, uniform_evaluator
-from shared.games.connect4 import GAME as CONNECT4
-from shared.games.tictactoe import GAME as TICTACTOE
-from shared.net import NetConfig, PolicyValueNet, WrongGame, save_checkpoint
-from shared.search import gumbel_search, puct_search
-from shared.search.agent import checkpoint_agent
+from shared.learn.games.connect4 import GAME as CONNECT4
+from shared.learn.games.tictactoe import GAME as TICTACTOE
+from shared.learn.inference import NetEvaluator, symmetrised, uniform_evaluator
+from shared.learn.net import NetConfig, PolicyValueNet, WrongGame, save_checkpoint
+from shared.learn.search import gumbel_search, puct_search
+from shared.learn.search.agent import checkpoint_agent
 
 LINES = (0o7, 0o70, 0o700, 0o111, 0o222, 0o444, 0o421, 0o124)
 FULL = 0o777

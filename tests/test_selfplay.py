@@ -16,12 +16,12 @@ from schemas.game import (
     simulations,
     trained_plies,
 )
-from shared.evaluator import NetEvaluator, uniform_evaluator
-from shared.games.connect4 import GAME as CONNECT4
-from shared.games.tictactoe import GAME as TICTACTOE
-from shared.net import NetConfig, PolicyValueNet
-from shared.replay import positions_of
-from shared.selfplay import SelfPlayConfig, self_play
+from shared.learn.games.connect4 import GAME as CONNECT4
+from shared.learn.games.tictactoe import GAME as TICTACTOE
+from shared.learn.inference import NetEvaluator, uniform_evaluator
+from shared.learn.net import NetConfig, PolicyValueNet
+from shared.learn.replay import positions_of
+from shared.learn.selfplay import SelfPlayConfig, self_play
 
 
 def check_record(game: Any, record: GameRecord) -> None:

@@ -13,10 +13,10 @@ from schemas.codec import decode, encode
 from schemas.control import ServicePulse
 from schemas.game import decode_record
 from schemas.jobs import ModelEvent, SelfplayJob
-from shared.bus import Bus
-from shared.jobs import JobSettings, ensure_consumer, submit
-from shared.models import ModelStore
-from shared.natsserver import NatsServer
+from shared.bus.client import Bus
+from shared.bus.server import NatsServer
+from shared.work.jobs import JobSettings, ensure_consumer, submit
+from shared.work.models import ModelStore
 from tests.conftest import Processes, eventually, process_config
 
 

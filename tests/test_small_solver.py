@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.baselines import make_agent
-from shared.games import get_game
-from shared.solver.small import SmallSolver, check_perfect_play
+from shared.learn.baselines import make_agent
+from shared.learn.games import get_game
+from shared.learn.solver.small import SmallSolver, check_perfect_play
 
 GAME = get_game("tictactoe")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.natsserver import pid_alive
+from shared.bus.server import pid_alive
 from shared.soak import netns
 from shared.soak.fleet import NETNS_TAG_FILE
 from tests.conftest import Processes, pids_mentioning
@@ -21,7 +21,7 @@ def test_a_five_minute_chaos_soak_of_24_nodes_loses_nothing(
 ) -> None:
     report_dir = tmp_path / "report"
     argv = [
-        sys.executable, "-m", "services.cli", "soak", "--nodes", "24", "--duration", "5m",
+        sys.executable, "-m", "shared.cli.main", "soak", "--nodes", "24", "--duration", "5m",
         "--chaos", "--fault-every", "25s", "--report", str(report_dir), "--seed", "1",
     ]  # fmt: skip
     harness = processes.spawn(argv, tmp_path / "soak.out")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.soak import SoakOptions, parse_duration
 from shared.soak.fleet import plan_nodes
+from shared.soak.harness import SoakOptions, parse_duration
 
 
 def test_durations_take_units() -> None:

@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.games import IllegalMove
-from shared.games.connect4 import GAME, Connect4State
-from shared.solver.connect4 import (
+from shared.learn.games import IllegalMove
+from shared.learn.games.connect4 import GAME, Connect4State
+from shared.learn.solver.connect4 import (
     DRAW,
     LOSS,
     WIN,

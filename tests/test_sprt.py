@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from shared.sprt import SprtConfig, elo_from_score, elo_interval, llr, score_from_elo, sprt
+from shared.loop.sprt import SprtConfig, elo_from_score, elo_interval, llr, score_from_elo, sprt
 
 
 def _logistic(elo: float) -> float:

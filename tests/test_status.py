@@ -9,11 +9,11 @@ from schemas.codec import encode
 from schemas.control import Lease, NodeStatus, Resources, ServiceState
 from schemas.jobs import DeadLetter, EvalJob, EvalResult, PlayerSpec, SelfplayJob
 from services.scheduler import STATE_KEY, LoopRecord
-from services.status import games_info, gather, render_text
-from shared.bus import Bus
-from shared.jobs import submit
-from shared.loopeffects import issue
-from shared.policy import GameState, LoopState
+from shared.bus.client import Bus
+from shared.cli.status import games_info, gather, render_text
+from shared.loop.effects import issue
+from shared.loop.policy import GameState, LoopState
+from shared.work.jobs import submit
 
 
 def status(node: str, sent_at: float, roles: list[str]) -> NodeStatus:

@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 
 from bench.strength import QUIET, STAGES, cached_positions, is_quiet, main, report
-from shared.baselines import make_agent
-from shared.games.connect4 import GAME
-from shared.solver.connect4 import move_values
+from shared.learn.baselines import make_agent
+from shared.learn.games.connect4 import GAME
+from shared.learn.solver.connect4 import move_values
 
 
 def test_labelled_positions_are_cached_and_split_by_stage(tmp_path: Path) -> None:

@@ -16,14 +16,14 @@ import pytest
 
 from schemas import names
 from schemas.game import decode_record, encode_record
-from services.status import gather
 from shared import archive
 from shared.archive import S3Config, S3Store
-from shared.bus import Bus
-from shared.evaluator import uniform_evaluator
-from shared.games import get_game
-from shared.natsserver import NatsServer
-from shared.selfplay import SelfPlayConfig, self_play
+from shared.bus.client import Bus
+from shared.bus.server import NatsServer
+from shared.cli.status import gather
+from shared.learn.games import get_game
+from shared.learn.inference import uniform_evaluator
+from shared.learn.selfplay import SelfPlayConfig, self_play
 from tests.conftest import Processes, eventually, process_config
 from tests.s3server import FAKE_AWS_ENV, MotoServer
 

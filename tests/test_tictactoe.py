@@ -3,8 +3,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.games import BadNotation, IllegalMove
-from shared.games.tictactoe import GAME, TicTacToeState
+from shared.learn.games import BadNotation, IllegalMove
+from shared.learn.games.tictactoe import GAME, TicTacToeState
 
 
 def play(cells: list[int]) -> TicTacToeState:

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from schemas import names
-from shared.bus import Bus, BusConfig, BusError, ConnectFailed
-from shared.identities import ACCOUNTS_FILE, init, seed_path
-from shared.natsserver import HUB_DOMAIN, LeafSpec, NatsCluster, NatsServer, ServerSpec
-from shared.tlsfiles import TlsFiles
+from shared.auth.identities import ACCOUNTS_FILE, init, seed_path
+from shared.auth.tlsfiles import TlsFiles
+from shared.bus.client import Bus, BusConfig, BusError, ConnectFailed
+from shared.bus.server import HUB_DOMAIN, LeafSpec, NatsCluster, NatsServer, ServerSpec
 from tests.conftest import eventually
 
 

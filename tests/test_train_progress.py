@@ -14,18 +14,18 @@ from schemas import names
 from schemas.codec import decode, encode
 from schemas.game import decode_record, encode_record
 from schemas.jobs import ModelMeta, TrainJob, TrainProgress
-from services.console import SCALARS_HEADER, Console
 from services.trainer import ProgressMeter
-from shared.bus import Bus, BusConfig
-from shared.evaluator import uniform_evaluator
-from shared.games import get_game
-from shared.jobs import JobSettings, ensure_consumer, submit
-from shared.natsserver import NatsServer
-from shared.netconfig import NetConfig, TrainSettings
-from shared.progress import last_train_progress, train_history
-from shared.replay import ReplayWindow, positions_of
-from shared.selfplay import SelfPlayConfig, self_play
-from shared.training import StepsDone, new_net, train
+from shared.bus.client import Bus, BusConfig
+from shared.bus.server import NatsServer
+from shared.learn.games import get_game
+from shared.learn.inference import uniform_evaluator
+from shared.learn.netconfig import NetConfig, TrainSettings
+from shared.learn.replay import ReplayWindow, positions_of
+from shared.learn.selfplay import SelfPlayConfig, self_play
+from shared.learn.training import StepsDone, new_net, train
+from shared.loop.progress import last_train_progress, train_history
+from shared.node.console import SCALARS_HEADER, Console
+from shared.work.jobs import JobSettings, ensure_consumer, submit
 from tests.conftest import Processes, eventually
 from tests.test_trainer_service import start_tiny_trainer
 

@@ -14,13 +14,13 @@ from schemas import names
 from schemas.codec import decode
 from schemas.game import encode_record
 from schemas.jobs import BestPointer, DeadLetter, ModelMeta, TrainJob
-from shared.bus import Bus
-from shared.evaluator import uniform_evaluator
-from shared.fencing import fenced_put
-from shared.games import get_game
-from shared.jobs import JobSettings, ensure_consumer, submit
-from shared.natsserver import NatsServer
-from shared.selfplay import SelfPlayConfig, self_play
+from shared.bus.client import Bus
+from shared.bus.server import NatsServer
+from shared.learn.games import get_game
+from shared.learn.inference import uniform_evaluator
+from shared.learn.selfplay import SelfPlayConfig, self_play
+from shared.lease.fencing import fenced_put
+from shared.work.jobs import JobSettings, ensure_consumer, submit
 from tests.conftest import Processes, eventually, process_config
 
 GAME = get_game("tictactoe")
@@ -47,7 +47,7 @@ def start_tiny_trainer(
 
 
 def conclave(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "services.cli", *args]
+    cmd = [sys.executable, "-m", "shared.cli.main", *args]
     return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=120)
 
 

@@ -31,7 +31,7 @@ from schemas.control import (
 )
 from schemas.game import MAX_PLIES, GameRecord, decode_record, encode_record, pack_policy
 from schemas.jobs import EvalResult, PlayerSpec, SelfplayJob, TrainJob
-from services.launcher import ROLE_SERVICES
+from shared.node.launcher import ROLE_SERVICES
 
 SHA_A, SHA_B = "ab" * 32, "cd" * 32
 NOW = 1.8e9

@@ -11,14 +11,14 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from shared.identities import node_seed_path, public_key
-from shared.natsserver import free_port, pid_alive
+from shared.auth.identities import node_seed_path, public_key
+from shared.bus.server import free_port, pid_alive
 from tests.conftest import Processes, eventually
 from tests.test_node import _children_of, _is_zombie
 
 
 def conclave(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "services.cli", *args]
+    cmd = [sys.executable, "-m", "shared.cli.main", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -31,7 +31,7 @@ async def test_up_elects_a_leader_that_status_reports_and_stops_cleanly(
         [
             sys.executable,
             "-m",
-            "services.cli",
+            "shared.cli.main",
             "up",
             "--data-dir",
             str(tmp_path / "data"),

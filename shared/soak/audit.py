@@ -11,7 +11,7 @@ import nats.errors
 from schemas import names
 from schemas.codec import decode
 from schemas.jobs import ModelMeta
-from shared.bus import Bus, BusError
+from shared.bus.client import Bus, BusError
 from shared.soak.record import GameAudit, JobCounts
 
 

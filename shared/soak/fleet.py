@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.natsserver import NatsCluster, NatsServer
+from shared.bus.server import NatsCluster, NatsServer
 from shared.soak.netns import Namespaces
 from shared.soak.record import NodeSpec
 
@@ -125,7 +125,7 @@ class Fleet:
         inside = self.netns.exec_prefix(spec.node_id) if self.netns is not None else []
         return [
             *inside,
-            sys.executable, "-m", "services.cli", "--log-level", "info", "node",
+            sys.executable, "-m", "shared.cli.main", "--log-level", "info", "node",
             "--roles", ",".join(spec.roles), "--node-id", spec.node_id, "--replicas", "3",
             "--game", "tictactoe", "--preset", "soak", "--selfplay-workers", "1",
             "--cache-dir", str(self.data_dir / "cache"),

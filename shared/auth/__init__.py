@@ -1,0 +1,1 @@
+"""Identities, permissions and TLS files."""

@@ -1,0 +1,1 @@
+"""The `conclave` command line: one module per command group."""

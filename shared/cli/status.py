@@ -1,0 +1,392 @@
+"""`conclave status`: who is alive, who leads, and how the event loops are doing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+
+from schemas import names
+from schemas.codec import BadMessage, decode
+from schemas.control import ClusterProtocol, Lease, NodeStatus
+from services.scheduler import STATE_KEY, LoopRecord, games_per_hour
+from services.syncer import GAMES_CONSUMER, SyncStatus
+from shared.bus.client import Bus, BusConfig, BusError, Entry
+from shared.bus.compat import accepted_range, refusal
+from shared.lease.fencing import read_termed
+from shared.loop.observe import count
+from shared.loop.phase import GauntletPhase, Phase
+from shared.loop.ratingjobs import game_ratings
+
+MICRO_PING = "$SRV.PING"  # every NATS micro service answers it (nats.micro)
+
+
+class LeaderInfo(msgspec.Struct, frozen=True):
+    node: str
+    term: int
+    since: float
+    held_s: float
+
+
+class ServiceInfo(msgspec.Struct, frozen=True):
+    name: str
+    alive: bool
+    loop_lag_ms: float
+    answers_ping: bool = False  # it answered $SRV.PING (micro discovery) just now
+    counters: dict[str, float] = {}  # work done since the service started (games, simulations)
+    doing: str = ""  # its current job
+
+
+class NodeInfo(msgspec.Struct, frozen=True):
+    id: str
+    roles: list[str]
+    alive: bool
+    loop_lag_ms: float
+    services: list[ServiceInfo]
+    last_seen_s: float
+    cores: int
+    memory_gb: float
+    gpus: list[str]
+    protocol: int = 1
+    unsupported: str = ""  # why this node gets no work (version skew), "" if it may work
+
+
+class NatsInfo(msgspec.Struct, frozen=True):
+    url: str
+    servers: list[str]
+    server_name: str
+    version: str
+
+
+class GameInfo(msgspec.Struct, frozen=True):
+    game: str
+    generation: int
+    best_sha256: str
+    best_elo: float | None
+    best_elo_ci: float | None
+    candidate: str | None
+    games_total: int
+    games_per_hour: float
+    queues: dict[str, int]
+    dead_letters: int
+    phase: Phase | None = None  # what the loop is doing for this game
+    # Evaluation's share of the workers' CPU over the scheduler's recent window (cluster-wide)
+    evaluation_share: float | None = None
+    queue_age_s: dict[str, float | None] = {}  # per queue (eval by lane): oldest job's age
+
+
+class ArchiveInfo(msgspec.Struct, frozen=True):
+    target: str
+    node: str
+    games_not_archived: int
+    archived_through: dict[str, int]
+    newest_model: str
+    last_error: str
+    last_error_age_s: float | None
+
+
+class StatusReport(msgspec.Struct, frozen=True):
+    leader: LeaderInfo | None
+    nodes: list[NodeInfo]
+    nodes_alive: int
+    alive_by_role: dict[str, int]
+    nats: NatsInfo
+    problems: list[str]
+    at: float
+    games: list[GameInfo] = []
+    archive: ArchiveInfo | None = None
+
+
+def leader_info(entry: Entry, now: float) -> LeaderInfo | None:
+    if entry.value is None:
+        return None
+    lease = decode(entry.value, Lease, subject=names.LEADER_KEY)
+    term = lease.term or entry.revision
+    return LeaderInfo(lease.node, term, lease.acquired_at, round(now - lease.acquired_at, 1))
+
+
+def node_info(
+    status: NodeStatus,
+    now: float,
+    accepted: ClusterProtocol | None = None,
+    stale_after_s: float = 5.0,
+    pinged: frozenset[tuple[str, str]] = frozenset(),
+) -> NodeInfo:
+    services = [
+        ServiceInfo(
+            s.name, s.alive, s.lag_max_ms, (status.node, s.name) in pinged, s.counters, s.doing
+        )
+        for s in status.services
+    ]
+    age = now - status.sent_at
+    return NodeInfo(
+        id=status.node,
+        roles=status.roles,
+        alive=age <= stale_after_s,
+        loop_lag_ms=max((s.loop_lag_ms for s in services), default=0.0),
+        services=services,
+        last_seen_s=round(age, 1),
+        cores=status.resources.cores,
+        memory_gb=round(status.resources.memory_bytes / 2**30, 1),
+        gpus=status.resources.gpus,
+        protocol=status.protocol,
+        unsupported=refusal(status.protocol, accepted) or "",
+    )
+
+
+def by_role(nodes: list[NodeInfo]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in nodes:
+        for role in node.roles if node.alive else ():
+            counts[role] = counts.get(role, 0) + 1
+    return counts
+
+
+async def gather(bus: Bus) -> StatusReport:
+    """Read the status keys and the lease once and summarise them."""
+    now = time.time()
+    problems: list[str] = []
+    raw_nodes = await bus.snapshot(names.NODES_BUCKET)
+    accepted = await accepted_range(bus)
+    pinged = await discover(bus)
+    nodes: list[NodeInfo] = []
+    for key, entry in sorted(raw_nodes.items()):
+        try:
+            status = decode(entry.value or b"", NodeStatus, subject=key)
+            nodes.append(node_info(status, now, accepted, pinged=pinged))
+        except Exception as e:  # a node writes its own key: whatever it holds, show the rest
+            problems.append(f"node {key}: unreadable: {unreadable(e)}")
+    lease = await bus.last(names.ELECTION_BUCKET, names.LEADER_KEY)
+    try:
+        leader = leader_info(lease, now)
+    except Exception as e:
+        leader, problems = None, [*problems, f"lease: unreadable: {unreadable(e)}"]
+    alive = [n for n in nodes if n.alive]
+    games = await games_info(bus, problems)
+    archive = await archive_info(bus, now, problems)
+    return StatusReport(
+        leader, nodes, len(alive), by_role(alive), nats_info(bus), problems, now, games, archive
+    )
+
+
+async def discover(bus: Bus, wait_s: float = 0.5) -> frozenset[tuple[str, str]]:
+    """(node, service) of every service answering `$SRV.PING` within `wait_s` (NATS micro)."""
+    found: set[tuple[str, str]] = set()
+
+    async def collect(msg: Msg) -> None:
+        with contextlib.suppress(msgspec.DecodeError, RecursionError):  # anyone may answer
+            reply = msgspec.json.decode(msg.data, type=dict[str, Any])
+            meta = reply.get("metadata") or {}
+            if isinstance(meta, dict) and "node" in meta and "service" in meta:
+                found.add((str(meta["node"]), str(meta["service"])))
+
+    inbox = bus.nc.new_inbox()
+    sub = await bus.nc.subscribe(inbox, cb=collect)
+    try:
+        await bus.nc.publish(MICRO_PING, b"", reply=inbox)
+        await asyncio.sleep(wait_s)
+    finally:
+        await sub.unsubscribe()
+    return frozenset(found)
+
+
+async def archive_info(bus: Bus, now: float, problems: list[str]) -> ArchiveInfo | None:
+    """Archive lag: games the syncer has not yet stored (its consumer's backlog)."""
+    entry = await bus.last(names.REGISTRY_BUCKET, "sync.status")
+    if entry.value is None:
+        return None
+    try:
+        sync = decode(entry.value, SyncStatus, subject="sync.status")
+    except Exception as e:
+        problems.append(f"sync status: unreadable: {unreadable(e)}")
+        return None
+    try:
+        info = await bus.js.consumer_info(names.GAMES_STREAM, GAMES_CONSUMER)
+        lag = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+    except Exception:
+        lag = -1
+    age = round(now - sync.last_error_at, 1) if sync.last_error else None
+    return ArchiveInfo(
+        sync.target, sync.node, lag, sync.archived_through, sync.newest_model, sync.last_error, age
+    )
+
+
+async def games_info(bus: Bus, problems: list[str]) -> list[GameInfo]:
+    """Per game: best model and its rating, queues, dead letters and throughput."""
+    try:
+        record, _ = await read_termed(bus, names.LOOP_BUCKET, STATE_KEY, LoopRecord)
+    except BadMessage as e:
+        problems.append(f"loop state: unreadable: {unreadable(e)}")
+        return []
+    if record is None:
+        return []
+    now = time.time()
+    games = []
+    for name in sorted(record.state.games):
+        try:
+            games.append(await game_info(bus, record, name, now))
+        except BusError:
+            raise
+        except Exception as e:  # e.g. a name no subject takes: the other games still show
+            problems.append(f"game {name[:80]!r}: unreadable: {unreadable(e)}")
+    return games
+
+
+def unreadable(e: Exception) -> str:
+    """Why a value could not be shown, naming the field when the decoder knows it."""
+    if isinstance(e, BadMessage):
+        return f"field {e.field}: {e.reason}"[:500]
+    return repr(e)[:500]
+
+
+async def game_info(bus: Bus, record: LoopRecord, game: str, now: float) -> GameInfo:
+    state = record.state.game(game)
+    ratings, _ = await game_ratings(bus, game)
+    best = ratings.get(f"gen{state.generation}")
+    queues = {
+        kind: await count(bus, names.JOBS_STREAM, names.job_game_filter(kind, game))
+        for kind in names.JOB_KINDS
+    }
+    return GameInfo(
+        game=game,
+        generation=state.generation,
+        best_sha256=state.best or "",
+        best_elo=round(best.elo, 1) if best else None,
+        best_elo_ci=round((best.hi - best.lo) / 2, 1) if best else None,
+        candidate=state.pending_eval,
+        games_total=await count(bus, names.GAMES_STREAM, names.games_subject(game)),
+        games_per_hour=round(games_per_hour(record.game_counts.get(game, [])), 1),
+        queues=queues,
+        dead_letters=await count(bus, names.DLQ_STREAM, f"dlq.*.{game}.>"),
+        phase=record.phases.get(game),
+        evaluation_share=record.evaluation_share,
+        queue_age_s=await queue_ages(bus, game, now),
+    )
+
+
+async def queue_ages(bus: Bus, game: str, now: float) -> dict[str, float | None]:
+    """Seconds the oldest job (queued or running) of each queue has waited; None when empty."""
+    ages: dict[str, float | None] = {}
+    for kind in names.JOB_KINDS:
+        for lane in names.job_lanes(kind):
+            first = await bus.first_time(names.JOBS_STREAM, names.job_game_filter(kind, game, lane))
+            ages[f"{kind}.{lane}" if lane else kind] = (
+                None if first is None else round(max(0.0, now - first), 1)
+            )
+    return ages
+
+
+def nats_info(bus: Bus) -> NatsInfo:
+    nc = bus.nc
+    info = nc._server_info if hasattr(nc, "_server_info") else {}
+    url = nc.connected_url
+    return NatsInfo(
+        url=url.geturl() if url else "",
+        servers=[u.geturl() for u in nc.servers],
+        server_name=str(info.get("server_name", "")),
+        version=str(info.get("version", "")),
+    )
+
+
+def service_mark(s: ServiceInfo) -> str:
+    if not s.alive:
+        return "(down)"
+    return "" if s.answers_ping else "(no ping)"
+
+
+def render_text(report: StatusReport) -> str:
+    lines = [f"NATS {report.nats.url} ({report.nats.server_name} v{report.nats.version})"]
+    if report.leader is None:
+        lines.append("leader: none")
+    else:
+        ld = report.leader
+        lines.append(f"leader: {ld.node}  term {ld.term}  held {ld.held_s:.0f}s")
+    roles = ", ".join(f"{r} {n}" for r, n in sorted(report.alive_by_role.items())) or "-"
+    lines.append(f"nodes alive: {report.nodes_alive}/{len(report.nodes)}  ({roles})")
+    for node in report.nodes:
+        state = "alive" if node.alive else f"silent {node.last_seen_s:.0f}s"
+        services = " ".join(f"{s.name}{service_mark(s)}" for s in node.services)
+        skew = f"  NO WORK: {node.unsupported}" if node.unsupported else ""
+        lines.append(
+            f"  {node.id:<20} {state:<12} lag {node.loop_lag_ms:7.1f}ms  "
+            f"[{','.join(node.roles)}]  {services}{skew}"
+        )
+    for g in report.games:
+        elo = f"{g.best_elo:+.0f} ± {g.best_elo_ci:.0f}" if g.best_elo is not None else "-"
+        queues = " ".join(f"{k} {v}" for k, v in g.queues.items())
+        lines.append(
+            f"{g.game}: best gen {g.generation} ({g.best_sha256[:12] or '-'}) Elo {elo}; "
+            f"{g.games_total} games ({g.games_per_hour:.0f}/h); queued {queues}; "
+            f"dead letters {g.dead_letters}"
+        )
+        if g.phase is not None:
+            lines.append(f"  {phase_text(g.phase)}")
+            if g.phase.gauntlet is not None:
+                lines.append(f"  {gauntlet_text(g.phase.gauntlet)}")
+        share = "-" if g.evaluation_share is None else f"{g.evaluation_share:.0%}"
+        ages = " ".join(f"{q} {a:.0f}s" for q, a in g.queue_age_s.items() if a is not None)
+        lines.append(f"  evaluation {share} of workers' CPU; oldest job waiting: {ages or '-'}")
+    if report.archive is not None:
+        a = report.archive
+        error = (
+            f"; last error {a.last_error_age_s:.0f}s ago: {a.last_error}" if a.last_error else ""
+        )
+        lines.append(
+            f"archive {a.target}: {a.games_not_archived} games not yet archived, "
+            f"newest model {a.newest_model[:12] or '-'}{error}"
+        )
+    lines += [f"problem: {p}" for p in report.problems]
+    return "\n".join(lines)
+
+
+def phase_text(phase: Phase) -> str:
+    if phase.now == "bootstrap":
+        return "phase: bootstrap (training the first network)"
+    if phase.now == "collecting":
+        return f"phase: collecting self-play games {phase.games}/{phase.games_needed}"
+    if phase.now == "training":
+        return f"phase: training generation {phase.generation + 1}, {training_text(phase)}"
+    m = phase.match
+    if m is None:
+        return "phase: match"
+    return (
+        f"phase: match of generation {phase.generation + 1} ({m.candidate[:12]}): "
+        f"{m.games}/{m.max_games} games {m.wins}-{m.draws}-{m.losses}, Elo {m.elo:+.0f}, "
+        f"LLR {m.llr:.2f} in [{m.lower:.2f}, {m.upper:.2f}]"
+    )
+
+
+def training_text(phase: Phase) -> str:
+    t = phase.training
+    if t is None:
+        return "waiting for the trainer's first report"
+    loss = "-"
+    if t.policy_loss is not None and t.value_loss is not None:
+        loss = f"{t.policy_loss:.3f}+{t.value_loss:.3f}"
+    return f"step {t.step}/{t.steps}, loss {loss}, {t.samples_per_s:.0f} samples/s"
+
+
+def gauntlet_text(gauntlet: GauntletPhase) -> str:
+    scores = ", ".join(
+        f"{o.opponent} {o.wins}-{o.draws}-{o.losses}{' (done)' if o.settled else ''}"
+        for o in gauntlet.opponents
+    )
+    return f"gauntlet of generation {gauntlet.generation}: {scores}"
+
+
+async def status_main(cfg: BusConfig, as_json: bool, watch_s: float | None) -> int:
+    bus = await Bus.connect(cfg)
+    try:
+        while True:
+            report = await gather(bus)
+            text = msgspec.json.encode(report).decode() if as_json else render_text(report)
+            print(text, flush=True)
+            if watch_s is None:
+                return 0
+            await asyncio.sleep(watch_s)
+    finally:
+        await bus.close()

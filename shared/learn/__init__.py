@@ -1,0 +1,1 @@
+"""Learning without NATS: games, search, solvers, the net, inference, self-play, training."""

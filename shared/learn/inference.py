@@ -1,0 +1,74 @@
+"""Batched network inference behind the evaluator interface (`shared.learn.evaltypes`).
+
+An `Evaluator` maps encodings (B, C, H, W) float32 and legal masks (B, A) bool to priors (B, A)
+(a softmax over the legal actions, 0 elsewhere) and values (B,) in [-1, 1], each from the view of
+the player to move. Search only ever sees this callable (mctx's "the network passed in").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from shared.learn.evaltypes import Evaluator, uniform_evaluator
+from shared.learn.games.base import BoolArray, FloatArray, Symmetry
+from shared.learn.net import PolicyValueNet, inference_copy
+
+_MASKED_LOGIT = -1e30
+
+
+class NetEvaluator:
+    """Batched inference of a policy-value network under `torch.inference_mode()`.
+
+    Runs a snapshot of `net` with batch norms folded into the convolutions (build a new
+    evaluator after changing the weights). `threads` sets torch's intra-op thread count, a
+    process-wide torch setting, once, here.
+    """
+
+    def __init__(self, net: PolicyValueNet, threads: int | None = 1) -> None:
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"threads must be >= 1, got {threads}")
+            torch.set_num_threads(threads)
+        self.net = inference_copy(net)
+
+    def __call__(self, encodings: FloatArray, masks: BoolArray) -> tuple[FloatArray, FloatArray]:
+        if len(encodings) != len(masks):
+            raise ValueError(f"{len(encodings)} encodings but {len(masks)} masks")
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(encodings, dtype=np.float32))
+            logits, values = self.net(x)
+            mask = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.bool_))
+            logits = logits.float().masked_fill(~mask, _MASKED_LOGIT)
+            priors = torch.softmax(logits, dim=1).masked_fill(~mask, 0.0)
+            return priors.numpy(), values.float().numpy()
+
+
+def symmetrised(evaluator: Evaluator, symmetries: Sequence[Symmetry]) -> Evaluator:
+    """Average `evaluator` over all board symmetries, so its outputs are exactly equivariant."""
+    inverse = [_inverse(s.actions) for s in symmetries]
+
+    def evaluate(encodings: FloatArray, masks: BoolArray) -> tuple[FloatArray, FloatArray]:
+        total_p = np.zeros(masks.shape, dtype=np.float64)
+        total_v = np.zeros(len(masks), dtype=np.float64)
+        for sym, inv in zip(symmetries, inverse, strict=True):
+            # The image position has image masks: image action sym[a] is legal iff a is.
+            p, v = evaluator(sym.planes(encodings), masks[:, inv])
+            total_p += p[:, sym.actions]
+            total_v += v
+        n = len(symmetries)
+        return (total_p / n).astype(np.float32), (total_v / n).astype(np.float32)
+
+    return evaluate
+
+
+def _inverse(permutation: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    inverse = np.empty_like(permutation)
+    inverse[permutation] = np.arange(len(permutation))
+    return inverse
+
+
+__all__ = ["Evaluator", "NetEvaluator", "symmetrised", "uniform_evaluator"]

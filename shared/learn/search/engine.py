@@ -1,0 +1,231 @@
+"""The simulation loop shared by every search, written as a generator of evaluation requests.
+
+A search is a `Steps` generator: it yields a batch (encodings (n, C, H, W), masks (n, A)) that
+needs the network and is sent back (priors (n, A), values (n,)). `drive` answers with an
+evaluator in the caller's thread; `drive_pipelined` interleaves several searches so that one's
+batch runs on a worker thread (torch releases the GIL) while Python walks another's trees.
+
+Transpositions: the tree stays a tree (no shared nodes, so visit counts and the Gumbel
+schedule stay exact); each game has its own key-indexed cache of network outputs, so a position
+reached again by another move order — in this search or a later one of the same game — reuses
+its evaluation instead of spending a network call. Caches are never shared between games.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Hashable, Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from shared.learn.evaltypes import Evaluator
+from shared.learn.games.base import BoolArray, FloatArray, Game
+from shared.learn.search import tree as T
+
+EvalRequest = tuple[FloatArray, BoolArray]
+EvalReply = tuple[FloatArray, FloatArray]
+R = TypeVar("R")
+Steps = Generator[EvalRequest, EvalReply, R]
+# key -> (priors (A,), legal (A,), value)
+Cache = dict[Hashable, tuple[FloatArray, BoolArray, float]]
+
+
+@dataclass(frozen=True)
+class SearchStats:
+    """Counts over one batched search; `per_game` (B, 4) splits them by game."""
+
+    simulations: int
+    nn_evals: int
+    cache_hits: int
+    terminal_visits: int
+    max_depth: int
+    per_game: npt.NDArray[np.int64]  # (B, 4): nn evals, cache hits, terminal visits, max depth
+
+
+def _stats(num_simulations: int, per_game: npt.NDArray[np.int64]) -> SearchStats:
+    n, hits, terminal = (int(c) for c in per_game[:, :3].sum(axis=0))
+    depth = int(per_game[:, 3].max())
+    return SearchStats(num_simulations * len(per_game), n, hits, terminal, depth, per_game)
+
+
+@dataclass(frozen=True)
+class SearchOutput:
+    """The result of a batched search over B roots."""
+
+    action: T.Index  # (B,) the action to play
+    policy: FloatArray  # (B, A) training target (improved policy), 0 on illegal actions
+    root_value: FloatArray  # (B,) mean search value from the view of the root's player
+    visits: FloatArray  # (B, A) root visit counts
+    q: FloatArray  # (B, A) completed Q at the root (unscaled, in value units)
+    stats: SearchStats
+
+
+@dataclass(frozen=True)
+class _Pending:
+    rows: T.Index
+    nodes: T.Index
+    keys: list[Hashable]
+    encodings: FloatArray
+    masks: BoolArray
+
+
+def simulate(
+    game: Game[Any],
+    tree: T.Tree,
+    caches: Sequence[Cache],
+    num_simulations: int,
+    root_select: T.RootSelect,
+    interior: T.InteriorSelect,
+) -> Steps[SearchStats]:
+    """Evaluate the roots, then run `num_simulations` simulations in every game of `tree`."""
+    all_rows = np.arange(tree.batch)
+    counts = np.zeros((tree.batch, 4), dtype=np.int64)  # see SearchStats.per_game
+    roots = np.zeros(tree.batch, dtype=np.intp)
+    pending = _classify(game, tree, caches, all_rows, roots, counts)
+    if pending.rows.size:
+        _finish(tree, caches, pending, (yield pending.encodings, pending.masks))
+    tree.node_visits[:, 0] = 1  # the root's own evaluation counts once, as in mctx
+    for sim in range(num_simulations):
+        leaves = T.descend(tree, sim, root_select, interior)
+        np.maximum(counts[:, 3], leaves.depth, out=counts[:, 3])
+        fresh = leaves.node == T.NO_CHILD
+        counts[~fresh, 2] += 1  # revisits of terminal nodes
+        fresh = np.flatnonzero(fresh)
+        nodes = leaves.node.copy()
+        nodes[fresh] = T.add_children(tree, fresh, leaves.parent[fresh], leaves.action[fresh])
+        _apply_moves(game, tree, fresh, leaves.parent[fresh], leaves.action[fresh])
+        pending = _classify(game, tree, caches, fresh, nodes[fresh], counts)
+        if pending.rows.size:
+            _finish(tree, caches, pending, (yield pending.encodings, pending.masks))
+        T.backup(tree, all_rows, nodes)
+    return _stats(num_simulations, counts)
+
+
+def _apply_moves(
+    game: Game[Any], tree: T.Tree, rows: T.Index, parent: T.Index, action: T.Index
+) -> None:
+    for b, p, a in zip(rows.tolist(), parent.tolist(), action.tolist(), strict=True):
+        states = tree.states[b]
+        states.append(game.apply(states[p], a))
+
+
+def _classify(
+    game: Game[Any],
+    tree: T.Tree,
+    caches: Sequence[Cache],
+    rows: T.Index,
+    nodes: T.Index,
+    counts: np.ndarray[Any, np.dtype[np.int64]],
+) -> _Pending:
+    """Settle fresh nodes that are terminal or cached; return the rest as a network batch."""
+    term: list[tuple[int, int, float]] = []
+    hit: list[tuple[int, int, tuple[FloatArray, BoolArray, float]]] = []
+    miss: list[tuple[int, int, Hashable]] = []
+    encodings = np.empty((rows.size, *game.encoding_shape), dtype=np.float32)
+    masks = np.empty((rows.size, game.num_actions), dtype=np.bool_)
+    for b, n in zip(rows.tolist(), nodes.tolist(), strict=True):
+        state = tree.states[b][n]
+        value = game.terminal_value(state)
+        if value is not None:
+            term.append((b, n, value))
+            continue
+        key = game.key(state)
+        entry = caches[b].get(key)
+        if entry is not None:
+            hit.append((b, n, entry))
+            continue
+        encodings[len(miss)] = game.encode(state)
+        masks[len(miss)] = game.legal_mask(state)
+        miss.append((b, n, key))
+    _settle(tree, term, hit, counts)
+    k = len(miss)
+    pending = _Pending(
+        rows=np.fromiter((m[0] for m in miss), dtype=np.intp, count=k),
+        nodes=np.fromiter((m[1] for m in miss), dtype=np.intp, count=k),
+        keys=[m[2] for m in miss],
+        encodings=encodings[:k],
+        masks=masks[:k],
+    )
+    counts[pending.rows, 0] += 1  # a game has at most one leaf per step: no repeated rows
+    return pending
+
+
+def _settle(
+    tree: T.Tree,
+    term: list[tuple[int, int, float]],
+    hit: list[tuple[int, int, tuple[FloatArray, BoolArray, float]]],
+    counts: np.ndarray[Any, np.dtype[np.int64]],
+) -> None:
+    if term:
+        rows, nodes, exact = zip(*term, strict=True)
+        T.set_terminal(tree, np.array(rows), np.array(nodes), np.array(exact, np.float32))
+        counts[np.array(rows), 2] += 1
+    if hit:
+        rows, nodes, entries = zip(*hit, strict=True)
+        priors = np.stack([e[0] for e in entries])
+        legal = np.stack([e[1] for e in entries])
+        values = np.array([e[2] for e in entries], dtype=np.float32)
+        T.set_evaluated(tree, np.array(rows), np.array(nodes), priors, legal, values)
+        counts[np.array(rows), 1] += 1
+
+
+def _finish(tree: T.Tree, caches: Sequence[Cache], pending: _Pending, reply: EvalReply) -> None:
+    priors, values = reply
+    T.set_evaluated(tree, pending.rows, pending.nodes, priors, pending.masks, values)
+    value_list = values.tolist()
+    for i, (b, key) in enumerate(zip(pending.rows.tolist(), pending.keys, strict=True)):
+        caches[b][key] = (priors[i], pending.masks[i], value_list[i])
+
+
+def check_roots(game: Game[Any], roots: Sequence[Any], num_simulations: int) -> None:
+    if num_simulations < 1:
+        raise ValueError(f"num_simulations must be >= 1, got {num_simulations}")
+    if not roots:
+        raise ValueError("roots is empty")
+    for i, root in enumerate(roots):
+        if game.terminal_value(root) is not None:
+            raise ValueError(f"roots[{i}] is a finished game ({game.notation(root)!r})")
+
+
+def drive(steps: Steps[R], evaluator: Evaluator) -> R:
+    """Run one search to completion, answering its batches with `evaluator`."""
+    try:
+        request = next(steps)
+        while True:
+            request = steps.send(evaluator(*request))
+    except StopIteration as done:
+        result: R = done.value
+        return result
+
+
+def drive_pipelined(steps: Sequence[Steps[R]], evaluator: Evaluator, executor: Executor) -> list[R]:
+    """Run several searches; while `executor` evaluates one's batch, advance the next one."""
+    results: dict[int, R] = {}
+    futures: dict[int, Future[EvalReply]] = {}
+    for i, search in enumerate(steps):
+        _advance(i, search, None, evaluator, executor, futures, results)
+    while futures:
+        for i in list(futures):
+            reply = futures.pop(i).result()
+            _advance(i, steps[i], reply, evaluator, executor, futures, results)
+    return [results[i] for i in range(len(steps))]
+
+
+def _advance(
+    i: int,
+    search: Steps[R],
+    reply: EvalReply | None,
+    evaluator: Evaluator,
+    executor: Executor,
+    futures: dict[int, Future[EvalReply]],
+    results: dict[int, R],
+) -> None:
+    try:
+        request = next(search) if reply is None else search.send(reply)
+    except StopIteration as done:
+        results[i] = done.value
+        return
+    futures[i] = executor.submit(evaluator, *request)

@@ -1,0 +1,317 @@
+"""Self-play: G games in lockstep, one batched network call per search simulation.
+
+Every move step searches the current position of all G games together (split in two halves
+that overlap Python tree walks with inference when `pipeline` is on), plays a move in each,
+and yields a `GameRecord` for each game that ends; a finished game's slot starts a new game.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from schemas.game import GameRecord, pack_policy
+from shared.learn.evaltypes import Evaluator
+from shared.learn.games.base import FloatArray, Game
+from shared.learn.search import Cache, SearchOutput, SearchStats, Steps, drive, drive_pipelined
+from shared.learn.search.gumbel import gumbel_steps
+from shared.learn.search.puct import puct_steps
+
+
+class SelfPlayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How self-play searches and picks moves.
+
+    For the first `sample_plies` plies a move is sampled from the search's policy target; after
+    that it is the search's own choice. A game resigns when the chosen move's Q (mover's view)
+    is at most `resign_value`, except in a `resign_disabled_fraction` of games, which play on
+    and record who would have resigned (to measure false resigns).
+    """
+
+    concurrent_games: int = 64
+    num_simulations: int = 64
+    search: Literal["gumbel", "puct"] = "gumbel"
+    max_considered: int = 16
+    gumbel_scale: float = 1.0
+    c_visit: float = 50.0
+    c_scale: float = 1.0
+    dirichlet_alpha: float = 0.3
+    noise_fraction: float = 0.25
+    sample_plies: int = 8
+    resign_value: float | None = None
+    resign_disabled_fraction: float = 0.1
+    pipeline: bool = False
+    # Playout cap randomisation (KataGo): each move is a full search with this probability,
+    # else a cheap one of `cheap_simulations` whose position is played but not trained on.
+    full_search_fraction: float = 1.0
+    cheap_simulations: int = 16
+    # Forced playouts and policy target pruning (KataGo, k = 2 there) for the PUCT root; the
+    # Gumbel root needs neither (docs/search.md). 0 is off.
+    forced_playouts: float = 0.0
+    # Diversity (KataGo's randomised openings): this fraction of games opens with 1 to
+    # `random_opening_plies` uniformly random moves. Their positions are still searched and
+    # trained on (the targets are the search's), so the net also learns the lopsided positions
+    # its own play never reaches. 0 is off.
+    random_opening_fraction: float = 0.0
+    random_opening_plies: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("concurrent_games", "num_simulations", "max_considered", "cheap_simulations"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SelfPlayConfig.{name} must be >= 1")
+        if not 0.0 < self.full_search_fraction <= 1.0:
+            raise ValueError("SelfPlayConfig.full_search_fraction must be in (0, 1]")
+        if self.sample_plies < 0:
+            raise ValueError("SelfPlayConfig.sample_plies must be >= 0")
+        if not 0.0 <= self.resign_disabled_fraction <= 1.0:
+            raise ValueError("SelfPlayConfig.resign_disabled_fraction must be in [0, 1]")
+        if not 0.0 <= self.random_opening_fraction <= 1.0:
+            raise ValueError("SelfPlayConfig.random_opening_fraction must be in [0, 1]")
+        if self.random_opening_plies < 0:
+            raise ValueError("SelfPlayConfig.random_opening_plies must be >= 0")
+
+
+@dataclass
+class _Slot:
+    """A game in progress: its position, history, and its own evaluation cache."""
+
+    game_id: str
+    state: Any
+    resign_enabled: bool
+    started_at: float
+    cache: Cache = field(default_factory=dict)
+    moves: list[int] = field(default_factory=list)
+    policies: list[FloatArray] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    full: list[bool] = field(default_factory=list)  # per ply: searched in full
+    full_now: bool = True  # the search of the current move is a full one
+    would_resign: int | None = None
+    random_plies: int = 0  # this game's first moves are uniformly random
+    stats: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(4, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class _Context:
+    game: Game[Any]
+    config: SelfPlayConfig
+    model_sha256: str
+    generation: int
+    clock: Callable[[], float]
+
+
+def self_play(
+    game: Game[Any],
+    evaluator: Evaluator,
+    rng: np.random.Generator,
+    config: SelfPlayConfig,
+    *,
+    num_games: int | None = None,
+    model_sha256: str = "",
+    generation: int = 0,
+    clock: Callable[[], float] = time.time,
+    on_search: Callable[[SearchStats], None] = lambda stats: None,
+    stop: Callable[[], bool] | None = None,
+) -> Iterator[GameRecord]:
+    """Yield finished games until `num_games` have finished (or forever), or `stop()` is true.
+
+    `stop` is checked before every move step; unfinished games are then dropped.
+    """
+    ctx = _Context(game, config, model_sha256, generation, clock)
+    budget = (
+        config.concurrent_games if num_games is None else min(num_games, config.concurrent_games)
+    )
+    slots = [_new_slot(ctx, rng) for _ in range(budget)]
+    started = len(slots)
+    with ExitStack() as stack:
+        executor = stack.enter_context(ThreadPoolExecutor(1)) if config.pipeline else None
+        while slots and not (stop is not None and stop()):
+            slots, outputs = _search_capped(ctx, slots, evaluator, rng, executor)
+            for out in outputs:
+                on_search(out.stats)
+            slots, finished = _play_all(ctx, slots, outputs, rng)
+            for record in finished:
+                yield record
+                if num_games is None or started < num_games:
+                    slots.append(_new_slot(ctx, rng))
+                    started += 1
+
+
+def _play_all(
+    ctx: _Context, slots: list[_Slot], outputs: list[SearchOutput], rng: np.random.Generator
+) -> tuple[list[_Slot], list[GameRecord]]:
+    """Play each slot's searched move; return the games still going and the finished records."""
+    rows = [(out, i) for out in outputs for i in range(len(out.action))]
+    going: list[_Slot] = []
+    finished: list[GameRecord] = []
+    for slot, (out, i) in zip(slots, rows, strict=True):
+        record = _play(ctx, slot, out, i, rng)
+        if record is None:
+            going.append(slot)
+        else:
+            finished.append(record)
+    return going, finished
+
+
+def _new_slot(ctx: _Context, rng: np.random.Generator) -> _Slot:
+    enabled = ctx.config.resign_value is not None and (
+        rng.random() >= ctx.config.resign_disabled_fraction
+    )
+    slot = _Slot(rng.bytes(8).hex(), ctx.game.initial(), enabled, ctx.clock())
+    slot.random_plies = _random_plies(ctx.config, rng)
+    return slot
+
+
+def _random_plies(config: SelfPlayConfig, rng: np.random.Generator) -> int:
+    """How many random moves a new game opens with (no draw at all when it is off, so seeded
+    runs without it are unchanged)."""
+    if config.random_opening_fraction <= 0.0 or config.random_opening_plies <= 0:
+        return 0
+    if rng.random() >= config.random_opening_fraction:
+        return 0
+    return int(rng.integers(1, config.random_opening_plies + 1))
+
+
+def _search_capped(
+    ctx: _Context,
+    slots: list[_Slot],
+    evaluator: Evaluator,
+    rng: np.random.Generator,
+    executor: Executor | None,
+) -> tuple[list[_Slot], list[SearchOutput]]:
+    """Search every slot, the full-search ones with the full budget and the rest cheaply;
+    returns the slots reordered to match the outputs' rows."""
+    fraction = ctx.config.full_search_fraction
+    for slot in slots:
+        slot.full_now = fraction >= 1.0 or bool(rng.random() < fraction)
+    full = [s for s in slots if s.full_now]
+    cheap = [s for s in slots if not s.full_now]
+    outputs = _search(ctx, full, evaluator, rng, executor) if full else []
+    if cheap:
+        cheap_ctx = replace(
+            ctx,
+            config=msgspec.structs.replace(ctx.config, num_simulations=_cheap_sims(ctx)),
+        )
+        outputs += _search(cheap_ctx, cheap, evaluator, rng, executor)
+    return full + cheap, outputs
+
+
+def _search(
+    ctx: _Context,
+    slots: Sequence[_Slot],
+    evaluator: Evaluator,
+    rng: np.random.Generator,
+    executor: Executor | None,
+) -> list[SearchOutput]:
+    """Search every slot's position; two pipelined halves when an executor is given."""
+    if executor is None or len(slots) < 2:
+        return [drive(_steps(ctx, slots, rng), evaluator)]
+    half = (len(slots) + 1) // 2
+    halves = [_steps(ctx, slots[:half], rng), _steps(ctx, slots[half:], rng)]
+    return drive_pipelined(halves, evaluator, executor)
+
+
+def _steps(ctx: _Context, slots: Sequence[_Slot], rng: np.random.Generator) -> Steps[SearchOutput]:
+    c = ctx.config
+    roots = [s.state for s in slots]
+    caches = [s.cache for s in slots]
+    if c.search == "puct":
+        return puct_steps(
+            ctx.game,
+            roots,
+            caches,
+            rng,
+            num_simulations=c.num_simulations,
+            dirichlet_alpha=c.dirichlet_alpha,
+            noise_fraction=c.noise_fraction,
+            forced_k=c.forced_playouts,
+        )
+    return gumbel_steps(
+        ctx.game,
+        roots,
+        caches,
+        rng,
+        num_simulations=c.num_simulations,
+        max_considered=c.max_considered,
+        gumbel_scale=c.gumbel_scale,
+        c_visit=c.c_visit,
+        c_scale=c.c_scale,
+    )
+
+
+def _play(
+    ctx: _Context, slot: _Slot, out: SearchOutput, i: int, rng: np.random.Generator
+) -> GameRecord | None:
+    """Play one searched move in `slot`; return the record if the game ended."""
+    game, policy = ctx.game, out.policy[i]
+    slot.stats[:3] += out.stats.per_game[i, :3]
+    slot.stats[3] = max(slot.stats[3], out.stats.per_game[i, 3])
+    mover = game.to_play(slot.state)
+    action = _choose(ctx, slot, out, i, rng)
+    resign = ctx.config.resign_value
+    if resign is not None and float(out.q[i, action]) <= resign:
+        if slot.resign_enabled:
+            return _record(ctx, slot, outcome=-1.0 if mover == 0 else 1.0, resigned=True)
+        if slot.would_resign is None:
+            slot.would_resign = mover
+    slot.moves.append(action)
+    slot.policies.append(policy)
+    slot.values.append(float(out.root_value[i]))
+    slot.full.append(slot.full_now)
+    slot.state = game.apply(slot.state, action)
+    value = game.terminal_value(slot.state)
+    if value is None:
+        return None
+    first_view = value if game.to_play(slot.state) == 0 else -value
+    return _record(ctx, slot, outcome=first_view, resigned=False)
+
+
+def _choose(ctx: _Context, slot: _Slot, out: SearchOutput, i: int, rng: np.random.Generator) -> int:
+    if len(slot.moves) < slot.random_plies:
+        return int(rng.choice(np.flatnonzero(ctx.game.legal_mask(slot.state))))
+    if len(slot.moves) < ctx.config.sample_plies:
+        p = out.policy[i].astype(np.float64)
+        return int(rng.choice(len(p), p=p / p.sum()))
+    return int(out.action[i])
+
+
+def _record(ctx: _Context, slot: _Slot, *, outcome: float, resigned: bool) -> GameRecord:
+    plies = len(slot.moves)
+    policy = np.zeros((plies, ctx.game.num_actions), np.float32)
+    if plies:
+        policy[:] = slot.policies
+    return GameRecord(
+        game=ctx.game.name,
+        game_id=slot.game_id,
+        model_sha256=ctx.model_sha256,
+        generation=ctx.generation,
+        moves=slot.moves,
+        policy=pack_policy(policy),
+        root_values=slot.values,
+        outcome=float(outcome),
+        plies=plies,
+        num_actions=ctx.game.num_actions,
+        search=ctx.config.search,
+        sims_per_move=ctx.config.num_simulations,
+        resigned=resigned,
+        resign_enabled=slot.resign_enabled,
+        would_resign=slot.would_resign,
+        started_at=slot.started_at,
+        seconds=ctx.clock() - slot.started_at,
+        nn_evals=int(slot.stats[0]),
+        cache_hits=int(slot.stats[1]),
+        terminal_visits=int(slot.stats[2]),
+        max_depth=int(slot.stats[3]),
+        full_search=[] if all(slot.full) else slot.full,
+        cheap_sims=0 if all(slot.full) else _cheap_sims(ctx),
+    )
+
+
+def _cheap_sims(ctx: _Context) -> int:
+    return min(ctx.config.cheap_simulations, ctx.config.num_simulations)

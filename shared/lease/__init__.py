@@ -1,0 +1,1 @@
+"""Quorum leases: pure decisions, the holder, watching, auditing, and fencing."""

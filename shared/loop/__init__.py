@@ -1,0 +1,1 @@
+"""The master loop: scheduling policy, observation, effects, SPRT, ratings, presets."""

@@ -1,0 +1,1 @@
+"""A node: its launcher, `conclave up`, the leaf link and the console."""

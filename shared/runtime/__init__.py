@@ -1,0 +1,1 @@
+"""What every service process runs in: the service frame, supervisor, logs, counters."""

@@ -1,0 +1,216 @@
+"""The frame every service process runs in: config at the edge, bus, signals, pulses, TaskGroup."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import msgspec
+import nats.errors
+from nats.micro import add_service
+from nats.micro.service import Service, ServiceConfig
+
+from schemas import names
+from schemas.codec import BadMessage, decode, encode
+from schemas.control import ServicePulse
+from shared.bus.client import Bus, BusConfig, BusError, ConnectFailed
+from shared.runtime import counters
+from shared.runtime import log as logsetup
+from shared.runtime.buslog import BusLogHandler
+
+log = logging.getLogger("conclave.service")
+
+C = TypeVar("C")
+RunFn = Callable[[Bus, C, asyncio.Event], Awaitable[None]]
+
+LAG_TICK_S = 0.05
+VERSION = "0.1.0"
+
+
+class ProcessConfig(msgspec.Struct, frozen=True):
+    """What every service process needs besides its own config."""
+
+    node_id: str
+    service: str
+    bus: BusConfig
+    pulse_fd: int | None = None
+    pulse_every_s: float = 1.0
+    log_level: str = "info"
+
+
+class LoopLag:
+    """Measures how late the event loop wakes a sleeper: the lag any other task would suffer."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(LAG_TICK_S)
+            self.samples.append(max(0.0, loop.time() - start - LAG_TICK_S) * 1000)
+
+    def take(self) -> tuple[float, float]:
+        """(p50, max) lag in ms since the last call."""
+        samples, self.samples = self.samples, []
+        if not samples:
+            return 0.0, 0.0
+        return statistics.median(samples), max(samples)
+
+
+class Pulse:
+    """Reports liveness and loop lag to the local supervisor (a pipe) and to the bus."""
+
+    def __init__(self, proc: ProcessConfig, stop: asyncio.Event) -> None:
+        self.proc = proc
+        self.stop = stop
+        self.lag = LoopLag()
+        self.started_at = time.time()
+        self.bus: Bus | None = None
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.lag.run(), name="loop-lag")
+            tg.create_task(self._beat(), name="pulse")
+
+    async def _beat(self) -> None:
+        subject = names.pulse_subject(self.proc.node_id, self.proc.service)
+        while True:
+            await asyncio.sleep(self.proc.pulse_every_s)
+            p50, worst = self.lag.take()
+            pulse = ServicePulse(
+                node=self.proc.node_id,
+                service=self.proc.service,
+                pid=os.getpid(),
+                lag_p50_ms=round(p50, 2),
+                lag_max_ms=round(worst, 2),
+                started_at=self.started_at,
+                sent_at=time.time(),
+                counters={**counters.snapshot(), counters.CPU: round(time.process_time(), 3)},
+                doing=counters.doing(),
+            )
+            data = encode(pulse)
+            self._to_supervisor(data)
+            if self.bus is not None:
+                try:
+                    await self.bus.publish(subject, data)
+                except BusError as e:
+                    log.debug("pulse not published: %s", e)
+
+    def _to_supervisor(self, data: bytes) -> None:
+        if self.proc.pulse_fd is None:
+            return
+        try:
+            os.write(self.proc.pulse_fd, data + b"\n")
+        except BlockingIOError:
+            pass  # the supervisor is behind; the next pulse will do
+        except BrokenPipeError:
+            log.warning("supervisor gone; shutting down")
+            self.stop.set()
+
+
+async def serve(
+    proc: ProcessConfig, cfg: C, run: RunFn[C], logs: BusLogHandler | None = None
+) -> None:
+    """Run one service until SIGTERM/SIGINT: pulses start before the bus is reachable; log
+    lines go to the bus (`logs`) once it is."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    pulse = Pulse(proc, stop)
+    if proc.pulse_fd is not None:
+        os.set_blocking(proc.pulse_fd, False)
+    async with asyncio.TaskGroup() as tg:
+        pulse_task = tg.create_task(pulse.run(), name="pulse")
+        bus = await connect_until(proc.bus, stop)
+        logs_task = None
+        if bus is not None:
+            pulse.bus = bus
+            if logs is not None:
+                logs_task = tg.create_task(logs.publish_forever(bus), name="logs")
+            micro = await register(bus, proc)
+            try:
+                await run(bus, cfg, stop)
+            finally:
+                if micro is not None:
+                    with contextlib.suppress(nats.errors.Error, TimeoutError):
+                        await micro.stop()
+                await bus.close()
+        pulse_task.cancel()
+        if logs_task is not None:
+            logs_task.cancel()
+
+
+async def register(bus: Bus, proc: ProcessConfig) -> Service | None:
+    """Announce this process as a NATS micro service, so `nats micro ls` and `$SRV.PING` see it
+    (behind NAT too: it answers over its own outbound connection)."""
+    config = ServiceConfig(
+        name=f"conclave-{proc.service}",
+        version=VERSION,
+        description=f"Conclave {proc.service} on {proc.node_id}",
+        metadata={"node": proc.node_id, "service": proc.service, "pid": str(os.getpid())},
+    )
+    try:
+        return await add_service(bus.nc, config)
+    except (nats.errors.Error, TimeoutError) as e:
+        log.warning("not registered as a micro service: %r", e)
+        return None
+
+
+async def connect_until(cfg: BusConfig, stop: asyncio.Event) -> Bus | None:
+    """Keep trying the first connection (the hub may come up later) until `stop` is set."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            return await Bus.connect(cfg)
+        except ConnectFailed as e:
+            log.warning("%s; retrying in %.1fs", e, delay)
+            await wait_or_stop(stop, delay)
+            delay = min(delay * 2, 10.0)
+    return None
+
+
+async def set_when(stop: asyncio.Event, halt: threading.Event) -> None:
+    """Mirror `stop` into a thread-side event, so work running in a thread can give up too."""
+    await stop.wait()
+    halt.set()
+
+
+async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to `seconds`; return True if `stop` was set meanwhile."""
+    try:
+        await asyncio.wait_for(stop.wait(), max(0.0, seconds))
+    except TimeoutError:
+        return False
+    return True
+
+
+def main(service: str, config_type: type[C], run: RunFn[C], argv: list[str] | None = None) -> int:
+    """Entry point of a service process: `--process JSON --config JSON`, built by the launcher."""
+    parser = argparse.ArgumentParser(prog=f"conclave-{service}")
+    parser.add_argument("--process", required=True, help="ProcessConfig as JSON")
+    parser.add_argument("--config", required=True, help=f"{config_type.__name__} as JSON")
+    args = parser.parse_args(argv)
+    try:
+        proc = decode(args.process.encode(), ProcessConfig, subject="--process")
+        cfg = decode(args.config.encode(), config_type, subject="--config")
+    except BadMessage as e:
+        print(f"conclave-{service}: {e}", file=sys.stderr)
+        return 2
+    formatter = logsetup.setup(proc.log_level, node=proc.node_id, service=service)
+    on_bus = BusLogHandler(proc.node_id, service, formatter)
+    logging.getLogger().addHandler(on_bus)
+    asyncio.run(serve(proc, cfg, run, on_bus))
+    return 0

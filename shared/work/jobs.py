@@ -1,0 +1,368 @@
+"""Jobs on a JetStream work queue: submit, pull, keep alive, finish, fail, and dead-letter."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from schemas import names
+from schemas.codec import BadMessage, decode, encode
+from schemas.jobs import DeadLetter, EvalJob, JobFailure, SelfplayJob, TrainJob, job_group
+from shared.bus.client import Bus, BusError, translated
+from shared.bus.compat import Gate
+from shared.learn.games import game_names
+from shared.runtime import counters
+
+log = logging.getLogger("conclave.jobs")
+
+J = TypeVar("J", SelfplayJob, TrainJob, EvalJob)
+
+JOB_TYPES: dict[str, type[SelfplayJob] | type[TrainJob] | type[EvalJob]] = {
+    "selfplay": SelfplayJob,
+    "train": TrainJob,
+    "eval": EvalJob,
+}
+
+
+LANE_PROBE_S = 0.25  # how long a worker waits on each higher-priority lane before the next
+CONSUMER_POLL_S = 1.0  # how often a worker looks for the job consumers it waits for
+
+
+class JobSettings(msgspec.Struct, frozen=True):
+    ack_wait_s: float = 30.0
+    max_deliver: int = 5
+    max_ack_pending: int = 1000
+
+
+async def ensure_consumer(
+    bus: Bus, kind: str, settings: JobSettings, *, migrate: bool = False
+) -> None:
+    """Create (or update) the durable consumer of every lane of `kind`; `migrate` first drops a
+    consumer from before the lanes. The coordinator's: only its identity (and admin's) may
+    configure the job consumers; workers wait for them (`await_consumer`)."""
+    if kind == "eval" and migrate:
+        await _drop_unlaned_eval_consumer(bus)
+    for lane in names.job_lanes(kind):
+        config = ConsumerConfig(
+            durable_name=names.job_consumer(kind, lane),
+            filter_subject=names.job_filter(kind, lane),
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=settings.ack_wait_s,
+            max_deliver=settings.max_deliver,
+            max_ack_pending=settings.max_ack_pending,
+        )
+        with translated(f"add consumer {config.durable_name}"):
+            await bus.js.add_consumer(names.JOBS_STREAM, config)
+
+
+async def await_consumer(
+    bus: Bus, kind: str, stop: asyncio.Event, every_s: float = CONSUMER_POLL_S
+) -> bool:
+    """Wait until the durable consumer of every lane of `kind` exists (the coordinator creates
+    them): a worker binds to them and never creates or reconfigures them. False if `stop` came
+    first."""
+    for lane in names.job_lanes(kind):
+        consumer = names.job_consumer(kind, lane)
+        waiting = False
+        while not await _consumer_exists(bus, consumer):
+            if not waiting:
+                log.info("waiting for the coordinator to create consumer %s", consumer)
+                waiting = True
+            try:
+                await asyncio.wait_for(stop.wait(), every_s)
+            except TimeoutError:
+                continue
+            return False
+    return True
+
+
+async def _consumer_exists(bus: Bus, consumer: str) -> bool:
+    with translated(f"consumer info {consumer}"):
+        try:
+            await bus.js.consumer_info(names.JOBS_STREAM, consumer)
+        except nats.js.errors.NotFoundError:
+            return False
+    return True
+
+
+async def _drop_unlaned_eval_consumer(bus: Bus) -> None:
+    """A store from before evaluation lanes has one `eval-workers` consumer on `jobs.eval.>`; a
+    work-queue stream refuses the lanes' consumers beside it, so it goes. Jobs queued under the
+    old subjects (`jobs.eval.<game>.<group>`) are no longer pulled; their matches reschedule
+    them once they are dead-lettered by hand (docs/architecture.md)."""
+    with translated("drop the unlaned eval consumer"), suppress(nats.js.errors.NotFoundError):
+        await bus.js.delete_consumer(names.JOBS_STREAM, "eval-workers")
+
+
+async def submit(
+    bus: Bus, kind: str, job: SelfplayJob | TrainJob | EvalJob, attempt: int = 1
+) -> bool:
+    """Enqueue `job` (an evaluation job in its kind's lane); the message id makes a retried
+    submit of the same attempt a no-op.
+
+    Returns False when JetStream recognised it as a duplicate.
+    """
+    msg_id = f"{job.job_id}-a{attempt}"
+    lane = job.kind if isinstance(job, EvalJob) else ""
+    subject = names.job_subject(kind, job.game, job_group(job), lane)
+    with translated(f"submit {kind} job"):
+        ack = await bus.js.publish(subject, encode(job), headers={"Nats-Msg-Id": msg_id})
+    return not ack.duplicate
+
+
+@dataclass
+class Delivery(Generic[J]):
+    """One delivery of a job to this worker."""
+
+    msg: Msg
+    job: J
+    kind: str
+
+    @property
+    def delivered(self) -> int:
+        return int(self.msg.metadata.num_delivered)
+
+    @property
+    def submitted_at(self) -> float:
+        """When the job was stored in the queue (the stream's timestamp)."""
+        return float(self.msg.metadata.timestamp.timestamp())
+
+    async def done(self) -> None:
+        """Acknowledge, waiting for the server: the job is gone from the queue once this returns."""
+        with translated("ack job"):
+            await self.msg.ack_sync()
+
+    async def retry(self, bus: Bus, node: str, reason: str, delay_s: float = 1.0) -> None:
+        """This attempt failed: say why (kept for the dead letter) and ask for redelivery."""
+        await report_failure(bus, self.kind, self.job.job_id, node, reason, self.delivered)
+        with translated("nak job"):
+            await self.msg.nak(delay=delay_s)
+
+    @asynccontextmanager
+    async def kept_alive(self, every_s: float) -> AsyncIterator[None]:
+        """Send in-progress acks while the body runs, so a long job is not redelivered."""
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(every_s)
+                try:
+                    await self.msg.in_progress()
+                except nats.errors.Error as e:
+                    log.warning("in-progress ack failed: %s", e)
+
+        task = asyncio.create_task(beat(), name=f"keepalive-{self.job.job_id}")
+        counters.set_doing(f"{self.kind} {self.job.job_id}")  # shown per node by status
+        try:
+            yield
+        finally:
+            counters.set_doing("")
+            task.cancel()
+
+
+class Puller(Generic[J]):
+    """A worker's handle on the shared durable consumers of one job kind: it takes the next job
+    from the first lane that has one, so a match never waits behind queued rating games."""
+
+    def __init__(
+        self, bus: Bus, kind: str, job_type: type[J], probe_s: float = LANE_PROBE_S
+    ) -> None:
+        self.bus = bus
+        self.kind = kind
+        self.job_type: type[J] = job_type
+        self.probe_s = probe_s
+        self.gate = Gate(bus)
+        self._subs: dict[str, nats.js.JetStreamContext.PullSubscription] = {}
+
+    async def next(self, timeout_s: float = 5.0) -> Delivery[J] | None:
+        """The next job, or None if none came in time (or this build's protocol is refused);
+        a malformed job goes to the DLQ. With lanes, each lane is asked in priority order for
+        up to `probe_s` (the last one for the rest of `timeout_s`)."""
+        if await self.gate.refusal() is not None:
+            await asyncio.sleep(timeout_s)  # the coordinator may accept us again: check later
+            return None
+        lanes = names.job_lanes(self.kind)
+        for i, lane in enumerate(lanes):
+            last = i == len(lanes) - 1
+            wait = max(self.probe_s, timeout_s - self.probe_s * i) if last else self.probe_s
+            msg = await self._fetch(lane, wait)
+            if msg is not None:
+                return await self._delivery(msg)
+        return None
+
+    async def _fetch(self, lane: str, timeout_s: float) -> Msg | None:
+        sub = await self._subscription(lane)
+        try:
+            msgs = await sub.fetch(1, timeout=timeout_s)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return None
+        except nats.errors.Error as e:
+            raise BusError(f"fetch {self.kind} job: {e!r}") from e
+        return msgs[0]
+
+    async def _delivery(self, msg: Msg) -> Delivery[J] | None:
+        try:
+            job = decode(msg.data, self.job_type, subject=msg.subject)
+            check_job(job, msg.subject)
+        except BadMessage as e:
+            await dead_letter_now(self.bus, self.kind, msg, f"bad job: field {e.field}: {e.reason}")
+            return None
+        return Delivery(msg, job, self.kind)
+
+    async def _subscription(self, lane: str) -> nats.js.JetStreamContext.PullSubscription:
+        if lane not in self._subs:
+            consumer = names.job_consumer(self.kind, lane)
+            with translated(f"bind {consumer} consumer"):
+                self._subs[lane] = await self.bus.js.pull_subscribe_bind(
+                    consumer, stream=names.JOBS_STREAM
+                )
+        return self._subs[lane]
+
+
+def check_job(job: SelfplayJob | TrainJob | EvalJob, subject: str) -> None:
+    """BadMessage naming the field when no attempt at `job` could work: this build knows no such
+    game, or its id or group cannot name the subjects and keys its products are filed under."""
+    for field, value in (("job_id", job.job_id), ("group", job.group)):
+        try:
+            names.check_token(value, field)
+        except names.BadName as e:
+            raise BadMessage(subject, f"$.{field}", str(e)) from e
+    known = game_names()
+    if job.game not in known:
+        reason = f"unknown game {job.game!r}; known: {', '.join(known)}"
+        raise BadMessage(subject, "$.game", reason)
+
+
+async def report_failure(
+    bus: Bus, kind: str, job_id: str, node: str, reason: str, delivery: int
+) -> None:
+    failure = JobFailure(job_id, kind, node, reason[:2000], delivery, time.time())
+    try:
+        await bus.publish_durable(names.job_failure_subject(job_id), encode(failure))
+    except BusError as e:
+        log.warning("failure report for %s not stored: %s", job_id, e)
+
+
+async def dead_letter_now(bus: Bus, kind: str, msg: Msg, reason: str, job_id: str = "") -> None:
+    """Move a job that must never be retried (unreadable, or no worker can do it) to the DLQ at
+    once; `job_id` when the job could be read."""
+    meta = msg.metadata
+    letter = DeadLetter(
+        kind,
+        job_id,
+        int(meta.sequence.stream),
+        int(meta.num_delivered),
+        reason,
+        msg.data,
+        time.time(),
+    )
+    await bus.publish_durable(
+        names.dlq_subject(kind, *names.game_and_group(msg.subject)),
+        encode(letter),
+        msg_id=f"dlq-{meta.sequence.stream}",
+    )
+    with translated("terminate job"):
+        await msg.term()
+    log.error("dead-lettered %s job #%d: %s", kind, meta.sequence.stream, reason)
+
+
+class MaxDeliveries(msgspec.Struct, frozen=True):
+    """The server's advisory that a consumer gave up on a message (only the fields we use)."""
+
+    stream: str
+    consumer: str
+    stream_seq: int
+    deliveries: int
+
+
+async def dead_letter_exhausted(bus: Bus, advisory: MaxDeliveries) -> DeadLetter | None:
+    """Move an exhausted job from the work queue to the DLQ with the last failure reason.
+
+    Idempotent: the DLQ publish is deduplicated by stream sequence, and an already removed job
+    is skipped, so a leader that crashes half-way can simply do it again.
+    """
+    kind = names.consumer_kind(advisory.consumer)
+    with translated("read exhausted job"):
+        try:
+            raw = await bus.js.get_msg(names.JOBS_STREAM, seq=advisory.stream_seq)
+        except nats.js.errors.NotFoundError:
+            return None
+    data = raw.data or b""
+    job_id = _job_id(kind, data)
+    reason = await last_failure(bus, job_id) if job_id else "unreadable job"
+    letter = DeadLetter(
+        kind, job_id, advisory.stream_seq, advisory.deliveries, reason, data, time.time()
+    )
+    await bus.publish_durable(
+        names.dlq_subject(kind, *names.game_and_group(raw.subject or "jobs.x.unknown.unknown")),
+        encode(letter),
+        msg_id=f"dlq-{advisory.stream_seq}",
+    )
+    with translated("remove exhausted job"), suppress(nats.js.errors.NotFoundError):
+        await bus.js.delete_msg(names.JOBS_STREAM, advisory.stream_seq)
+    return letter
+
+
+def _job_id(kind: str, data: bytes) -> str:
+    job_type = JOB_TYPES.get(kind)
+    if job_type is None:
+        return ""
+    try:
+        return decode(data, job_type).job_id
+    except BadMessage:
+        return ""
+
+
+async def last_failure(bus: Bus, job_id: str) -> str:
+    with translated("read job failure"):
+        try:
+            raw = await bus.js.get_msg(
+                names.EVENTS_STREAM, subject=names.job_failure_subject(job_id)
+            )
+        except nats.js.errors.NotFoundError:
+            return "no failure report: the worker died or the ack wait expired on every delivery"
+    try:
+        failure = decode(raw.data or b"", JobFailure)
+    except BadMessage as e:
+        return f"unreadable failure report: {e}"
+    return f"{failure.reason} (delivery {failure.delivery} on {failure.node})"
+
+
+async def handle_dead_letters(bus: Bus, stop: asyncio.Event) -> None:
+    """Move every job the server gave up on to the DLQ; advisories wait in a stream meanwhile."""
+    with translated("bind dead-letter consumer"):
+        sub = await bus.js.pull_subscribe(
+            names.max_deliveries_advisory(names.JOBS_STREAM),
+            durable=names.DEAD_LETTER_CONSUMER,
+            stream=names.ADVISORIES_STREAM,
+        )
+    while not stop.is_set():
+        try:
+            msgs = await sub.fetch(16, timeout=2.0)
+        except (TimeoutError, nats.errors.TimeoutError):
+            continue
+        for msg in msgs:
+            await _dead_letter_one(bus, msg)
+
+
+async def _dead_letter_one(bus: Bus, msg: Msg) -> None:
+    try:
+        advisory = decode(msg.data, MaxDeliveries, subject=msg.subject)
+    except BadMessage as e:
+        log.error("unreadable advisory: %s", e)
+    else:
+        letter = await dead_letter_exhausted(bus, advisory)
+        if letter is not None:
+            log.error("dead-lettered %s job %s: %s", letter.kind, letter.job_id, letter.reason)
+    with translated("ack advisory"):
+        await msg.ack_sync()
