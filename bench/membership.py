@@ -71,6 +71,7 @@ from schemas.control import NodeStatus, Resources, ServiceState  # noqa: E402
 from services.heartbeat import HeartbeatConfig, memory_bytes  # noqa: E402
 from shared.bus.client import Bus, BusConfig, BusError, translated  # noqa: E402
 from shared.bus.client import _initial as initial_entries  # noqa: E402  (Bus.snapshot's read)
+from shared.bus.message import Entry  # noqa: E402
 from shared.bus.server import NatsServer, ServerSpec  # noqa: E402
 from shared.loop.observe import fresh  # noqa: E402
 from shared.runtime.service import VERSION  # noqa: E402
@@ -216,9 +217,10 @@ class Observer:
     read_failures: int = 0
     max_gap_s: float = 0.0
 
-    def on_entry(self, entry: KeyValue.Entry) -> None:
-        if entry.operation not in GONE:  # nobody deletes a status here
-            self.on_put(entry.key, entry.value or b"", stored_at(entry))
+    def on_entry(self, entry: Entry) -> None:
+        if entry.value is not None:  # nobody deletes a status here
+            written = entry.written_at
+            self.on_put(entry.key, entry.value, written.timestamp() if written else time.time())
 
     def on_read(self, alive: set[str], now: float) -> None:
         """A read of every status: those counted before and not now are noticed dead."""

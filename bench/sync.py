@@ -87,8 +87,8 @@ async def worker(url: str, digest: str, root: Path, count: int) -> None:
     async def on_go(_: object) -> None:
         go.set()
 
-    await buses[0].subscribe("bench.fanout.go", on_go)  # type: ignore[arg-type]
-    await buses[0].nc.flush()
+    await buses[0].subscribe("bench.fanout.go", on_go)
+    await buses[0].flush()
     print("ready", flush=True)
     await go.wait()
     stores = [ModelStore(bus, root / f"n{i}") for i, bus in enumerate(buses)]

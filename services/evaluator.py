@@ -24,7 +24,7 @@ import numpy as np
 from schemas import names
 from schemas.codec import encode
 from schemas.jobs import EvalJob, EvalResult, PlayerSpec, job_group
-from shared.bus.client import Bus, BusError, translated
+from shared.bus.client import Bus, BusError
 from shared.learn.arena import (
     AgentPlayer,
     MatchOutcome,
@@ -125,8 +125,7 @@ class Worker:
                 await self.publish(job, outcome, spent)
             except MatchStopped:
                 if self.halt.is_set():  # stopping: hand the job back now rather than after ack-wait
-                    with translated("nak job"):
-                        await delivery.msg.nak()
+                    await delivery.release()
                     return
                 log.info("job %s: its match was decided while it played; dropped", job.job_id)
             except UnloadableModel as e:

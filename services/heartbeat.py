@@ -12,8 +12,6 @@ import time
 from collections.abc import Iterable
 
 import msgspec
-import nats.errors
-from nats.aio.msg import Msg
 
 from schemas import names
 from schemas.codec import BadMessage, decode, encode
@@ -26,6 +24,7 @@ from schemas.control import (
     ServiceState,
 )
 from shared.bus.client import Bus, BusError
+from shared.bus.message import Message
 from shared.runtime.service import VERSION, wait_or_stop
 from shared.runtime.service import main as service_main
 
@@ -72,12 +71,12 @@ class Pulses:
         self.dropped = 0
         self._window_at, self._logged = -LOG_EVERY_S, 0
 
-    async def on_message(self, msg: Msg) -> None:
+    async def on_message(self, msg: Message) -> None:
         pulse = self._parsed(msg)
         if pulse is not None:
             self.take(pulse, time.monotonic())
 
-    def _parsed(self, msg: Msg) -> ServicePulse | None:
+    def _parsed(self, msg: Message) -> ServicePulse | None:
         try:
             pulse = decode(msg.data, ServicePulse, subject=msg.subject)
             names.check_token(pulse.service, "$.service")
@@ -252,10 +251,10 @@ async def run(bus: Bus, cfg: HeartbeatConfig, stop: asyncio.Event) -> None:
                 started_at=started,
                 sent_at=time.time(),
             )
-            data = fitted(status, cfg.services, bus.nc.max_payload - HEADROOM_BYTES)
+            data = fitted(status, cfg.services, bus.max_payload - HEADROOM_BYTES)
             try:
                 await bus.write(names.NODES_BUCKET, key, data, ttl_s=cfg.ttl_s)
-            except (BusError, nats.errors.MaxPayloadError) as e:
+            except BusError as e:
                 log.warning("status not written: %r", e)
             await wait_or_stop(stop, cfg.every_s)
     finally:

@@ -20,14 +20,15 @@ import numpy as np
 from schemas import names
 from schemas.game import GameRecord, encode_record, simulations
 from schemas.jobs import SelfplayJob
-from shared.bus.client import Bus, BusError, Unavailable, translated
+from shared.bus.client import Bus, BusError, Unavailable
+from shared.bus.ports import Delivery, WorkQueue
 from shared.learn.games import get_game
 from shared.learn.netconfig import CheckpointError
 from shared.learn.selfplay import SelfPlayConfig, self_play
 from shared.runtime import counters
 from shared.runtime.service import main as service_main
 from shared.runtime.service import set_when, wait_or_stop
-from shared.work.jobs import Delivery, JobSettings, Puller, await_consumer
+from shared.work.jobs import JobSettings, Puller, await_consumer
 from shared.work.modelcache import Evaluators
 from shared.work.models import ModelStore
 from shared.work.prefetch import prefetch_promoted
@@ -55,7 +56,7 @@ class Worker:
         self.games_published = 0
 
     async def serve(self) -> None:
-        puller = Puller(self.bus, "selfplay", SelfplayJob)
+        puller: WorkQueue[SelfplayJob] = Puller(self.bus, "selfplay", SelfplayJob)
         while not self.stop.is_set():
             try:
                 delivery = await puller.next(timeout_s=2.0)
@@ -79,8 +80,7 @@ class Worker:
                 await delivery.retry(self.bus, self.cfg.node_id, repr(e))
                 return
         if not finished:  # stopping: hand the job back at once rather than after ack-wait
-            with translated("nak job"):
-                await delivery.msg.nak()
+            await delivery.release()
             return
         await delivery.done()
 

@@ -18,9 +18,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import msgspec
-import nats.errors
-from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig
 
 from schemas import names
 from schemas.codec import BadMessage, decode, encode
@@ -29,7 +26,10 @@ from services.scheduler import STATE_KEY, LoopRecord
 from shared import archive
 from shared.archive import S3Config, S3Store, Store
 from shared.archive.layout import check_sha256
-from shared.bus.client import Bus, BusError, translated
+from shared.bus import queue
+from shared.bus.client import Bus, BusError
+from shared.bus.message import Message
+from shared.bus.queue import Queued, WorkConsumer
 from shared.learn.games import game_names
 from shared.lease.fencing import read_termed
 from shared.lease.holder import Contender, hold
@@ -106,7 +106,7 @@ class Archiver:
         self.bus, self.cfg, self.store, self.target = bus, cfg, store, target
         self.name_of = name_of
         self.reports = name_of is games_name  # sync.status speaks for the games archive
-        self.pending: dict[str, dict[int, Msg]] = defaultdict(dict)
+        self.pending: dict[str, dict[int, Queued]] = defaultdict(dict)
         self.oldest: dict[str, float] = {}
         self.ranges: dict[str, list[tuple[int, int]]] = {}
         self.archived_through: dict[str, int] = {}
@@ -119,20 +119,20 @@ class Archiver:
             self.ranges[game] = await asyncio.to_thread(archive.archived_ranges, self.store, game)
         return self.ranges[game]
 
-    async def take(self, msg: Msg) -> None:
+    async def take(self, queued: Queued) -> None:
         """Buffer a game record, or ack it at once if an earlier run already archived it."""
+        msg = queued.message
         game = self.name_of(msg.subject)
         try:
             archive.layout.check_game(game)
         except ValueError as e:
-            where = msg.metadata.stream.lower()
-            await dead_letter(self.bus, msg, f"subject {msg.subject[:200]!r}: {e}", where=where)
+            reason = f"subject {msg.subject[:200]!r}: {e}"
+            await dead_letter(self.bus, queued, reason, where=msg.stream.lower())
             return
-        seq = int(msg.metadata.sequence.stream)
-        if archive.covers(await self.ranges_of(game), seq):
-            await msg.ack()
+        if archive.covers(await self.ranges_of(game), msg.seq):
+            await queued.ack()
             return
-        self.pending[game][seq] = msg
+        self.pending[game][msg.seq] = queued
         self.oldest.setdefault(game, time.monotonic())
 
     def due(self) -> list[str]:
@@ -151,8 +151,8 @@ class Archiver:
         """Store the buffered games of `game` as one shard; ack them only once it is stored."""
         msgs = self.pending[game]
         seqs = sorted(msgs)
-        records = [(s, msgs[s].data) for s in seqs]
-        ids = [(msgs[s].headers or {}).get("Nats-Msg-Id", "") or f"seq-{s}" for s in seqs]
+        records = [(s, msgs[s].message.data) for s in seqs]
+        ids = [msgs[s].message.msg_id or f"seq-{s}" for s in seqs]
         try:
             manifest = await asyncio.to_thread(
                 archive.write_shard, self.store, game, records, game_ids=ids
@@ -163,7 +163,7 @@ class Archiver:
             return False
         for s in seqs:
             await msgs[s].ack()
-        await self.bus.nc.flush()
+        await self.bus.flush()
         self.ranges.setdefault(game, []).append((manifest.first_seq, manifest.last_seq))
         self.archived_through[game] = max(self.archived_through.get(game, 0), seqs[-1])
         self.games_archived += len(seqs)
@@ -171,10 +171,10 @@ class Archiver:
         self.oldest.pop(game, None)
         return True
 
-    async def hold(self, msgs: Iterable[Msg]) -> None:
+    async def hold(self, msgs: Iterable[Queued]) -> None:
         # While S3 is down the games stay unacknowledged; keep them from being redelivered.
         for msg in msgs:
-            with contextlib.suppress(nats.errors.Error):
+            with contextlib.suppress(BusError):
                 await msg.in_progress()
 
     def failed(self, what: str) -> None:
@@ -246,7 +246,7 @@ async def promotions(bus: Bus, game: str) -> list[ModelEvent]:
         try:
             events.append(decode(msg.data, ModelEvent, subject=msg.subject))
         except Exception as e:  # BadMessage, RecursionError: skipped all the same
-            seq = int(msg.metadata.sequence.stream)
+            seq = msg.seq
             if seq not in _skipped_promotions:
                 if len(_skipped_promotions) >= _SKIPPED_LIMIT:
                     _skipped_promotions.clear()
@@ -273,24 +273,18 @@ async def shard_loop(
     durable: str,
 ) -> None:
     """Archive a stream in shards; a message is acked only once its shard is stored."""
-    config = ConsumerConfig(
-        durable_name=durable,
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=arch.cfg.ack_wait_s,
+    consumer = WorkConsumer(
+        durable,
+        subjects,
+        ack_wait_s=arch.cfg.ack_wait_s,
         max_ack_pending=20 * arch.cfg.shard_games,
-        filter_subject=subjects,
     )
-    with translated(f"syncer consumer {durable}"):
-        sub = await bus.js.pull_subscribe(subjects, durable=durable, stream=stream, config=config)
+    sub = await queue.pull(bus, stream, subjects, consumer)
     while not stop.is_set():
         if me.term is None:
             await wait_or_stop(stop, 1.0)
             continue
-        try:
-            msgs = await sub.fetch(arch.cfg.shard_games, timeout=1.0)
-        except (TimeoutError, nats.errors.TimeoutError):
-            msgs = []
-        for msg in msgs:
+        for msg in await sub.fetch(arch.cfg.shard_games, 1.0):
             await arch.take(msg)
         for game in arch.due():
             if not await arch.flush(game):
@@ -300,34 +294,26 @@ async def shard_loop(
 
 async def models_loop(bus: Bus, arch: Archiver, me: Contender, stop: asyncio.Event) -> None:
     models = ModelStore(bus, Path(arch.cfg.cache_dir))
-    with translated("syncer models consumer"):
-        sub = await bus.js.pull_subscribe(
-            names.model_event_subject("candidate"),
-            durable=MODELS_CONSUMER,
-            stream=names.EVENTS_STREAM,
-        )
+    subject = names.model_event_subject("candidate")
+    sub = await queue.pull(bus, names.EVENTS_STREAM, subject, MODELS_CONSUMER)
     last_docs = 0.0
     while not stop.is_set():
         if me.term is None:
             await wait_or_stop(stop, 1.0)
             continue
-        try:
-            msgs = await sub.fetch(8, timeout=1.0)
-        except (TimeoutError, nats.errors.TimeoutError):
-            msgs = []
-        for msg in msgs:
+        for msg in await sub.fetch(8, 1.0):
             await archive_one_model(arch, models, msg)
         if time.monotonic() - last_docs >= arch.cfg.docs_every_s:
             last_docs = time.monotonic()
             await archive_documents_quietly(bus, arch)
 
 
-async def archive_one_model(arch: Archiver, models: ModelStore, msg: Msg) -> None:
+async def archive_one_model(arch: Archiver, models: ModelStore, msg: Queued) -> None:
     """Archive one candidate's checkpoint; an event that is unreadable, invalid or names a
     model that is not (or not intact) in the object store is dead-lettered and acked, so it
     never holds up the ones behind it nor crashes the syncer."""
     try:
-        event = candidate_event(msg)
+        event = candidate_event(msg.message)
     except Exception as e:  # BadMessage, RecursionError...: whatever it is, it is unusable
         await dead_letter(arch.bus, msg, unreadable_reason(e), MODEL_DEAD_KIND)
         return
@@ -338,12 +324,12 @@ async def archive_one_model(arch: Archiver, models: ModelStore, msg: Msg) -> Non
         return
     except (archive.ArchiveError, BusError) as e:
         arch.failed(f"model {event.sha256[:12]}: {e}")
-        await msg.nak(delay=5)
+        await msg.nak(5)
         return
     await msg.ack()
 
 
-def candidate_event(msg: Msg) -> ModelEvent:
+def candidate_event(msg: Message) -> ModelEvent:
     """The event in `msg`; BadMessage naming the field if it does not decode or names no known
     game or no well-formed digest (both become keys and paths)."""
     event = decode(msg.data, ModelEvent, subject=msg.subject)
@@ -365,7 +351,7 @@ def unreadable_reason(e: Exception) -> str:
 
 async def dead_letter(
     bus: Bus,
-    msg: Msg,
+    queued: Queued,
     reason: str,
     kind: str = ARCHIVE_DEAD_KIND,
     game: str = "unknown",
@@ -373,19 +359,17 @@ async def dead_letter(
 ) -> None:
     """Move a message the syncer cannot use to the DLQ with `reason`, then ack it; if the DLQ
     cannot take it, it is acked all the same (logged with the reason): it must not come back."""
-    meta = msg.metadata
-    seq, stream = int(meta.sequence.stream), meta.stream
+    msg = queued.message
+    seq, stream = msg.seq, msg.stream
     log.error("%s #%d dead-lettered: %s", stream, seq, reason)
-    letter = DeadLetter(
-        kind, "", seq, int(meta.num_delivered), reason, msg.data[:65536], time.time()
-    )
+    letter = DeadLetter(kind, "", seq, msg.num_delivered, reason, msg.data[:65536], time.time())
     subject = names.dlq_subject(kind, _token_or(game, "unknown"), where)
     try:
         await bus.publish_durable(subject, encode(letter), msg_id=f"dlq-syncer-{stream}-{seq}")
     except BusError as e:
         log.error("%s #%d not dead-lettered (%s): acked anyway", stream, seq, e)
-    with contextlib.suppress(nats.errors.Error):
-        await msg.ack()
+    with contextlib.suppress(BusError):
+        await queued.ack()
 
 
 def _token_or(value: str, fallback: str) -> str:

@@ -28,13 +28,14 @@ from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
-from nats.aio.msg import Msg
 
 from schemas import names
 from schemas.codec import BadMessage, decode, encode
 from schemas.game import GameRecord, decode_record
 from schemas.jobs import DeadLetter, ModelEvent, ModelMeta, TrainJob, TrainProgress
 from shared.bus.client import Bus, BusError
+from shared.bus.message import Message
+from shared.bus.ports import Delivery, WorkQueue
 from shared.learn.games import UnknownGame, game_names, get_game
 from shared.learn.net import (
     CheckpointError,
@@ -57,7 +58,7 @@ from shared.learn.training import (
 from shared.runtime import counters
 from shared.runtime.service import main as service_main
 from shared.runtime.service import wait_or_stop
-from shared.work.jobs import Delivery, JobSettings, Puller, await_consumer
+from shared.work.jobs import JobSettings, Puller, await_consumer
 from shared.work.models import ModelStore
 
 log = logging.getLogger("conclave.trainer")
@@ -106,12 +107,12 @@ class Trainer:
 
     async def follow_games(self) -> None:
         """Subscribe to the games stream from where the windows' tail begins."""
-        info = await self.bus.js.stream_info(names.GAMES_STREAM)
-        start = max(info.state.first_seq, info.state.last_seq - 2 * self.cfg.window_games + 1, 1)
+        first, last = await self.bus.stream_seqs(names.GAMES_STREAM)
+        start = max(first, last - 2 * self.cfg.window_games + 1, 1)
         await self.bus.follow(names.GAMES_STREAM, names.games_subject("*"), start, self._on_game)
 
-    async def _on_game(self, msg: Msg) -> None:
-        self.pending.append((int(msg.metadata.sequence.stream), msg.data))
+    async def _on_game(self, msg: Message) -> None:
+        self.pending.append((msg.seq, msg.data))
         self.arrived.set()
 
     async def ingest(self, stop: asyncio.Event) -> None:
@@ -185,7 +186,7 @@ class Trainer:
     # -- training jobs --------------------------------------------------------------------------
 
     async def serve(self, stop: asyncio.Event) -> None:
-        puller = Puller(self.bus, "train", TrainJob)
+        puller: WorkQueue[TrainJob] = Puller(self.bus, "train", TrainJob)
         while not stop.is_set():
             try:
                 delivery = await puller.next(timeout_s=2.0)

@@ -27,6 +27,7 @@ from services.syncer import (
     results_name,
 )
 from shared import archive
+from shared.bus import queue
 from shared.bus.client import Bus, BusConfig
 from shared.bus.server import NatsServer
 from shared.cli.dashboard import model_events
@@ -99,8 +100,8 @@ async def test_an_invalid_candidate_is_dead_lettered_and_the_next_one_archived(
     store = archive.LocalStore(tmp_path / "archive")
     cfg = SyncerConfig("n1", str(tmp_path / "cache"), local_dir=str(tmp_path / "archive"))
     arch = Archiver(bus, cfg, store, "file://archive")
-    sub = await bus.js.pull_subscribe(subject, durable=MODELS_CONSUMER, stream=names.EVENTS_STREAM)
-    for msg in await sub.fetch(2, timeout=2.0):
+    sub = await queue.pull(bus, names.EVENTS_STREAM, subject, MODELS_CONSUMER)
+    for msg in await sub.fetch(2, 2.0):
         await archive_one_model(arch, models, msg)
 
     [dead] = await bus.read_all(names.DLQ_STREAM, names.dlq_subject("model", "unknown", "*"))
@@ -120,8 +121,8 @@ async def test_a_result_whose_game_cannot_be_archived_is_dead_lettered(
     store = archive.LocalStore(tmp_path / "archive")
     cfg = SyncerConfig("n1", str(tmp_path / "cache"), local_dir=str(tmp_path / "archive"))
     arch = Archiver(bus, cfg, store, "file://archive", results_name)
-    sub = await bus.js.pull_subscribe("results.>", durable="t", stream=names.RESULTS_STREAM)
-    [msg] = await sub.fetch(1, timeout=2.0)
+    sub = await queue.pull(bus, names.RESULTS_STREAM, "results.>", "t")
+    [msg] = await sub.fetch(1, 2.0)
     await arch.take(msg)
     [dead] = await bus.read_all(names.DLQ_STREAM, names.dlq_subject("archive", "*", "*"))
     assert long_game in decode(dead.data, DeadLetter).reason and not arch.pending

@@ -836,8 +836,7 @@ async def evaluated_since(admin: Bus, after: int) -> bool:
     """Whether an evaluator stored a result after stream sequence `after` (its results carry
     their job's message id; the fuzz's carry none)."""
     for msg in await admin.read_all(names.RESULTS_STREAM, "results.>"):
-        headers = msg.headers or {}
-        if msg.metadata.sequence.stream > after and "Nats-Msg-Id" in headers:
+        if msg.seq > after and "Nats-Msg-Id" in msg.headers:
             return True
     return False
 

@@ -7,12 +7,12 @@ from typing import cast
 
 import msgspec
 import pytest
-from nats.aio.msg import Msg
 
 from schemas import names
 from schemas.codec import decode, encode
 from schemas.jobs import DeadLetter, SelfplayJob
 from shared.bus.client import Bus
+from shared.bus.queue import Queued
 from shared.runtime import counters
 from shared.work.jobs import (
     Delivery,
@@ -132,7 +132,7 @@ async def test_a_job_no_attempt_could_do_is_dead_lettered_naming_the_field(
 
 async def test_a_job_in_hand_is_what_the_process_is_doing() -> None:
     job = SelfplayJob("sp-doing", "tictactoe", "", 0, games=1, sims=1, term=1)
-    delivery = Delivery(cast(Msg, object()), job, "selfplay")
+    delivery = Delivery(cast(Queued, object()), job, "selfplay")
     assert counters.doing() == ""
     async with delivery.kept_alive(every_s=60):
         assert counters.doing() == "selfplay sp-doing"

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from nats.aio.msg import Msg
 
 from schemas import names
 from schemas.codec import decode
 from schemas.control import NodeStatus
 from shared.bus.client import Bus
+from shared.bus.message import Message
 from shared.bus.server import NatsServer, pid_alive
 from shared.node.launcher import (
     NodeOptions,
@@ -208,7 +208,7 @@ async def test_every_service_answers_srv_ping_with_its_node(node: RunningNode, b
     async def pinged() -> set[str] | None:
         replies: list[bytes] = []
 
-        async def collect(msg: Msg) -> None:
+        async def collect(msg: Message) -> None:
             replies.append(msg.data)
 
         inbox = bus.nc.new_inbox()

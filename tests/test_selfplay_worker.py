@@ -6,14 +6,13 @@ import os
 import time
 from pathlib import Path
 
-from nats.aio.msg import Msg
-
 from schemas import names
 from schemas.codec import decode, encode
 from schemas.control import ServicePulse
 from schemas.game import decode_record
 from schemas.jobs import ModelEvent, SelfplayJob
 from shared.bus.client import Bus
+from shared.bus.message import Message
 from shared.bus.server import NatsServer
 from shared.work.jobs import JobSettings, ensure_consumer, submit
 from shared.work.models import ModelStore
@@ -52,7 +51,7 @@ async def test_job_games_are_published_then_the_job_acknowledged(
     await submit(bus, "selfplay", SelfplayJob("sp-1", "tictactoe", "", 0, games=6, sims=8, term=1))
     pulses: list[ServicePulse] = []
 
-    async def on_pulse(msg: Msg) -> None:
+    async def on_pulse(msg: Message) -> None:
         pulses.append(decode(msg.data, ServicePulse))
 
     await bus.subscribe(names.pulse_subject("w1", "selfplay"), on_pulse)

@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,7 +20,6 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -39,6 +38,7 @@ import nats
 from schemas import names
 from shared.auth.permissions import inbox_prefix
 from shared.bus import provision
+from shared.bus.message import Entry, Message, Subscription, from_nats, from_raw
 
 log = logging.getLogger("conclave.bus")
 
@@ -94,17 +94,13 @@ class BusConfig(msgspec.Struct, frozen=True):
 
 
 @dataclass(frozen=True)
-class Entry:
-    """The last message of a KV key; `value` is None when it was deleted or expired."""
+class Connection:
+    """Where the client is connected, and which servers it knows."""
 
-    key: str
-    revision: int
-    value: bytes | None
-    written_at: datetime | None
-
-    @property
-    def present(self) -> bool:
-        return self.value is not None
+    url: str
+    servers: list[str]
+    server_name: str
+    version: str
 
 
 @contextmanager
@@ -120,6 +116,8 @@ def translated(what: str) -> Iterator[None]:
         if isinstance(e, nats.js.errors.ServiceUnavailableError):
             raise Unavailable(f"{what}: {e.description}") from e
         raise BusError(f"{what}: {e.description} (code {e.err_code})") from e
+    except nats.errors.MaxPayloadError as e:
+        raise BusError(f"{what}: {e!r}") from e
     except (
         TimeoutError,
         nats.errors.TimeoutError,
@@ -334,16 +332,15 @@ class Bus:
         return entries
 
     @asynccontextmanager
-    async def watch(self, bucket: str, key: str) -> AsyncIterator[KeyValue.KeyWatcher]:
+    async def watch(self, bucket: str, key: str) -> AsyncIterator[KeyWatch]:
         """A watcher on one key; a lost watch is not fatal, so callers also wait with timeouts."""
         kv = await self.kv(bucket)
         with translated(f"watch {bucket}/{key}"):
-            watcher = await kv.watch(key)
+            watcher = KeyWatch(await kv.watch(key))
         try:
             yield watcher
         finally:
-            with suppress(TimeoutError, nats.errors.Error):
-                await watcher.stop()  # type: ignore[no-untyped-call]
+            await watcher.stop()
 
     async def subject_counts(self, stream: str, subjects: str) -> dict[str, int]:
         """Messages per subject matching `subjects` (a filter with wildcards) in `stream`."""
@@ -353,14 +350,10 @@ class Bus:
 
     async def first_time(self, stream: str, subject: str) -> float | None:
         """When the oldest message on `subject` (a filter) was stored; None when there is none."""
-        with translated(f"read the first {subject}"):
-            try:
-                msg = await self.js.get_msg(stream, seq=1, subject=subject, next=True)
-            except nats.js.errors.NotFoundError:
-                return None
-        return msg.time.timestamp() if msg.time else None
+        msg = await self.first_on(stream, subject)
+        return msg.timestamp.timestamp() if msg and msg.timestamp else None
 
-    async def read_all(self, stream: str, subject: str, batch: int = 256) -> list[Msg]:
+    async def read_all(self, stream: str, subject: str, batch: int = 256) -> list[Message]:
         """Every message stored on `subject` (a filter), oldest first, and any stored while it
         reads; no durable consumer.
 
@@ -385,14 +378,14 @@ class Bus:
                         break  # what was pending went away (deleted or expired)
             finally:
                 await sub.unsubscribe()
-        return msgs
+        return [from_nats(m) for m in msgs]
 
     async def follow(
         self,
         stream: str,
         subject: str,
         start_seq: int,
-        handler: Callable[[Msg], Awaitable[None]],
+        handler: Callable[[Message], Awaitable[None]],
         wait_s: float = FOLLOW_WAIT_S,
     ) -> asyncio.Task[None]:
         """Hand every message on `subject` from `start_seq` on to `handler`, in order, until the
@@ -427,7 +420,7 @@ class Bus:
         subject: str,
         wait_s: float,
         next_seq: int,
-        handler: Callable[[Msg], Awaitable[None]],
+        handler: Callable[[Message], Awaitable[None]],
     ) -> None:
         while not self.closing:
             try:
@@ -443,7 +436,16 @@ class Bus:
                 continue
             for msg in msgs:
                 next_seq = int(msg.metadata.sequence.stream) + 1
-                await handler(msg)
+                await handler(from_nats(msg))
+
+    def object_chunks(
+        self, stream: str, subject: str, count: int, batch: int
+    ) -> AsyncGenerator[list[bytes], None]:
+        """The first `count` chunk payloads on `subject` of an object store's `stream`, in
+        batches of up to `batch` (`shared.bus.objects`)."""
+        from shared.bus import objects  # it builds on this module
+
+        return objects.chunks(self, stream, subject, count, batch)
 
     async def put_object(self, store: str, name: str, data: bytes, chunk_bytes: int) -> bool:
         """Store `data` as object `name` in the object store `store`, as nats-py's reader expects
@@ -489,11 +491,113 @@ class Bus:
             ack = await self.js.publish(subject, data, headers=headers)
         return int(ack.seq)
 
+    async def publish_once(self, subject: str, data: bytes, msg_id: str) -> bool:
+        """JetStream publish under `msg_id`; False when the stream already had that id."""
+        with translated(f"publish {subject}"):
+            ack = await self.js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
+        return not ack.duplicate
+
     async def subscribe(
-        self, subject: str, handler: Callable[[Msg], Awaitable[None]]
+        self, subject: str, handler: Callable[[Message], Awaitable[None]]
     ) -> Subscription:
+        """Core subscription: `handler` gets every message on `subject` (a filter)."""
+
+        async def on_message(msg: Msg) -> None:
+            await handler(from_nats(msg))
+
         with translated(f"subscribe {subject}"):
-            return await self.nc.subscribe(subject, cb=handler)
+            sub: Subscription = await self.nc.subscribe(subject, cb=on_message)
+        return sub
+
+    async def flush(self, timeout_s: int = 10) -> None:
+        """Wait until the server has everything published so far."""
+        with translated("flush"):
+            await self.nc.flush(timeout=timeout_s)
+
+    def connection(self) -> Connection:
+        nc = self.nc
+        info = nc._server_info if hasattr(nc, "_server_info") else {}
+        url = nc.connected_url
+        return Connection(
+            url=url.geturl() if url else "",
+            servers=[u.geturl() for u in nc.servers],
+            server_name=str(info.get("server_name", "")),
+            version=str(info.get("version", "")),
+        )
+
+    @property
+    def replicas(self) -> int:
+        """How many servers keep each stream and bucket (the lease's slot count too)."""
+        return self.cfg.replicas
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server accepts, in bytes."""
+        return int(self.nc.max_payload)
+
+    # -- stored messages by sequence or subject ----------------------------------------------
+
+    async def first_on(self, stream: str, subject: str) -> Message | None:
+        """The oldest message stored on `subject` (a filter); None when there is none."""
+        return await self._get(f"read the first {subject}", stream, seq=1, subject=subject)
+
+    async def last_on(self, stream: str, subject: str) -> Message | None:
+        """The newest message stored on `subject` (a filter); None when there is none."""
+        return await self._get(f"read the last {subject}", stream, subject=subject)
+
+    async def at_seq(self, stream: str, seq: int) -> Message | None:
+        """The message stored at `seq`; None when there is none (removed or never)."""
+        return await self._get(f"read {stream} #{seq}", stream, seq=seq)
+
+    async def _get(
+        self, what: str, stream: str, seq: int | None = None, subject: str | None = None
+    ) -> Message | None:
+        with translated(what):
+            try:
+                raw = await self.js.get_msg(
+                    stream, seq=seq, subject=subject, next=seq is not None and subject is not None
+                )
+            except nats.js.errors.NotFoundError:
+                return None
+        return from_raw(raw)
+
+    async def delete_at(self, stream: str, seq: int) -> None:
+        """Remove the message at `seq` (nothing if it is already gone)."""
+        with translated(f"delete {stream} #{seq}"), suppress(nats.js.errors.NotFoundError):
+            await self.js.delete_msg(stream, seq)
+
+    async def stream_seqs(self, stream: str) -> tuple[int, int]:
+        """The first and last sequence stored in `stream`."""
+        with translated(f"stream info {stream}"):
+            info = await self.js.stream_info(stream)
+        return int(info.state.first_seq), int(info.state.last_seq)
+
+
+class KeyWatch:
+    """Changes to a watched key, as entries, with None once the initial values are all seen."""
+
+    def __init__(self, watcher: KeyValue.KeyWatcher) -> None:
+        self._watcher = watcher
+
+    def __aiter__(self) -> AsyncIterator[Entry | None]:
+        return self._changes()
+
+    async def _changes(self) -> AsyncIterator[Entry | None]:
+        async for update in self._watcher:
+            yield None if update is None else _watched(update)
+
+    async def stop(self) -> None:
+        """End the watch (safe to call more than once, or on a lost connection)."""
+        with suppress(TimeoutError, nats.errors.Error):
+            await self._watcher.stop()  # type: ignore[no-untyped-call]
+
+
+def _watched(update: KeyValue.Entry) -> Entry:
+    value = None if update.operation in _DELETED_OPS else (update.value or b"")
+    created: object = update.created  # nats-py annotates it as int; it is the server's datetime
+    return Entry(
+        update.key, update.revision or 0, value, created if isinstance(created, datetime) else None
+    )
 
 
 async def _initial(watcher: KeyValue.KeyWatcher, timeout: float) -> AsyncIterator[KeyValue.Entry]:

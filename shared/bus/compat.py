@@ -14,6 +14,7 @@ from schemas import names
 from schemas.codec import BadMessage, decode, encode
 from schemas.control import PROTOCOL, ClusterProtocol
 from shared.bus.client import Bus, BusError
+from shared.bus.ports import KV
 
 log = logging.getLogger("conclave.compat")
 MIN_PROTOCOL = 1  # the oldest protocol this build's coordinator still serves
@@ -30,7 +31,7 @@ def refusal(protocol: int, accepted: ClusterProtocol | None) -> str | None:
     )
 
 
-async def accepted_range(bus: Bus) -> ClusterProtocol | None:
+async def accepted_range(bus: KV) -> ClusterProtocol | None:
     entry = await bus.last(names.REGISTRY_BUCKET, names.PROTOCOL_KEY)
     if entry.value is None:
         return None

@@ -24,13 +24,13 @@ from typing import Any, TypeVar
 
 import msgspec
 import numpy as np
-from nats.aio.msg import Msg
 
 from schemas import names
 from schemas.codec import BadMessage, decode
 from schemas.control import LeaderEvent
 from schemas.jobs import ModelEvent, ModelMeta, TrainProgress
 from shared.bus.client import Bus, BusConfig, BusError
+from shared.bus.message import Message
 from shared.cli import play as play_cli
 from shared.cli.play import BadMove, NoBestModel, Side
 from shared.cli.status import gather
@@ -145,14 +145,14 @@ class Unreadable:
 unreadable = Unreadable()
 
 
-def decoded_stream(msgs: list[Msg], kind: type[M]) -> list[M]:
+def decoded_stream(msgs: list[Message], kind: type[M]) -> list[M]:
     """The messages that decode as `kind`; the others are skipped (logged once each)."""
     found = []
     for m in msgs:
         try:
             found.append(decode(m.data, kind, subject=m.subject))
         except Exception as e:  # BadMessage or anything else: unreadable all the same
-            unreadable.skip(f"{m.subject} #{m.metadata.sequence.stream}", e)
+            unreadable.skip(f"{m.subject} #{m.seq}", e)
     return found
 
 

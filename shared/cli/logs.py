@@ -10,10 +10,10 @@ import time
 
 import msgspec
 import orjson
-from nats.aio.msg import Msg
 
 from schemas import names
 from shared.bus.client import Bus, BusConfig
+from shared.bus.message import Message
 from shared.runtime.buslog import levels_from
 
 
@@ -52,7 +52,7 @@ async def logs_main(cfg: BusConfig, query: LogQuery) -> int:
     bus = await Bus.connect(cfg)
     node, service, as_json = query.node, query.service, query.as_json
 
-    async def show(msg: Msg) -> None:
+    async def show(msg: Message) -> None:
         text = msg.data.decode(errors="replace") if as_json else render(msg.data)
         print(text, flush=True)
 
@@ -61,7 +61,7 @@ async def logs_main(cfg: BusConfig, query: LogQuery) -> int:
             await bus.subscribe(
                 names.log_subject(node or names.ANY, service or names.ANY, lv), show
             )
-        await bus.nc.flush()
+        await bus.flush()
         where = names.log_subject(node or names.ANY, service or names.ANY, ">=" + query.level)
         print(f"# listening to {where}", file=sys.stderr, flush=True)
         if query.follow:

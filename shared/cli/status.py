@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from typing import Any
 
 import msgspec
-from nats.aio.msg import Msg
 
 from schemas import names
 from schemas.codec import BadMessage, decode
 from schemas.control import ClusterProtocol, Lease, NodeStatus
 from services.scheduler import STATE_KEY, LoopRecord, games_per_hour
 from services.syncer import GAMES_CONSUMER, SyncStatus
-from shared.bus.client import Bus, BusConfig, BusError, Entry
+from shared.bus import micro, queue
+from shared.bus.client import Bus, BusConfig, BusError
 from shared.bus.compat import accepted_range, refusal
+from shared.bus.message import Entry
 from shared.lease.fencing import read_termed
 from shared.loop.observe import count
 from shared.loop.phase import GauntletPhase, Phase
 from shared.loop.ratingjobs import game_ratings
-
-MICRO_PING = "$SRV.PING"  # every NATS micro service answers it (nats.micro)
 
 
 class LeaderInfo(msgspec.Struct, frozen=True):
@@ -175,23 +172,11 @@ async def gather(bus: Bus) -> StatusReport:
 
 async def discover(bus: Bus, wait_s: float = 0.5) -> frozenset[tuple[str, str]]:
     """(node, service) of every service answering `$SRV.PING` within `wait_s` (NATS micro)."""
-    found: set[tuple[str, str]] = set()
-
-    async def collect(msg: Msg) -> None:
-        with contextlib.suppress(msgspec.DecodeError, RecursionError):  # anyone may answer
-            reply = msgspec.json.decode(msg.data, type=dict[str, Any])
-            meta = reply.get("metadata") or {}
-            if isinstance(meta, dict) and "node" in meta and "service" in meta:
-                found.add((str(meta["node"]), str(meta["service"])))
-
-    inbox = bus.nc.new_inbox()
-    sub = await bus.nc.subscribe(inbox, cb=collect)
-    try:
-        await bus.nc.publish(MICRO_PING, b"", reply=inbox)
-        await asyncio.sleep(wait_s)
-    finally:
-        await sub.unsubscribe()
-    return frozenset(found)
+    return frozenset(
+        (str(meta["node"]), str(meta["service"]))
+        for meta in await micro.ping_metadata(bus, wait_s)
+        if "node" in meta and "service" in meta
+    )
 
 
 async def archive_info(bus: Bus, now: float, problems: list[str]) -> ArchiveInfo | None:
@@ -205,8 +190,8 @@ async def archive_info(bus: Bus, now: float, problems: list[str]) -> ArchiveInfo
         problems.append(f"sync status: unreadable: {unreadable(e)}")
         return None
     try:
-        info = await bus.js.consumer_info(names.GAMES_STREAM, GAMES_CONSUMER)
-        lag = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        counts = await queue.consumer_counts(bus, names.GAMES_STREAM, GAMES_CONSUMER)
+        lag = counts.pending + counts.ack_pending
     except Exception:
         lag = -1
     age = round(now - sync.last_error_at, 1) if sync.last_error else None
@@ -281,15 +266,8 @@ async def queue_ages(bus: Bus, game: str, now: float) -> dict[str, float | None]
 
 
 def nats_info(bus: Bus) -> NatsInfo:
-    nc = bus.nc
-    info = nc._server_info if hasattr(nc, "_server_info") else {}
-    url = nc.connected_url
-    return NatsInfo(
-        url=url.geturl() if url else "",
-        servers=[u.geturl() for u in nc.servers],
-        server_name=str(info.get("server_name", "")),
-        version=str(info.get("version", "")),
-    )
+    c = bus.connection()
+    return NatsInfo(url=c.url, servers=c.servers, server_name=c.server_name, version=c.version)
 
 
 def service_mark(s: ServiceInfo) -> str:

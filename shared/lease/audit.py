@@ -5,13 +5,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
-
 from schemas import names
 from schemas.codec import decode
 from schemas.control import LeaderValidity
-from shared.bus.client import Bus
+from shared.bus.message import Message, Subscription
+from shared.bus.ports import Subjects
 
 log = logging.getLogger("conclave.leaseaudit")
 
@@ -33,7 +31,7 @@ class LeaseAudit:
     rejected: int = 0
     _sub: Subscription | None = None
 
-    async def start(self, bus: Bus) -> LeaseAudit:
+    async def start(self, bus: Subjects) -> LeaseAudit:
         self._sub = await bus.subscribe(names.leader_validity_subject(), self._on_message)
         return self
 
@@ -41,7 +39,7 @@ class LeaseAudit:
         if self._sub is not None:
             await self._sub.unsubscribe()
 
-    async def _on_message(self, msg: Msg) -> None:
+    async def _on_message(self, msg: Message) -> None:
         try:
             v = decode(msg.data, LeaderValidity, subject=msg.subject)
         except Exception as e:  # BadMessage or anything else: not a promise we can check

@@ -14,11 +14,14 @@ import math
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from schemas import names
 from schemas.codec import BadMessage, decode, encode
 from schemas.control import LeaderEvent, LeaderEventKind, LeaderValidity, Lease
-from shared.bus.client import Bus, BusError, CasFailed, Entry, Unavailable
+from shared.bus.client import BusError, CasFailed, Unavailable
+from shared.bus.message import Entry
+from shared.bus.ports import KV, Streams, Subjects
 from shared.lease import quorum as lease
 from shared.lease.quorum import LeaseParams, Slot, Stance
 from shared.lease.watch import RETRY_S, KeyChanges
@@ -29,11 +32,15 @@ log = logging.getLogger("conclave.lease")
 ANNOUNCE_STEP_S = 0.1  # validity growth worth a new promise on the audit trail
 
 
+class LeaseBus(KV, Subjects, Streams, Protocol):
+    """What holding a lease uses: its keys, the validity promises, the leader events."""
+
+
 @dataclass
 class Contender:
     """One process's view of one lease; all broker I/O for it happens here."""
 
-    bus: Bus
+    bus: LeaseBus
     node_id: str
     params: LeaseParams
     key: str = names.LEADER_KEY
@@ -52,7 +59,7 @@ class Contender:
     slot_changes: list[KeyChanges] = field(init=False)
 
     def __post_init__(self) -> None:
-        replicas = self.bus.cfg.replicas
+        replicas = self.bus.replicas
         self.buckets = self.buckets or names.lease_slot_buckets(replicas, self.register_bucket)
         self.slots = [Slot() for _ in self.buckets]
         self.register_changes = KeyChanges(self.key, self.register_bucket)

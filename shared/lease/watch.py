@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
-import nats.errors
-from nats.js.kv import KeyValue
-
 from schemas import names
 from schemas.codec import decode
 from schemas.control import Lease
-from shared.bus.client import Bus, BusError
+from shared.bus.client import BusError
+from shared.bus.ports import KV, Watch
 
 log = logging.getLogger("conclave.leasewatch")
 
@@ -30,9 +27,9 @@ class KeyChanges:
         self.key, self.bucket = key, bucket
         self.changed = asyncio.Event()
         self._closed = False
-        self._watcher: KeyValue.KeyWatcher | None = None
+        self._watcher: Watch | None = None
 
-    async def follow(self, bus: Bus) -> None:
+    async def follow(self, bus: KV) -> None:
         """Until `close()`: ends by stopping the watcher, because nats-py can swallow a task
         cancellation that lands while it unsubscribes (seen: a leader that never released)."""
         pause = RETRY_S
@@ -54,8 +51,7 @@ class KeyChanges:
     async def close(self) -> None:
         self._closed = True
         if self._watcher is not None:
-            with contextlib.suppress(nats.errors.Error, TimeoutError):
-                await self._watcher.stop()  # type: ignore[no-untyped-call]
+            await self._watcher.stop()
 
     async def wait(self, stop: asyncio.Event, until: float, *also: asyncio.Event) -> bool:
         """Wait for a change, `stop`, any of `also` or the monotonic `until`; whether the key
@@ -85,7 +81,7 @@ class Holder:
     term: int
 
 
-async def current_holder(bus: Bus) -> Holder | None:
+async def current_holder(bus: KV) -> Holder | None:
     """Who holds the lease now (None if nobody, or the value is unreadable)."""
     entry = await bus.last(names.ELECTION_BUCKET, names.LEADER_KEY)
     if entry.value is None:

@@ -11,15 +11,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-
-from nats.aio.msg import Msg
+from typing import Protocol
 
 from schemas import names
 from schemas.codec import BadMessage, decode
 from schemas.control import NodeStatus
 from schemas.jobs import DeadLetter, EvalJob, EvalResult, ModelMeta
-from shared.bus.client import Bus
 from shared.bus.compat import accepted_range, refusal
+from shared.bus.message import Message
+from shared.bus.ports import KV, Streams
 from shared.loop.evalplan import CpuReading
 from shared.loop.policy import (
     GameSnapshot,
@@ -35,6 +35,11 @@ from shared.runtime import counters
 from shared.work.models import is_stored, unloadable_prefix
 
 log = logging.getLogger("conclave.observe")
+
+
+class LoopStore(KV, Streams, Protocol):
+    """What observing the loop reads: KV keys and stored messages."""
+
 
 # A status counts while younger than the heartbeat's key TTL (services.heartbeat ttl_s): the
 # server expires it then, so an older one is a dead node's, or one written without the TTL.
@@ -56,13 +61,13 @@ def train_job_id(game: str, training: int) -> str:
     return f"{game}-t{training}"
 
 
-async def accepted_nodes(bus: Bus, now: float | None = None) -> list[NodeStatus]:
+async def accepted_nodes(bus: LoopStore, now: float | None = None) -> list[NodeStatus]:
     """Every node's fresh status (stored by the server within the heartbeat TTL, under its own
     node's key) whose protocol the cluster accepts; the others are no workers."""
     accepted = await accepted_range(bus)
     now = time.time() if now is None else now
     bucket = names.NODES_BUCKET
-    latest: dict[str, Msg] = {}  # a key rewritten during the read comes twice: keep the last
+    latest: dict[str, Message] = {}  # a key rewritten during the read comes twice: keep the last
     for msg in await bus.read_all(names.kv_stream(bucket), names.kv_subject(bucket, ">")):
         latest[msg.subject.removeprefix(names.kv_subject(bucket, ""))] = msg
     nodes = []
@@ -73,11 +78,11 @@ async def accepted_nodes(bus: Bus, now: float | None = None) -> list[NodeStatus]
     return nodes
 
 
-def _node_status(msg: Msg, key: str, now: float) -> NodeStatus | None:
-    headers = msg.headers or {}
+def _node_status(msg: Message, key: str, now: float) -> NodeStatus | None:
+    headers = msg.headers
     if headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers:
         return None
-    age = now - msg.metadata.timestamp.timestamp()
+    age = now - (msg.timestamp.timestamp() if msg.timestamp else 0.0)
     if not fresh(age):
         log.info("status of %s is %.0f s old; not counted", key, age)
         return None
@@ -131,12 +136,12 @@ def cpu_readings(nodes: Iterable[NodeStatus]) -> list[CpuReading]:
     ]
 
 
-async def count(bus: Bus, stream: str, subject: str) -> int:
+async def count(bus: LoopStore, stream: str, subject: str) -> int:
     return sum((await bus.subject_counts(stream, subject)).values())
 
 
 async def observe(
-    bus: Bus,
+    bus: LoopStore,
     state: LoopState,
     cfg: LoopConfig,
     nodes: list[NodeStatus] | None = None,
@@ -150,7 +155,7 @@ async def observe(
 
 
 async def observe_game(
-    bus: Bus, game: str, state: GameState, cfg: LoopConfig, skips: SkipLog | None = None
+    bus: LoopStore, game: str, state: GameState, cfg: LoopConfig, skips: SkipLog | None = None
 ) -> GameSnapshot:
     marker = await trained_marker(bus, game, state)
     return GameSnapshot(
@@ -164,7 +169,9 @@ async def observe_game(
     )
 
 
-async def trained_marker(bus: Bus, game: str, state: GameState) -> ModelMeta | BadMessage | None:
+async def trained_marker(
+    bus: LoopStore, game: str, state: GameState
+) -> ModelMeta | BadMessage | None:
     """The running training's `trained.<job>` marker: None while it is not written, and the
     BadMessage (logged, naming the field) when it does not decode, names another job or game,
     or a model the store does not hold: only a broken or hostile trainer writes one (the
@@ -186,7 +193,7 @@ async def trained_marker(bus: Bus, game: str, state: GameState) -> ModelMeta | B
     return marker
 
 
-async def check_marker(bus: Bus, marker: ModelMeta, game: str, job: str, key: str) -> None:
+async def check_marker(bus: LoopStore, marker: ModelMeta, game: str, job: str, key: str) -> None:
     """BadMessage naming the field if `marker` is not what training job `job` made."""
     if marker.train_job != job:
         raise BadMessage(key, "$.train_job", f"{marker.train_job!r}, not {job!r}")
@@ -201,7 +208,7 @@ def trained(marker: ModelMeta | BadMessage | None, state: GameState) -> Trained 
 
 
 async def failed_training(
-    bus: Bus, game: str, state: GameState, marker: ModelMeta | BadMessage | None
+    bus: LoopStore, game: str, state: GameState, marker: ModelMeta | BadMessage | None
 ) -> int | None:
     """The running training, if its job was dead-lettered or its marker is unreadable: either
     way it made no candidate the loop can use, so the loop trains again."""
@@ -214,7 +221,7 @@ async def failed_training(
 
 
 async def match_score(
-    bus: Bus, game: str, state: GameState, cfg: LoopConfig, skips: SkipLog | None = None
+    bus: LoopStore, game: str, state: GameState, cfg: LoopConfig, skips: SkipLog | None = None
 ) -> MatchScore | None:
     """The candidate's W/D/L from the results its match is owed (each job once); as lost, the
     games of its dead-lettered jobs and of issued jobs whose only results were skipped (they
@@ -238,7 +245,7 @@ async def match_score(
     return MatchScore(candidate, wins, draws, losses, lost, unloadable)
 
 
-def _dead_letter(msg: Msg) -> DeadLetter | None:
+def _dead_letter(msg: Message) -> DeadLetter | None:
     try:
         return decode(msg.data, DeadLetter, subject=msg.subject)
     except BadMessage as e:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import logging
 
-import nats.js.errors
-
 from schemas import names
 from schemas.codec import BadMessage, decode
 from schemas.jobs import TrainProgress
-from shared.bus.client import Bus, translated
+from shared.bus.client import Bus
 
 log = logging.getLogger("conclave.progress")
 
@@ -17,12 +15,8 @@ log = logging.getLogger("conclave.progress")
 async def last_train_progress(bus: Bus, game: str) -> TrainProgress | None:
     """The newest progress report of `game`'s trainings; None if none (or it is unreadable)."""
     subject = names.train_progress_subject(game)
-    with translated("read training progress"):
-        try:
-            raw = await bus.js.get_msg(names.EVENTS_STREAM, subject=subject)
-        except nats.js.errors.NotFoundError:
-            return None
-    return _decoded(raw.data or b"", subject)
+    raw = await bus.last_on(names.EVENTS_STREAM, subject)
+    return None if raw is None else _decoded(raw.data, subject)
 
 
 async def train_history(bus: Bus, game: str) -> list[TrainProgress]:

@@ -18,7 +18,7 @@ from typing import NamedTuple
 from schemas import names
 from schemas.codec import BadMessage, decode, encode
 from schemas.jobs import DeadLetter, EvalJob, EvalResult, PlayerSpec
-from shared.bus.client import Bus
+from shared.bus.ports import Streams
 from shared.loop.ratings import PairResult, Rating, fit
 
 log = logging.getLogger("conclave.ratingjobs")
@@ -88,7 +88,7 @@ def judge(stored: Iterable[Stored], issued: Mapping[str, EvalJob]) -> Owed:
     return Owed(list(counted.values()), skipped, dict(issued))
 
 
-async def issued_jobs(bus: Bus, game: str, group: str = names.ANY) -> dict[str, EvalJob]:
+async def issued_jobs(bus: Streams, game: str, group: str = names.ANY) -> dict[str, EvalJob]:
     """The evaluation jobs the leader issued for `game` (or one group of it), by job id."""
     bucket = names.LOOP_BUCKET
     subject = names.kv_subject(bucket, names.issued_key(game, group, names.ANY))
@@ -104,12 +104,12 @@ async def issued_jobs(bus: Bus, game: str, group: str = names.ANY) -> dict[str, 
     return jobs
 
 
-async def stored_results(bus: Bus, game: str, group: str = names.ANY) -> list[Stored]:
+async def stored_results(bus: Streams, game: str, group: str = names.ANY) -> list[Stored]:
     msgs = await bus.read_all(names.RESULTS_STREAM, names.results_subject(game, group))
-    return [Stored(int(m.metadata.sequence.stream), m.subject, m.data) for m in msgs]
+    return [Stored(m.seq, m.subject, m.data) for m in msgs]
 
 
-async def owed_results(bus: Bus, game: str, group: str = names.ANY) -> Owed:
+async def owed_results(bus: Streams, game: str, group: str = names.ANY) -> Owed:
     """The verdict on every stored result of `game` (or one job group of it)."""
     stored = await stored_results(bus, game, group)
     if not stored:
@@ -131,7 +131,7 @@ class SkipLog:
             if self.reported is None or s.seq not in self.reported:
                 self.pending.setdefault(s.seq, s)
 
-    async def dead_letter(self, bus: Bus) -> int:
+    async def dead_letter(self, bus: Streams) -> int:
         """Publish a dead letter for each skipped result not reported yet; returns how many."""
         if not self.pending:
             return 0
@@ -147,7 +147,7 @@ class SkipLog:
         return published
 
 
-async def reported_results(bus: Bus) -> set[int]:
+async def reported_results(bus: Streams) -> set[int]:
     """Stream sequences of the results already dead-lettered."""
     subject = names.dlq_subject(names.SKIPPED_RESULTS, names.ANY, names.ANY)
     seqs = set()
@@ -159,7 +159,7 @@ async def reported_results(bus: Bus) -> set[int]:
     return seqs
 
 
-async def _publish_skipped(bus: Bus, skipped: Skipped) -> None:
+async def _publish_skipped(bus: Streams, skipped: Skipped) -> None:
     game, group = names.game_and_group(skipped.subject)
     kind, job_id, reason = names.SKIPPED_RESULTS, skipped.job_id, skipped.reason
     letter = DeadLetter(kind, job_id, skipped.seq, 1, reason, skipped.data, time.time())
@@ -175,7 +175,7 @@ async def _publish_skipped(bus: Bus, skipped: Skipped) -> None:
 
 
 async def game_results(
-    bus: Bus, game: str, group: str = names.ANY, skips: SkipLog | None = None
+    bus: Streams, game: str, group: str = names.ANY, skips: SkipLog | None = None
 ) -> list[EvalResult]:
     """Every result `game` (or one job group of it) is owed, each job once; what does not count
     goes to `skips` when given."""
@@ -189,7 +189,7 @@ def pair_results(results: list[EvalResult]) -> list[PairResult]:
     return [PairResult(r.a.name, r.b.name, r.wins_a, r.draws, r.wins_b) for r in results]
 
 
-async def game_ratings(bus: Bus, game: str) -> tuple[dict[str, Rating], dict[str, PlayerSpec]]:
+async def game_ratings(bus: Streams, game: str) -> tuple[dict[str, Rating], dict[str, PlayerSpec]]:
     """Bradley-Terry ratings of all who played `game` (random anchored at 0), and who they are."""
     results = await game_results(bus, game)
     players = {spec.name: spec for r in results for spec in (r.a, r.b)}

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import msgspec
-from nats.aio.msg import Msg
 
 from schemas import names
 from schemas.codec import BadMessage, decode
@@ -21,6 +20,7 @@ from schemas.jobs import ModelEvent, ModelMeta, TrainProgress
 from services.scheduler import STATE_KEY, LoopRecord
 from shared.archive.layout import check_sha256
 from shared.bus.client import Bus, BusConfig, BusError
+from shared.bus.message import Message
 from shared.lease.fencing import read_termed
 from shared.loop.observe import count, train_job_id
 from shared.loop.ratingjobs import game_ratings
@@ -63,13 +63,13 @@ class Console:
         finally:
             await bus.close()
 
-    async def _leader_event(self, msg: Msg) -> None:
+    async def _leader_event(self, msg: Message) -> None:
         event = _decoded(msg, LeaderEvent)
         if event is None:
             return
         _say(f"leader {event.kind}: node {event.node}, term {event.term} {event.reason}")
 
-    async def _train_progress(self, msg: Msg) -> None:
+    async def _train_progress(self, msg: Message) -> None:
         report = _decoded(msg, TrainProgress)
         if report is None:
             return
@@ -82,8 +82,8 @@ class Console:
         except OSError as e:
             log.warning("training progress not logged to %s: %s", self.scalars_path, e)
 
-    def _model_handler(self, bus: Bus, stop: asyncio.Event) -> Callable[[Msg], Awaitable[None]]:
-        async def on_event(msg: Msg) -> None:
+    def _model_handler(self, bus: Bus, stop: asyncio.Event) -> Callable[[Message], Awaitable[None]]:
+        async def on_event(msg: Message) -> None:
             event = _decoded(msg, ModelEvent)
             if event is None or event.game != self.game:
                 return
@@ -244,7 +244,7 @@ def _write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def _decoded(msg: Msg, kind: type[M]) -> M | None:
+def _decoded(msg: Message, kind: type[M]) -> M | None:
     """The message as `kind`, or None (logged) when it does not decode, whyever not."""
     try:
         return decode(msg.data, kind, subject=msg.subject)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -16,13 +15,11 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import msgspec
-import nats.errors
-from nats.micro import add_service
-from nats.micro.service import Service, ServiceConfig
 
 from schemas import names
 from schemas.codec import BadMessage, decode, encode
 from schemas.control import ServicePulse
+from shared.bus import micro as microservice
 from shared.bus.client import Bus, BusConfig, BusError, ConnectFailed
 from shared.runtime import counters
 from shared.runtime import log as logsetup
@@ -145,28 +142,23 @@ async def serve(
                 await run(bus, cfg, stop)
             finally:
                 if micro is not None:
-                    with contextlib.suppress(nats.errors.Error, TimeoutError):
-                        await micro.stop()
+                    await micro.stop()
                 await bus.close()
         pulse_task.cancel()
         if logs_task is not None:
             logs_task.cancel()
 
 
-async def register(bus: Bus, proc: ProcessConfig) -> Service | None:
+async def register(bus: Bus, proc: ProcessConfig) -> microservice.Registration | None:
     """Announce this process as a NATS micro service, so `nats micro ls` and `$SRV.PING` see it
     (behind NAT too: it answers over its own outbound connection)."""
-    config = ServiceConfig(
-        name=f"conclave-{proc.service}",
-        version=VERSION,
-        description=f"Conclave {proc.service} on {proc.node_id}",
-        metadata={"node": proc.node_id, "service": proc.service, "pid": str(os.getpid())},
+    return await microservice.register(
+        bus,
+        f"conclave-{proc.service}",
+        VERSION,
+        f"Conclave {proc.service} on {proc.node_id}",
+        {"node": proc.node_id, "service": proc.service, "pid": str(os.getpid())},
     )
-    try:
-        return await add_service(bus.nc, config)
-    except (nats.errors.Error, TimeoutError) as e:
-        log.warning("not registered as a micro service: %r", e)
-        return None
 
 
 async def connect_until(cfg: BusConfig, stop: asyncio.Event) -> Bus | None:

@@ -6,23 +6,24 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Collection
 
-import nats.errors
-
 from schemas import names
 from schemas.codec import decode
 from schemas.jobs import ModelMeta
+from shared.bus import queue
 from shared.bus.client import Bus, BusError
 from shared.soak.record import GameAudit, JobCounts
 
 
 async def job_counts(bus: Bus, kind: str, submitted_ids: Collection[str]) -> JobCounts:
     """One job kind's consumer read against the distinct job ids seen submitted."""
-    infos = [await bus.js.consumer_info(names.JOBS_STREAM, c) for c in names.job_consumers(kind)]
+    infos = [
+        await queue.consumer_counts(bus, names.JOBS_STREAM, c) for c in names.job_consumers(kind)
+    ]
     dead = sum((await bus.subject_counts(names.DLQ_STREAM, f"dlq.{kind}.>")).values())
     submitted = len(submitted_ids)
-    deliveries = sum(int(i.delivered.consumer_seq or 0) for i in infos if i.delivered)
-    pending = sum(int(i.num_pending or 0) for i in infos)
-    in_flight = sum(int(i.num_ack_pending or 0) for i in infos)
+    deliveries = sum(i.delivered for i in infos)
+    pending = sum(i.pending for i in infos)
+    in_flight = sum(i.ack_pending for i in infos)
     redelivered = max(0, deliveries - (submitted - pending))
     completed = max(0, submitted - pending - in_flight - dead)
     return JobCounts(kind, submitted, deliveries, redelivered, pending, in_flight, dead, completed)
@@ -32,9 +33,7 @@ async def game_audit(bus: Bus, acknowledged: Collection[int]) -> GameAudit:
     """Acknowledged games sequences looked up in the games stream, ids checked for duplicates,
     and every checkpoint's window checked against the distinct ids stored in its range."""
     msgs = await bus.read_all(names.GAMES_STREAM, "games.>")
-    ids_by_seq = {
-        int(m.metadata.sequence.stream): (m.headers or {}).get("Nats-Msg-Id", "") for m in msgs
-    }
+    ids_by_seq = {m.seq: m.msg_id for m in msgs}
     counts = Counter(ids_by_seq.values())
     metas = await checkpoints(bus)
     return GameAudit(
@@ -78,6 +77,6 @@ async def promotions(bus: Bus) -> int:
         counts = await bus.subject_counts(
             names.EVENTS_STREAM, names.model_event_subject("promoted")
         )
-    except (BusError, nats.errors.Error):
+    except BusError:
         return 0
     return sum(counts.values())

@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Literal
 
 import msgspec
-from nats.aio.msg import Msg
 
 from schemas import names
 from schemas.codec import decode
 from schemas.control import NodeStatus
 from shared.bus.client import Bus, BusConfig, BusError
+from shared.bus.message import Message
 from shared.lease.audit import LeaseAudit
 from shared.runtime.service import wait_or_stop
 from shared.soak import netns
@@ -106,7 +106,7 @@ class Sniffer:
             await bus.subscribe("jobs.>", self.on_job)
             self.buses.append(bus)
 
-    async def on_reply(self, msg: Msg) -> None:
+    async def on_reply(self, msg: Message) -> None:
         if b'"stream":"GAMES"' not in msg.data:
             return
         try:
@@ -117,8 +117,8 @@ class Sniffer:
         if isinstance(seq, int) and "error" not in ack:
             self.acked.add(seq)
 
-    async def on_job(self, msg: Msg) -> None:
-        msg_id = (msg.headers or {}).get("Nats-Msg-Id")
+    async def on_job(self, msg: Message) -> None:
+        msg_id = msg.msg_id
         if msg_id:
             self.jobs[msg.subject.split(".")[1]].add(msg_id)
 

@@ -6,21 +6,20 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import msgspec
-import nats.errors
-import nats.js.errors
-from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig
 
 from schemas import names
 from schemas.codec import BadMessage, decode, encode
 from schemas.jobs import DeadLetter, EvalJob, JobFailure, SelfplayJob, TrainJob, job_group
-from shared.bus.client import Bus, BusError, translated
+from shared.bus import queue
+from shared.bus.client import Bus, BusError
 from shared.bus.compat import Gate
+from shared.bus.ports import Streams
+from shared.bus.queue import Consumer, Queued, WorkConsumer
 from shared.learn.games import game_names
 from shared.runtime import counters
 
@@ -54,16 +53,14 @@ async def ensure_consumer(
     if kind == "eval" and migrate:
         await _drop_unlaned_eval_consumer(bus)
     for lane in names.job_lanes(kind):
-        config = ConsumerConfig(
-            durable_name=names.job_consumer(kind, lane),
-            filter_subject=names.job_filter(kind, lane),
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=settings.ack_wait_s,
+        consumer = WorkConsumer(
+            names.job_consumer(kind, lane),
+            names.job_filter(kind, lane),
+            ack_wait_s=settings.ack_wait_s,
             max_deliver=settings.max_deliver,
             max_ack_pending=settings.max_ack_pending,
         )
-        with translated(f"add consumer {config.durable_name}"):
-            await bus.js.add_consumer(names.JOBS_STREAM, config)
+        await queue.add_consumer(bus, names.JOBS_STREAM, consumer)
 
 
 async def await_consumer(
@@ -75,7 +72,7 @@ async def await_consumer(
     for lane in names.job_lanes(kind):
         consumer = names.job_consumer(kind, lane)
         waiting = False
-        while not await _consumer_exists(bus, consumer):
+        while not await queue.consumer_exists(bus, names.JOBS_STREAM, consumer):
             if not waiting:
                 log.info("waiting for the coordinator to create consumer %s", consumer)
                 waiting = True
@@ -87,22 +84,12 @@ async def await_consumer(
     return True
 
 
-async def _consumer_exists(bus: Bus, consumer: str) -> bool:
-    with translated(f"consumer info {consumer}"):
-        try:
-            await bus.js.consumer_info(names.JOBS_STREAM, consumer)
-        except nats.js.errors.NotFoundError:
-            return False
-    return True
-
-
 async def _drop_unlaned_eval_consumer(bus: Bus) -> None:
     """A store from before evaluation lanes has one `eval-workers` consumer on `jobs.eval.>`; a
     work-queue stream refuses the lanes' consumers beside it, so it goes. Jobs queued under the
     old subjects (`jobs.eval.<game>.<group>`) are no longer pulled; their matches reschedule
     them once they are dead-lettered by hand (docs/architecture.md)."""
-    with translated("drop the unlaned eval consumer"), suppress(nats.js.errors.NotFoundError):
-        await bus.js.delete_consumer(names.JOBS_STREAM, "eval-workers")
+    await queue.delete_consumer(bus, names.JOBS_STREAM, "eval-workers")
 
 
 async def submit(
@@ -116,38 +103,39 @@ async def submit(
     msg_id = f"{job.job_id}-a{attempt}"
     lane = job.kind if isinstance(job, EvalJob) else ""
     subject = names.job_subject(kind, job.game, job_group(job), lane)
-    with translated(f"submit {kind} job"):
-        ack = await bus.js.publish(subject, encode(job), headers={"Nats-Msg-Id": msg_id})
-    return not ack.duplicate
+    return await bus.publish_once(subject, encode(job), msg_id)
 
 
 @dataclass
 class Delivery(Generic[J]):
     """One delivery of a job to this worker."""
 
-    msg: Msg
+    msg: Queued
     job: J
     kind: str
 
     @property
     def delivered(self) -> int:
-        return int(self.msg.metadata.num_delivered)
+        return self.msg.message.num_delivered
 
     @property
     def submitted_at(self) -> float:
         """When the job was stored in the queue (the stream's timestamp)."""
-        return float(self.msg.metadata.timestamp.timestamp())
+        stamp = self.msg.message.timestamp
+        return stamp.timestamp() if stamp else 0.0
 
     async def done(self) -> None:
         """Acknowledge, waiting for the server: the job is gone from the queue once this returns."""
-        with translated("ack job"):
-            await self.msg.ack_sync()
+        await self.msg.ack_sync()
 
-    async def retry(self, bus: Bus, node: str, reason: str, delay_s: float = 1.0) -> None:
+    async def retry(self, bus: Streams, node: str, reason: str, delay_s: float = 1.0) -> None:
         """This attempt failed: say why (kept for the dead letter) and ask for redelivery."""
         await report_failure(bus, self.kind, self.job.job_id, node, reason, self.delivered)
-        with translated("nak job"):
-            await self.msg.nak(delay=delay_s)
+        await self.msg.nak(delay_s)
+
+    async def release(self) -> None:
+        """Hand the job back at once, for another worker (this one is stopping)."""
+        await self.msg.nak()
 
     @asynccontextmanager
     async def kept_alive(self, every_s: float) -> AsyncIterator[None]:
@@ -158,7 +146,7 @@ class Delivery(Generic[J]):
                 await asyncio.sleep(every_s)
                 try:
                     await self.msg.in_progress()
-                except nats.errors.Error as e:
+                except BusError as e:
                     log.warning("in-progress ack failed: %s", e)
 
         task = asyncio.create_task(beat(), name=f"keepalive-{self.job.job_id}")
@@ -182,7 +170,7 @@ class Puller(Generic[J]):
         self.job_type: type[J] = job_type
         self.probe_s = probe_s
         self.gate = Gate(bus)
-        self._subs: dict[str, nats.js.JetStreamContext.PullSubscription] = {}
+        self._subs: dict[str, Consumer] = {}
 
     async def next(self, timeout_s: float = 5.0) -> Delivery[J] | None:
         """The next job, or None if none came in time (or this build's protocol is refused);
@@ -200,32 +188,24 @@ class Puller(Generic[J]):
                 return await self._delivery(msg)
         return None
 
-    async def _fetch(self, lane: str, timeout_s: float) -> Msg | None:
-        sub = await self._subscription(lane)
-        try:
-            msgs = await sub.fetch(1, timeout=timeout_s)
-        except (TimeoutError, nats.errors.TimeoutError):
-            return None
-        except nats.errors.Error as e:
-            raise BusError(f"fetch {self.kind} job: {e!r}") from e
-        return msgs[0]
+    async def _fetch(self, lane: str, timeout_s: float) -> Queued | None:
+        msgs = await (await self._subscription(lane)).fetch(1, timeout_s)
+        return msgs[0] if msgs else None
 
-    async def _delivery(self, msg: Msg) -> Delivery[J] | None:
+    async def _delivery(self, msg: Queued) -> Delivery[J] | None:
+        subject = msg.message.subject
         try:
-            job = decode(msg.data, self.job_type, subject=msg.subject)
-            check_job(job, msg.subject)
+            job = decode(msg.message.data, self.job_type, subject=subject)
+            check_job(job, subject)
         except BadMessage as e:
             await dead_letter_now(self.bus, self.kind, msg, f"bad job: field {e.field}: {e.reason}")
             return None
         return Delivery(msg, job, self.kind)
 
-    async def _subscription(self, lane: str) -> nats.js.JetStreamContext.PullSubscription:
+    async def _subscription(self, lane: str) -> Consumer:
         if lane not in self._subs:
             consumer = names.job_consumer(self.kind, lane)
-            with translated(f"bind {consumer} consumer"):
-                self._subs[lane] = await self.bus.js.pull_subscribe_bind(
-                    consumer, stream=names.JOBS_STREAM
-                )
+            self._subs[lane] = await queue.bind(self.bus, names.JOBS_STREAM, consumer)
         return self._subs[lane]
 
 
@@ -244,7 +224,7 @@ def check_job(job: SelfplayJob | TrainJob | EvalJob, subject: str) -> None:
 
 
 async def report_failure(
-    bus: Bus, kind: str, job_id: str, node: str, reason: str, delivery: int
+    bus: Streams, kind: str, job_id: str, node: str, reason: str, delivery: int
 ) -> None:
     failure = JobFailure(job_id, kind, node, reason[:2000], delivery, time.time())
     try:
@@ -253,27 +233,20 @@ async def report_failure(
         log.warning("failure report for %s not stored: %s", job_id, e)
 
 
-async def dead_letter_now(bus: Bus, kind: str, msg: Msg, reason: str, job_id: str = "") -> None:
+async def dead_letter_now(
+    bus: Bus, kind: str, queued: Queued, reason: str, job_id: str = ""
+) -> None:
     """Move a job that must never be retried (unreadable, or no worker can do it) to the DLQ at
     once; `job_id` when the job could be read."""
-    meta = msg.metadata
-    letter = DeadLetter(
-        kind,
-        job_id,
-        int(meta.sequence.stream),
-        int(meta.num_delivered),
-        reason,
-        msg.data,
-        time.time(),
-    )
+    msg = queued.message
+    letter = DeadLetter(kind, job_id, msg.seq, msg.num_delivered, reason, msg.data, time.time())
     await bus.publish_durable(
         names.dlq_subject(kind, *names.game_and_group(msg.subject)),
         encode(letter),
-        msg_id=f"dlq-{meta.sequence.stream}",
+        msg_id=f"dlq-{msg.seq}",
     )
-    with translated("terminate job"):
-        await msg.term()
-    log.error("dead-lettered %s job #%d: %s", kind, meta.sequence.stream, reason)
+    await queued.term()
+    log.error("dead-lettered %s job #%d: %s", kind, msg.seq, reason)
 
 
 class MaxDeliveries(msgspec.Struct, frozen=True):
@@ -292,12 +265,10 @@ async def dead_letter_exhausted(bus: Bus, advisory: MaxDeliveries) -> DeadLetter
     is skipped, so a leader that crashes half-way can simply do it again.
     """
     kind = names.consumer_kind(advisory.consumer)
-    with translated("read exhausted job"):
-        try:
-            raw = await bus.js.get_msg(names.JOBS_STREAM, seq=advisory.stream_seq)
-        except nats.js.errors.NotFoundError:
-            return None
-    data = raw.data or b""
+    raw = await bus.at_seq(names.JOBS_STREAM, advisory.stream_seq)
+    if raw is None:
+        return None
+    data = raw.data
     job_id = _job_id(kind, data)
     reason = await last_failure(bus, job_id) if job_id else "unreadable job"
     letter = DeadLetter(
@@ -308,8 +279,7 @@ async def dead_letter_exhausted(bus: Bus, advisory: MaxDeliveries) -> DeadLetter
         encode(letter),
         msg_id=f"dlq-{advisory.stream_seq}",
     )
-    with translated("remove exhausted job"), suppress(nats.js.errors.NotFoundError):
-        await bus.js.delete_msg(names.JOBS_STREAM, advisory.stream_seq)
+    await bus.delete_at(names.JOBS_STREAM, advisory.stream_seq)
     return letter
 
 
@@ -324,15 +294,11 @@ def _job_id(kind: str, data: bytes) -> str:
 
 
 async def last_failure(bus: Bus, job_id: str) -> str:
-    with translated("read job failure"):
-        try:
-            raw = await bus.js.get_msg(
-                names.EVENTS_STREAM, subject=names.job_failure_subject(job_id)
-            )
-        except nats.js.errors.NotFoundError:
-            return "no failure report: the worker died or the ack wait expired on every delivery"
+    raw = await bus.last_on(names.EVENTS_STREAM, names.job_failure_subject(job_id))
+    if raw is None:
+        return "no failure report: the worker died or the ack wait expired on every delivery"
     try:
-        failure = decode(raw.data or b"", JobFailure)
+        failure = decode(raw.data, JobFailure)
     except BadMessage as e:
         return f"unreadable failure report: {e}"
     return f"{failure.reason} (delivery {failure.delivery} on {failure.node})"
@@ -340,22 +306,19 @@ async def last_failure(bus: Bus, job_id: str) -> str:
 
 async def handle_dead_letters(bus: Bus, stop: asyncio.Event) -> None:
     """Move every job the server gave up on to the DLQ; advisories wait in a stream meanwhile."""
-    with translated("bind dead-letter consumer"):
-        sub = await bus.js.pull_subscribe(
-            names.max_deliveries_advisory(names.JOBS_STREAM),
-            durable=names.DEAD_LETTER_CONSUMER,
-            stream=names.ADVISORIES_STREAM,
-        )
+    sub = await queue.pull(
+        bus,
+        names.ADVISORIES_STREAM,
+        names.max_deliveries_advisory(names.JOBS_STREAM),
+        names.DEAD_LETTER_CONSUMER,
+    )
     while not stop.is_set():
-        try:
-            msgs = await sub.fetch(16, timeout=2.0)
-        except (TimeoutError, nats.errors.TimeoutError):
-            continue
-        for msg in msgs:
+        for msg in await sub.fetch(16, 2.0):
             await _dead_letter_one(bus, msg)
 
 
-async def _dead_letter_one(bus: Bus, msg: Msg) -> None:
+async def _dead_letter_one(bus: Bus, queued: Queued) -> None:
+    msg = queued.message
     try:
         advisory = decode(msg.data, MaxDeliveries, subject=msg.subject)
     except BadMessage as e:
@@ -364,5 +327,4 @@ async def _dead_letter_one(bus: Bus, msg: Msg) -> None:
         letter = await dead_letter_exhausted(bus, advisory)
         if letter is not None:
             log.error("dead-lettered %s job %s: %s", letter.kind, letter.job_id, letter.reason)
-    with translated("ack advisory"):
-        await msg.ack_sync()
+    await queued.ack_sync()

@@ -24,19 +24,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 import msgspec
-import nats.errors
-import nats.js.errors
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
-)
 
 from schemas import names
 from schemas.codec import BadMessage, Count, Ident, Token, decode
-from shared.bus.client import Bus, BusError, Unavailable, translated
+from shared.bus.client import Bus, BusError
+from shared.bus.ports import Streams
 
 log = logging.getLogger("conclave.models")
 
@@ -78,17 +70,15 @@ def chunk_subject(nuid: str) -> str:
     return f"$O.{names.MODELS_STORE}.C.{nuid}"
 
 
-async def read_meta(bus: Bus, digest: str) -> ObjectMeta | None:
+async def read_meta(bus: Streams, digest: str) -> ObjectMeta | None:
     """Model `digest`'s meta as first written (None: no such object); UnreadableMeta naming the
     field when it does not decode."""
     subject = meta_subject(digest)
-    with translated(f"model info {digest[:12]}"):
-        try:
-            raw = await bus.js.get_msg(MODELS_STREAM, seq=1, subject=subject, next=True)
-        except nats.js.errors.NotFoundError:
-            return None
+    raw = await bus.first_on(MODELS_STREAM, subject)
+    if raw is None:
+        return None
     try:
-        meta = decode(raw.data or b"", ObjectMeta, subject=subject)
+        meta = decode(raw.data, ObjectMeta, subject=subject)
         names.check_token(meta.nuid, "nuid")
     except BadMessage as e:
         raise UnreadableMeta(f"model {digest}: meta field {e.field}: {e.reason}") from e
@@ -97,7 +87,7 @@ async def read_meta(bus: Bus, digest: str) -> ObjectMeta | None:
     return None if meta.deleted else meta
 
 
-async def is_stored(bus: Bus, digest: str) -> bool:
+async def is_stored(bus: Streams, digest: str) -> bool:
     """Whether model `digest` is in the object store with a readable meta."""
     try:
         return await read_meta(bus, digest) is not None
@@ -198,33 +188,14 @@ class ModelStore:
             )
 
     async def _stream_chunks(self, nuid: str, chunks: int, target: Path) -> str:
-        subject = chunk_subject(nuid)
-        config = ConsumerConfig(
-            ack_policy=AckPolicy.NONE,
-            deliver_policy=DeliverPolicy.ALL,
-            inactive_threshold=30.0,
-        )
         hasher = hashlib.sha256()
-        with translated("read model chunks"):
-            sub = await self.bus.js.pull_subscribe(subject, stream=MODELS_STREAM, config=config)
-        try:
+        batches = self.bus.object_chunks(MODELS_STREAM, chunk_subject(nuid), chunks, FETCH_BATCH)
+        async with contextlib.aclosing(batches):
             with target.open("wb") as sink:
-                received = 0
-                while received < chunks:
-                    msgs = await self._fetch(sub, min(FETCH_BATCH, chunks - received))
-                    payload = b"".join(m.data for m in msgs)
+                async for payloads in batches:
+                    payload = b"".join(payloads)
                     await asyncio.to_thread(_write_and_hash, sink, hasher, payload)
-                    received += len(msgs)
-        finally:
-            await sub.unsubscribe()
         return hasher.hexdigest()
-
-    async def _fetch(self, sub: JetStreamContext.PullSubscription, batch: int) -> list[Msg]:
-        try:
-            msgs: list[Msg] = await sub.fetch(batch, timeout=10)
-        except (TimeoutError, nats.errors.TimeoutError) as e:
-            raise Unavailable("model chunks stopped arriving") from e
-        return msgs
 
     def evict(self, keep: str) -> list[str]:
         """Remove the least recently used blobs until the cache fits its size limit."""

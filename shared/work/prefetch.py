@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from nats.aio.msg import Msg
-
 from schemas import names
 from schemas.codec import decode
 from schemas.jobs import ModelEvent
 from shared.archive.layout import check_sha256
 from shared.bus.client import Bus, BusError
+from shared.bus.message import Message
 from shared.work.models import ModelStore
 
 log = logging.getLogger("conclave.prefetch")
@@ -21,7 +20,7 @@ log = logging.getLogger("conclave.prefetch")
 async def prefetch_promoted(bus: Bus, store: ModelStore, stop: asyncio.Event) -> None:
     wanted: asyncio.Queue[str] = asyncio.Queue()
 
-    async def on_event(msg: Msg) -> None:
+    async def on_event(msg: Message) -> None:
         try:
             event = decode(msg.data, ModelEvent, subject=msg.subject)
             wanted.put_nowait(check_sha256(event.sha256))  # it names a cache file

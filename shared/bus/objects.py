@@ -1,0 +1,38 @@
+"""Reading an object store's chunks as a stream of payloads, without nats-py's object reader."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+import nats.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from shared.bus.client import Bus, Unavailable, translated
+
+FETCH_BATCH = 64
+CHUNK_WAIT_S = 10.0
+
+
+async def chunks(
+    bus: Bus, stream: str, subject: str, count: int, batch: int = FETCH_BATCH
+) -> AsyncGenerator[list[bytes], None]:
+    """The first `count` payloads stored on `subject`, in order, in batches of up to `batch`;
+    Unavailable when they stop arriving."""
+    config = ConsumerConfig(
+        ack_policy=AckPolicy.NONE,
+        deliver_policy=DeliverPolicy.ALL,
+        inactive_threshold=30.0,
+    )
+    with translated("read model chunks"):
+        sub = await bus.js.pull_subscribe(subject, stream=stream, config=config)
+    try:
+        received = 0
+        while received < count:
+            try:
+                msgs = await sub.fetch(min(batch, count - received), timeout=CHUNK_WAIT_S)
+            except (TimeoutError, nats.errors.TimeoutError) as e:
+                raise Unavailable("model chunks stopped arriving") from e
+            received += len(msgs)
+            yield [m.data for m in msgs]
+    finally:
+        await sub.unsubscribe()
