@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -122,6 +123,25 @@ def kv_subject(bucket: str, key: str) -> str:
 
 def kv_stream(bucket: str) -> str:
     return f"KV_{bucket}"
+
+
+def object_stream(store: str) -> str:
+    return f"OBJ_{store}"
+
+
+def object_chunk_subject(store: str, nuid: str) -> str:
+    """Where an object's chunks go: one token (`nuid`) per stored version."""
+    return f"$O.{store}.C.{nuid}"
+
+
+def object_subjects(store: str) -> list[str]:
+    """Every subject of an object store's stream: chunks and metas."""
+    return [f"$O.{store}.C.>", f"$O.{store}.M.>"]
+
+
+def object_meta_subject(store: str, name: str) -> str:
+    """An object's meta message, under its name in URL-safe base64 (as nats-py names it)."""
+    return f"$O.{store}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
 
 
 # Evaluation jobs wait in lanes, one durable consumer each, and an evaluator pulls from the first

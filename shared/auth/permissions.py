@@ -27,7 +27,7 @@ Role = Literal["coordinator", "selfplay", "trainer", "evaluator", "syncer", "adm
 ROLES: tuple[Role, ...] = ("coordinator", "selfplay", "trainer", "evaluator", "syncer", "admin")
 API = "$JS.API"
 DOMAIN_API = "$JS.*.API"  # the same API through a leaf link (`$JS.<domain>.API`)
-MODELS_STREAM = f"OBJ_{names.MODELS_STORE}"
+MODELS_STREAM = names.object_stream(names.MODELS_STORE)
 INBOX_ROOT = "_INBOX"
 # What only admin does to streams, buckets and object stores (denied to every other identity).
 STREAM_ADMIN = ("CREATE", "UPDATE", "DELETE", "PURGE")

@@ -457,7 +457,7 @@ class Bus:
         chunks = [data[i : i + chunk_bytes] for i in range(0, len(data), chunk_bytes)]
         with translated(f"put object {store}/{name}"):
             for chunk in chunks:
-                await self.js.publish(f"$O.{store}.C.{nuid}", chunk)
+                await self.js.publish(names.object_chunk_subject(store, nuid), chunk)
         info = ObjectInfo(
             name=name,
             bucket=store,
@@ -468,7 +468,7 @@ class Bus:
             digest=f"SHA-256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()}",
             options=ObjectMetaOptions(max_chunk_size=chunk_bytes),
         )
-        meta = f"$O.{store}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+        meta = names.object_meta_subject(store, name)
         headers = {"Nats-Expected-Last-Subject-Sequence": "0"}
         try:
             with translated(f"put object {store}/{name} meta"):

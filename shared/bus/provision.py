@@ -39,7 +39,7 @@ def kv_stream(
     optional max age."""
     return StreamConfig(
         name=names.kv_stream(bucket),
-        subjects=[f"$KV.{bucket}.>"],
+        subjects=[names.kv_subject(bucket, ">")],
         allow_rollup_hdrs=marker_ttl_s is not None,
         allow_msg_ttl=True,
         deny_delete=True,
@@ -54,8 +54,8 @@ def kv_stream(
 def object_store_stream(bucket: str) -> StreamConfig:
     """An object store's stream as nats-py creates it, except that it refuses rollups."""
     return StreamConfig(
-        name=f"OBJ_{bucket}",
-        subjects=[f"$O.{bucket}.C.>", f"$O.{bucket}.M.>"],
+        name=names.object_stream(bucket),
+        subjects=names.object_subjects(bucket),
         discard=DiscardPolicy.NEW,
         allow_rollup_hdrs=False,
         allow_direct=True,

@@ -14,7 +14,6 @@ store holds, is a `ModelError` naming the field, never a raw client error or a l
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import logging
@@ -34,7 +33,7 @@ log = logging.getLogger("conclave.models")
 
 CHUNK_BYTES = 1024 * 1024
 FETCH_BATCH = 64
-MODELS_STREAM = f"OBJ_{names.MODELS_STORE}"
+MODELS_STREAM = names.object_stream(names.MODELS_STORE)
 
 
 class ModelError(BusError):
@@ -63,11 +62,11 @@ class ObjectMeta(msgspec.Struct, frozen=True):
 
 
 def meta_subject(name: str) -> str:
-    return f"$O.{names.MODELS_STORE}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+    return names.object_meta_subject(names.MODELS_STORE, name)
 
 
 def chunk_subject(nuid: str) -> str:
-    return f"$O.{names.MODELS_STORE}.C.{nuid}"
+    return names.object_chunk_subject(names.MODELS_STORE, nuid)
 
 
 async def read_meta(bus: Streams, digest: str) -> ObjectMeta | None:
