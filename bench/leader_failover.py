@@ -24,7 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shared.bus.client import Bus, BusConfig, BusError  # noqa: E402
+from shared.bus.client import BusConfig, NatsBus  # noqa: E402
+from shared.bus.errors import BusError  # noqa: E402
+from shared.bus.ports import Bus  # noqa: E402
 from shared.bus.server import NatsCluster, NatsServer, ServerSpec  # noqa: E402
 from shared.lease.audit import LeaseAudit, Term  # noqa: E402
 from shared.lease.quorum import LeaseParams  # noqa: E402
@@ -78,7 +80,7 @@ async def run(
     args: argparse.Namespace, urls: list[str], replicas: int, logs: Path
 ) -> dict[str, object]:
     params = LeaseParams(ttl_s=args.ttl, renew_every_s=args.renew)
-    bus = await Bus.connect(BusConfig(servers=urls, name="bench", replicas=replicas))
+    bus = await NatsBus.connect(BusConfig(servers=urls, name="bench", replicas=replicas))
     await provision(bus)
     audit = await LeaseAudit().start(bus)
     nodes = [f"c{i}" for i in range(args.contenders)]

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from schemas import names
 from schemas.codec import decode
 from schemas.jobs import ModelEvent
-from shared.bus.client import Bus, BusConfig
+from shared.bus.client import BusConfig, NatsBus
 from shared.bus.server import free_port
 from shared.loop.evalplan import WORKER_SERVICES
 
@@ -120,10 +120,12 @@ def _ratio(part: float, whole: float) -> float | None:
 
 async def decisions(url: str, seed: Path, game: str) -> dict[str, Any]:
     """Every candidate of `game` and how long its decision took, and the games stored."""
-    bus = await Bus.connect(BusConfig(servers=[url], name="loop-run", nkey_seed=str(seed)))
+    bus = await NatsBus.connect(BusConfig(servers=[url], name="loop-run", nkey_seed=str(seed)))
     try:
         msgs = await bus.read_all(names.EVENTS_STREAM, names.model_event_subject("*"))
-        games = sum((await bus.subject_counts(names.GAMES_STREAM, f"games.{game}")).values())
+        games = sum(
+            (await bus.subject_counts(names.GAMES_STREAM, names.games_subject(game))).values()
+        )
     finally:
         await bus.close()
     events = [decode(m.data, ModelEvent) for m in msgs]

@@ -69,9 +69,11 @@ from schemas import names  # noqa: E402
 from schemas.codec import BadMessage, decode, encode  # noqa: E402
 from schemas.control import NodeStatus, Resources, ServiceState  # noqa: E402
 from services.heartbeat import HeartbeatConfig, memory_bytes  # noqa: E402
-from shared.bus.client import Bus, BusConfig, BusError, translated  # noqa: E402
+from shared.bus.client import BusConfig, NatsBus, translated  # noqa: E402
 from shared.bus.client import _initial as initial_entries  # noqa: E402  (Bus.snapshot's read)
+from shared.bus.errors import BusError  # noqa: E402
 from shared.bus.message import Entry  # noqa: E402
+from shared.bus.ports import Bus  # noqa: E402
 from shared.bus.server import NatsServer, ServerSpec  # noqa: E402
 from shared.loop.observe import fresh  # noqa: E402
 from shared.runtime.service import VERSION  # noqa: E402
@@ -110,7 +112,15 @@ class Fleet:
 def node_status(cfg: HeartbeatConfig, resources: Resources, started: float) -> NodeStatus:
     """A status like a healthy node's: every expected service alive with a recent pulse."""
     services = [
-        ServiceState(name, True, os.getpid(), 0.4, 2.5, 0.3) for name in sorted(cfg.services)
+        ServiceState(
+            name=name,
+            alive=True,
+            pid=os.getpid(),
+            lag_p50_ms=0.4,
+            lag_max_ms=2.5,
+            last_pulse_age_s=0.3,
+        )
+        for name in sorted(cfg.services)
     ]
     return NodeStatus(
         node=cfg.node_id,
@@ -150,7 +160,7 @@ async def connect_all(url: str, count: int, prefix: str) -> list[Bus]:
     for first in range(0, count, 50):  # in batches: a burst of 250 connects is pointless
         batch = range(first, min(count, first + 50))
         buses += await asyncio.gather(
-            *(Bus.connect(BusConfig(servers=[url], name=f"{prefix}-{i}")) for i in batch)
+            *(NatsBus.connect(BusConfig(servers=[url], name=f"{prefix}-{i}")) for i in batch)
         )
     return buses
 
@@ -513,7 +523,7 @@ def report(
 
 
 async def run(args: argparse.Namespace, server: NatsServer, work: Path) -> dict[str, Any]:
-    bus = await Bus.connect(BusConfig(servers=[server.url], name="membership-observer"))
+    bus = await NatsBus.connect(BusConfig(servers=[server.url], name="membership-observer"))
     try:
         await bus.provision()
         return await measure(args, server, bus, work)

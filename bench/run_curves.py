@@ -24,13 +24,14 @@ from schemas import names
 from schemas.codec import decode
 from schemas.control import LeaderEvent
 from schemas.jobs import EvalResult, ModelEvent
-from shared.bus.client import Bus, BusConfig
+from shared.bus.client import BusConfig, NatsBus
+from shared.bus.ports import Bus
 from shared.bus.server import NatsServer, ServerSpec
 from shared.loop.ratingjobs import game_ratings
 
 
 async def read_run(url: str, game: str) -> dict[str, Any]:
-    bus = await Bus.connect(BusConfig(servers=[url], name="curves"))
+    bus = await NatsBus.connect(BusConfig(servers=[url], name="curves"))
     try:
         elected = await bus.read_all(names.EVENTS_STREAM, names.leader_event_subject("elected"))
         start = min(decode(m.data, LeaderEvent).at for m in elected)

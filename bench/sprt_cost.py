@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--matches", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    cfg = SprtConfig(args.elo0, args.elo1, args.alpha, args.beta, args.max_games)
+    cfg = SprtConfig(
+        elo0=args.elo0, elo1=args.elo1, alpha=args.alpha, beta=args.beta, max_games=args.max_games
+    )
     rows = measure(cfg, args.chunk, args.draw_rate, args.matches, args.seed)
     sys.stdout.write(
         orjson.dumps(

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import sync_archive  # noqa: E402
-from shared.bus.client import Bus, BusConfig  # noqa: E402
+from shared.bus.client import BusConfig, NatsBus  # noqa: E402
 from shared.bus.server import NatsServer, ServerSpec  # noqa: E402
 from shared.work.models import ModelStore, sha256_hex  # noqa: E402
 from tests.s3server import FAKE_AWS_ENV, running_moto  # noqa: E402
@@ -38,7 +38,7 @@ MB = 1_000_000
 async def fanout(url: str, work: Path, nodes: int, model_mb: float, procs: int) -> dict[str, Any]:
     """Put a model once; `procs` processes holding `nodes` caches between them fetch it at once."""
     data = os.urandom(int(model_mb * MB))
-    publisher = await Bus.connect(BusConfig(servers=[url], name="publisher"))
+    publisher = await NatsBus.connect(BusConfig(servers=[url], name="publisher"))
     await publisher.provision()
     started = time.perf_counter()
     digest = await ModelStore(publisher, work / "publisher").put(data)
@@ -81,7 +81,9 @@ def count_verified(work: Path, digest: str) -> int:
 
 async def worker(url: str, digest: str, root: Path, count: int) -> None:
     """One process of node caches: connect, say ready, wait for go, fetch, print the end time."""
-    buses = [await Bus.connect(BusConfig(servers=[url], name=f"cache{i}")) for i in range(count)]
+    buses = [
+        await NatsBus.connect(BusConfig(servers=[url], name=f"cache{i}")) for i in range(count)
+    ]
     go = asyncio.Event()
 
     async def on_go(_: object) -> None:

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,9 @@ def archive_round(
     """What the syncer does: `store_shard` for each shard (the shard and its manifest side by
     side), `put_model_file` for the model (digest check, existence check, upload, metadata)."""
     start = time.perf_counter()
-    for manifest, blob in shards:
-        store_shard(store, manifest, blob)
+    with ThreadPoolExecutor(1, thread_name_prefix="archive-manifest") as beside:
+        for manifest, blob in shards:
+            store_shard(store, manifest, blob, beside)
     put_model_file(store, GAME, sha, model, b"{}")
     return time.perf_counter() - start
 

@@ -13,7 +13,8 @@ from msgspec import Meta
 
 from schemas.codec import Count, Ident, NonNegative, Text, Timestamp, Token
 
-PROTOCOL = 1  # the wire protocol this build speaks; a new message tag in use bumps it
+PROTOCOL = 2  # the wire protocol this build speaks; a new message tag in use bumps it
+# 2: train jobs no longer carry `window_games` (a protocol-1 trainer requires it)
 
 
 MAX_SERVICES = 256  # every role runs seven, plus a self-play process per usable core
@@ -28,7 +29,7 @@ class Wire(msgspec.Struct, frozen=True, forbid_unknown_fields=False, tag_field="
     pass
 
 
-class ServicePulse(Wire, frozen=True, tag="conclave.service_pulse.v1"):
+class ServicePulse(Wire, frozen=True, kw_only=True, tag="conclave.service_pulse.v1"):
     """A service process's liveness and event-loop lag over the last interval."""
 
     node: Token
@@ -42,7 +43,7 @@ class ServicePulse(Wire, frozen=True, tag="conclave.service_pulse.v1"):
     doing: Ident = ""  # the job it is working on, "" when idle
 
 
-class ServiceState(msgspec.Struct, frozen=True):
+class ServiceState(msgspec.Struct, frozen=True, kw_only=True):
     name: Token
     alive: bool
     pid: Count = 0
@@ -59,7 +60,7 @@ class Resources(msgspec.Struct, frozen=True):
     gpus: Annotated[list[Ident], Meta(max_length=MAX_GPUS)] = []
 
 
-class NodeStatus(Wire, frozen=True, tag="conclave.node_status.v1"):
+class NodeStatus(Wire, frozen=True, kw_only=True, tag="conclave.node_status.v1"):
     """What a node's heartbeat writes into KV `nodes` about once a second, with a per-key TTL."""
 
     node: Token
@@ -73,7 +74,7 @@ class NodeStatus(Wire, frozen=True, tag="conclave.node_status.v1"):
     protocol: Count = 1  # PROTOCOL of the build that wrote it
 
 
-class Lease(Wire, frozen=True, tag="conclave.lease.v1"):
+class Lease(Wire, frozen=True, kw_only=True, tag="conclave.lease.v1"):
     """The leader lease value; `term` is 0 on the acquiring write, whose revision is the term."""
 
     node: Token
@@ -86,7 +87,7 @@ class Lease(Wire, frozen=True, tag="conclave.lease.v1"):
 LeaderEventKind = Literal["elected", "lost", "fenced", "released"]
 
 
-class LeaderEvent(Wire, frozen=True, tag="conclave.leader_event.v1"):
+class LeaderEvent(Wire, frozen=True, kw_only=True, tag="conclave.leader_event.v1"):
     """Published on `events.leader.<kind>` when a node gains or gives up leadership."""
 
     kind: LeaderEventKind
@@ -97,7 +98,7 @@ class LeaderEvent(Wire, frozen=True, tag="conclave.leader_event.v1"):
     reason: Text = ""
 
 
-class LeaderValidity(Wire, frozen=True, tag="conclave.leader_validity.v1"):
+class LeaderValidity(Wire, frozen=True, kw_only=True, tag="conclave.leader_validity.v1"):
     """A holder's promise: it leads `term` from `valid_from` to `valid_until` at most."""
 
     node: Token

@@ -34,7 +34,9 @@ MAX_ACTIONS = 65536
 PerPly = Meta(max_length=MAX_PLIES)
 
 
-class GameRecord(msgspec.Struct, frozen=True, tag_field="type", tag="conclave.game.v1"):
+class GameRecord(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="conclave.game.v1"
+):
     """One finished game of self-play.
 
     `outcome` is from the first player's view (+1 win, 0 draw, -1 loss); `root_values[i]` is the

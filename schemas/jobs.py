@@ -15,7 +15,6 @@ from schemas.control import Wire
 MAX_SIMS = 100_000
 MAX_GAMES_PER_JOB = 100_000
 MAX_STEPS = 10_000_000
-MAX_WINDOW_GAMES = 10_000_000
 
 Sims = Annotated[int, Meta(ge=0, le=MAX_SIMS)]
 Games = Annotated[int, Meta(ge=0, le=MAX_GAMES_PER_JOB)]
@@ -36,7 +35,7 @@ class PlayerSpec(msgspec.Struct, frozen=True):
         )
 
 
-class SelfplayJob(Wire, frozen=True, tag="conclave.job.selfplay.v1"):
+class SelfplayJob(Wire, frozen=True, kw_only=True, tag="conclave.job.selfplay.v1"):
     job_id: Ident
     game: Token
     model_sha256: Sha256  # "" means the uniform-policy bootstrap
@@ -48,18 +47,19 @@ class SelfplayJob(Wire, frozen=True, tag="conclave.job.selfplay.v1"):
     resign_value: GameValue | None = None  # resign below this Q (None: play every game out)
 
 
-class TrainJob(Wire, frozen=True, tag="conclave.job.train.v1"):
+class TrainJob(Wire, frozen=True, kw_only=True, tag="conclave.job.train.v1"):
+    """Train `generation` from `parent_sha256` for `steps` steps on the trainer's own window."""
+
     job_id: Ident
     game: Token
     generation: Count  # the generation this training produces
     parent_sha256: Sha256  # "" trains from scratch
-    window_games: Annotated[int, Meta(ge=0, le=MAX_WINDOW_GAMES)]
     steps: Annotated[int, Meta(ge=0, le=MAX_STEPS)]
     term: Count
     group: Token = "t"
 
 
-class EvalJob(Wire, frozen=True, tag="conclave.job.eval.v1"):
+class EvalJob(Wire, frozen=True, kw_only=True, tag="conclave.job.eval.v1"):
     job_id: Ident
     game: Token
     kind: Literal["match", "gauntlet", "rating"]
@@ -74,7 +74,7 @@ class EvalJob(Wire, frozen=True, tag="conclave.job.eval.v1"):
 Job = SelfplayJob | TrainJob | EvalJob
 
 
-class EvalResult(Wire, frozen=True, tag="conclave.eval_result.v1"):
+class EvalResult(Wire, frozen=True, kw_only=True, tag="conclave.eval_result.v1"):
     """The outcome of one evaluation job, from `a`'s side, between two different players."""
 
     job_id: Ident
@@ -98,7 +98,7 @@ class EvalResult(Wire, frozen=True, tag="conclave.eval_result.v1"):
             raise ValueError(f"EvalResult.b is the same player as a ({self.a.name!r})")
 
 
-class ModelMeta(Wire, frozen=True, tag="conclave.model.v1"):
+class ModelMeta(Wire, frozen=True, kw_only=True, tag="conclave.model.v1"):
     """A checkpoint in the object store `models`, named by `sha256`."""
 
     sha256: Sha256
@@ -126,7 +126,7 @@ class ModelMeta(Wire, frozen=True, tag="conclave.model.v1"):
     false_resigns: Count = 0
 
 
-class BestPointer(Wire, frozen=True, tag="conclave.best.v1"):
+class BestPointer(Wire, frozen=True, kw_only=True, tag="conclave.best.v1"):
     """Which model is the best of a game; moved only by compare-and-set, stamped with a term."""
 
     game: Token
@@ -140,7 +140,7 @@ class BestPointer(Wire, frozen=True, tag="conclave.best.v1"):
 ModelEventKind = Literal["candidate", "promoted", "rejected"]
 
 
-class ModelEvent(Wire, frozen=True, tag="conclave.model_event.v1"):
+class ModelEvent(Wire, frozen=True, kw_only=True, tag="conclave.model_event.v1"):
     kind: ModelEventKind
     game: Token
     generation: Count
@@ -149,7 +149,7 @@ class ModelEvent(Wire, frozen=True, tag="conclave.model_event.v1"):
     detail: Text = ""
 
 
-class TrainProgress(Wire, frozen=True, tag="conclave.train_progress.v1"):
+class TrainProgress(Wire, frozen=True, kw_only=True, tag="conclave.train_progress.v1"):
     """A training job's progress, every few seconds while it trains and once when done.
 
     The losses and the rate cover the steps since the previous report (the final report repeats
@@ -169,7 +169,7 @@ class TrainProgress(Wire, frozen=True, tag="conclave.train_progress.v1"):
     learning_rate: NonNegative = 0.0  # at the last step reported
 
 
-class JobFailure(Wire, frozen=True, tag="conclave.job_failure.v1"):
+class JobFailure(Wire, frozen=True, kw_only=True, tag="conclave.job_failure.v1"):
     """A worker's report that an attempt failed; the dead-letter keeps the last reason."""
 
     job_id: Ident
@@ -180,7 +180,7 @@ class JobFailure(Wire, frozen=True, tag="conclave.job_failure.v1"):
     at: Timestamp
 
 
-class DeadLetter(Wire, frozen=True, tag="conclave.dead_letter.v1"):
+class DeadLetter(Wire, frozen=True, kw_only=True, tag="conclave.dead_letter.v1"):
     """A job that exhausted its deliveries, with why, moved out of the work queue."""
 
     kind: Token

@@ -30,6 +30,7 @@ RESULTS_STREAM = "RESULTS"  # evaluation match results: the ratings pool
 JOB_KINDS = ("selfplay", "train", "eval")
 
 # Durable consumers (besides one per job kind, `job_consumer`)
+LEGACY_EVAL_CONSUMER = "eval-workers"  # the one eval consumer before lanes: dropped on migrating
 DEAD_LETTER_CONSUMER = "dead-letters"  # the leader's, on ADVISORIES
 SYNCER_GAMES_CONSUMER = "syncer-games"
 SYNCER_RESULTS_CONSUMER = "syncer-results"
@@ -39,6 +40,8 @@ SYNCER_MODELS_CONSUMER = "syncer-models"  # candidate events, on EVENTS
 LEADER_KEY = "leader"
 SYNCER_KEY = "syncer"  # the archive's lease, in the archive lease buckets
 PROTOCOL_KEY = "cluster.protocol"  # registry: the wire protocols the coordinator accepts
+SYNC_STATUS_KEY = "sync.status"  # registry: the syncer's last archive run
+LOOP_STATE_KEY = "state"  # loop: the master loop's record (per game state, term-stamped)
 
 
 def lease_slot_count(replicas: int) -> int:
@@ -74,6 +77,12 @@ def check_token(value: str, field: str) -> str:
 
 
 ANY = "*"  # a one-token wildcard: builders given it make filters (permissions, subscriptions)
+ALL = ">"  # a trailing wildcard: every subject under a prefix
+
+
+def under(prefix: str) -> str:
+    """Every subject under `prefix`: `$JS.ACK.JOBS` -> `$JS.ACK.JOBS.>`."""
+    return f"{prefix}.{ALL}"
 
 
 def token_or_any(value: str, field: str) -> str:
@@ -104,8 +113,12 @@ def log_subject(node_id: str, service: str, level: str) -> str:
     return f"logs.{token_or_any(node_id, 'node id')}.{token_or_any(service, 'service')}.{level}"
 
 
+def all_events() -> str:
+    return under("events")
+
+
 def events_subjects() -> list[str]:
-    return ["events.>"]
+    return [all_events()]
 
 
 def leader_event_subject(kind: str) -> str:
@@ -121,12 +134,21 @@ def kv_subject(bucket: str, key: str) -> str:
     return f"$KV.{bucket}.{key}"
 
 
+def is_kv_subject(subject: str) -> bool:
+    return subject.startswith("$KV.")
+
+
 def kv_stream(bucket: str) -> str:
     return f"KV_{bucket}"
 
 
 def object_stream(store: str) -> str:
     return f"OBJ_{store}"
+
+
+def object_prefix(store: str) -> str:
+    """The root of every subject of an object store: its chunks and metas."""
+    return f"$O.{store}"
 
 
 def object_chunk_subject(store: str, nuid: str) -> str:
@@ -167,8 +189,17 @@ def job_subject(kind: str, game: str, group: str, lane: str = "") -> str:
     return f"jobs.{prefix}.{check_token(game, 'game')}.{check_token(group, 'job group')}"
 
 
-def job_filter(kind: str, lane: str = "") -> str:
-    return f"jobs.{_kind_and_lane(kind, lane)}.>"
+def job_prefix(kind: str, lane: str | None = "") -> str:
+    """How every job subject of a kind's lane begins, or (None) of all its lanes."""
+    return f"jobs.{kind if lane is None else _kind_and_lane(kind, lane)}."
+
+
+def job_filter(kind: str, lane: str | None = "") -> str:
+    return f"{job_prefix(kind, lane)}{ALL}"
+
+
+def all_jobs() -> str:
+    return under("jobs")
 
 
 def job_game_filter(kind: str, game: str, lane: str | None = None) -> str:
@@ -204,6 +235,15 @@ def dlq_subject(kind: str, game: str, group: str) -> str:
     return f"dlq.{kind}.{token_or_any(game, 'game')}.{token_or_any(group, 'job group')}"
 
 
+def dlq_filter(kind: str) -> str:
+    """Every dead letter of one kind."""
+    return under(f"dlq.{check_token(kind, 'dead-letter kind')}")
+
+
+def all_dead_letters() -> str:
+    return under("dlq")
+
+
 def max_deliveries_advisory(stream: str) -> str:
     return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.*"
 
@@ -214,6 +254,10 @@ def games_subject(game: str) -> str:
 
 def results_subject(game: str, group: str) -> str:
     return f"results.{token_or_any(game, 'game')}.{token_or_any(group, 'job group')}"
+
+
+def all_results() -> str:
+    return under("results")
 
 
 def model_event_subject(kind: str) -> str:
@@ -247,6 +291,11 @@ def model_key(game: str, sha256: str) -> str:
     return f"{token_or_any(game, 'game')}.model.{sha256}"
 
 
+def is_model_key(key: str) -> bool:
+    """Whether a registry key is a model's metadata (`model_key`)."""
+    return ".model." in key
+
+
 def trained_key(job_id: str) -> str:
     """Registry key the trainer writes when a training job has produced its candidate."""
     return f"trained.{token_or_any(job_id, 'job id')}"
@@ -263,4 +312,40 @@ def issued_key(game: str, group: str, job_id: str) -> str:
     return f"issued.{game}.{group}.{token_or_any(job_id, 'job id')}"
 
 
-SKIPPED_RESULTS = "results"  # DLQ kind of a stored result that counts for nothing (and why)
+# Dead-letter kinds besides the job kinds (`dlq_subject`'s first token).
+SKIPPED_RESULTS = "results"  # a stored result that counts for nothing (and why)
+REJECTED_RECORDS = "records"  # game records failing the rules check, in group REJECTED_GROUP
+REJECTED_GROUP = "rejected"
+MODEL_DEAD_KIND = "model"  # the syncer's: candidate events it cannot archive
+ARCHIVE_DEAD_KIND = "archive"  # the syncer's: records naming no archivable game
+SYNCER_DEAD_KINDS = (MODEL_DEAD_KIND, ARCHIVE_DEAD_KIND)
+
+
+# The server's own subjects, as Conclave uses them (the adapter, permissions, the soak sniffer).
+JS_API = "$JS.API"
+JS_ANY_DOMAIN_API = "$JS.*.API"  # the API through any leaf link's domain (`js_domain_api`)
+INBOX_ROOT = "_INBOX"
+SERVICES_ROOT = "$SRV"  # NATS micro discovery
+
+
+def js_domain_api(domain: str, subject: str) -> str:
+    """`subject` (a JetStream API call or a KV put) sent through a leaf link's domain."""
+    return f"$JS.{domain}.API.{subject}"
+
+
+def js_ack(*tokens: str) -> str:
+    """The acks of a stream's consumers, narrowed by tokens: `js_ack(stream, consumer)`."""
+    return ".".join(("$JS.ACK", *tokens))
+
+
+def is_js_ack(subject: str) -> bool:
+    return subject.startswith(f"{js_ack()}.")
+
+
+def js_flow_control(stream: str) -> str:
+    return f"$JS.FC.{stream}"
+
+
+def inbox_prefix(identity: str) -> str:
+    """The inbox prefix of the identity with this public key (its clients connect with it)."""
+    return f"{INBOX_ROOT}.{identity}"

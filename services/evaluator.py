@@ -24,7 +24,8 @@ import numpy as np
 from schemas import names
 from schemas.codec import encode
 from schemas.jobs import EvalJob, EvalResult, PlayerSpec, job_group
-from shared.bus.client import Bus, BusError
+from shared.bus.errors import BusError
+from shared.bus.ports import Bus
 from shared.learn.arena import (
     AgentPlayer,
     MatchOutcome,
@@ -36,7 +37,7 @@ from shared.learn.arena import (
 from shared.learn.baselines import make_agent
 from shared.learn.games import Game, UnknownGame, get_game
 from shared.lease.watch import KeyChanges, first_of
-from shared.runtime import counters
+from shared.runtime.counters import Counters
 from shared.runtime.service import main as service_main
 from shared.runtime.service import set_when, wait_or_stop
 from shared.work.jobs import Delivery, JobSettings, Puller, await_consumer, dead_letter_now
@@ -79,15 +80,22 @@ class EvaluatorConfig(msgspec.Struct, frozen=True):
 
 
 class Worker:
-    def __init__(self, bus: Bus, cfg: EvaluatorConfig, stop: asyncio.Event) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        cfg: EvaluatorConfig,
+        stop: asyncio.Event,
+        counters: Counters | None = None,
+    ) -> None:
         self.bus, self.cfg, self.stop = bus, cfg, stop
+        self.counters = Counters() if counters is None else counters
         self.halt = threading.Event()  # tells the playing thread to give up
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="evaluator")
         self.evaluators = Evaluators(ModelStore(bus, Path(cfg.cache_dir)), self.pool, cfg.threads)
         self.followers: set[asyncio.Task[None]] = set()
 
     async def serve(self) -> None:
-        puller = Puller(self.bus, "eval", EvalJob)
+        puller = Puller(self.bus, "eval", EvalJob, counters=self.counters)
         while not self.stop.is_set():
             try:
                 delivery = await puller.next(timeout_s=2.0)
@@ -251,7 +259,7 @@ class Worker:
         )
         subject = names.results_subject(job.game, job_group(job))
         await self.bus.publish_durable(subject, encode(result), msg_id=f"result-{job.job_id}")
-        counters.add("eval_games", outcome.wins_a + outcome.draws + outcome.wins_b)
+        self.counters.add("eval_games", outcome.wins_a + outcome.draws + outcome.wins_b)
         score = f"{outcome.wins_a}-{outcome.draws}-{outcome.wins_b}"
         log.info(
             "job %s: %s %s %s", job.job_id, job.a.name, score, job.b.name, extra={"job": job.job_id}
@@ -270,10 +278,12 @@ def check_spec(spec: PlayerSpec) -> None:
         raise BadPlayer(f"PlayerSpec.sims must be >= 1 for model {spec.sha256!r}, got {spec.sims}")
 
 
-async def run(bus: Bus, cfg: EvaluatorConfig, stop: asyncio.Event) -> None:
+async def run(
+    bus: Bus, cfg: EvaluatorConfig, stop: asyncio.Event, counters: Counters | None = None
+) -> None:
     await bus.provision()
     await await_consumer(bus, "eval", stop)
-    worker = Worker(bus, cfg, stop)
+    worker = Worker(bus, cfg, stop, counters)
     watcher = asyncio.create_task(set_when(stop, worker.halt))
     try:
         await worker.serve()
@@ -284,7 +294,9 @@ async def run(bus: Bus, cfg: EvaluatorConfig, stop: asyncio.Event) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return service_main("evaluator", EvaluatorConfig, run, argv)
+    counters = Counters()  # the process's: its pulses carry what the worker counts
+    counted = partial(run, counters=counters)
+    return service_main("evaluator", EvaluatorConfig, counted, argv, counters=counters)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ from schemas.control import (
     ServicePulse,
     ServiceState,
 )
-from shared.bus.client import Bus, BusError
+from shared.bus.errors import BusError
 from shared.bus.message import Message
+from shared.bus.ports import Bus
 from shared.runtime.service import VERSION, wait_or_stop
 from shared.runtime.service import main as service_main
 

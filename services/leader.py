@@ -8,7 +8,7 @@ import logging
 
 import msgspec
 
-from shared.bus.client import Bus
+from shared.bus.ports import Bus
 from shared.lease.holder import Contender, hold
 from shared.lease.quorum import LeaseParams
 from shared.runtime.service import main as service_main

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import msgspec
 
 from schemas import names
 from schemas.codec import BadMessage
-from shared.bus.client import Bus, BusError
 from shared.bus.compat import announce
+from shared.bus.errors import BusError
+from shared.bus.ports import Bus
 from shared.lease.fencing import StaleTerm, cas_put, read_termed
 from shared.lease.watch import Holder, KeyChanges, current_holder
 from shared.loop.backgroundeval import BackgroundEval
@@ -34,10 +34,12 @@ from shared.work.jobs import JobSettings, ensure_consumer, handle_dead_letters
 
 log = logging.getLogger("conclave.scheduler")
 
-STATE_KEY = "state"
+STATE_KEY = names.LOOP_STATE_KEY
 
 
-class LoopRecord(msgspec.Struct, frozen=True, tag_field="type", tag="conclave.loop.v1"):
+class LoopRecord(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="conclave.loop.v1"
+):
     """The value of KV `loop/state`: the policy state plus the term that last wrote it."""
 
     term: int
@@ -92,11 +94,11 @@ async def training_phase(bus: Bus, game: str, state: GameState) -> TrainingPhase
     if progress is None or progress.job_id != train_job_id(game, state.trainings):
         return None
     return TrainingPhase(
-        progress.step,
-        progress.steps,
-        progress.policy_loss,
-        progress.value_loss,
-        progress.samples_per_s,
+        step=progress.step,
+        steps=progress.steps,
+        policy_loss=progress.policy_loss,
+        value_loss=progress.value_loss,
+        samples_per_s=progress.samples_per_s,
     )
 
 
@@ -111,7 +113,14 @@ class MasterLoop:
         self.bus, self.cfg, self.term = bus, cfg, term
         self.effects = Effects(bus, cfg.loop, cfg.effects, term)
         self.skips = SkipLog()  # results that count for nothing, dead-lettered once each
-        self.background = BackgroundEval(bus, cfg.loop, cfg.effects, cfg.budget, term, self.skips)
+        self.background = BackgroundEval(
+            bus,
+            loop=cfg.loop,
+            settings=cfg.effects,
+            budget=cfg.budget,
+            term=term,
+            skips=self.skips,
+        )
         self.cpu = CpuMeter(cfg.budget.window_s)
 
     async def tick(self) -> int:
@@ -120,9 +129,9 @@ class MasterLoop:
         if record is not None and record.term > self.term:
             raise StaleTerm(f"loop state already written by term {record.term}")
         state = record.state if record else LoopState()
-        nodes = await accepted_nodes(self.bus)
+        now = self.bus.clock.time()
+        nodes = await accepted_nodes(self.bus, now)
         snapshot = await observe(self.bus, state, self.cfg.loop, nodes, self.skips)
-        now = time.time()
         self.cpu.update(cpu_readings(nodes), now)
         used = self.cpu.used()
         share = evaluation_share(used)
@@ -132,16 +141,16 @@ class MasterLoop:
             await self.effects.carry_out(action, state)
             state = apply(state, action)
         gauntlets = await self.gauntlets(state)
-        await self.background.step(state, gauntlets, snapshot.eval_workers, share)
+        state = await self.background.step(state, gauntlets, snapshot.eval_workers, share)
         await self.skips.dead_letter(self.bus)
         ticks = (record.ticks if record else 0) + 1
         totals = {name: g.games_total for name, g in snapshot.games.items()}
         update = LoopRecord(
-            self.term,
-            state,
-            now,
-            ticks,
-            sampled(record.game_counts if record else {}, now, totals),
+            term=self.term,
+            state=state,
+            updated_at=now,
+            ticks=ticks,
+            game_counts=sampled(record.game_counts if record else {}, now, totals),
             phases=await self.phases(state, snapshot, gauntlets, record),
             evaluation_share=None if share is None else round(share, 4),
             cpu_s={name: round(seconds, 2) for name, seconds in used.items()},
@@ -224,7 +233,7 @@ async def wait_for_leadership(
             holder = None
         if holder is not None and holder.node == node_id:
             return holder
-        await changes.wait(stop, time.monotonic() + 1.0)
+        await changes.wait(stop, bus.clock.monotonic() + 1.0)
     return None
 
 
@@ -233,7 +242,7 @@ async def run(bus: Bus, cfg: SchedulerConfig, stop: asyncio.Event) -> None:
     await ensure_consumer(bus, "selfplay", cfg.jobs)
     await ensure_consumer(bus, "eval", cfg.jobs, migrate=True)
     await ensure_consumer(bus, "train", cfg.train_jobs)
-    changes = KeyChanges()
+    changes = KeyChanges(clock=bus.clock)
     async with asyncio.TaskGroup() as tg:
         tg.create_task(changes.follow(bus), name="lease-watch")
         try:

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import msgspec
@@ -20,12 +21,12 @@ import numpy as np
 from schemas import names
 from schemas.game import GameRecord, encode_record, simulations
 from schemas.jobs import SelfplayJob
-from shared.bus.client import Bus, BusError, Unavailable
-from shared.bus.ports import Delivery, WorkQueue
+from shared.bus.errors import BusError, Unavailable
+from shared.bus.ports import Bus, Delivery, WorkQueue
 from shared.learn.games import get_game
 from shared.learn.netconfig import CheckpointError
 from shared.learn.selfplay import SelfPlayConfig, self_play
-from shared.runtime import counters
+from shared.runtime.counters import Counters
 from shared.runtime.service import main as service_main
 from shared.runtime.service import set_when, wait_or_stop
 from shared.work.jobs import JobSettings, Puller, await_consumer
@@ -48,15 +49,24 @@ class SelfplayWorkerConfig(msgspec.Struct, frozen=True):
 
 
 class Worker:
-    def __init__(self, bus: Bus, cfg: SelfplayWorkerConfig, stop: asyncio.Event) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        cfg: SelfplayWorkerConfig,
+        stop: asyncio.Event,
+        counters: Counters | None = None,
+    ) -> None:
         self.bus, self.cfg, self.stop = bus, cfg, stop
+        self.counters = Counters() if counters is None else counters
         self.halt = threading.Event()  # tells the playing thread to give up
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="selfplay")
         self.evaluators = Evaluators(ModelStore(bus, Path(cfg.cache_dir)), self.pool, cfg.threads)
         self.games_published = 0
 
     async def serve(self) -> None:
-        puller: WorkQueue[SelfplayJob] = Puller(self.bus, "selfplay", SelfplayJob)
+        puller: WorkQueue[SelfplayJob] = Puller(
+            self.bus, "selfplay", SelfplayJob, counters=self.counters
+        )
         while not self.stop.is_set():
             try:
                 delivery = await puller.next(timeout_s=2.0)
@@ -131,8 +141,8 @@ class Worker:
             await publish_game(self.bus, record)
             count += 1
             self.games_published += 1
-            counters.add("games")
-            counters.add("simulations", simulations(record))
+            self.counters.add("games")
+            self.counters.add("simulations", simulations(record))
         return count
 
 
@@ -149,11 +159,13 @@ async def publish_game(bus: Bus, record: GameRecord, attempts: int = 20) -> None
             await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
 
 
-async def run(bus: Bus, cfg: SelfplayWorkerConfig, stop: asyncio.Event) -> None:
+async def run(
+    bus: Bus, cfg: SelfplayWorkerConfig, stop: asyncio.Event, counters: Counters | None = None
+) -> None:
     if cfg.nice:
         os.nice(cfg.nice)
     await bus.provision()
-    worker = Worker(bus, cfg, stop)
+    worker = Worker(bus, cfg, stop, counters)
     watcher = asyncio.create_task(set_when(stop, worker.halt))
     # Models are fetched while the worker still waits for the coordinator's job consumers.
     prefetch = asyncio.create_task(prefetch_promoted(bus, worker.evaluators.store, stop))
@@ -168,7 +180,9 @@ async def run(bus: Bus, cfg: SelfplayWorkerConfig, stop: asyncio.Event) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return service_main("selfplay", SelfplayWorkerConfig, run, argv)
+    counters = Counters()  # the process's: its pulses carry what the worker counts
+    counted = partial(run, counters=counters)
+    return service_main("selfplay", SelfplayWorkerConfig, counted, argv, counters=counters)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
 import msgspec
@@ -26,10 +27,10 @@ from services.scheduler import STATE_KEY, LoopRecord
 from shared import archive
 from shared.archive import S3Config, S3Store, Store
 from shared.archive.layout import check_sha256
-from shared.bus import queue
-from shared.bus.client import Bus, BusError
+from shared.bus.consumers import WorkConsumer
+from shared.bus.errors import BusError
 from shared.bus.message import Message
-from shared.bus.queue import Queued, WorkConsumer
+from shared.bus.ports import Acks, Bus
 from shared.learn.games import game_names
 from shared.lease.fencing import read_termed
 from shared.lease.holder import Contender, hold
@@ -48,8 +49,8 @@ RESULTS_SUFFIX = "__results"  # a reserved suffix: no game name may end with it
 MODELS_CONSUMER = names.SYNCER_MODELS_CONSUMER
 # Dead letters: candidate events at dlq.model.<game>.candidate, game and result records whose
 # subject names no archivable game at dlq.archive.unknown.<stream>
-MODEL_DEAD_KIND = "model"
-ARCHIVE_DEAD_KIND = "archive"
+MODEL_DEAD_KIND = names.MODEL_DEAD_KIND
+ARCHIVE_DEAD_KIND = names.ARCHIVE_DEAD_KIND
 
 
 class SyncerConfig(msgspec.Struct, frozen=True):
@@ -64,7 +65,9 @@ class SyncerConfig(msgspec.Struct, frozen=True):
     lease: LeaseParams = LeaseParams(ttl_s=10, renew_every_s=3.0, margin_s=2.0, recheck_s=3.0)
 
 
-class SyncStatus(msgspec.Struct, frozen=True, tag_field="type", tag="conclave.sync_status.v1"):
+class SyncStatus(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="conclave.sync_status.v1"
+):
     """What `conclave status` shows about the archive (KV `registry/sync.status`)."""
 
     node: str
@@ -101,25 +104,29 @@ class Archiver:
         cfg: SyncerConfig,
         store: Store,
         target: str,
+        *,
         name_of: Callable[[str], str] = games_name,
+        beside: Executor | None = None,
     ) -> None:
         self.bus, self.cfg, self.store, self.target = bus, cfg, store, target
+        self.beside = beside  # uploads manifests beside their shards (`archive.store_shard`)
         self.name_of = name_of
         self.reports = name_of is games_name  # sync.status speaks for the games archive
-        self.pending: dict[str, dict[int, Queued]] = defaultdict(dict)
+        self.pending: dict[str, dict[int, Acks]] = defaultdict(dict)
         self.oldest: dict[str, float] = {}
         self.ranges: dict[str, list[tuple[int, int]]] = {}
         self.archived_through: dict[str, int] = {}
         self.games_archived = 0
         self.newest_model = ""
         self.last_error, self.last_error_at = "", 0.0
+        self.skipped_promotions: set[int] = set()  # stream sequences logged as unreadable
 
     async def ranges_of(self, game: str) -> list[tuple[int, int]]:
         if game not in self.ranges:
             self.ranges[game] = await asyncio.to_thread(archive.archived_ranges, self.store, game)
         return self.ranges[game]
 
-    async def take(self, queued: Queued) -> None:
+    async def take(self, queued: Acks) -> None:
         """Buffer a game record, or ack it at once if an earlier run already archived it."""
         msg = queued.message
         game = self.name_of(msg.subject)
@@ -155,7 +162,7 @@ class Archiver:
         ids = [msgs[s].message.msg_id or f"seq-{s}" for s in seqs]
         try:
             manifest = await asyncio.to_thread(
-                archive.write_shard, self.store, game, records, game_ids=ids
+                archive.write_shard, self.store, game, records, game_ids=ids, beside=self.beside
             )
         except archive.ArchiveError as e:
             self.failed(f"shard of {game}: {e}")
@@ -171,7 +178,7 @@ class Archiver:
         self.oldest.pop(game, None)
         return True
 
-    async def hold(self, msgs: Iterable[Queued]) -> None:
+    async def hold(self, msgs: Iterable[Acks]) -> None:
         # While S3 is down the games stay unacknowledged; keep them from being redelivered.
         for msg in msgs:
             with contextlib.suppress(BusError):
@@ -185,17 +192,17 @@ class Archiver:
         if not self.reports:
             return
         status = SyncStatus(
-            self.cfg.node_id,
-            self.target,
-            dict(self.archived_through),
-            self.games_archived,
-            self.newest_model,
-            self.last_error,
-            self.last_error_at,
-            time.time(),
+            node=self.cfg.node_id,
+            target=self.target,
+            archived_through=dict(self.archived_through),
+            games_archived=self.games_archived,
+            newest_model=self.newest_model,
+            last_error=self.last_error,
+            last_error_at=self.last_error_at,
+            updated_at=time.time(),
         )
         try:
-            await self.bus.write(names.REGISTRY_BUCKET, "sync.status", encode(status))
+            await self.bus.write(names.REGISTRY_BUCKET, names.SYNC_STATUS_KEY, encode(status))
         except BusError as e:
             log.warning("sync status not written: %s", e)
 
@@ -229,38 +236,40 @@ class Archiver:
         await asyncio.to_thread(
             archive.put_json, self.store, archive.layout.ratings_key(game), ratings
         )
-        history = await promotions(self.bus, game)
+        history = await promotions(self.bus, game, self.skipped_promotions)
         await asyncio.to_thread(
             archive.put_json, self.store, archive.layout.registry_history_key(game), history
         )
 
 
-_skipped_promotions: set[int] = set()  # stream sequences already logged as unreadable
 _SKIPPED_LIMIT = 10_000
 
 
-async def promotions(bus: Bus, game: str) -> list[ModelEvent]:
-    """`game`'s promotion events; an unreadable one is skipped (logged once per sequence)."""
+async def promotions(bus: Bus, game: str, skipped: set[int]) -> list[ModelEvent]:
+    """`game`'s promotion events; an unreadable one is skipped (logged once per sequence: the
+    caller's `skipped` remembers those already logged)."""
     events = []
     for msg in await bus.read_all(names.EVENTS_STREAM, names.model_event_subject("promoted")):
         try:
             events.append(decode(msg.data, ModelEvent, subject=msg.subject))
         except Exception as e:  # BadMessage, RecursionError: skipped all the same
             seq = msg.seq
-            if seq not in _skipped_promotions:
-                if len(_skipped_promotions) >= _SKIPPED_LIMIT:
-                    _skipped_promotions.clear()
-                _skipped_promotions.add(seq)
+            if seq not in skipped:
+                if len(skipped) >= _SKIPPED_LIMIT:
+                    skipped.clear()
+                skipped.add(seq)
                 log.warning("promotion event #%d skipped: %s", seq, unreadable_reason(e))
     return [e for e in events if e.game == game]
 
 
 async def games_loop(bus: Bus, arch: Archiver, me: Contender, stop: asyncio.Event) -> None:
-    await shard_loop(bus, arch, me, stop, names.GAMES_STREAM, "games.*", GAMES_CONSUMER)
+    every_game = names.games_subject(names.ANY)
+    await shard_loop(bus, arch, me, stop, names.GAMES_STREAM, every_game, GAMES_CONSUMER)
 
 
 async def results_loop(bus: Bus, arch: Archiver, me: Contender, stop: asyncio.Event) -> None:
-    await shard_loop(bus, arch, me, stop, names.RESULTS_STREAM, "results.>", RESULTS_CONSUMER)
+    every_result = names.all_results()
+    await shard_loop(bus, arch, me, stop, names.RESULTS_STREAM, every_result, RESULTS_CONSUMER)
 
 
 async def shard_loop(
@@ -279,7 +288,7 @@ async def shard_loop(
         ack_wait_s=arch.cfg.ack_wait_s,
         max_ack_pending=20 * arch.cfg.shard_games,
     )
-    sub = await queue.pull(bus, stream, subjects, consumer)
+    sub = await bus.pull(stream, subjects, consumer)
     while not stop.is_set():
         if me.term is None:
             await wait_or_stop(stop, 1.0)
@@ -295,7 +304,7 @@ async def shard_loop(
 async def models_loop(bus: Bus, arch: Archiver, me: Contender, stop: asyncio.Event) -> None:
     models = ModelStore(bus, Path(arch.cfg.cache_dir))
     subject = names.model_event_subject("candidate")
-    sub = await queue.pull(bus, names.EVENTS_STREAM, subject, MODELS_CONSUMER)
+    sub = await bus.pull(names.EVENTS_STREAM, subject, MODELS_CONSUMER)
     last_docs = 0.0
     while not stop.is_set():
         if me.term is None:
@@ -308,7 +317,7 @@ async def models_loop(bus: Bus, arch: Archiver, me: Contender, stop: asyncio.Eve
             await archive_documents_quietly(bus, arch)
 
 
-async def archive_one_model(arch: Archiver, models: ModelStore, msg: Queued) -> None:
+async def archive_one_model(arch: Archiver, models: ModelStore, msg: Acks) -> None:
     """Archive one candidate's checkpoint; an event that is unreadable, invalid or names a
     model that is not (or not intact) in the object store is dead-lettered and acked, so it
     never holds up the ones behind it nor crashes the syncer."""
@@ -351,7 +360,7 @@ def unreadable_reason(e: Exception) -> str:
 
 async def dead_letter(
     bus: Bus,
-    queued: Queued,
+    queued: Acks,
     reason: str,
     kind: str = ARCHIVE_DEAD_KIND,
     game: str = "unknown",
@@ -362,7 +371,15 @@ async def dead_letter(
     msg = queued.message
     seq, stream = msg.seq, msg.stream
     log.error("%s #%d dead-lettered: %s", stream, seq, reason)
-    letter = DeadLetter(kind, "", seq, msg.num_delivered, reason, msg.data[:65536], time.time())
+    letter = DeadLetter(
+        kind=kind,
+        job_id="",
+        stream_seq=seq,
+        deliveries=msg.num_delivered,
+        reason=reason,
+        job=msg.data[:65536],
+        at=time.time(),
+    )
     subject = names.dlq_subject(kind, _token_or(game, "unknown"), where)
     try:
         await bus.publish_durable(subject, encode(letter), msg_id=f"dlq-syncer-{stream}-{seq}")
@@ -391,7 +408,14 @@ async def archive_documents_quietly(bus: Bus, arch: Archiver) -> None:
 async def run(bus: Bus, cfg: SyncerConfig, stop: asyncio.Event) -> None:
     await bus.provision()
     store, target = open_store(cfg)
-    arch = Archiver(bus, cfg, store, target)
+    with ThreadPoolExecutor(2, thread_name_prefix="archive-manifest") as beside:
+        await archive_under_lease(bus, cfg, store, target, beside, stop)
+
+
+async def archive_under_lease(
+    bus: Bus, cfg: SyncerConfig, store: Store, target: str, beside: Executor, stop: asyncio.Event
+) -> None:
+    arch = Archiver(bus, cfg, store, target, beside=beside)
     me = Contender(
         bus,
         cfg.node_id,
@@ -400,7 +424,7 @@ async def run(bus: Bus, cfg: SyncerConfig, stop: asyncio.Event) -> None:
         register_bucket=names.ARCHIVE_LEASE_BUCKET,
         announce=False,
     )
-    results = Archiver(bus, cfg, store, target, results_name)
+    results = Archiver(bus, cfg, store, target, name_of=results_name, beside=beside)
     async with asyncio.TaskGroup() as tg:
         tg.create_task(games_loop(bus, arch, me, stop), name="games")
         tg.create_task(results_loop(bus, results, me, stop), name="results")

@@ -23,6 +23,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -33,9 +35,9 @@ from schemas import names
 from schemas.codec import BadMessage, decode, encode
 from schemas.game import GameRecord, decode_record
 from schemas.jobs import DeadLetter, ModelEvent, ModelMeta, TrainJob, TrainProgress
-from shared.bus.client import Bus, BusError
+from shared.bus.errors import BusError
 from shared.bus.message import Message
-from shared.bus.ports import Delivery, WorkQueue
+from shared.bus.ports import Bus, Delivery, WorkQueue
 from shared.learn.games import UnknownGame, game_names, get_game
 from shared.learn.net import (
     CheckpointError,
@@ -55,7 +57,7 @@ from shared.learn.training import (
     new_net,
     train,
 )
-from shared.runtime import counters
+from shared.runtime.counters import Counters
 from shared.runtime.service import main as service_main
 from shared.runtime.service import wait_or_stop
 from shared.work.jobs import JobSettings, Puller, await_consumer
@@ -86,8 +88,9 @@ class TrainerConfig(msgspec.Struct, frozen=True):
 
 
 class Trainer:
-    def __init__(self, bus: Bus, cfg: TrainerConfig) -> None:
+    def __init__(self, bus: Bus, cfg: TrainerConfig, counters: Counters | None = None) -> None:
         self.bus, self.cfg = bus, cfg
+        self.counters = Counters() if counters is None else counters
         self.windows: dict[str, ReplayWindow] = {}
         self.rejected: Counter[str] = Counter()
         self.thresholds: Thresholds = {}
@@ -172,12 +175,20 @@ class Trainer:
 
     async def quarantine(self, rejection: Rejection) -> None:
         """A record the trainer will not use goes to the dead-letter stream with the reason."""
-        seq, data, reason, game, kind = rejection
-        self.rejected[kind] += 1
-        counters.add("records_rejected")
-        log.warning("rejected game record #%d: %s", seq, reason)
-        letter = DeadLetter("records", "", seq, 0, reason[:2000], data[:65536], time.time())
-        subject = names.dlq_subject("records", game, "rejected")
+        seq = rejection.seq
+        self.rejected[rejection.kind] += 1
+        self.counters.add("records_rejected")
+        log.warning("rejected game record #%d: %s", seq, rejection.reason)
+        letter = DeadLetter(
+            kind=names.REJECTED_RECORDS,
+            job_id="",
+            stream_seq=seq,
+            deliveries=0,
+            reason=rejection.reason[:2000],
+            job=rejection.data[:65536],
+            at=time.time(),
+        )
+        subject = names.dlq_subject(names.REJECTED_RECORDS, rejection.game, names.REJECTED_GROUP)
         try:
             await self.bus.publish_durable(subject, encode(letter), msg_id=f"dlq-record-{seq}")
         except BusError as e:
@@ -186,7 +197,7 @@ class Trainer:
     # -- training jobs --------------------------------------------------------------------------
 
     async def serve(self, stop: asyncio.Event) -> None:
-        puller: WorkQueue[TrainJob] = Puller(self.bus, "train", TrainJob)
+        puller: WorkQueue[TrainJob] = Puller(self.bus, "train", TrainJob, counters=self.counters)
         while not stop.is_set():
             try:
                 delivery = await puller.next(timeout_s=2.0)
@@ -215,7 +226,7 @@ class Trainer:
         loop = asyncio.get_running_loop()
         window = self.window(job.game)
         net, report = await self.train_reporting(job, game, parent, window)
-        counters.add("train_steps_skipped", report.skipped)
+        self.counters.add("train_steps_skipped", report.skipped)
         if report.skipped:
             log.warning(
                 "train job %s skipped %d steps (first: %s)",
@@ -232,8 +243,8 @@ class Trainer:
         # Generation 0 may start with no games: it is the untrained initial network.
         if report.steps == 0 and job.parent_sha256:
             raise ValueError(f"no positions to train on for {job.game} (window empty)")
-        counters.add("train_steps", report.steps)
-        counters.add("train_positions", report.positions)
+        self.counters.add("train_steps", report.steps)
+        self.counters.add("train_positions", report.positions)
         data = await loop.run_in_executor(
             self.train_pool, checkpoint_bytes, net, job.game, job.generation
         )
@@ -241,19 +252,19 @@ class Trainer:
         first, last = window.seq_range()
         resign = window.resign_report(self.cfg.resign)
         meta = ModelMeta(
-            digest,
-            job.game,
-            job.generation,
-            job.parent_sha256,
-            len(data),
-            first,
-            last,
-            report.positions,
-            report.steps,
-            _finite(report.policy_loss),
-            _finite(report.value_loss),
-            time.time(),
-            job.job_id,
+            sha256=digest,
+            game=job.game,
+            generation=job.generation,
+            parent_sha256=job.parent_sha256,
+            size_bytes=len(data),
+            window_first_seq=first,
+            window_last_seq=last,
+            positions=report.positions,
+            steps=report.steps,
+            policy_loss=_finite(report.policy_loss),
+            value_loss=_finite(report.value_loss),
+            created_at=time.time(),
+            train_job=job.job_id,
             window_games=len(window.games),
             duplicates_skipped=window.duplicates,
             rejected_records=sum(self.rejected.values()),
@@ -265,7 +276,13 @@ class Trainer:
         await self.bus.write(names.REGISTRY_BUCKET, names.model_key(job.game, digest), encode(meta))
         self.thresholds[(job.game, digest)] = meta.resign_threshold
         await self.bus.write(names.REGISTRY_BUCKET, names.trained_key(job.job_id), encode(meta))
-        event = ModelEvent("candidate", job.game, job.generation, digest, time.time())
+        event = ModelEvent(
+            kind="candidate",
+            game=job.game,
+            generation=job.generation,
+            sha256=digest,
+            at=time.time(),
+        )
         await self.bus.publish_durable(names.model_event_subject("candidate"), encode(event))
         return meta
 
@@ -354,16 +371,16 @@ class ProgressMeter:
         now = self.clock()
         elapsed = now - self.since
         self.last = TrainProgress(
-            self.job.game,
-            self.job.job_id,
-            self.job.generation,
-            self.step,
-            self.job.steps,
-            _finite(self.policy_sum / self.steps) if self.steps else None,
-            _finite(self.value_sum / self.steps) if self.steps else None,
-            self.positions / elapsed if elapsed > 0 else 0.0,
-            time.time(),
-            done,
+            game=self.job.game,
+            job_id=self.job.job_id,
+            generation=self.job.generation,
+            step=self.step,
+            steps=self.job.steps,
+            policy_loss=_finite(self.policy_sum / self.steps) if self.steps else None,
+            value_loss=_finite(self.value_sum / self.steps) if self.steps else None,
+            samples_per_s=self.positions / elapsed if elapsed > 0 else 0.0,
+            at=time.time(),
+            done=done,
             learning_rate=self.learning_rate,
         )
         self.since = now
@@ -394,7 +411,8 @@ async def _drain(publisher: asyncio.Task[None]) -> None:
         log.warning("training progress reports dropped: not published in %.0f s", PROGRESS_DRAIN_S)
 
 
-class Rejection(NamedTuple):
+@dataclass(frozen=True, kw_only=True)
+class Rejection:
     """A record refused: why, the DLQ subject's game token, and its kind for the counts."""
 
     seq: int
@@ -421,7 +439,15 @@ def decode_all(batch: list[tuple[int, bytes]]) -> tuple[list[Decoded], list[Reje
             decoded.append(Decoded(seq, data, decode_record(data)))
         except BadMessage as e:
             reason = f"field {e.field}: {e.reason}"
-            refused.append(Rejection(seq, data, reason, "unknown", f"unreadable at {e.field}"))
+            refused.append(
+                Rejection(
+                    seq=seq,
+                    data=data,
+                    reason=reason,
+                    game="unknown",
+                    kind=f"unreadable at {e.field}",
+                )
+            )
         except Exception as e:  # any record may be hostile; none may stop the intake
             refused.append(_rejection(seq, data, "unknown", e))
     return decoded, refused
@@ -448,7 +474,9 @@ def _rejection(seq: int, data: bytes, game: str, error: Exception) -> Rejection:
     kind = type(error).__name__
     if isinstance(error, RejectedRecord):
         kind = _INDEX.sub("[]", error.field)  # one count per field, not per ply
-    return Rejection(seq, data, f"{type(error).__name__}: {error}", game, kind)
+    return Rejection(
+        seq=seq, data=data, reason=f"{type(error).__name__}: {error}", game=game, kind=kind
+    )
 
 
 def _is_token(value: str) -> bool:
@@ -463,10 +491,12 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-async def run(bus: Bus, cfg: TrainerConfig, stop: asyncio.Event) -> None:
+async def run(
+    bus: Bus, cfg: TrainerConfig, stop: asyncio.Event, counters: Counters | None = None
+) -> None:
     await bus.provision()
     await await_consumer(bus, "train", stop)
-    trainer = Trainer(bus, cfg)
+    trainer = Trainer(bus, cfg, counters)
     await trainer.follow_games()
     try:
         async with asyncio.TaskGroup() as tg:
@@ -479,7 +509,9 @@ async def run(bus: Bus, cfg: TrainerConfig, stop: asyncio.Event) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return service_main("trainer", TrainerConfig, run, argv)
+    counters = Counters()  # the process's: its pulses carry what the trainer counts
+    counted = partial(run, counters=counters)
+    return service_main("trainer", TrainerConfig, counted, argv, counters=counters)
 
 
 if __name__ == "__main__":

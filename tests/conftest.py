@@ -17,8 +17,12 @@ from typing import Any
 
 import pytest
 
-from shared.bus.client import Bus, BusConfig
+from shared.bus.client import BusConfig, NatsBus
+from shared.bus.ports import Bus
 from shared.bus.server import NatsCluster, NatsServer, ServerSpec
+
+# Registered here, before any test module imports it, so pytest can rewrite its asserts.
+pytest_plugins = ["tests.s3server"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +48,7 @@ def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
 
 @pytest.fixture
 async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
-    b = await Bus.connect(BusConfig(servers=[nats_server.url], name="test"))
+    b = await NatsBus.connect(BusConfig(servers=[nats_server.url], name="test"))
     await b.provision()
     try:
         yield b

@@ -19,7 +19,9 @@ from schemas import names
 from schemas.game import encode_record
 from schemas.jobs import BestPointer
 from shared.auth.identities import node_seed_path, seed_path
-from shared.bus.client import Bus, BusConfig, BusError
+from shared.bus.client import BusConfig, NatsBus
+from shared.bus.errors import BusError
+from shared.bus.ports import Bus
 from shared.learn.evaltypes import uniform_evaluator
 from shared.learn.games import get_game
 from shared.learn.selfplay import SelfPlayConfig, self_play
@@ -148,7 +150,7 @@ async def connect(url: str, seed: Path) -> Bus:
     deadline = time.monotonic() + 60
     while True:
         try:
-            return await Bus.connect(
+            return await NatsBus.connect(
                 BusConfig(servers=[url], name="attacker", connect_timeout_s=2, nkey_seed=str(seed))
             )
         except BusError:

@@ -1,7 +1,7 @@
 """A real S3-compatible HTTP server for tests and benchmarks: moto in server mode, as a subprocess
 on 127.0.0.1 and a free port, always stopped by its PID.
 
-Fixtures (use `pytest_plugins = ["tests.s3server"]`): `aws_env` (fake credentials for this test
+Fixtures (a plugin of tests/conftest.py): `aws_env` (fake credentials for this test
 process only), `moto_server` (one server per module), `fresh_moto` (one per test, restartable).
 """
 

@@ -50,8 +50,6 @@ from shared.archive.s3 import classify
 if TYPE_CHECKING:
     from tests.s3server import MotoServer
 
-pytest_plugins = ["tests.s3server"]
-
 GAME = "tictactoe"
 
 

@@ -13,7 +13,9 @@ import pytest
 from schemas import names
 from shared.auth.identities import ACCOUNTS_FILE, add_node, init, new_seed, write_seed
 from shared.auth.permissions import ROLES, capability_table, markdown_table, permissions
-from shared.bus.client import Bus, BusConfig, BusError, ConnectFailed, identity_inbox
+from shared.bus.client import BusConfig, NatsBus, identity_inbox
+from shared.bus.errors import BusError, ConnectFailed
+from shared.bus.ports import Bus
 from shared.bus.server import HUB_DOMAIN, LeafSpec, NatsServer, ServerSpec
 
 
@@ -71,7 +73,7 @@ async def connect(server: NatsServer, seed: Path | None, name: str) -> Bus:
         request_timeout_s=1.0,
         connect_timeout_s=3.0,
     )
-    return await Bus.connect(cfg)
+    return await NatsBus.connect(cfg)
 
 
 @pytest.fixture
@@ -154,7 +156,7 @@ async def test_a_leaf_link_carries_its_node_identity_with_its_roles(
             request_timeout_s=1.0,
             inbox_prefix=identity_inbox(link),  # replies cross the link to its identity's inbox
         )
-        edge = await Bus.connect(cfg)
+        edge = await NatsBus.connect(cfg)
         try:
             await edge.write(names.NODES_BUCKET, "edge", b"{}", ttl_s=5)
             await edge.publish_durable(names.games_subject("tictactoe"), b"g", msg_id="g-edge")

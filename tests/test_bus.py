@@ -9,8 +9,11 @@ import pytest
 from nats.aio.msg import Msg
 
 from schemas import names
-from shared.bus.client import Bus, BusConfig, CasFailed, ConnectFailed, ttl_header
+from shared.bus.client import BusConfig, NatsBus, ttl_header
+from shared.bus.errors import CasFailed, ConnectFailed
+from shared.bus.ports import Bus
 from shared.bus.server import free_port
+from tests.conftest import eventually
 
 B, K = names.ELECTION_BUCKET, "k"
 
@@ -28,7 +31,7 @@ async def test_cas_renewal_keeps_the_ttl(bus: Bus) -> None:
     """nats-py's kv.update drops the TTL; our CAS write must keep it on every renewal."""
     rev = await bus.write(B, K, b"a", ttl_s=1, expect_last=0)
     for _ in range(3):
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # renewing at half the TTL, as a lease holder does
         rev = await bus.write(B, K, b"a", ttl_s=1, expect_last=rev)
     renewed_at = time.monotonic()
     assert (await bus.last(B, K)).present
@@ -42,7 +45,7 @@ async def test_expired_and_deleted_keys_read_as_absent_with_a_revision_to_cas_on
     """No expiry markers (they would force rollups on): an expired key's subject is empty, so
     only a create takes it, a writer of the old revision cannot, and revisions still grow."""
     rev = await bus.write(B, K, b"a", ttl_s=1, expect_last=0)
-    await asyncio.sleep(1.4)
+    await asyncio.sleep(1.4)  # past the 1 s TTL
     gone = await bus.last(B, K)
     assert not gone.present and gone.revision == 0
     with pytest.raises(CasFailed):
@@ -59,7 +62,7 @@ async def test_snapshot_lists_present_keys_only(bus: Bus) -> None:
     await bus.write(names.NODES_BUCKET, "n1", b"1", ttl_s=1)
     await bus.write(names.NODES_BUCKET, "n2", b"2", ttl_s=30)
     assert set(await bus.snapshot(names.NODES_BUCKET)) == {"n1", "n2"}
-    await asyncio.sleep(1.4)
+    await asyncio.sleep(1.4)  # past n1's 1 s TTL
     assert set(await bus.snapshot(names.NODES_BUCKET)) == {"n2"}
 
 
@@ -72,24 +75,26 @@ async def test_provision_only_reads_what_exists_as_configured_and_repairs_drift(
     async def on_request(msg: Msg) -> None:
         writes.append(msg.subject)
 
-    watcher = await Bus.connect(BusConfig(servers=bus.cfg.servers, name="watcher"))
+    watcher = await NatsBus.connect(BusConfig(servers=bus.cfg.servers, name="watcher"))
     try:
         for verb in ("CREATE", "UPDATE", "DELETE", "PURGE"):
             await watcher.subscribe(f"$JS.API.STREAM.{verb}.>", on_request)
         await watcher.nc.flush()
         await bus.provision()  # the fixture already did
         await bus.nc.flush()
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # an absence: nothing to wait on but time
         assert writes == []
 
+        update = f"$JS.API.STREAM.UPDATE.{names.EVENTS_STREAM}"
         drifted = (await bus.js.stream_info(names.EVENTS_STREAM)).config
         drifted.max_age = 3600.0
         await bus.js.update_stream(drifted)
-        await asyncio.sleep(0.2)
+        await eventually(lambda: writes == [update], 5, what="the drifting update seen")
         writes.clear()
         await bus.provision()
-        await asyncio.sleep(0.2)
-        assert writes == [f"$JS.API.STREAM.UPDATE.{names.EVENTS_STREAM}"]
+        await watcher.nc.flush()  # every request provision sent has reached the watcher
+        await eventually(lambda: writes, 5, what="provision's repair seen")
+        assert writes == [update]
         assert (await bus.js.stream_info(names.EVENTS_STREAM)).config.max_age == 7 * 86400.0
     finally:
         await watcher.close()
@@ -105,7 +110,7 @@ async def test_first_connect_fails_fast_and_names_the_server() -> None:
     url = f"nats://127.0.0.1:{free_port()}"
     started = time.monotonic()
     with pytest.raises(ConnectFailed, match=url):
-        await Bus.connect(BusConfig(servers=[url], name="t", connect_timeout_s=1.0))
+        await NatsBus.connect(BusConfig(servers=[url], name="t", connect_timeout_s=1.0))
     assert time.monotonic() - started < 5
 
 

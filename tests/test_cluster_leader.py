@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from schemas import names
-from shared.bus.client import Bus, BusConfig, BusError
+from shared.bus.client import BusConfig, NatsBus
+from shared.bus.errors import BusError
+from shared.bus.ports import Bus
 from shared.bus.server import NatsCluster
 from shared.lease.audit import LeaseAudit
 from tests.conftest import Processes, eventually
@@ -21,7 +23,7 @@ STREAM = names.kv_stream(names.ELECTION_BUCKET)
 
 @pytest.fixture
 async def cbus(nats_cluster: NatsCluster) -> AsyncIterator[Bus]:
-    b = await Bus.connect(BusConfig(servers=nats_cluster.urls, name="test", replicas=3))
+    b = await NatsBus.connect(BusConfig(servers=nats_cluster.urls, name="test", replicas=3))
     await eventually(lambda: _provisioned(b), 30, what="cluster provisioning")
     try:
         yield b
@@ -51,7 +53,7 @@ async def test_leadership_survives_a_graceful_kv_stream_leader_stepdown(
     audit = await LeaseAudit().start(cbus)
     start_contenders(processes, nats_cluster.urls, ["a", "b"], replicas=3)
     lease = await eventually(lambda: current_lease(cbus), 20, what="a leader")
-    await asyncio.sleep(2)
+    await asyncio.sleep(2)  # a few 1 s renewals: the lease is settled before the stepdown
     before = await eventually(lambda: stream_leader(cbus), 10, what="a stream leader")
     await cbus.nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{STREAM}", b"", timeout=5)
     after = await eventually(lambda: _changed(cbus, before), 15, what="a new KV stream leader")
@@ -73,16 +75,16 @@ async def test_leadership_recovers_unsplit_after_the_kv_stream_leader_server_is_
     audit = await LeaseAudit().start(cbus)
     start_contenders(processes, nats_cluster.urls, ["a", "b", "c"], replicas=3)
     await eventually(lambda: current_lease(cbus), 20, what="a leader")
-    await asyncio.sleep(2)
+    await asyncio.sleep(2)  # a few 1 s renewals: the lease is settled before the kill
     victim = nats_cluster.by_name(await eventually(lambda: stream_leader(cbus), 10))
     victim.kill()
     await asyncio.sleep(8)  # stream election plus a full lease TTL
     lease = await eventually(lambda: current_lease(cbus), 30, what="a leader after the crash")
-    await asyncio.sleep(2)
+    await asyncio.sleep(2)  # stable: the same holder two renewals later
     still = await current_lease(cbus)
     assert still is not None and still.instance == lease.instance, "leadership not stable"
     victim.start()
-    await asyncio.sleep(3)
+    await asyncio.sleep(3)  # the rejoining server must cause no overlap: watched for a while
     await cbus.nc.flush()
     assert audit.overlaps() == []
     assert lease.instance in {t.instance for t in audit.terms.values()}
@@ -97,11 +99,11 @@ async def test_killing_any_one_hub_server_costs_no_failover(
     start_contenders(processes, nats_cluster.urls, ["a", "b"], replicas=3)
     first = await eventually(lambda: current_lease(cbus), 20, what="a leader")
     for victim in nats_cluster.servers:
-        await asyncio.sleep(2)
+        await asyncio.sleep(2)  # the restarted server back in the cluster before the next kill
         victim.kill()
         await asyncio.sleep(10)  # past the longest stream leader election and three lease TTLs
         victim.start()
-    await asyncio.sleep(3)
+    await asyncio.sleep(3)  # the last restart must cause no failover either: watched for a while
     await cbus.nc.flush()
     still = await eventually(lambda: current_lease(cbus), 10, what="the lease")
     assert still.instance == first.instance

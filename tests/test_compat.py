@@ -9,8 +9,8 @@ from schemas import names
 from schemas.codec import encode
 from schemas.control import PROTOCOL, ClusterProtocol, NodeStatus, Resources, ServiceState
 from schemas.jobs import EvalJob, PlayerSpec
-from shared.bus.client import Bus
 from shared.bus.compat import announce, refusal
+from shared.bus.ports import Bus
 from shared.cli.status import gather, render_text
 from shared.loop.observe import accepted_nodes, live_workers
 from shared.work.jobs import JobSettings, Puller, ensure_consumer, submit
@@ -34,8 +34,8 @@ async def put_range(bus: Bus, low: int, high: int) -> None:
 async def test_an_unsupported_build_pulls_no_work_until_accepted_again(bus: Bus) -> None:
     await ensure_consumer(bus, "eval", JobSettings())
     job = EvalJob(
-        "skew-1", "tictactoe", "gauntlet", PlayerSpec("a", agent="random"),
-        PlayerSpec("b", agent="random"), 2, 1, seed=1, group="g1",
+        job_id="skew-1", game="tictactoe", kind="gauntlet", a=PlayerSpec("a", agent="random"),
+        b=PlayerSpec("b", agent="random"), games=2, term=1, seed=1, group="g1",
     )  # fmt: skip
     await submit(bus, "eval", job)
     await put_range(bus, PROTOCOL + 1, PROTOCOL + 2)
@@ -53,9 +53,16 @@ async def test_an_unsupported_build_pulls_no_work_until_accepted_again(bus: Bus)
 def status_of(node: str, protocol: int) -> NodeStatus:
     now = time.time()
     return NodeStatus(
-        node, ["selfplay"], [ServiceState("selfplay", True, 1)], "0.1.0",
-        Resources(2, 2**30), "h", now, now, protocol=protocol,
-    )  # fmt: skip
+        node=node,
+        roles=["selfplay"],
+        services=[ServiceState(name="selfplay", alive=True, pid=1)],
+        version="0.1.0",
+        resources=Resources(2, 2**30),
+        hostname="h",
+        started_at=now,
+        sent_at=now,
+        protocol=protocol,
+    )
 
 
 async def test_status_shows_the_skewed_node_and_the_scheduler_counts_only_the_others(

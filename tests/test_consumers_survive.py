@@ -27,10 +27,10 @@ from services.syncer import (
     results_name,
 )
 from shared import archive
-from shared.bus import queue
-from shared.bus.client import Bus, BusConfig
+from shared.bus.client import BusConfig, NatsBus
+from shared.bus.ports import Bus
 from shared.bus.server import NatsServer
-from shared.cli.dashboard import model_events
+from shared.cli.dashboard import Unreadable, model_events
 from shared.cli.status import gather, render_text
 from shared.loop.effects import Effects, EffectSettings, issue
 from shared.loop.observe import observe_game, train_job_id
@@ -38,6 +38,7 @@ from shared.loop.policy import GameState, LoopConfig, Trained
 from shared.node.console import Console
 from shared.node.launcher import ROLE_SERVICES
 from shared.work.models import ModelStore
+from tests.conftest import eventually
 
 GAME = "tictactoe"
 GEN1 = PlayerSpec("gen1", "ab" * 32, sims=8)
@@ -54,9 +55,30 @@ def raw(message: msgspec.Struct, **change: Any) -> bytes:
 
 
 async def test_bad_results_do_not_stop_the_consoles_ratings(bus: Bus, tmp_path: Path) -> None:
-    job = EvalJob(f"{GAME}-g1-0", GAME, "gauntlet", GEN1, RANDOM, 10, 1, group="g1")
+    job = EvalJob(
+        job_id=f"{GAME}-g1-0",
+        game=GAME,
+        kind="gauntlet",
+        a=GEN1,
+        b=RANDOM,
+        games=10,
+        term=1,
+        group="g1",
+    )
     await issue(bus, job)
-    good = EvalResult(job.job_id, GAME, "gauntlet", GEN1, RANDOM, 7, 2, 1, 1, 1.0, "g1")
+    good = EvalResult(
+        job_id=job.job_id,
+        game=GAME,
+        kind="gauntlet",
+        a=GEN1,
+        b=RANDOM,
+        wins_a=7,
+        draws=2,
+        wins_b=1,
+        term=1,
+        finished_at=1.0,
+        group="g1",
+    )
     subject = names.results_subject(GAME, "g1")
     player = msgspec.to_builtins(GEN1)
     for bad in (
@@ -76,8 +98,17 @@ async def test_bad_results_do_not_stop_the_consoles_ratings(bus: Bus, tmp_path: 
 
 async def test_a_deeply_nested_node_key_is_shown_unreadable(bus: Bus) -> None:
     now = time.time()
-    services = [ServiceState("heartbeat", True, 1, 0.2, 4.5)]
-    fine = NodeStatus("ok", ["selfplay"], services, "0.1.0", Resources(2, 2**31), "h", 0.0, now)
+    services = [ServiceState(name="heartbeat", alive=True, pid=1, lag_p50_ms=0.2, lag_max_ms=4.5)]
+    fine = NodeStatus(
+        node="ok",
+        roles=["selfplay"],
+        services=services,
+        version="0.1.0",
+        resources=Resources(2, 2**31),
+        hostname="h",
+        started_at=0.0,
+        sent_at=now,
+    )
     await bus.write(names.NODES_BUCKET, "ok", encode(fine))
     await bus.write(names.NODES_BUCKET, "evil", raw(fine, node="evil", roles="@DEEP@"))
     report = await gather(bus)
@@ -92,7 +123,7 @@ async def test_an_invalid_candidate_is_dead_lettered_and_the_next_one_archived(
 ) -> None:
     models = ModelStore(bus, tmp_path / "cache")
     sha = await models.put(b"a checkpoint")
-    candidate = ModelEvent("candidate", GAME, 1, sha, 1.0)
+    candidate = ModelEvent(kind="candidate", game=GAME, generation=1, sha256=sha, at=1.0)
     subject = names.model_event_subject("candidate")
     await bus.publish_durable(subject, raw(candidate, game="no such game"))
     await bus.publish_durable(subject, encode(candidate))
@@ -100,7 +131,7 @@ async def test_an_invalid_candidate_is_dead_lettered_and_the_next_one_archived(
     store = archive.LocalStore(tmp_path / "archive")
     cfg = SyncerConfig("n1", str(tmp_path / "cache"), local_dir=str(tmp_path / "archive"))
     arch = Archiver(bus, cfg, store, "file://archive")
-    sub = await queue.pull(bus, names.EVENTS_STREAM, subject, MODELS_CONSUMER)
+    sub = await bus.pull(names.EVENTS_STREAM, subject, MODELS_CONSUMER)
     for msg in await sub.fetch(2, 2.0):
         await archive_one_model(arch, models, msg)
 
@@ -120,8 +151,8 @@ async def test_a_result_whose_game_cannot_be_archived_is_dead_lettered(
     await bus.publish_durable(names.results_subject(long_game, "g1"), b"{}")
     store = archive.LocalStore(tmp_path / "archive")
     cfg = SyncerConfig("n1", str(tmp_path / "cache"), local_dir=str(tmp_path / "archive"))
-    arch = Archiver(bus, cfg, store, "file://archive", results_name)
-    sub = await queue.pull(bus, names.RESULTS_STREAM, "results.>", "t")
+    arch = Archiver(bus, cfg, store, "file://archive", name_of=results_name)
+    sub = await bus.pull(names.RESULTS_STREAM, "results.>", "t")
     [msg] = await sub.fetch(1, 2.0)
     await arch.take(msg)
     [dead] = await bus.read_all(names.DLQ_STREAM, names.dlq_subject("archive", "*", "*"))
@@ -157,7 +188,7 @@ def alive(status: NodeStatus, service: str) -> bool:
 
 async def flood(url: str, node: str, count: int) -> None:
     """`count` pulses from as many invented services, on their own connection."""
-    bus = await Bus.connect(BusConfig(servers=[url], name="flood"))
+    bus = await NatsBus.connect(BusConfig(servers=[url], name="flood"))
     try:
         for i in range(count):
             await bus.nc.publish(names.pulse_subject(node, f"svc{i}"), pulse_bytes(node, f"svc{i}"))
@@ -174,27 +205,54 @@ async def pulse(bus: Bus, node: str, service: str) -> None:
 def pulse_bytes(node: str, service: str) -> bytes:
     counters = {f"c{k}": float(k) for k in range(40)}
     now = time.time()
-    return encode(ServicePulse(node, service, 7, 0.1, 0.2, now, now, counters, "x" * 200))
+    return encode(
+        ServicePulse(
+            node=node,
+            service=service,
+            pid=7,
+            lag_p50_ms=0.1,
+            lag_max_ms=0.2,
+            started_at=now,
+            sent_at=now,
+            counters=counters,
+            doing="x" * 200,
+        )
+    )
 
 
 async def status_when(
     bus: Bus, node: str, ready: Callable[[NodeStatus], bool]
 ) -> tuple[NodeStatus, int]:
     """The node's stored status once it is `ready`, and its size; every one read decodes."""
-    for _ in range(100):
+
+    async def stored() -> tuple[NodeStatus, int] | None:
         entry = await bus.last(names.NODES_BUCKET, node)
-        if entry.value is not None:
-            status = decode(entry.value, NodeStatus)
-            if ready(status):
-                return status, len(entry.value)
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"the status of {node} never became ready")
+        if entry.value is None:
+            return None
+        status = decode(entry.value, NodeStatus)
+        return (status, len(entry.value)) if ready(status) else None
+
+    found: tuple[NodeStatus, int] = await eventually(
+        stored, 10, every=0.1, what=f"the status of {node} ready"
+    )
+    return found
 
 
 def test_pulses_keep_expected_then_known_services_within_the_cap() -> None:
     pulses = Pulses(["heartbeat"], max_extra=2)
     for t, name in enumerate(["junk1", "junk2", "junk3", "selfplay-9", "heartbeat", "junk4"]):
-        pulses.take(ServicePulse("n1", name, 1, 0.0, 0.0, 0.0, 0.0), now=float(t))
+        pulses.take(
+            ServicePulse(
+                node="n1",
+                service=name,
+                pid=1,
+                lag_p50_ms=0.0,
+                lag_max_ms=0.0,
+                started_at=0.0,
+                sent_at=0.0,
+            ),
+            now=float(t),
+        )
     assert set(pulses.latest) == {"heartbeat", "junk2", "selfplay-9"}
     assert pulses.dropped == 2  # junk3 and junk4; selfplay-9 pushed junk1 (the oldest) out
     assert [s.name for s in pulses.states(["heartbeat"], 3.0)] == [
@@ -210,12 +268,12 @@ def test_the_heartbeats_known_services_are_the_launchers() -> None:
 
 
 async def test_the_dashboard_skips_unreadable_and_unknown_game_events(bus: Bus) -> None:
-    promoted = ModelEvent("promoted", GAME, 1, "ab" * 32, 1.0)
+    promoted = ModelEvent(kind="promoted", game=GAME, generation=1, sha256="ab" * 32, at=1.0)
     subject = names.model_event_subject("promoted")
     await bus.publish_durable(subject, raw(promoted, detail="@DEEP@"))
     await bus.publish_durable(subject, raw(promoted, game="no such game"))
     await bus.publish_durable(subject, encode(promoted))
-    assert await model_events(bus) == [promoted]
+    assert await model_events(bus, Unreadable()) == [promoted]
 
 
 async def test_an_unreadable_trained_marker_fails_the_training_not_every_tick(bus: Bus) -> None:
@@ -235,7 +293,21 @@ async def test_a_trained_marker_counts_only_for_its_job_game_and_a_stored_model(
     state = GameState(generation=0, best=GEN1.sha256, trainings=1, training_in_progress=True)
     job = train_job_id(GAME, 1)
     sha = await ModelStore(bus, tmp_path).put(b"a checkpoint")
-    real = ModelMeta(sha, GAME, 1, GEN1.sha256, 12, 1, 9, 100, 50, 1.0, 0.5, 0.0, job)
+    real = ModelMeta(
+        sha256=sha,
+        game=GAME,
+        generation=1,
+        parent_sha256=GEN1.sha256,
+        size_bytes=12,
+        window_first_seq=1,
+        window_last_seq=9,
+        positions=100,
+        steps=50,
+        policy_loss=1.0,
+        value_loss=0.5,
+        created_at=0.0,
+        train_job=job,
+    )
     forged = [
         msgspec.structs.replace(real, sha256="ef" * 32),  # no such model
         msgspec.structs.replace(real, train_job=f"{GAME}-t7"),

@@ -14,7 +14,7 @@ from schemas import names
 from schemas.codec import BadMessage, decode, encode
 from schemas.jobs import EvalJob, EvalResult, ModelEvent, PlayerSpec, job_group
 from services.evaluator import BadPlayer, EvaluatorConfig, check_spec
-from shared.bus.client import Bus
+from shared.bus.ports import Bus
 from shared.bus.server import NatsServer
 from shared.learn.games.tictactoe import GAME as TICTACTOE
 from shared.learn.net import NetConfig, PolicyValueNet, checkpoint_bytes
@@ -72,9 +72,28 @@ async def test_matches_are_played_and_results_stored_before_the_jobs_are_acked(
     settings = JobSettings(ack_wait_s=10.0, max_deliver=3)
     await ensure_consumer(bus, "eval", settings)
     model = PlayerSpec("gen1", sha256=await store_tiny_model(bus, tmp_path), sims=8)
-    gauntlet = EvalJob("ev-1", "tictactoe", "gauntlet", RANDOM, ONESTEP, 20, 1, seed=3)
+    gauntlet = EvalJob(
+        job_id="ev-1",
+        game="tictactoe",
+        kind="gauntlet",
+        a=RANDOM,
+        b=ONESTEP,
+        games=20,
+        term=1,
+        seed=3,
+    )
     await submit(bus, "eval", gauntlet)
-    match = EvalJob("ev-2", "tictactoe", "match", model, RANDOM, 6, 1, seed=7, group="m1")
+    match = EvalJob(
+        job_id="ev-2",
+        game="tictactoe",
+        kind="match",
+        a=model,
+        b=RANDOM,
+        games=6,
+        term=1,
+        seed=7,
+        group="m1",
+    )
     await submit(bus, "eval", match)
     start_evaluator(processes, nats_server.url, tmp_path, settings)
     await eventually(lambda: queue_empty(bus), 20, what="both jobs acknowledged")
@@ -98,8 +117,20 @@ async def test_unusable_players_are_retried_with_the_reason_reported(
     await ensure_consumer(bus, "eval", settings)
     missing = PlayerSpec("gen9", sha256="ab" * 32, sims=8)
     bad_agent = PlayerSpec("mcts:x", agent="mcts:x")
-    await submit(bus, "eval", EvalJob("ev-3", "tictactoe", "match", missing, RANDOM, 4, 1))
-    await submit(bus, "eval", EvalJob("ev-5", "tictactoe", "match", RANDOM, bad_agent, 4, 1))
+    await submit(
+        bus,
+        "eval",
+        EvalJob(
+            job_id="ev-3", game="tictactoe", kind="match", a=missing, b=RANDOM, games=4, term=1
+        ),
+    )
+    await submit(
+        bus,
+        "eval",
+        EvalJob(
+            job_id="ev-5", game="tictactoe", kind="match", a=RANDOM, b=bad_agent, games=4, term=1
+        ),
+    )
     start_evaluator(processes, nats_server.url, tmp_path, settings)
 
     def second_failure(job_id: str) -> Callable[[], Awaitable[str]]:
@@ -139,7 +170,11 @@ async def test_a_stopped_evaluator_hands_its_job_back(
     await ensure_consumer(bus, "eval", settings)
     slow = PlayerSpec("mcts:2000", agent="mcts:2000")
     other = PlayerSpec("mcts:2000-b", agent="mcts:2000")
-    await submit(bus, "eval", EvalJob("ev-4", "connect4", "match", slow, other, 200, 1))
+    await submit(
+        bus,
+        "eval",
+        EvalJob(job_id="ev-4", game="connect4", kind="match", a=slow, b=other, games=200, term=1),
+    )
     proc = start_evaluator(processes, nats_server.url, tmp_path, settings)
 
     await eventually(lambda: match_job_being_played(bus), 15, what="the job being played")
@@ -153,7 +188,13 @@ async def test_a_stopped_evaluator_hands_its_job_back(
 async def test_a_worker_takes_matches_before_gauntlets_before_rating_games(bus: Bus) -> None:
     await ensure_consumer(bus, "eval", JobSettings())
     for job_id, kind in (("r1", "rating"), ("g1", "gauntlet"), ("r2", "rating"), ("m1", "match")):
-        await submit(bus, "eval", EvalJob(job_id, "tictactoe", kind, RANDOM, ONESTEP, 2, 1))
+        await submit(
+            bus,
+            "eval",
+            EvalJob(
+                job_id=job_id, game="tictactoe", kind=kind, a=RANDOM, b=ONESTEP, games=2, term=1
+            ),
+        )
     puller = Puller(bus, "eval", EvalJob, probe_s=0.2)
     order = []
     while (delivery := await puller.next(timeout_s=0.5)) is not None:
@@ -169,7 +210,16 @@ async def test_a_match_waits_behind_at_most_one_job_of_a_rating_flood(
     await ensure_consumer(bus, "eval", settings)
     slow = PlayerSpec("mcts:40", agent="mcts:40")
     for k in range(12):
-        job = EvalJob(f"flood-{k}", "tictactoe", "rating", ONESTEP, slow, 10, 1, seed=k + 1)
+        job = EvalJob(
+            job_id=f"flood-{k}",
+            game="tictactoe",
+            kind="rating",
+            a=ONESTEP,
+            b=slow,
+            games=10,
+            term=1,
+            seed=k + 1,
+        )
         await submit(bus, "eval", job)
     start_evaluator(processes, nats_server.url, tmp_path, settings)
 
@@ -178,7 +228,17 @@ async def test_a_match_waits_behind_at_most_one_job_of_a_rating_flood(
 
     await eventually(rating_played, 30, what="a rating job played")
     matches = [
-        EvalJob(f"m-{k}", "tictactoe", "match", RANDOM, ONESTEP, 6, 1, seed=k + 1, group="m1")
+        EvalJob(
+            job_id=f"m-{k}",
+            game="tictactoe",
+            kind="match",
+            a=RANDOM,
+            b=ONESTEP,
+            games=6,
+            term=1,
+            seed=k + 1,
+            group="m1",
+        )
         for k in range(3)
     ]
     for job in matches:
@@ -211,11 +271,31 @@ async def test_match_jobs_of_a_decided_match_are_dropped_unplayed(
     settings = JobSettings(ack_wait_s=10.0, max_deliver=3)
     await ensure_consumer(bus, "eval", settings)
     model = PlayerSpec("gen1", sha256=await store_tiny_model(bus, tmp_path), sims=4)
-    decided = ModelEvent("promoted", "tictactoe", 1, model.sha256, 0.0)
+    decided = ModelEvent(
+        kind="promoted", game="tictactoe", generation=1, sha256=model.sha256, at=0.0
+    )
     key = names.decided_key("tictactoe", model.sha256)
     await bus.write(names.REGISTRY_BUCKET, key, encode(decided))
-    stale = EvalJob("m-stale", "tictactoe", "match", model, RANDOM, 6, 1, group="m1")
-    live = EvalJob("g-live", "tictactoe", "gauntlet", model, RANDOM, 4, 1, group="g1-0")
+    stale = EvalJob(
+        job_id="m-stale",
+        game="tictactoe",
+        kind="match",
+        a=model,
+        b=RANDOM,
+        games=6,
+        term=1,
+        group="m1",
+    )
+    live = EvalJob(
+        job_id="g-live",
+        game="tictactoe",
+        kind="gauntlet",
+        a=model,
+        b=RANDOM,
+        games=4,
+        term=1,
+        group="g1-0",
+    )
     for job in (stale, live):
         await submit(bus, "eval", job)
     start_evaluator(processes, nats_server.url, tmp_path, settings)
@@ -229,12 +309,23 @@ async def test_a_match_job_being_played_is_dropped_once_its_match_is_decided(
     settings = JobSettings(ack_wait_s=60.0, max_deliver=3)
     await ensure_consumer(bus, "eval", settings)
     model = PlayerSpec("gen1", sha256=await store_tiny_model(bus, tmp_path), sims=2000)
-    long_job = EvalJob("m-long", "tictactoe", "match", model, RANDOM, 400, 1, group="m1")
+    long_job = EvalJob(
+        job_id="m-long",
+        game="tictactoe",
+        kind="match",
+        a=model,
+        b=RANDOM,
+        games=400,
+        term=1,
+        group="m1",
+    )
     await submit(bus, "eval", long_job)
     start_evaluator(processes, nats_server.url, tmp_path, settings)
 
     await eventually(lambda: match_job_being_played(bus), 20, what="the match job being played")
-    decided = ModelEvent("rejected", "tictactoe", 1, model.sha256, 0.0)
+    decided = ModelEvent(
+        kind="rejected", game="tictactoe", generation=1, sha256=model.sha256, at=0.0
+    )
     await bus.write(
         names.REGISTRY_BUCKET, names.decided_key("tictactoe", model.sha256), encode(decided)
     )

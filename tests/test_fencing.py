@@ -6,14 +6,20 @@ import pytest
 
 from schemas import names
 from schemas.jobs import BestPointer
-from shared.bus.client import Bus
+from shared.bus.ports import Bus
 from shared.lease.fencing import StaleTerm, cas_put, fenced_put, read_termed
 
 KEY = names.best_key("tictactoe")
 
 
 def pointer(generation: int, term: int) -> BestPointer:
-    return BestPointer("tictactoe", generation, f"{generation:064x}", term, 0.0)
+    return BestPointer(
+        game="tictactoe",
+        generation=generation,
+        sha256=f"{generation:064x}",
+        term=term,
+        promoted_at=0.0,
+    )
 
 
 async def test_a_write_stamped_with_an_old_term_is_rejected(bus: Bus) -> None:

@@ -89,7 +89,7 @@ from shared.auth.permissions import (
     permissions,
 )
 from shared.bus import provision
-from shared.bus.client import Bus
+from shared.bus.ports import Bus
 from shared.bus.server import free_port
 from shared.learn.evaltypes import uniform_evaluator
 from shared.learn.games import get_game
@@ -299,24 +299,125 @@ def templates(best: str) -> dict[str, Template]:
     now = time.time()
     random, onestep = PlayerSpec("random", agent="random"), PlayerSpec("onestep", agent="onestep")
     gen1 = PlayerSpec("gen1", best, sims=8)
-    meta = ModelMeta(FAKE_SHA, GAME, 1, best, 100, 1, 10, 100, 1, 1.0, 0.1, now, "fuzz-job")
-    state = ServiceState("selfplay", True, 4242, 0.1, 0.5, 0.2, {"games": 1.0})
+    meta = ModelMeta(
+        sha256=FAKE_SHA,
+        game=GAME,
+        generation=1,
+        parent_sha256=best,
+        size_bytes=100,
+        window_first_seq=1,
+        window_last_seq=10,
+        positions=100,
+        steps=1,
+        policy_loss=1.0,
+        value_loss=0.1,
+        created_at=now,
+        train_job="fuzz-job",
+    )
+    state = ServiceState(
+        name="selfplay",
+        alive=True,
+        pid=4242,
+        lag_p50_ms=0.1,
+        lag_max_ms=0.5,
+        last_pulse_age_s=0.2,
+        counters={"games": 1.0},
+    )
     messages: dict[str, msgspec.Struct] = {
-        "pulse": ServicePulse(NODE, "selfplay", 4242, 0.1, 0.5, now, now, {"games": 1.0}),
-        "result": EvalResult("tictactoe-m1-0", GAME, "match", gen1, random, 1, 0, 1, 1, now),
-        "model_event": ModelEvent("candidate", GAME, 1, best, now),
-        "leader_event": LeaderEvent("elected", NODE, "fuzz-instance", 1, now),
-        "progress": TrainProgress(GAME, "tictactoe-t1", 1, 10, 300, 1.0, 0.1, 1000.0, now),
-        "failure": JobFailure("fuzz-job", "selfplay", NODE, "fuzz", 1, now),
-        "validity": LeaderValidity(NODE, "fuzz-instance", 1, now, now + 3),
-        "selfplay_job": SelfplayJob("fuzz-sp", GAME, best, 1, 2, 2, 1),
-        "train_job": TrainJob("fuzz-t", GAME, 1, best, 10, 1, 1, group="t9"),
-        "eval_job": EvalJob("fuzz-e", GAME, "rating", random, onestep, 2, 1, group="r"),
-        "dead_letter": DeadLetter("eval", "tictactoe-m1-0", 1, 5, "fuzz", b"{}", now),
+        "pulse": ServicePulse(
+            node=NODE,
+            service="selfplay",
+            pid=4242,
+            lag_p50_ms=0.1,
+            lag_max_ms=0.5,
+            started_at=now,
+            sent_at=now,
+            counters={"games": 1.0},
+        ),
+        "result": EvalResult(
+            job_id="tictactoe-m1-0",
+            game=GAME,
+            kind="match",
+            a=gen1,
+            b=random,
+            wins_a=1,
+            draws=0,
+            wins_b=1,
+            term=1,
+            finished_at=now,
+        ),
+        "model_event": ModelEvent(kind="candidate", game=GAME, generation=1, sha256=best, at=now),
+        "leader_event": LeaderEvent(
+            kind="elected", node=NODE, instance="fuzz-instance", term=1, at=now
+        ),
+        "progress": TrainProgress(
+            game=GAME,
+            job_id="tictactoe-t1",
+            generation=1,
+            step=10,
+            steps=300,
+            policy_loss=1.0,
+            value_loss=0.1,
+            samples_per_s=1000.0,
+            at=now,
+        ),
+        "failure": JobFailure(
+            job_id="fuzz-job", kind="selfplay", node=NODE, reason="fuzz", delivery=1, at=now
+        ),
+        "validity": LeaderValidity(
+            node=NODE, instance="fuzz-instance", term=1, valid_from=now, valid_until=now + 3
+        ),
+        "selfplay_job": SelfplayJob(
+            job_id="fuzz-sp", game=GAME, model_sha256=best, generation=1, games=2, sims=2, term=1
+        ),
+        "train_job": TrainJob(
+            job_id="fuzz-t",
+            game=GAME,
+            generation=1,
+            parent_sha256=best,
+            steps=1,
+            term=1,
+            group="t9",
+        ),
+        "eval_job": EvalJob(
+            job_id="fuzz-e",
+            game=GAME,
+            kind="rating",
+            a=random,
+            b=onestep,
+            games=2,
+            term=1,
+            group="r",
+        ),
+        "dead_letter": DeadLetter(
+            kind="eval",
+            job_id="tictactoe-m1-0",
+            stream_seq=1,
+            deliveries=5,
+            reason="fuzz",
+            job=b"{}",
+            at=now,
+        ),
         "model_meta": meta,
-        "sync_status": SyncStatus(NODE, "file://x", {GAME: 10}, 10, best, "", 0.0, now),
+        "sync_status": SyncStatus(
+            node=NODE,
+            target="file://x",
+            archived_through={GAME: 10},
+            games_archived=10,
+            newest_model=best,
+            last_error="",
+            last_error_at=0.0,
+            updated_at=now,
+        ),
         "node_status": NodeStatus(
-            NODE, ["selfplay"], [state], "0.1.0", Resources(2, 2**33), "host", now, now
+            node=NODE,
+            roles=["selfplay"],
+            services=[state],
+            version="0.1.0",
+            resources=Resources(2, 2**33),
+            hostname="host",
+            started_at=now,
+            sent_at=now,
         ),
     }
     found = {kind: Template(builtins(m)) for kind, m in messages.items()}

@@ -11,9 +11,9 @@ import pytest
 from schemas import names
 from schemas.codec import decode, encode
 from schemas.jobs import DeadLetter, SelfplayJob
-from shared.bus.client import Bus
+from shared.bus.ports import Bus
 from shared.bus.queue import Queued
-from shared.runtime import counters
+from shared.runtime.counters import Counters
 from shared.work.jobs import (
     Delivery,
     JobSettings,
@@ -28,7 +28,9 @@ FAST = JobSettings(ack_wait_s=1.0, max_deliver=2)
 
 
 def job(n: int) -> SelfplayJob:
-    return SelfplayJob(f"sp-{n}", "tictactoe", "", 0, 4, 8, term=1)
+    return SelfplayJob(
+        job_id=f"sp-{n}", game="tictactoe", model_sha256="", generation=0, games=4, sims=8, term=1
+    )
 
 
 @pytest.fixture
@@ -99,7 +101,7 @@ async def test_a_malformed_job_is_dead_lettered_at_once_naming_the_field(queue: 
     )
     letter = decode(stored.data or b"", DeadLetter)
     assert "bad job" in letter.reason and "$." in letter.reason
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(1.5)  # an absence: past the 1 s ack wait, when an unended job comes back
     assert await puller.next(0.5) is None, "a terminated job is not redelivered"
 
 
@@ -131,8 +133,11 @@ async def test_a_job_no_attempt_could_do_is_dead_lettered_naming_the_field(
 
 
 async def test_a_job_in_hand_is_what_the_process_is_doing() -> None:
-    job = SelfplayJob("sp-doing", "tictactoe", "", 0, games=1, sims=1, term=1)
-    delivery = Delivery(cast(Queued, object()), job, "selfplay")
+    job = SelfplayJob(
+        job_id="sp-doing", game="tictactoe", model_sha256="", generation=0, games=1, sims=1, term=1
+    )
+    counters = Counters()
+    delivery = Delivery(cast(Queued, object()), job, "selfplay", counters)
     assert counters.doing() == ""
     async with delivery.kept_alive(every_s=60):
         assert counters.doing() == "selfplay sp-doing"

@@ -9,7 +9,8 @@ import time
 from schemas import names
 from schemas.codec import BadMessage, decode
 from schemas.control import Lease
-from shared.bus.client import Bus, BusError
+from shared.bus.errors import BusError
+from shared.bus.ports import Bus
 from shared.bus.server import NatsServer
 from shared.lease.audit import LeaseAudit
 from tests.conftest import Processes, eventually, process_config

@@ -14,7 +14,9 @@ from schemas import names
 from schemas.codec import decode
 from schemas.control import NodeStatus
 from schemas.jobs import EvalJob, PlayerSpec
-from shared.bus.client import Bus, BusConfig, CasFailed
+from shared.bus.client import BusConfig, NatsBus
+from shared.bus.errors import CasFailed
+from shared.bus.ports import Bus
 from shared.bus.server import HUB_DOMAIN, LeafSpec, NatsServer, pid_alive
 from shared.work.jobs import JobSettings, Puller, ensure_consumer, submit
 from shared.work.models import ModelStore
@@ -25,7 +27,7 @@ from tests.conftest import Processes, eventually
 async def leaf_bus(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Bus]:
     leaf = NatsServer(LeafSpec("edge", tmp_path / "edge", (nats_server.leaf_url,))).start()
     try:
-        bus = await Bus.connect(BusConfig(servers=[leaf.url], name="edge", domain=HUB_DOMAIN))
+        bus = await NatsBus.connect(BusConfig(servers=[leaf.url], name="edge", domain=HUB_DOMAIN))
         try:
             yield bus
         finally:
@@ -53,8 +55,8 @@ async def test_everything_a_worker_does_works_through_a_leaf(
     # Jobs: the shared durable consumer, a pull and an ack that the hub sees.
     await ensure_consumer(leaf_bus, "eval", JobSettings())
     job = EvalJob(
-        "leaf-1", "tictactoe", "gauntlet", PlayerSpec("a", agent="random"),
-        PlayerSpec("b", agent="random"), 2, 1, seed=1, group="g1",
+        job_id="leaf-1", game="tictactoe", kind="gauntlet", a=PlayerSpec("a", agent="random"),
+        b=PlayerSpec("b", agent="random"), games=2, term=1, seed=1, group="g1",
     )  # fmt: skip
     await submit(bus, "eval", job)
     delivery = await Puller(leaf_bus, "eval", EvalJob).next(timeout_s=5)

@@ -12,7 +12,9 @@ import pytest
 from schemas import names
 from shared.auth import permissions
 from shared.bus import provision
-from shared.bus.client import Bus, BusConfig, NoPlacement, Unavailable
+from shared.bus.client import BusConfig, NatsBus
+from shared.bus.errors import NoPlacement, Unavailable
+from shared.bus.ports import Bus
 from shared.bus.server import NatsCluster, NatsServer, ServerSpec, server_binary
 from tests.conftest import eventually
 
@@ -75,7 +77,7 @@ async def provisioned(bus: Bus) -> bool:
 
 @pytest.mark.slow
 async def test_a_cluster_gets_three_r1_slots_on_three_servers(nats_cluster: NatsCluster) -> None:
-    bus = await Bus.connect(BusConfig(servers=nats_cluster.urls, name="test", replicas=3))
+    bus = await NatsBus.connect(BusConfig(servers=nats_cluster.urls, name="test", replicas=3))
     try:
         await eventually(lambda: provisioned(bus), 30, what="cluster provisioning")
         for wanted in provision.lease_slot_streams(3):
@@ -97,7 +99,7 @@ async def test_a_cluster_without_slot_tags_fails_naming_the_tag(tmp_path: Path) 
     untagged = [NatsServer(dataclasses.replace(s.spec, tags=())) for s in tagged.servers]
     cluster = NatsCluster(untagged).start()
     try:
-        bus = await Bus.connect(BusConfig(servers=cluster.urls, name="test", replicas=3))
+        bus = await NatsBus.connect(BusConfig(servers=cluster.urls, name="test", replicas=3))
         try:
             with pytest.raises(NoPlacement, match=r"KV_election-1.*lease-slot-1.*server tag"):
                 await eventually(lambda: provisioned(bus), 30, what="cluster provisioning")

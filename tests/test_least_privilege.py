@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -27,7 +27,9 @@ from shared.auth import permissions
 from shared.auth.identities import ACCOUNTS_FILE, add_node, init, node_roles, node_seed_path
 from shared.auth.permissions import Role
 from shared.bus import provision
-from shared.bus.client import Bus, BusConfig, BusError, identity_inbox
+from shared.bus.client import BusConfig, NatsBus, identity_inbox
+from shared.bus.errors import BusError
+from shared.bus.ports import Bus
 from shared.bus.server import NatsServer, ServerSpec
 from shared.cli import main as cli
 from shared.lease.holder import Contender, hold
@@ -102,7 +104,7 @@ class Identities:
                 request_timeout_s=0.5,
                 connect_timeout_s=3.0,
             )
-            self.buses[who] = await Bus.connect(cfg)
+            self.buses[who] = await NatsBus.connect(cfg)
         return self.buses[who]
 
     async def close(self) -> None:
@@ -391,9 +393,12 @@ async def test_each_identity_reads_only_its_own_inbox(
     await selfplay.last(names.REGISTRY_BUCKET, "anything")  # a request: its reply to its inbox
     async with selfplay.watch(names.REGISTRY_BUCKET, "k"):  # a watch delivers to its inbox
         await selfplay.nc.flush()
-    await asyncio.sleep(0.2)
+    # Once admin has seen the replies, the evaluator's snooping would have too.
+    await eventually(
+        lambda: any(s.startswith(f"{prefix}.") for s in everything), 5, what="admin sees replies"
+    )
+    await evaluator.nc.flush()
     assert seen == []
-    assert any(s.startswith(f"{prefix}.") for s in everything)
     logged = " ".join(r.getMessage() for r in caplog.records).lower()
     assert 'permissions violation for subscription to "_inbox.>"' in logged
     assert f'permissions violation for subscription to "{prefix.lower()}.>"' in logged
@@ -576,7 +581,9 @@ async def test_the_services_work_still_works_without_creating_shared_consumers(
     trainer, syncer = await ids("trainer"), await ids("syncer")
     await coordinator.provision()  # everything is there: it only reads
     assert await await_consumer(selfplay, "selfplay", asyncio.Event(), every_s=0.05)
-    job = SelfplayJob("j1", GAME, "", generation=0, games=1, sims=2, term=1)
+    job = SelfplayJob(
+        job_id="j1", game=GAME, model_sha256="", generation=0, games=1, sims=2, term=1
+    )
     await submit(coordinator, "selfplay", job)
     delivery = await Puller(selfplay, "selfplay", SelfplayJob).next(timeout_s=3)
     assert delivery is not None and delivery.job.job_id == "j1"
@@ -600,7 +607,7 @@ async def test_the_services_work_still_works_without_creating_shared_consumers(
     )
     [msg] = await sub.fetch(1, timeout=2)
     await msg.ack_sync()
-    await _until(lambda: got == [b"g1"])
+    await eventually(lambda: got == [b"g1"], 3, what="g1")
     # Results, read back through an ephemeral consumer by the coordinator.
     evaluator = await ids("evaluator")
     await evaluator.publish_durable(names.results_subject(GAME, "r"), b"r1", msg_id="r1")
@@ -614,7 +621,7 @@ async def test_a_worker_waits_for_the_coordinator_to_create_its_consumer(
     evaluator, coordinator = await ids("evaluator"), await ids("coordinator")
     stop = asyncio.Event()
     waiting = asyncio.create_task(await_consumer(evaluator, "eval", stop, every_s=0.05))
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)  # an absence: still waiting after a few of its 0.05 s polls
     assert not waiting.done()
     await ensure_consumer(coordinator, "eval", JobSettings())
     assert await asyncio.wait_for(waiting, 3)
@@ -641,18 +648,11 @@ async def test_a_follower_goes_on_from_where_it_was_when_its_consumer_is_lost(
 
     await selfplay.publish_durable(names.games_subject(GAME), b"g1")
     await trainer.follow(names.GAMES_STREAM, names.games_subject("*"), 1, take, wait_s=0.5)
-    await _until(lambda: got == [b"g1"])
+    await eventually(lambda: got == [b"g1"], 3, what="g1")
     [follower] = [c.name for c in await admin.js.consumers_info(names.GAMES_STREAM)]
     await admin.js.delete_consumer(names.GAMES_STREAM, follower)
     await selfplay.publish_durable(names.games_subject(GAME), b"g2")
-    await _until(lambda: got == [b"g1", b"g2"])
-
-
-async def _until(check: Callable[[], bool], timeout_s: float = 3.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
+    await eventually(lambda: got == [b"g1", b"g2"], 3, what="g1 and g2")
 
 
 def test_cli_adds_a_node_identity_and_provisions_as_admin(secured: NatsServer, auth: Path) -> None:

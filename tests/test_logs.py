@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.bus.client import Bus
+from shared.bus.ports import Bus
 from shared.bus.server import NatsServer
 from shared.cli.logs import render
 from shared.runtime.buslog import RATE_PER_S, BusLogHandler, levels_from

@@ -16,7 +16,7 @@ def test_cpu_is_attributed_to_the_service_a_process_runs() -> None:
     try:
         ledger = CpuLedger(os.getpid())
         ledger.read()
-        time.sleep(1.0)
+        time.sleep(1.0)  # the window the ledger measures while the child burns CPU
         ledger.read()
     finally:
         proc.wait(10)

@@ -22,7 +22,7 @@ import pytest
 from schemas import names
 from schemas.codec import decode
 from schemas.jobs import BestPointer, EvalJob, EvalResult, PlayerSpec
-from shared.bus.client import Bus
+from shared.bus.ports import Bus
 from shared.bus.server import free_port
 from shared.learn.games import get_game
 from shared.learn.search.agent import checkpoint_agent
@@ -94,7 +94,7 @@ async def test_tictactoe_reaches_perfect_play_within_ten_minutes(
                 )
                 if report.perfect:
                     break
-            await asyncio.sleep(5)
+            await asyncio.sleep(5)  # a poll: each check may load a model and solve the game
         elapsed = time.monotonic() - started
         assert any(r.perfect for r in checked.values()), (
             f"no perfect model in {elapsed:.0f}s: {[len(r.mistakes) for r in checked.values()]}"
@@ -117,7 +117,16 @@ async def flood_with_rating_jobs(bus: Bus, count: int) -> None:
     slow = PlayerSpec("mcts:100", agent="mcts:100")
     onestep = PlayerSpec("onestep", agent="onestep")
     for k in range(count):
-        job = EvalJob(f"flood-{k}", "tictactoe", "rating", onestep, slow, 20, 0, group="r")
+        job = EvalJob(
+            job_id=f"flood-{k}",
+            game="tictactoe",
+            kind="rating",
+            a=onestep,
+            b=slow,
+            games=20,
+            term=0,
+            group="r",
+        )
         await issue(bus, job)  # as the leader would: only an issued job's result counts
 
 

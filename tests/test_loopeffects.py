@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from schemas import names
 from schemas.codec import decode, encode
 from schemas.jobs import ModelEvent, ModelMeta, TrainJob
-from shared.bus.client import Bus
+from shared.bus.ports import Bus
 from shared.loop.effects import Effects, EffectSettings, selfplay_sims
 from shared.loop.policy import GameState, LoopConfig, LoopState, Reject, StartTraining
 from shared.loop.presets import BadTuning, preset, tuned
@@ -40,7 +40,21 @@ def test_the_budget_stays_between_start_and_full(
 
 async def test_selfplay_jobs_carry_the_calibrated_resign_threshold_when_enabled(bus: Bus) -> None:
     await bus.provision()
-    meta = ModelMeta("ab" * 32, "tictactoe", 3, "", 10, 1, 9, 100, 50, 1.0, 0.5, 0.0, "t3")
+    meta = ModelMeta(
+        sha256="ab" * 32,
+        game="tictactoe",
+        generation=3,
+        parent_sha256="",
+        size_bytes=10,
+        window_first_seq=1,
+        window_last_seq=9,
+        positions=100,
+        steps=50,
+        policy_loss=1.0,
+        value_loss=0.5,
+        created_at=0.0,
+        train_job="t3",
+    )
     meta = msgspec.structs.replace(meta, resign_threshold=-0.93, resign_samples=400)
     await bus.write(names.REGISTRY_BUCKET, names.model_key("tictactoe", meta.sha256), encode(meta))
     loop = LoopConfig(games=("tictactoe",))
@@ -81,7 +95,9 @@ async def test_a_decided_match_is_marked_for_the_evaluators(bus: Bus) -> None:
     await bus.provision()
     effects = Effects(bus, LoopConfig(games=("tictactoe",)), EffectSettings(), term=1)
     result = sprt(10, 0, 90, SprtConfig())
-    await effects.carry_out(Reject("tictactoe", "cd" * 32, 3, result), LoopState())
+    await effects.carry_out(
+        Reject(game="tictactoe", candidate="cd" * 32, generation=3, result=result), LoopState()
+    )
     entry = await bus.last(names.REGISTRY_BUCKET, names.decided_key("tictactoe", "cd" * 32))
     assert entry.value is not None
     event = decode(entry.value, ModelEvent)
@@ -92,7 +108,19 @@ async def test_training_after_a_rejected_candidate_starts_from_the_best(bus: Bus
     await bus.provision()
     effects = Effects(bus, LoopConfig(games=("tictactoe",)), EffectSettings(), term=1)
     rejected = ModelMeta(
-        "cd" * 32, "tictactoe", 3, "ab" * 32, 10, 1, 9, 100, 50, 1.0, 0.5, 0.0, "tictactoe-t2"
+        sha256="cd" * 32,
+        game="tictactoe",
+        generation=3,
+        parent_sha256="ab" * 32,
+        size_bytes=10,
+        window_first_seq=1,
+        window_last_seq=9,
+        positions=100,
+        steps=50,
+        policy_loss=1.0,
+        value_loss=0.5,
+        created_at=0.0,
+        train_job="tictactoe-t2",
     )
     await bus.write(names.REGISTRY_BUCKET, names.trained_key("tictactoe-t2"), encode(rejected))
     state = LoopState({"tictactoe": GameState(generation=2, best="ab" * 32, trainings=2)})

@@ -15,7 +15,7 @@ from schemas.codec import encode
 from schemas.control import Lease, NodeStatus, Resources, ServiceState
 from schemas.jobs import SelfplayJob
 from services.scheduler import STATE_KEY, LoopRecord
-from shared.bus.client import Bus
+from shared.bus.ports import Bus
 from shared.cli.metrics import BusCollector
 from shared.cli.status import gather
 from shared.loop.phase import MatchPhase, Phase
@@ -27,27 +27,67 @@ MATCH = Phase(
     generation=2,
     games=0,
     games_needed=400,
-    match=MatchPhase("cd" * 32, 40, 60, 200, 30, 4, 6, 1.5, -2.94, 2.94, 120.0),
+    match=MatchPhase(
+        candidate="cd" * 32,
+        games=40,
+        scheduled=60,
+        max_games=200,
+        wins=30,
+        draws=4,
+        losses=6,
+        llr=1.5,
+        lower=-2.94,
+        upper=2.94,
+        elo=120.0,
+    ),
 )
 
 
 def node(node_id: str, roles: list[str], lag: float) -> NodeStatus:
     now = time.time()
     work = {"games": 120.0, "simulations": 9000.0} if "selfplay" in roles else {}
-    services = [ServiceState("heartbeat", True, 1, 0.1, lag, counters=work)]
-    return NodeStatus(node_id, roles, services, "0.1.0", Resources(2, 2**30), "h", now, now)
+    services = [
+        ServiceState(
+            name="heartbeat", alive=True, pid=1, lag_p50_ms=0.1, lag_max_ms=lag, counters=work
+        )
+    ]
+    return NodeStatus(
+        node=node_id,
+        roles=roles,
+        services=services,
+        version="0.1.0",
+        resources=Resources(2, 2**30),
+        hostname="h",
+        started_at=now,
+        sent_at=now,
+    )
 
 
 async def seed(bus: Bus) -> None:
     await bus.write(names.NODES_BUCKET, "n1", encode(node("n1", ["coordinator"], 3.5)), ttl_s=30)
     await bus.write(names.NODES_BUCKET, "n2", encode(node("n2", ["selfplay"], 7.0)), ttl_s=30)
-    lease = Lease("n1", "i1", 0, time.time(), 3)
+    lease = Lease(node="n1", instance="i1", term=0, acquired_at=time.time(), ttl_s=3)
     await bus.write(names.ELECTION_BUCKET, names.LEADER_KEY, encode(lease))
     state = LoopState({"tictactoe": GameState(generation=2, best="ab" * 32, trainings=2)})
-    record = LoopRecord(4, state, time.time(), phases={"tictactoe": MATCH}, evaluation_share=0.12)
+    record = LoopRecord(
+        term=4,
+        state=state,
+        updated_at=time.time(),
+        phases={"tictactoe": MATCH},
+        evaluation_share=0.12,
+    )
     await bus.write(names.LOOP_BUCKET, STATE_KEY, encode(record))
     for i in range(3):
-        job = SelfplayJob(f"sp-{i}", "tictactoe", "ab" * 32, 2, 10, 8, 4, group="sp")
+        job = SelfplayJob(
+            job_id=f"sp-{i}",
+            game="tictactoe",
+            model_sha256="ab" * 32,
+            generation=2,
+            games=10,
+            sims=8,
+            term=4,
+            group="sp",
+        )
         await submit(bus, "selfplay", job)
 
 
@@ -71,6 +111,7 @@ async def test_metrics_parse_and_match_status_for_the_same_moment(bus: Bus) -> N
         report = await gather(bus)
     finally:
         server.shutdown()
+        server.server_close()
         thread.join(5)
     assert samples[("conclave_nodes_alive", ())] == report.nodes_alive == 2
     for role, count in report.alive_by_role.items():

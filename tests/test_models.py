@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from schemas import names
-from shared.bus.client import Bus
+from shared.bus.ports import Bus
 from shared.work.models import (
     CHUNK_BYTES,
     DigestMismatch,

@@ -17,8 +17,8 @@ import pytest
 from schemas import names
 from schemas.codec import decode
 from schemas.control import NodeStatus
-from shared.bus.client import Bus
 from shared.bus.message import Message
+from shared.bus.ports import Bus
 from shared.bus.server import NatsServer, pid_alive
 from shared.node.launcher import (
     NodeOptions,
@@ -206,22 +206,26 @@ async def test_every_service_answers_srv_ping_with_its_node(node: RunningNode, b
     await eventually(lambda: _with_services(bus, "n1", len(COORDINATOR)), 20, what="services up")
 
     async def pinged() -> set[str] | None:
-        replies: list[bytes] = []
+        found: set[str] = set()
+        everyone = asyncio.Event()
 
         async def collect(msg: Message) -> None:
-            replies.append(msg.data)
+            metadata = json.loads(msg.data)["metadata"]
+            if metadata.get("node") == "n1":
+                found.add(metadata["service"])
+            if found >= set(COORDINATOR):
+                everyone.set()
 
         inbox = bus.nc.new_inbox()
         sub = await bus.nc.subscribe(inbox, cb=collect)
         await bus.nc.publish("$SRV.PING", b"", reply=inbox)
-        await asyncio.sleep(0.5)
-        await sub.unsubscribe()
-        found = {
-            json.loads(r)["metadata"]["service"]
-            for r in replies
-            if json.loads(r)["metadata"].get("node") == "n1"
-        }
-        return found if found >= set(COORDINATOR) else None
+        try:
+            await asyncio.wait_for(everyone.wait(), 0.5)
+        except TimeoutError:
+            return None
+        finally:
+            await sub.unsubscribe()
+        return found
 
     assert await eventually(pinged, 20, every=0.5, what="$SRV.PING replies")
 

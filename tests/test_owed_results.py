@@ -20,7 +20,7 @@ from schemas.control import NodeStatus, Resources, ServiceState
 from schemas.jobs import DeadLetter, EvalJob, EvalResult, PlayerSpec, job_group
 from services.evaluator import EvaluatorConfig, Worker
 from services.heartbeat import HeartbeatConfig
-from shared.bus.client import Bus
+from shared.bus.ports import Bus
 from shared.learn.games.tictactoe import GAME as TICTACTOE
 from shared.learn.net import NetConfig, PolicyValueNet, checkpoint_bytes
 from shared.loop.effects import Effects, EffectSettings, issue
@@ -57,16 +57,40 @@ A = PlayerSpec("gen3", CAND, sims=8)
 B = PlayerSpec("gen2", BEST, sims=8)
 RANDOM = PlayerSpec("random", agent="random")
 LOOP = LoopConfig(games=(GAME,), eval_games_per_job=4, sprt=SprtConfig(max_games=40))
-MATCHING = LoopState({GAME: GameState(2, BEST, 3, pending_eval=CAND, match_games=8)})
+MATCHING = LoopState(
+    {GAME: GameState(generation=2, best=BEST, trainings=3, pending_eval=CAND, match_games=8)}
+)
 
 
 def match_job(k: int, games: int = 4) -> EvalJob:
-    return EvalJob(f"{GAME}-m3-{k}", GAME, "match", A, B, games, 1, seed=k + 1, group="m3")
+    return EvalJob(
+        job_id=f"{GAME}-m3-{k}",
+        game=GAME,
+        kind="match",
+        a=A,
+        b=B,
+        games=games,
+        term=1,
+        seed=k + 1,
+        group="m3",
+    )
 
 
 def result_of(job: EvalJob, w: int, d: int, lo: int, /, **change: Any) -> EvalResult:
     """The result `job` owes with W-D-L from side a's view, with fields `change`d."""
-    result = EvalResult(job.job_id, job.game, job.kind, job.a, job.b, w, d, lo, 1, 0.0, job.group)
+    result = EvalResult(
+        job_id=job.job_id,
+        game=job.game,
+        kind=job.kind,
+        a=job.a,
+        b=job.b,
+        wins_a=w,
+        draws=d,
+        wins_b=lo,
+        term=1,
+        finished_at=0.0,
+        group=job.group,
+    )
     return msgspec.structs.replace(result, **change)
 
 
@@ -150,10 +174,19 @@ def test_counted_results_are_owed_and_each_job_counts_once(
 
 
 def test_an_unloadable_candidate_is_rejected_at_once_with_the_reason() -> None:
-    score = MatchScore(CAND, 1, 0, 0, lost=4, unloadable="no evaluator can load it: pickle")
+    score = MatchScore(
+        candidate=CAND,
+        wins=1,
+        draws=0,
+        losses=0,
+        lost=4,
+        unloadable="no evaluator can load it: pickle",
+    )
     snap = Snapshot(0, 3, {GAME: GameSnapshot(match=score)})
     actions = next_actions(MATCHING, snap, LOOP)
-    assert actions == [Reject(GAME, CAND, 3, reason="no evaluator can load it: pickle")]
+    assert actions == [
+        Reject(game=GAME, candidate=CAND, generation=3, reason="no evaluator can load it: pickle")
+    ]
     after = apply(MATCHING, actions[0])
     assert after.game(GAME).pending_eval is None
     again = next_actions(after, Snapshot(0, 3, {GAME: GameSnapshot(match=score)}), LOOP)
@@ -169,12 +202,12 @@ def test_match_games_scheduled_never_exceed_the_cap_plus_one_job(
     dead-lettered. However many are lost, games are replaced only within one job's slack, and
     once every later job is lost the match is still decided."""
     cfg = msgspec.structs.replace(LOOP, sprt=SprtConfig(max_games=cap_jobs * 4))
-    state = LoopState({GAME: GameState(2, BEST, 3, pending_eval=CAND)})
+    state = LoopState({GAME: GameState(generation=2, best=BEST, trainings=3, pending_eval=CAND)})
     played = lost = 0
     for evaluators, lose in [*ticks, *[(1, True)] * (cap_jobs + 3)]:
         in_flight = state.game(GAME).match_games - played - lost
         played, lost = (played, lost + in_flight) if lose else (played + in_flight, lost)
-        score = MatchScore(CAND, played // 2, 0, played // 2, lost)
+        score = MatchScore(candidate=CAND, wins=played // 2, draws=0, losses=played // 2, lost=lost)
         for action in next_actions(
             state, Snapshot(0, evaluators, {GAME: GameSnapshot(match=score)}), cfg
         ):
@@ -186,8 +219,10 @@ def test_match_games_scheduled_never_exceed_the_cap_plus_one_job(
 
 
 def test_a_match_whose_jobs_all_dead_letter_is_rejected_naming_why() -> None:
-    state = LoopState({GAME: GameState(2, BEST, 3, pending_eval=CAND, match_games=44)})
-    score = MatchScore(CAND, lost=44)
+    state = LoopState(
+        {GAME: GameState(generation=2, best=BEST, trainings=3, pending_eval=CAND, match_games=44)}
+    )
+    score = MatchScore(candidate=CAND, lost=44)
     (action,) = next_actions(state, Snapshot(0, 1, {GAME: GameSnapshot(match=score)}), LOOP)
     assert isinstance(action, Reject) and "44 of 44 games dead-lettered" in action.reason
 
@@ -198,14 +233,14 @@ def test_a_match_whose_jobs_all_dead_letter_is_rejected_naming_why() -> None:
 def node_status(node: str, services: int, cores: int = 2, kind: str = "selfplay") -> NodeStatus:
     names_ = [kind] + [f"{kind}-{i}" for i in range(2, services + 1)]
     return NodeStatus(
-        node,
-        ["selfplay"],
-        [ServiceState(n, True, 100 + i) for i, n in enumerate(names_)],
-        "0.1.0",
-        Resources(cores, 2**30),
-        "h",
-        time.time(),
-        time.time(),
+        node=node,
+        roles=["selfplay"],
+        services=[ServiceState(name=n, alive=True, pid=100 + i) for i, n in enumerate(names_)],
+        version="0.1.0",
+        resources=Resources(cores, 2**30),
+        hostname="h",
+        started_at=time.time(),
+        sent_at=time.time(),
     )
 
 
@@ -240,11 +275,23 @@ async def dead_letters(bus: Bus) -> list[DeadLetter]:
 async def test_a_forged_result_is_not_counted_and_dead_lettered_once(bus: Bus) -> None:
     job = match_job(0)
     await issue(bus, job)
-    forged = EvalResult("tictactoe-m3-99", GAME, "match", A, B, 1000, 0, 0, 1, 0.0, "m3")
+    forged = EvalResult(
+        job_id="tictactoe-m3-99",
+        game=GAME,
+        kind="match",
+        a=A,
+        b=B,
+        wins_a=1000,
+        draws=0,
+        wins_b=0,
+        term=1,
+        finished_at=0.0,
+        group="m3",
+    )
     await store_results(bus, forged, result_of(job, 3, 0, 1))
     skips = SkipLog()
     score = await match_score(bus, GAME, MATCHING.game(GAME), LOOP, skips)
-    assert score == MatchScore(CAND, 3, 0, 1)
+    assert score == MatchScore(candidate=CAND, wins=3, draws=0, losses=1)
     assert await skips.dead_letter(bus) == 1
     await game_results(bus, GAME, skips=skips)  # read again next tick: reported already
     assert await skips.dead_letter(bus) == 0
@@ -271,7 +318,7 @@ async def test_counts_players_and_repeats_are_checked_against_the_issued_job(bus
     skips = SkipLog()
     score = await match_score(bus, GAME, MATCHING.game(GAME), LOOP, skips)
     # Jobs 0 and 1 will never count: their games are lost, so the match can replace them.
-    assert score == MatchScore(CAND, 1, 5, 2, lost=8)
+    assert score == MatchScore(candidate=CAND, wins=1, draws=5, losses=2, lost=8)
     assert await skips.dead_letter(bus) == 3
     reasons = sorted(letter.reason.split(":")[0] for letter in await dead_letters(bus))
     assert reasons == ["b", "job_id", "wins_a + draws + wins_b"]
@@ -280,7 +327,9 @@ async def test_counts_players_and_repeats_are_checked_against_the_issued_job(bus
 async def test_match_jobs_are_issued_before_they_are_queued(bus: Bus) -> None:
     await ensure_consumer(bus, "eval", JobSettings())
     effects = Effects(bus, LOOP, EffectSettings(eval_sims=8), term=1)
-    state = LoopState({GAME: GameState(2, BEST, 3, training_in_progress=True)})
+    state = LoopState(
+        {GAME: GameState(generation=2, best=BEST, trainings=3, training_in_progress=True)}
+    )
     await effects.carry_out(StartMatch(GAME, CAND, BEST, 8), state)
     delivery = await Puller(bus, "eval", EvalJob).next(timeout_s=2.0)
     assert delivery is not None
@@ -308,7 +357,9 @@ async def test_an_unloadable_candidate_is_rejected_at_once_and_gets_no_more_jobs
     candidate, best = (cached(cache, b) for b in (blob, checkpoint_bytes(tiny_net(), GAME, 2)))
     await ensure_consumer(bus, "eval", JobSettings())
     loop = msgspec.structs.replace(LOOP, eval_jobs_per_worker=2)
-    state = LoopState({GAME: GameState(2, best, 3, training_in_progress=True)})
+    state = LoopState(
+        {GAME: GameState(generation=2, best=best, trainings=3, training_in_progress=True)}
+    )
     effects = Effects(bus, loop, EffectSettings(eval_sims=2), term=1)
     start = StartMatch(GAME, candidate, best, 8)
     await effects.carry_out(start, state)
@@ -379,13 +430,13 @@ async def test_a_stale_status_claiming_fifty_self_play_services_is_not_counted(b
     stale = node_status("stale", 30, cores=64)  # 30: a list the status schema takes
     await bus.write(names.NODES_BUCKET, "stale", encode(stale))
     assert live_workers(await accepted_nodes(bus)).get("selfplay", 0) >= 30  # while fresh
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(1.0)  # honest is written later: still fresh at `later`, the others stale
     await bus.write(names.NODES_BUCKET, "honest", encode(node_status("honest", 2)), ttl_s=30)
     written = (await bus.last(names.NODES_BUCKET, "stale")).written_at
     assert written is not None
     later = written.timestamp() + HEARTBEAT_TTL_S + 0.5  # the forged statuses are stale by then
     assert live_workers(await accepted_nodes(bus, later)) == {"selfplay": 2}
-    state = LoopState({GAME: GameState(0, BEST, 1)})
+    state = LoopState({GAME: GameState(generation=0, best=BEST, trainings=1)})
     snapshot = await observe(bus, state, LOOP, await accepted_nodes(bus, later))
     [enqueue] = next_actions(state, snapshot, LOOP)
     assert enqueue == EnqueueSelfplay(GAME, 4, LOOP.selfplay_games_per_job, BEST)

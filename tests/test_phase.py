@@ -37,7 +37,7 @@ def test_training_carries_the_trainers_progress() -> None:
 
 def test_a_match_shows_games_played_and_the_sprt() -> None:
     state = GameState(generation=2, best="b", trainings=3, pending_eval="c", match_games=60)
-    score = MatchScore("c", wins=30, draws=4, losses=6)
+    score = MatchScore(candidate="c", wins=30, draws=4, losses=6)
     phase = phase_of(state, GameSnapshot(match=score), CFG)
     assert phase.now == "match" and phase.match is not None
     m = phase.match
@@ -49,19 +49,33 @@ def test_a_match_shows_games_played_and_the_sprt() -> None:
 
 def test_a_score_of_another_candidate_is_not_shown_as_this_match() -> None:
     state = GameState(generation=2, best="b", trainings=3, pending_eval="c", match_games=20)
-    phase = phase_of(state, GameSnapshot(match=MatchScore("old", wins=9)), CFG)
+    phase = phase_of(state, GameSnapshot(match=MatchScore(candidate="old", wins=9)), CFG)
     assert phase.match is not None
     assert (phase.match.games, phase.match.llr) == (0, 0.0)
 
 
 def test_the_llr_trace_grows_with_the_match_and_restarts_with_a_new_candidate() -> None:
     state = GameState(generation=2, best="b", trainings=3, pending_eval="c", match_games=60)
-    first = phase_of(state, GameSnapshot(match=MatchScore("c", wins=12, draws=2, losses=6)), CFG)
-    same = phase_of(state, GameSnapshot(match=MatchScore("c", 12, 2, 6)), CFG, previous=first)
-    more = phase_of(state, GameSnapshot(match=MatchScore("c", 26, 4, 10)), CFG, previous=same)
+    first = phase_of(
+        state, GameSnapshot(match=MatchScore(candidate="c", wins=12, draws=2, losses=6)), CFG
+    )
+    same = phase_of(
+        state,
+        GameSnapshot(match=MatchScore(candidate="c", wins=12, draws=2, losses=6)),
+        CFG,
+        previous=first,
+    )
+    more = phase_of(
+        state,
+        GameSnapshot(match=MatchScore(candidate="c", wins=26, draws=4, losses=10)),
+        CFG,
+        previous=same,
+    )
     assert more.match is not None and first.match is not None
     assert [games for games, _ in more.match.trace] == [20, 40]
     assert more.match.trace[0] == (20, first.match.llr)
     other = msgspec.structs.replace(state, pending_eval="d")
-    fresh = phase_of(other, GameSnapshot(match=MatchScore("d", 1)), CFG, previous=more)
+    fresh = phase_of(
+        other, GameSnapshot(match=MatchScore(candidate="d", wins=1)), CFG, previous=more
+    )
     assert fresh.match is not None and fresh.match.trace == [(1, fresh.match.llr)]

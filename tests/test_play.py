@@ -27,7 +27,7 @@ import pytest
 from schemas import names
 from schemas.codec import encode
 from schemas.jobs import BestPointer
-from shared.bus.client import Bus
+from shared.bus.ports import Bus
 from shared.bus.server import NatsServer, free_port
 from shared.cli.main import build_parser
 from shared.cli.play import (
@@ -235,7 +235,14 @@ async def publish_best(bus: Bus, tmp: Path, game: Game[Any], generation: int) ->
     """A checkpoint in the object store and the registry's best pointer at it."""
     data = save_net(tmp / f"{game.name}.ckpt", game, generation).read_bytes()
     sha = await ModelStore(bus, tmp / "seed").put(data)
-    best = BestPointer(game.name, generation, sha, 1, time.time(), "test")
+    best = BestPointer(
+        game=game.name,
+        generation=generation,
+        sha256=sha,
+        term=1,
+        promoted_at=time.time(),
+        reason="test",
+    )
     await bus.write(names.REGISTRY_BUCKET, names.best_key(game.name), encode(best))
     return sha
 

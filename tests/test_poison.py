@@ -24,7 +24,7 @@ from schemas.codec import BadMessage, decode, encode
 from schemas.game import GameRecord, decode_record, encode_record, pack_policy, policy_targets
 from schemas.jobs import DeadLetter, ModelMeta, TrainJob
 from services.trainer import Trainer, TrainerConfig
-from shared.bus.client import Bus
+from shared.bus.ports import Bus
 from shared.learn.games import get_game
 from shared.learn.games.base import Game
 from shared.learn.inference import uniform_evaluator
@@ -40,7 +40,6 @@ from shared.learn.recordcheck import RejectedRecord, check_record
 from shared.learn.replay import GamePositions, ReplayWindow, positions_of
 from shared.learn.selfplay import SelfPlayConfig, self_play
 from shared.learn.training import NonFiniteTraining, StepsDone, new_net, train
-from shared.runtime import counters
 from tests.conftest import eventually
 
 TTT = get_game("tictactoe")
@@ -338,7 +337,14 @@ def nan_positions(game_id: str, count: int = 8) -> GamePositions:
     encodings = np.stack([TTT.encode(TTT.initial())] * count)
     policies = np.full((count, 9), 1 / 9, np.float32)
     values = np.full(count, np.nan, np.float32)
-    return GamePositions(game_id, 0, encodings, policies, values, np.zeros(count, np.int32))
+    return GamePositions(
+        game_id=game_id,
+        seq=0,
+        encodings=encodings,
+        policies=policies,
+        values=values,
+        uses=np.zeros(count, np.int32),
+    )
 
 
 def good_window(*extra: GamePositions) -> ReplayWindow:
@@ -467,13 +473,26 @@ def poisoned() -> list[tuple[bytes, tuple[str, ...]]]:
 async def test_poisoned_records_are_dead_lettered_by_field_and_the_good_ones_trained_on(
     trainer: Trainer, bus: Bus
 ) -> None:
-    meta = ModelMeta(MODEL, "tictactoe", 1, "", 1, 0, 0, 0, 0, None, None, 0.0, "t0")
+    meta = ModelMeta(
+        sha256=MODEL,
+        game="tictactoe",
+        generation=1,
+        parent_sha256="",
+        size_bytes=1,
+        window_first_seq=0,
+        window_last_seq=0,
+        positions=0,
+        steps=0,
+        policy_loss=None,
+        value_loss=None,
+        created_at=0.0,
+        train_job="t0",
+    )
     meta = msgspec.structs.replace(meta, resign_threshold=THRESHOLD)
     await bus.write(names.REGISTRY_BUCKET, names.model_key("tictactoe", MODEL), encode(meta))
     goods = [encode_record(ttt(f"ok{i}")) for i in range(3)]
     goods.append(encode_record(resigned("resigned-ok")))  # MODEL may resign at THRESHOLD
     attacks = poisoned()
-    rejected_before = counters.snapshot().get("records_rejected", 0.0)
     subject = names.games_subject("tictactoe")
     for i, data in enumerate([*goods, *(data for data, _ in attacks)]):
         await bus.publish_durable(subject, data, msg_id=f"m{i}")
@@ -487,9 +506,11 @@ async def test_poisoned_records_are_dead_lettered_by_field_and_the_good_ones_tra
     for data, says in attacks:
         assert any(s in reasons[data] for s in says), (says, reasons[data])
     assert sum(trainer.rejected.values()) == len(attacks)
-    assert counters.snapshot()["records_rejected"] - rejected_before == len(attacks)
+    assert trainer.counters.snapshot()["records_rejected"] == len(attacks)  # its own counters
 
-    job = TrainJob("tictactoe-t1", "tictactoe", 1, "", 100, 3, term=1)
+    job = TrainJob(
+        job_id="tictactoe-t1", game="tictactoe", generation=1, parent_sha256="", steps=3, term=1
+    )
     trained = await trainer.run_job(job)
     assert trained.steps == 3 and trained.rejected_records == len(attacks)
     assert trained.window_games == 4
@@ -506,14 +527,15 @@ async def test_a_job_whose_every_step_is_non_finite_fails_without_a_checkpoint(
 ) -> None:
     t = tiny_trainer(tmp_path, bus)
     t.window("tictactoe").add(nan_positions("poison", count=64))
-    skipped_before = counters.snapshot().get("train_steps_skipped", 0.0)
-    job = TrainJob("tictactoe-t2", "tictactoe", 1, "", 100, 4, term=1)
+    job = TrainJob(
+        job_id="tictactoe-t2", game="tictactoe", generation=1, parent_sha256="", steps=4, term=1
+    )
     try:
         with pytest.raises(NonFiniteTraining, match="all 4 steps had a non-finite loss"):
             await t.run_job(job)
     finally:
         t.train_pool.shutdown(wait=True)
         t.ingest_pool.shutdown(wait=True)
-    assert counters.snapshot()["train_steps_skipped"] - skipped_before == 4
+    assert t.counters.snapshot()["train_steps_skipped"] == 4
     entry = await bus.last(names.REGISTRY_BUCKET, names.trained_key(job.job_id))
     assert entry.value is None

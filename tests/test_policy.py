@@ -109,28 +109,60 @@ def test_first_training_needs_no_games() -> None:
 
 
 def test_match_window_is_whole_jobs_per_evaluator() -> None:
-    assert match_games_to_schedule(0, MatchScore("c"), 3, CFG) == 24
-    assert match_games_to_schedule(24, MatchScore("c", 5, 0, 0), 3, CFG) == 0
-    assert match_games_to_schedule(24, MatchScore("c", 5, 2, 1), 3, CFG) == 8
-    assert match_games_to_schedule(0, MatchScore("c"), 0, CFG) == 8  # waits for an evaluator
+    assert match_games_to_schedule(0, MatchScore(candidate="c"), 3, CFG) == 24
+    assert (
+        match_games_to_schedule(24, MatchScore(candidate="c", wins=5, draws=0, losses=0), 3, CFG)
+        == 0
+    )
+    assert (
+        match_games_to_schedule(24, MatchScore(candidate="c", wins=5, draws=2, losses=1), 3, CFG)
+        == 8
+    )
+    assert (
+        match_games_to_schedule(0, MatchScore(candidate="c"), 0, CFG) == 8
+    )  # waits for an evaluator
 
 
 def test_match_schedule_is_capped_and_replaces_lost_games() -> None:
-    assert match_games_to_schedule(396, MatchScore("c", 200, 100, 96), 3, CFG) == 8  # whole jobs
-    assert match_games_to_schedule(400, MatchScore("c", 200, 100, 100), 3, CFG) == 0
-    assert match_games_to_schedule(400, MatchScore("c", 200, 100, 92, lost=8), 3, CFG) == 8
+    assert (
+        match_games_to_schedule(
+            396, MatchScore(candidate="c", wins=200, draws=100, losses=96), 3, CFG
+        )
+        == 8
+    )  # whole jobs
+    assert (
+        match_games_to_schedule(
+            400, MatchScore(candidate="c", wins=200, draws=100, losses=100), 3, CFG
+        )
+        == 0
+    )
+    assert (
+        match_games_to_schedule(
+            400, MatchScore(candidate="c", wins=200, draws=100, losses=92, lost=8), 3, CFG
+        )
+        == 8
+    )
 
 
 def test_lost_games_are_replaced_only_within_one_jobs_slack() -> None:
     # 408 scheduled (the cap plus one job), 16 of them lost: nothing more, however many are lost.
-    assert match_games_to_schedule(408, MatchScore("c", 196, 100, 96, lost=16), 3, CFG) == 0
-    assert match_games_to_schedule(400, MatchScore("c", lost=400), 3, CFG) == 8
-    assert match_games_to_schedule(408, MatchScore("c", lost=408), 3, CFG) == 0
+    assert (
+        match_games_to_schedule(
+            408, MatchScore(candidate="c", wins=196, draws=100, losses=96, lost=16), 3, CFG
+        )
+        == 0
+    )
+    assert match_games_to_schedule(400, MatchScore(candidate="c", lost=400), 3, CFG) == 8
+    assert match_games_to_schedule(408, MatchScore(candidate="c", lost=408), 3, CFG) == 0
 
 
 def test_a_match_that_cannot_be_finished_is_rejected_with_the_reason() -> None:
     state = _one(msgspec.structs.replace(EVALUATING, match_games=408))
-    (action,) = next_actions(state, _snap(match=MatchScore("cand", 50, 40, 50, lost=268)), CFG)
+    (action,) = next_actions(
+        state,
+        _snap(match=MatchScore(candidate="cand", wins=50, draws=40, losses=50, lost=268)),
+        CFG,
+    )
     assert isinstance(action, Reject) and "268 of 408 games dead-lettered" in action.reason
     assert action.result is not None and action.result.games == 140
 
@@ -149,7 +181,7 @@ def test_initial_network_is_promoted_without_a_match_and_self_play_starts() -> N
     assert actions == [Promote("c4", "net0", 0), EnqueueSelfplay("c4", 8, 10, "net0")]
     for action in actions:
         state = apply(state, action)
-    assert state.game("c4") == GameState(generation=0, best="net0", trainings=1)
+    assert state.game("c4") == GameState(generation=0, best="net0", trainings=1, selfplay_jobs=8)
 
 
 def test_trains_the_next_generation_when_enough_games() -> None:
@@ -188,7 +220,11 @@ def test_dead_lettered_training_is_abandoned_and_retried() -> None:
 
 
 def test_match_promotes_a_clearly_better_candidate() -> None:
-    (action,) = next_actions(_one(EVALUATING), _snap(match=MatchScore("cand", 60, 20, 20)), CFG)
+    (action,) = next_actions(
+        _one(EVALUATING),
+        _snap(match=MatchScore(candidate="cand", wins=60, draws=20, losses=20)),
+        CFG,
+    )
     assert isinstance(action, Promote)
     assert (action.candidate, action.generation) == ("cand", 4)
     assert action.result is not None and action.result.decision == "accept_h1"
@@ -197,7 +233,11 @@ def test_match_promotes_a_clearly_better_candidate() -> None:
 
 
 def test_match_rejects_a_clearly_worse_candidate() -> None:
-    (action,) = next_actions(_one(EVALUATING), _snap(match=MatchScore("cand", 10, 10, 60)), CFG)
+    (action,) = next_actions(
+        _one(EVALUATING),
+        _snap(match=MatchScore(candidate="cand", wins=10, draws=10, losses=60)),
+        CFG,
+    )
     assert isinstance(action, Reject)
     assert action.result is not None and action.result.decision == "accept_h0"
     assert apply(_one(EVALUATING), action).game("c4") == BEST
@@ -205,34 +245,47 @@ def test_match_rejects_a_clearly_worse_candidate() -> None:
 
 def test_undecided_match_is_topped_up_or_left_alone() -> None:
     state = _one(EVALUATING)
-    assert next_actions(state, _snap(match=MatchScore("cand", 2, 2, 1)), CFG) == []
-    topped = next_actions(state, _snap(match=MatchScore("cand", 4, 3, 2)), CFG)
+    assert (
+        next_actions(
+            state, _snap(match=MatchScore(candidate="cand", wins=2, draws=2, losses=1)), CFG
+        )
+        == []
+    )
+    topped = next_actions(
+        state, _snap(match=MatchScore(candidate="cand", wins=4, draws=3, losses=2)), CFG
+    )
     assert topped == [StartMatch("c4", "cand", "b3", 8)]
     assert apply(state, topped[0]).game("c4").match_games == 24
 
 
 def test_match_at_the_cap_decides_by_the_cap_rule() -> None:
     cfg = msgspec.structs.replace(CFG, sprt=SprtConfig(max_games=16))
-    (action,) = next_actions(_one(EVALUATING), _snap(match=MatchScore("cand", 5, 6, 5)), cfg)
+    (action,) = next_actions(
+        _one(EVALUATING), _snap(match=MatchScore(candidate="cand", wins=5, draws=6, losses=5)), cfg
+    )
     assert isinstance(action, Promote)
     assert action.result is not None and action.result.truncated
 
 
 def test_decision_and_next_training_in_one_step() -> None:
-    snap = _snap(games_total=1200, match=MatchScore("cand", 10, 10, 60))
+    snap = _snap(games_total=1200, match=MatchScore(candidate="cand", wins=10, draws=10, losses=60))
     actions = next_actions(_one(EVALUATING), snap, CFG)
     assert [type(a) for a in actions] == [Reject, StartTraining]
     assert actions[1] == StartTraining("c4", 4, 6, 1200)
 
 
 def test_score_of_another_candidate_is_ignored() -> None:
-    actions = next_actions(_one(EVALUATING), _snap(match=MatchScore("other", 90, 0, 0)), CFG)
+    actions = next_actions(
+        _one(EVALUATING),
+        _snap(match=MatchScore(candidate="other", wins=90, draws=0, losses=0)),
+        CFG,
+    )
     assert actions == []
 
 
 def test_games_share_the_self_play_queue() -> None:
     cfg = msgspec.structs.replace(CFG, games=("c4", "ttt", "new"))
-    state = LoopState({"c4": BEST, "ttt": GameState(0, "t0", 1)})
+    state = LoopState({"c4": BEST, "ttt": GameState(generation=0, best="t0", trainings=1)})
     snap = Snapshot(3, 0, {"c4": GameSnapshot(queued_selfplay=1), "other": GameSnapshot()})
     actions = next_actions(state, snap, cfg)
     assert actions == [
@@ -249,7 +302,9 @@ def test_apply_refuses_a_second_training() -> None:
         apply(_one(BEST), Promote("c4", "x", 4))
     with pytest.raises(ValueError, match="StartMatch"):
         apply(_one(BEST), StartMatch("c4", "x", "b3", 8))
-    result = next_actions(_one(EVALUATING), _snap(match=MatchScore("cand", 0, 0, 80)), CFG)[0]
+    result = next_actions(
+        _one(EVALUATING), _snap(match=MatchScore(candidate="cand", wins=0, draws=0, losses=80)), CFG
+    )[0]
     assert isinstance(result, Reject)
     with pytest.raises(ValueError, match="Reject"):
         apply(_one(TRAINING), result)
@@ -282,7 +337,7 @@ def test_snapshot_validation_names_the_field() -> None:
     with pytest.raises(ValueError, match=r"GameSnapshot\.queued_selfplay"):
         GameSnapshot(queued_selfplay=-3)
     with pytest.raises(ValueError, match=r"MatchScore\.lost"):
-        MatchScore("c", lost=-1)
+        MatchScore(candidate="c", lost=-1)
 
 
 # A simulated cluster driven by random events.
@@ -322,7 +377,7 @@ def _observe(world: _World, step: Step, pending: str | None) -> None:
     elif world.training is not None and step[3] == "fail":
         world.failed, world.training = world.training, None
     if pending is not None:
-        s = world.scores.get(pending, MatchScore(pending))
+        s = world.scores.get(pending, MatchScore(candidate=pending))
         room = world.scheduled.get(pending, 0) - s.lost - s.finished
         ended = {}
         order = (2, 1, 0, 3) if step[5] else (0, 1, 2, 3)  # losses or wins fill the room first
@@ -331,7 +386,11 @@ def _observe(world: _World, step: Step, pending: str | None) -> None:
             room -= ended[k]
         w, d, lo, lost = (ended[k] for k in range(4))
         world.scores[pending] = MatchScore(
-            pending, s.wins + w, s.draws + d, s.losses + lo, s.lost + lost
+            candidate=pending,
+            wins=s.wins + w,
+            draws=s.draws + d,
+            losses=s.losses + lo,
+            lost=s.lost + lost,
         )
 
 
@@ -349,7 +408,13 @@ def _snapshot(state: LoopState, worlds: dict[str, _World], step: Step) -> Snapsh
     games = {}
     for name, w in worlds.items():
         score = w.scores.get(state.game(name).pending_eval or "")
-        games[name] = GameSnapshot(w.games_total, w.queued, w.trained, w.failed, score)
+        games[name] = GameSnapshot(
+            games_total=w.games_total,
+            queued_selfplay=w.queued,
+            trained=w.trained,
+            failed_training=w.failed,
+            match=score,
+        )
     return Snapshot(step[0], step[1], games)
 
 

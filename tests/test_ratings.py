@@ -28,14 +28,14 @@ def _simulate(true_elo: dict[str, float], games: int, rng: np.random.Generator) 
             s = 1.0 / (1.0 + 10.0 ** ((true_elo[b] - true_elo[a]) / 400.0))
             draw = 0.4 * min(s, 1.0 - s)
             w, d, lo = rng.multinomial(games, [s - draw / 2, draw, 1.0 - s - draw / 2])
-            results.append(PairResult(a, b, int(w), int(d), int(lo)))
+            results.append(PairResult(a=a, b=b, wins_a=int(w), draws=int(d), wins_b=int(lo)))
     return results
 
 
 def test_two_players_by_hand() -> None:
     # 7 W, 2 D, 1 L plus one virtual draw: A scores 8.5 of 11, so theta = ln(8.5 / 2.5) and the
     # information is n p (1 - p) = 11 * (8.5/11) * (2.5/11).
-    r = fit([PairResult("a", "random", 7, 2, 1)])
+    r = fit([PairResult(a="a", b="random", wins_a=7, draws=2, wins_b=1)])
     theta = math.log(8.5 / 2.5)
     sd = 1.0 / math.sqrt(11 * (8.5 / 11) * (2.5 / 11))
     assert r["a"].elo == pytest.approx(400 * math.log10(8.5 / 2.5))
@@ -43,7 +43,7 @@ def test_two_players_by_hand() -> None:
     assert r["a"].hi - r["a"].elo == pytest.approx(Z95 * sd * ELO_PER_NAT)
     assert r["a"].elo - r["a"].lo == pytest.approx(Z95 * sd * ELO_PER_NAT)
     assert r["a"].games == 10
-    assert r["random"] == Rating(0.0, 0.0, 0.0, 10)
+    assert r["random"] == Rating(elo=0.0, lo=0.0, hi=0.0, games=10)
 
 
 def test_recovers_known_strengths() -> None:
@@ -66,40 +66,65 @@ def test_recovers_known_strengths() -> None:
 def test_orientation_and_repeats_are_summed() -> None:
     split = fit(
         [
-            PairResult("a", "random", 3, 1, 1),
-            PairResult("random", "a", 1, 1, 3),
-            PairResult("a", "b", 2, 0, 2),
+            PairResult(a="a", b="random", wins_a=3, draws=1, wins_b=1),
+            PairResult(a="random", b="a", wins_a=1, draws=1, wins_b=3),
+            PairResult(a="a", b="b", wins_a=2, draws=0, wins_b=2),
         ]
     )
-    whole = fit([PairResult("a", "random", 6, 2, 2), PairResult("b", "a", 2, 0, 2)])
+    whole = fit(
+        [
+            PairResult(a="a", b="random", wins_a=6, draws=2, wins_b=2),
+            PairResult(a="b", b="a", wins_a=2, draws=0, wins_b=2),
+        ]
+    )
     assert split == whole
 
 
 def test_symmetric_results_give_equal_ratings() -> None:
     cycle = fit(
         [
-            PairResult("a", "b", 5, 2, 3),
-            PairResult("b", "c", 5, 2, 3),
-            PairResult("c", "a", 5, 2, 3),
-            *(PairResult(x, "random", 4, 2, 4) for x in "abc"),
+            PairResult(a="a", b="b", wins_a=5, draws=2, wins_b=3),
+            PairResult(a="b", b="c", wins_a=5, draws=2, wins_b=3),
+            PairResult(a="c", b="a", wins_a=5, draws=2, wins_b=3),
+            *(PairResult(a=x, b="random", wins_a=4, draws=2, wins_b=4) for x in "abc"),
         ]
     )
     for name in "abc":
         assert cycle[name].elo == pytest.approx(0.0, abs=1e-6)
-    twins = fit([PairResult("x", "random", 8, 1, 3), PairResult("y", "random", 8, 1, 3)])
+    twins = fit(
+        [
+            PairResult(a="x", b="random", wins_a=8, draws=1, wins_b=3),
+            PairResult(a="y", b="random", wins_a=8, draws=1, wins_b=3),
+        ]
+    )
     assert twins["x"] == twins["y"]
 
 
 def test_intervals_shrink_with_more_games() -> None:
-    few = fit([PairResult("a", "random", 6, 2, 2), PairResult("b", "a", 5, 3, 2)])
-    many = fit([PairResult("a", "random", 96, 32, 32), PairResult("b", "a", 80, 48, 32)])
+    few = fit(
+        [
+            PairResult(a="a", b="random", wins_a=6, draws=2, wins_b=2),
+            PairResult(a="b", b="a", wins_a=5, draws=3, wins_b=2),
+        ]
+    )
+    many = fit(
+        [
+            PairResult(a="a", b="random", wins_a=96, draws=32, wins_b=32),
+            PairResult(a="b", b="a", wins_a=80, draws=48, wins_b=32),
+        ]
+    )
     for name in ("a", "b"):
         assert many[name].hi - many[name].lo < 0.5 * (few[name].hi - few[name].lo)
         assert math.isfinite(few[name].hi - few[name].lo)
 
 
 def test_all_wins_and_all_losses_are_finite() -> None:
-    r = fit([PairResult("strong", "random", 10, 0, 0), PairResult("weak", "random", 0, 0, 10)])
+    r = fit(
+        [
+            PairResult(a="strong", b="random", wins_a=10, draws=0, wins_b=0),
+            PairResult(a="weak", b="random", wins_a=0, draws=0, wins_b=10),
+        ]
+    )
     assert r["strong"].elo == pytest.approx(400 * math.log10(10.5 / 0.5))
     assert r["weak"].elo == pytest.approx(-r["strong"].elo)
     for name in ("strong", "weak"):
@@ -112,13 +137,21 @@ def test_long_chain_is_not_pulled_to_the_anchor() -> None:
     chain = ["random", *(f"g{k}" for k in range(1, 11))]
     s = 1.0 / (1.0 + 10.0**-0.5)
     wins = round(400 * s)
-    results = [PairResult(b, a, wins, 0, 400 - wins) for a, b in itertools.pairwise(chain)]
+    results = [
+        PairResult(a=b, b=a, wins_a=wins, draws=0, wins_b=400 - wins)
+        for a, b in itertools.pairwise(chain)
+    ]
     r = fit(results)
     assert r["g10"].elo == pytest.approx(2000.0, abs=20.0)
 
 
 def test_disconnected_players_are_flagged() -> None:
-    r = fit([PairResult("a", "random", 3, 0, 1), PairResult("x", "y", 6, 2, 2)])
+    r = fit(
+        [
+            PairResult(a="a", b="random", wins_a=3, draws=0, wins_b=1),
+            PairResult(a="x", b="y", wins_a=6, draws=2, wins_b=2),
+        ]
+    )
     assert r["a"].connected
     for name in ("x", "y"):
         assert not r[name].connected
@@ -129,14 +162,14 @@ def test_disconnected_players_are_flagged() -> None:
 
 
 def test_missing_anchor_is_reported_at_zero() -> None:
-    r = fit([PairResult("a", "b", 1, 0, 0)], anchor="random")
-    assert r["random"] == Rating(0.0, 0.0, 0.0, 0)
+    r = fit([PairResult(a="a", b="b", wins_a=1, draws=0, wins_b=0)], anchor="random")
+    assert r["random"] == Rating(elo=0.0, lo=0.0, hi=0.0, games=0)
     assert not r["a"].connected and not r["b"].connected
-    assert fit([]) == {"random": Rating(0.0, 0.0, 0.0, 0)}
+    assert fit([]) == {"random": Rating(elo=0.0, lo=0.0, hi=0.0, games=0)}
 
 
 def test_zero_game_results_do_not_connect() -> None:
-    r = fit([PairResult("a", "random", 0, 0, 0)])
+    r = fit([PairResult(a="a", b="random", wins_a=0, draws=0, wins_b=0)])
     assert not r["a"].connected
     assert r["a"].games == 0
 
@@ -159,17 +192,20 @@ def test_an_unusable_result_names_its_field_and_is_dropped(
     fields: dict[str, object] = {"a": "p", "b": "random", "wins_a": 1, "draws": 0, "wins_b": 0}
     bad = PairResult(**(fields | kwargs))  # type: ignore[arg-type]
     assert field in (bad.problem() or "")
-    good = PairResult("q", "random", 3, 1, 1)
+    good = PairResult(a="q", b="random", wins_a=3, draws=1, wins_b=1)
     assert fit([bad, good]) == fit([good])
     assert field in caplog.text
 
 
 def test_a_good_result_has_no_problem() -> None:
-    assert PairResult("a", "random", 0, 0, MAX_GAMES).problem() is None
+    assert PairResult(a="a", b="random", wins_a=0, draws=0, wins_b=MAX_GAMES).problem() is None
 
 
 def test_the_pool_keeps_the_players_with_most_games() -> None:
-    rows = [PairResult(f"p{i:04d}", "random", 1 + (i < 3), 0, 0) for i in range(MAX_PLAYERS + 5)]
+    rows = [
+        PairResult(a=f"p{i:04d}", b="random", wins_a=1 + (i < 3), draws=0, wins_b=0)
+        for i in range(MAX_PLAYERS + 5)
+    ]
     ratings = fit(rows)
     assert len(ratings) == MAX_PLAYERS
     assert {"random", "p0000", "p0001", "p0002"} <= ratings.keys()
@@ -185,7 +221,14 @@ _any_count = st.integers(min_value=-3, max_value=30) | st.integers(
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(
-        st.builds(PairResult, _any_name, _any_name, _any_count, _any_count, _any_count),
+        st.builds(
+            PairResult,
+            a=_any_name,
+            b=_any_name,
+            wins_a=_any_count,
+            draws=_any_count,
+            wins_b=_any_count,
+        ),
         max_size=10,
     )
 )
@@ -200,10 +243,10 @@ def test_the_fit_never_raises_and_rates_only_usable_results(rows: list[PairResul
 
 def test_pairing_prefers_unrated_then_uncertain_close_pairs() -> None:
     ratings = {
-        "random": Rating(0.0, 0.0, 0.0, 100),
-        "g1": Rating(400.0, 380.0, 420.0, 400),
-        "g2": Rating(420.0, 300.0, 540.0, 20),
-        "g3": Rating(900.0, 800.0, 1000.0, 30),
+        "random": Rating(elo=0.0, lo=0.0, hi=0.0, games=100),
+        "g1": Rating(elo=400.0, lo=380.0, hi=420.0, games=400),
+        "g2": Rating(elo=420.0, lo=300.0, hi=540.0, games=20),
+        "g3": Rating(elo=900.0, lo=800.0, hi=1000.0, games=30),
     }
     pairs = pairing_uncertainty(ratings, ["random", "g1", "g2", "g3", "new"], count=2)
     assert pairs == [("g3", "new"), ("g1", "g2")]
@@ -214,7 +257,12 @@ def test_pairing_prefers_unrated_then_uncertain_close_pairs() -> None:
 
 
 def test_pairing_uses_each_player_once() -> None:
-    ratings = fit([PairResult("a", "random", 5, 2, 3), PairResult("b", "a", 1, 1, 1)])
+    ratings = fit(
+        [
+            PairResult(a="a", b="random", wins_a=5, draws=2, wins_b=3),
+            PairResult(a="b", b="a", wins_a=1, draws=1, wins_b=1),
+        ]
+    )
     pairs = pairing_uncertainty(ratings, ratings, count=10)
     used = [name for pair in pairs for name in pair]
     assert len(used) == len(set(used))
@@ -234,8 +282,8 @@ _results = st.lists(
 def test_random_result_sets_give_finite_or_flagged_ratings(
     rows: list[tuple[str, str, int, int, int]],
 ) -> None:
-    ratings = fit(PairResult(*row) for row in rows)
-    assert ratings["random"] == Rating(0.0, 0.0, 0.0, ratings["random"].games)
+    ratings = fit(PairResult(a=a, b=b, wins_a=w, draws=d, wins_b=lost) for a, b, w, d, lost in rows)
+    assert ratings["random"] == Rating(elo=0.0, lo=0.0, hi=0.0, games=ratings["random"].games)
     for r in ratings.values():
         assert math.isfinite(r.elo)
         assert r.lo <= r.elo <= r.hi

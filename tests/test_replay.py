@@ -31,18 +31,18 @@ def record(moves: str, outcome: float, game_id: str = "g1", **changes: object) -
     actions = [int(c) - 1 for c in moves]
     policy = uniform_legal(actions)
     base = GameRecord(
-        "tictactoe",
-        game_id,
-        "",
-        0,
-        actions,
-        pack_policy(policy),
-        [0.0] * len(actions),
-        outcome,
-        len(actions),
-        9,
-        "gumbel",
-        8,
+        game="tictactoe",
+        game_id=game_id,
+        model_sha256="",
+        generation=0,
+        moves=actions,
+        policy=pack_policy(policy),
+        root_values=[0.0] * len(actions),
+        outcome=outcome,
+        plies=len(actions),
+        num_actions=9,
+        search="gumbel",
+        sims_per_move=8,
     )
     return msgspec.structs.replace(base, **changes)
 

@@ -14,15 +14,14 @@ from schemas.jobs import BestPointer, EvalResult, ModelEvent, PlayerSpec
 from services.scheduler import STATE_KEY, LoopRecord
 from shared import archive
 from shared.archive import S3Store
-from shared.bus.client import Bus, BusConfig
+from shared.bus.client import BusConfig, NatsBus
+from shared.bus.ports import Bus
 from shared.bus.server import NatsServer, ServerSpec
 from shared.loop.policy import GameState, LoopState
 from shared.work.models import ModelStore, sha256_hex
 from tests.conftest import Processes, eventually
 from tests.s3server import FAKE_AWS_ENV, MotoServer
 from tests.test_syncer import archived, publish_games, s3_config, start_syncer
-
-pytest_plugins = ["tests.s3server"]
 
 
 async def seed_cluster(bus: Bus, tmp: Path) -> tuple[bytes, bytes]:
@@ -31,14 +30,29 @@ async def seed_cluster(bus: Bus, tmp: Path) -> tuple[bytes, bytes]:
     good, other = os.urandom(300_000), os.urandom(200_000)
     for data, generation in ((good, 3), (other, 4)):
         sha = await models.put(data)
-        event = ModelEvent("candidate", "tictactoe", generation, sha, time.time())
+        event = ModelEvent(
+            kind="candidate", game="tictactoe", generation=generation, sha256=sha, at=time.time()
+        )
         await bus.publish_durable(names.model_event_subject("candidate"), encode(event))
-    best = BestPointer("tictactoe", 3, sha256_hex(good), 7, time.time(), "sprt")
+    best = BestPointer(
+        game="tictactoe",
+        generation=3,
+        sha256=sha256_hex(good),
+        term=7,
+        promoted_at=time.time(),
+        reason="sprt",
+    )
     await bus.write(names.REGISTRY_BUCKET, names.best_key("tictactoe"), encode(best))
-    promoted = ModelEvent("promoted", "tictactoe", 3, sha256_hex(good), time.time())
+    promoted = ModelEvent(
+        kind="promoted", game="tictactoe", generation=3, sha256=sha256_hex(good), at=time.time()
+    )
     await bus.publish_durable(names.model_event_subject("promoted"), encode(promoted))
     state = LoopState({"tictactoe": GameState(generation=3, best=sha256_hex(good), trainings=3)})
-    await bus.write(names.LOOP_BUCKET, STATE_KEY, encode(LoopRecord(7, state, time.time())))
+    await bus.write(
+        names.LOOP_BUCKET,
+        STATE_KEY,
+        encode(LoopRecord(term=7, state=state, updated_at=time.time())),
+    )
     return good, other
 
 
@@ -56,17 +70,17 @@ async def test_restore_brings_back_models_pointer_history_and_games_and_refuses_
     games = await publish_games(bus, 12, seed=5)
     gen3 = PlayerSpec("gen3", sha256_hex(good), sims=8)
     result = EvalResult(
-        "tictactoe-g3-0",
-        "tictactoe",
-        "gauntlet",
-        gen3,
-        PlayerSpec("random", agent="random"),
-        9,
-        1,
-        0,
-        7,
-        time.time(),
-        "g3",
+        job_id="tictactoe-g3-0",
+        game="tictactoe",
+        kind="gauntlet",
+        a=gen3,
+        b=PlayerSpec("random", agent="random"),
+        wins_a=9,
+        draws=1,
+        wins_b=0,
+        term=7,
+        finished_at=time.time(),
+        group="g3",
     )
     await bus.publish_durable(names.results_subject("tictactoe", "g3"), encode(result), "r-g3-0")
     start_syncer(processes, nats_server.url, fresh_moto, tmp_path, "s1")
@@ -121,7 +135,7 @@ async def test_restore_brings_back_models_pointer_history_and_games_and_refuses_
 
 
 async def check_restored(url: str, good: bytes, games: dict[str, bytes], tmp: Path) -> None:
-    bus = await Bus.connect(BusConfig(servers=[url], name="check"))
+    bus = await NatsBus.connect(BusConfig(servers=[url], name="check"))
     try:
         entry = await bus.last(names.REGISTRY_BUCKET, names.best_key("tictactoe"))
         best = decode(entry.value or b"", BestPointer)

@@ -15,7 +15,8 @@ import pytest
 from schemas import names
 from schemas.codec import encode
 from services.scheduler import STATE_KEY, LoopRecord
-from shared.bus.client import Bus, BusConfig
+from shared.bus.client import BusConfig, NatsBus
+from shared.bus.ports import Bus
 from shared.bus.server import free_port
 from shared.lease.fencing import read_termed
 from shared.loop.policy import GameState, LoopState
@@ -97,7 +98,7 @@ async def test_up_on_the_same_data_dir_resumes_at_the_generation_it_stopped(
     first = await Up.start(data, port)
     try:
         await first.line(re.compile(r"^new run: tictactoe"))
-        bus = await Bus.connect(admin_config(data, port))
+        bus = await NatsBus.connect(admin_config(data, port))
         try:
             reached = await first.line(re.compile(r"tictactoe generation ([1-9]\d*) promoted"))
             await recorded(bus, int(reached.group(1)))
@@ -125,11 +126,19 @@ async def test_the_start_line_tells_a_new_run_from_one_that_resumes(
     fresh = await run_summary(bus, "tictactoe", tmp_path)
     assert fresh == f"new run: tictactoe, data dir {tmp_path}"
     first = LoopState({"tictactoe": GameState(trainings=1, training_in_progress=True)})
-    await bus.write(names.LOOP_BUCKET, STATE_KEY, encode(LoopRecord(1, first, time.time())))
+    await bus.write(
+        names.LOOP_BUCKET,
+        STATE_KEY,
+        encode(LoopRecord(term=1, state=first, updated_at=time.time())),
+    )
     early = await run_summary(bus, "tictactoe", tmp_path)
     assert early == f"resuming tictactoe from before generation 0 (0 games, data dir {tmp_path})"
     state = LoopState({"tictactoe": GameState(generation=3, trainings=4)})
-    await bus.write(names.LOOP_BUCKET, STATE_KEY, encode(LoopRecord(1, state, time.time())))
+    await bus.write(
+        names.LOOP_BUCKET,
+        STATE_KEY,
+        encode(LoopRecord(term=1, state=state, updated_at=time.time())),
+    )
     for i in range(2):
         await bus.publish_durable(names.games_subject("tictactoe"), b"g", msg_id=f"g{i}")
     summary = await run_summary(bus, "tictactoe", tmp_path)

@@ -7,7 +7,6 @@ continues from the loop state in KV: generations keep rising, none is skipped or
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from schemas import names
 from schemas.codec import decode
 from schemas.jobs import ModelEvent
 from services.scheduler import STATE_KEY, LoopRecord
-from shared.bus.client import Bus
+from shared.bus.ports import Bus
 from shared.bus.server import NatsServer
 from shared.lease.fencing import read_termed
 from shared.lease.watch import current_holder
@@ -92,6 +91,11 @@ async def test_killing_the_leaders_node_hands_the_loop_to_the_other(
 
     later = await eventually(new_leader_progress, 300, every=1, what="progress under new leader")
     assert later.term > first.term
-    await asyncio.sleep(1)
-    promoted = await promotions(bus)
+    reached = later.state.game("tictactoe").generation
+
+    async def announced() -> list[int] | None:
+        found = await promotions(bus)
+        return found if found and max(found) >= reached else None
+
+    promoted: list[int] = await eventually(announced, 10, what=f"generation {reached} announced")
     assert promoted == list(range(len(promoted))), f"skipped or repeated: {promoted}"

@@ -35,7 +35,16 @@ def test_round_trip() -> None:
     status = NodeStatus(
         node="n1",
         roles=["coordinator"],
-        services=[ServiceState("leader", True, 12, 0.5, 3.0, 0.2)],
+        services=[
+            ServiceState(
+                name="leader",
+                alive=True,
+                pid=12,
+                lag_p50_ms=0.5,
+                lag_max_ms=3.0,
+                last_pulse_age_s=0.2,
+            )
+        ],
         version="0.1.0",
         resources=Resources(2, 2**30, ["mps"]),
         hostname="h",
@@ -83,7 +92,9 @@ def test_random_bytes_never_crash_the_decoder(data: bytes, kind: type[msgspec.St
 def test_mutated_messages_are_rejected_with_a_field_or_decoded_whole(
     position: int, byte: int
 ) -> None:
-    good = bytearray(encode(Lease("node-1", "abc", 4, 10.0, 3)))
+    good = bytearray(
+        encode(Lease(node="node-1", instance="abc", term=4, acquired_at=10.0, ttl_s=3))
+    )
     good[position % len(good)] = byte
     try:
         lease = decode(bytes(good), Lease)

@@ -11,8 +11,8 @@ from schemas.codec import decode, encode
 from schemas.control import ServicePulse
 from schemas.game import decode_record
 from schemas.jobs import ModelEvent, SelfplayJob
-from shared.bus.client import Bus
 from shared.bus.message import Message
+from shared.bus.ports import Bus
 from shared.bus.server import NatsServer
 from shared.work.jobs import JobSettings, ensure_consumer, submit
 from shared.work.models import ModelStore
@@ -48,7 +48,13 @@ async def test_job_games_are_published_then_the_job_acknowledged(
     nats_server: NatsServer, bus: Bus, processes: Processes, tmp_path: Path
 ) -> None:
     await ensure_consumer(bus, "selfplay", JobSettings(ack_wait_s=3.0, max_deliver=5))
-    await submit(bus, "selfplay", SelfplayJob("sp-1", "tictactoe", "", 0, games=6, sims=8, term=1))
+    await submit(
+        bus,
+        "selfplay",
+        SelfplayJob(
+            job_id="sp-1", game="tictactoe", model_sha256="", generation=0, games=6, sims=8, term=1
+        ),
+    )
     pulses: list[ServicePulse] = []
 
     async def on_pulse(msg: Message) -> None:
@@ -72,7 +78,17 @@ async def test_a_worker_killed_mid_job_loses_no_acknowledged_game(
 ) -> None:
     await ensure_consumer(bus, "selfplay", JobSettings(ack_wait_s=3.0, max_deliver=5))
     await submit(
-        bus, "selfplay", SelfplayJob("sp-2", "tictactoe", "", 0, games=400, sims=16, term=1)
+        bus,
+        "selfplay",
+        SelfplayJob(
+            job_id="sp-2",
+            game="tictactoe",
+            model_sha256="",
+            generation=0,
+            games=400,
+            sims=16,
+            term=1,
+        ),
     )
     first = start_worker(processes, nats_server.url, tmp_path)
     await eventually(lambda: _some_games(bus), 60, what="first games")
@@ -96,7 +112,9 @@ async def test_a_promoted_model_is_prefetched_into_the_workers_cache(
 ) -> None:
     start_worker(processes, nats_server.url, tmp_path)
     digest = await ModelStore(bus, tmp_path / "trainer").put(os.urandom(2_000_000))
-    event = ModelEvent("promoted", "tictactoe", 1, digest, time.time())
+    event = ModelEvent(
+        kind="promoted", game="tictactoe", generation=1, sha256=digest, at=time.time()
+    )
 
     async def cached() -> bool:
         await bus.publish(names.model_event_subject("promoted"), encode(event))

@@ -18,7 +18,7 @@ from schemas import names
 from schemas.game import decode_record, encode_record
 from shared import archive
 from shared.archive import S3Config, S3Store
-from shared.bus.client import Bus
+from shared.bus.ports import Bus
 from shared.bus.server import NatsServer
 from shared.cli.status import gather
 from shared.learn.games import get_game
@@ -27,7 +27,6 @@ from shared.learn.selfplay import SelfPlayConfig, self_play
 from tests.conftest import Processes, eventually, process_config
 from tests.s3server import FAKE_AWS_ENV, MotoServer
 
-pytest_plugins = ["tests.s3server"]
 pytestmark = pytest.mark.timeout(400)
 
 GAME = get_game("tictactoe")
@@ -111,11 +110,11 @@ async def test_archive_survives_an_outage_and_a_killed_syncer(
     outage_started = time.monotonic()
     try:
         games |= await publish_games(bus, 20, seed=2)
-        await asyncio.sleep(15)
+        await asyncio.sleep(15)  # halfway through the outage
         first.send_signal(signal.SIGKILL)  # and the syncer dies meanwhile
         first.wait()
         games |= await publish_games(bus, 10, seed=4)
-        await asyncio.sleep(max(0.0, 30 - (time.monotonic() - outage_started)))
+        await asyncio.sleep(max(0.0, 30 - (time.monotonic() - outage_started)))  # the rest of it
     finally:
         os.kill(fresh_moto.proc.pid, signal.SIGCONT)
     games |= await publish_games(bus, 15, seed=3)

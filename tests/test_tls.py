@@ -9,7 +9,9 @@ import pytest
 from schemas import names
 from shared.auth.identities import ACCOUNTS_FILE, init, seed_path
 from shared.auth.tlsfiles import TlsFiles
-from shared.bus.client import Bus, BusConfig, BusError, ConnectFailed
+from shared.bus.client import BusConfig, NatsBus
+from shared.bus.errors import BusError, ConnectFailed
+from shared.bus.ports import Bus
 from shared.bus.server import HUB_DOMAIN, LeafSpec, NatsCluster, NatsServer, ServerSpec
 from tests.conftest import eventually
 
@@ -44,11 +46,11 @@ async def test_with_tls_on_a_plain_connection_fails_and_a_verified_one_works(
     try:
         seed = str(seed_path(auth, "admin"))
         with pytest.raises(ConnectFailed):
-            await Bus.connect(
+            await NatsBus.connect(
                 BusConfig(servers=[server.url], name="plain", nkey_seed=seed, connect_timeout_s=3)
             )
         cfg = BusConfig(servers=[server.url], name="tls", nkey_seed=seed, tls_ca=files.ca)
-        bus = await Bus.connect(cfg)
+        bus = await NatsBus.connect(cfg)
         try:
             await bus.provision()
             await bus.write(names.NODES_BUCKET, "n1", b"{}", ttl_s=5)
@@ -69,12 +71,14 @@ async def test_routes_and_leaf_links_run_over_tls(tmp_path: Path) -> None:
             "edge", tmp_path / "edge", tuple(s.leaf_url for s in cluster.servers), ca_file=files.ca
         )
         leaf = NatsServer(leaf_spec).start()  # returns once linked to the hub, over TLS
-        hub = await Bus.connect(
+        hub = await NatsBus.connect(
             BusConfig(servers=cluster.urls, name="hub", replicas=3, tls_ca=files.ca)
         )
         try:
             await eventually(lambda: provisioned(hub), 30, what="cluster provisioning")
-            edge = await Bus.connect(BusConfig(servers=[leaf.url], name="edge", domain=HUB_DOMAIN))
+            edge = await NatsBus.connect(
+                BusConfig(servers=[leaf.url], name="edge", domain=HUB_DOMAIN)
+            )
             try:
                 await edge.write(names.NODES_BUCKET, "edge", b"{}", ttl_s=5)
                 assert (await hub.last(names.NODES_BUCKET, "edge")).value == b"{}"

@@ -15,7 +15,8 @@ from schemas.codec import decode, encode
 from schemas.game import decode_record, encode_record
 from schemas.jobs import ModelMeta, TrainJob, TrainProgress
 from services.trainer import ProgressMeter
-from shared.bus.client import Bus, BusConfig
+from shared.bus.client import BusConfig
+from shared.bus.ports import Bus
 from shared.bus.server import NatsServer
 from shared.learn.games import get_game
 from shared.learn.inference import uniform_evaluator
@@ -30,7 +31,9 @@ from tests.conftest import Processes, eventually
 from tests.test_trainer_service import start_tiny_trainer
 
 GAME = get_game("tictactoe")
-JOB = TrainJob("tictactoe-t3", "tictactoe", 3, "", 100, 10, term=1)
+JOB = TrainJob(
+    job_id="tictactoe-t3", game="tictactoe", generation=3, parent_sha256="", steps=10, term=1
+)
 
 
 def played(games: int) -> list[bytes]:
@@ -60,16 +63,20 @@ def test_the_meter_reports_by_time_with_window_means_and_ends_done() -> None:
     now = [0.0]
     emitted: list[TrainProgress] = []
     meter = ProgressMeter(JOB, 2.0, emitted.append, clock=lambda: now[0])
-    meter(StepsDone(1, 100, 1.0, 0.5))
+    meter(StepsDone(step=1, positions=100, policy_loss=1.0, value_loss=0.5))
     now[0] = 2.0
-    meter(StepsDone(3, 200, 4.0, 0.2))  # two steps with these means
+    meter(
+        StepsDone(step=3, positions=200, policy_loss=4.0, value_loss=0.2)
+    )  # two steps with these means
     [first] = emitted
     assert (first.step, first.steps, first.done) == (3, 10, False)
     assert first.policy_loss == pytest.approx(3.0) and first.value_loss == pytest.approx(0.3)
     assert first.samples_per_s == pytest.approx(150.0) and first.job_id == JOB.job_id
 
     now[0] = 3.0
-    meter(StepsDone(4, 100, math.nan, 0.1))  # a non-finite loss is sent as None
+    meter(
+        StepsDone(step=4, positions=100, policy_loss=math.nan, value_loss=0.1)
+    )  # a non-finite loss is sent as None
     final = meter.final()
     assert final.done and final.step == 4 and final.policy_loss is None
     assert final.value_loss == pytest.approx(0.1) and final.samples_per_s == pytest.approx(100.0)
@@ -94,7 +101,18 @@ async def test_a_trainer_publishes_progress_while_it_trains_then_a_done_report(
     assert await last_train_progress(bus, "tictactoe") is None
     # progress_every_s 0: a report after every step
     start_tiny_trainer(processes, nats_server.url, tmp_path, progress_every_s=0.0)
-    await submit(bus, "train", TrainJob("tictactoe-t1", "tictactoe", 1, "", 100, 12, term=1))
+    await submit(
+        bus,
+        "train",
+        TrainJob(
+            job_id="tictactoe-t1",
+            game="tictactoe",
+            generation=1,
+            parent_sha256="",
+            steps=12,
+            term=1,
+        ),
+    )
 
     async def trained() -> ModelMeta | None:
         entry = await bus.last(names.REGISTRY_BUCKET, names.trained_key("tictactoe-t1"))
@@ -123,9 +141,28 @@ async def test_the_console_logs_every_report_to_csv_and_prints_training_lines(
     stop = asyncio.Event()
     task = asyncio.create_task(console.run(stop, training=True))
     subject = names.train_progress_subject("tictactoe")
-    during = TrainProgress("tictactoe", "tictactoe-t4", 4, 300, 600, 1.2344, 0.4567, 812.3, 1e9)
+    during = TrainProgress(
+        game="tictactoe",
+        job_id="tictactoe-t4",
+        generation=4,
+        step=300,
+        steps=600,
+        policy_loss=1.2344,
+        value_loss=0.4567,
+        samples_per_s=812.3,
+        at=1e9,
+    )
     final = TrainProgress(
-        "tictactoe", "tictactoe-t4", 4, 600, 600, None, 0.25, 790.0, 1e9 + 5, True
+        game="tictactoe",
+        job_id="tictactoe-t4",
+        generation=4,
+        step=600,
+        steps=600,
+        policy_loss=None,
+        value_loss=0.25,
+        samples_per_s=790.0,
+        at=1e9 + 5,
+        done=True,
     )
     try:
 

@@ -14,7 +14,7 @@ from schemas import names
 from schemas.codec import decode
 from schemas.game import encode_record
 from schemas.jobs import BestPointer, DeadLetter, ModelMeta, TrainJob
-from shared.bus.client import Bus
+from shared.bus.ports import Bus
 from shared.bus.server import NatsServer
 from shared.learn.games import get_game
 from shared.learn.inference import uniform_evaluator
@@ -69,7 +69,13 @@ async def test_trainer_keeps_each_game_once_refuses_bad_records_and_writes_a_che
 
     await ensure_consumer(bus, "train", JobSettings(ack_wait_s=30))
     start_tiny_trainer(processes, nats_server.url, tmp_path)
-    await submit(bus, "train", TrainJob("tictactoe-t1", "tictactoe", 0, "", 100, 5, term=1))
+    await submit(
+        bus,
+        "train",
+        TrainJob(
+            job_id="tictactoe-t1", game="tictactoe", generation=0, parent_sha256="", steps=5, term=1
+        ),
+    )
     meta = await eventually(lambda: trained(bus, "tictactoe-t1"), 60, what="a trained model")
     assert meta.window_games == 10 and meta.duplicates_skipped == 3
     assert meta.rejected_records == 1 and meta.steps == 5
@@ -77,7 +83,9 @@ async def test_trainer_keeps_each_game_once_refuses_bad_records_and_writes_a_che
     [letter] = [decode(m.data, DeadLetter) for m in letters]
     assert letter.reason.startswith("RejectedRecord") and letter.job == encode_record(illegal)
 
-    pointer = BestPointer("tictactoe", 0, meta.sha256, 1, 0.0)
+    pointer = BestPointer(
+        game="tictactoe", generation=0, sha256=meta.sha256, term=1, promoted_at=0.0
+    )
     await fenced_put(bus, names.REGISTRY_BUCKET, names.best_key("tictactoe"), pointer, BestPointer)
     exported = conclave(
         "models",

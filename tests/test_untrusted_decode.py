@@ -41,7 +41,16 @@ def status(**changes: Any) -> NodeStatus:
     every_service = sorted({s for services in ROLE_SERVICES.values() for s in services})
     work = {"games": 1200.0, "simulations": 9.6e6, "cpu_s": 5321.125}
     services = [
-        ServiceState(name, True, 4242, 0.3, 12.5, 0.4, work, "tictactoe-sp-0123456789ab")
+        ServiceState(
+            name=name,
+            alive=True,
+            pid=4242,
+            lag_p50_ms=0.3,
+            lag_max_ms=12.5,
+            last_pulse_age_s=0.4,
+            counters=work,
+            doing="tictactoe-sp-0123456789ab",
+        )
         for name in ["heartbeat", *every_service]
     ]
     base = NodeStatus(
@@ -217,13 +226,92 @@ def test_eval_result_counts_and_times_are_in_range(field: str, value: Any) -> No
 @pytest.mark.parametrize(
     ("kind", "message", "field", "value"),
     [
-        (SelfplayJob, SelfplayJob("j", "tictactoe", SHA_A, 3, 10, 32, 1), "games", -10),
-        (SelfplayJob, SelfplayJob("j", "tictactoe", SHA_A, 3, 10, 32, 1), "sims", 10**9),
-        (SelfplayJob, SelfplayJob("j", "tictactoe", SHA_A, 3, 10, 32, 1), "generation", -1),
-        (SelfplayJob, SelfplayJob("j", "tictactoe", SHA_A, 3, 10, 32, 1), "resign_value", -1.5),
-        (SelfplayJob, SelfplayJob("j", "tictactoe", SHA_A, 3, 10, 32, 1), "model_sha256", "../x"),
-        (TrainJob, TrainJob("t", "tictactoe", 4, SHA_A, 4000, 300, 1), "steps", -300),
-        (TrainJob, TrainJob("t", "tictactoe", 4, SHA_A, 4000, 300, 1), "window_games", 2**62),
+        (
+            SelfplayJob,
+            SelfplayJob(
+                job_id="j",
+                game="tictactoe",
+                model_sha256=SHA_A,
+                generation=3,
+                games=10,
+                sims=32,
+                term=1,
+            ),
+            "games",
+            -10,
+        ),
+        (
+            SelfplayJob,
+            SelfplayJob(
+                job_id="j",
+                game="tictactoe",
+                model_sha256=SHA_A,
+                generation=3,
+                games=10,
+                sims=32,
+                term=1,
+            ),
+            "sims",
+            10**9,
+        ),
+        (
+            SelfplayJob,
+            SelfplayJob(
+                job_id="j",
+                game="tictactoe",
+                model_sha256=SHA_A,
+                generation=3,
+                games=10,
+                sims=32,
+                term=1,
+            ),
+            "generation",
+            -1,
+        ),
+        (
+            SelfplayJob,
+            SelfplayJob(
+                job_id="j",
+                game="tictactoe",
+                model_sha256=SHA_A,
+                generation=3,
+                games=10,
+                sims=32,
+                term=1,
+            ),
+            "resign_value",
+            -1.5,
+        ),
+        (
+            SelfplayJob,
+            SelfplayJob(
+                job_id="j",
+                game="tictactoe",
+                model_sha256=SHA_A,
+                generation=3,
+                games=10,
+                sims=32,
+                term=1,
+            ),
+            "model_sha256",
+            "../x",
+        ),
+        (
+            TrainJob,
+            TrainJob(
+                job_id="t", game="tictactoe", generation=4, parent_sha256=SHA_A, steps=300, term=1
+            ),
+            "steps",
+            -300,
+        ),
+        (
+            TrainJob,
+            TrainJob(
+                job_id="t", game="tictactoe", generation=4, parent_sha256=SHA_A, steps=300, term=1
+            ),
+            "generation",
+            -1,
+        ),
     ],
 )
 def test_job_sizes_and_values_are_in_range(
@@ -301,12 +389,23 @@ def test_node_status_floods_are_rejected(edit: Callable[[dict[str, Any]], Any], 
 
 
 def test_a_status_at_the_service_bound_decodes() -> None:
-    services = [ServiceState(f"service-{i}", True, i + 1) for i in range(MAX_SERVICES)]
+    services = [
+        ServiceState(name=f"service-{i}", alive=True, pid=i + 1) for i in range(MAX_SERVICES)
+    ]
     assert decode(encode(status(services=services)), NodeStatus).services == services
 
 
 def test_a_pulse_flooding_counters_is_rejected() -> None:
-    pulse = ServicePulse("n1", "selfplay", 42, 0.5, 3.0, NOW, NOW + 1, {"games": 3.0})
+    pulse = ServicePulse(
+        node="n1",
+        service="selfplay",
+        pid=42,
+        lag_p50_ms=0.5,
+        lag_max_ms=3.0,
+        started_at=NOW,
+        sent_at=NOW + 1,
+        counters={"games": 3.0},
+    )
     data = json_with(pulse, lambda d: d.update(counters={f"c{i}": 1.0 for i in range(1000)}))
     assert rejected(lambda: decode(data, ServicePulse)).field == "$.counters"
 

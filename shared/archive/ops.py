@@ -29,8 +29,6 @@ from shared.archive.store import Store
 T = TypeVar("T")
 GZIP_LEVEL = 6
 HASH_CHUNK = 1024 * 1024
-# Manifests go up beside their shards; a few threads, shared by every caller in the process.
-_beside = futures.ThreadPoolExecutor(4, thread_name_prefix="archive-manifest")
 
 
 class Manifest(msgspec.Struct, frozen=True, tag_field="type", tag="conclave.archive_manifest.v1"):
@@ -120,19 +118,26 @@ def write_shard(
     *,
     game_ids: Sequence[str] | None = None,
     clock: Callable[[], float] = time.time,
+    beside: futures.Executor | None = None,
 ) -> Manifest:
     """Archive `records` as one shard with its manifest; return the manifest.
 
     Idempotent: the same records make the same keys, so writing them again replaces the pair
     with identical bytes and never duplicates. `game_ids` default to each record's `game_id`.
+    `beside` runs the manifest's upload (`store_shard`); without it, a thread of this call's own.
     """
     manifest, shard = build_shard(game, records, game_ids=game_ids, created_at=clock())
-    store_shard(store, manifest, shard)
+    if beside is not None:
+        store_shard(store, manifest, shard, beside)
+        return manifest
+    with futures.ThreadPoolExecutor(1, thread_name_prefix="archive-manifest") as own:
+        store_shard(store, manifest, shard, own)
     return manifest
 
 
-def store_shard(store: Store, manifest: Manifest, shard: bytes) -> None:
-    """Store a built shard and its manifest side by side, in one round trip rather than two.
+def store_shard(store: Store, manifest: Manifest, shard: bytes, beside: futures.Executor) -> None:
+    """Store a built shard and its manifest side by side (the manifest on `beside`, a pool the
+    caller owns), in one round trip rather than two.
 
     Their names carry the shard's digest, so a shard of the same range with other content never
     replaces this one; a range counts as archived only once both objects are stored.
@@ -140,14 +145,14 @@ def store_shard(store: Store, manifest: Manifest, shard: bytes) -> None:
     key = layout.manifest_key(
         manifest.game, manifest.first_seq, manifest.last_seq, manifest.shard_sha256
     )
-    beside = _beside.submit(store.put_bytes, key, msgspec.json.encode(manifest))
+    manifest_put = beside.submit(store.put_bytes, key, msgspec.json.encode(manifest))
     meta = {"sha256": manifest.shard_sha256, "count": str(manifest.count)}
     try:
         store.put_bytes(manifest.shard_key, shard, metadata=meta)
     except BaseException:
-        futures.wait([beside])
+        futures.wait([manifest_put])
         raise
-    beside.result()
+    manifest_put.result()
 
 
 def committed_entries(store: Store, game: str) -> list[layout.Entry]:

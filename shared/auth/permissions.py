@@ -25,17 +25,13 @@ from schemas import names
 
 Role = Literal["coordinator", "selfplay", "trainer", "evaluator", "syncer", "admin"]
 ROLES: tuple[Role, ...] = ("coordinator", "selfplay", "trainer", "evaluator", "syncer", "admin")
-API = "$JS.API"
-DOMAIN_API = "$JS.*.API"  # the same API through a leaf link (`$JS.<domain>.API`)
+API = names.JS_API
+DOMAIN_API = names.JS_ANY_DOMAIN_API  # the same API through a leaf link
 MODELS_STREAM = names.object_stream(names.MODELS_STORE)
-INBOX_ROOT = "_INBOX"
 # What only admin does to streams, buckets and object stores (denied to every other identity).
 STREAM_ADMIN = ("CREATE", "UPDATE", "DELETE", "PURGE")
 WORKER_OF_KIND: dict[str, Role] = {"selfplay": "selfplay", "train": "trainer", "eval": "evaluator"}
 KEY = "<public-key>"  # an identity's key where none is given (the docs)
-LEGACY_EVAL_CONSUMER = "eval-workers"  # dropped by the coordinator when migrating to lanes
-# The syncer's dead-letter kinds (`services/syncer.py`: MODEL_DEAD_KIND, ARCHIVE_DEAD_KIND).
-SYNCER_DEAD_KINDS = ("model", "archive")
 
 
 class Permissions(msgspec.Struct, frozen=True):
@@ -80,18 +76,13 @@ def has_durables(stream: str) -> bool:
     return any(d.stream == stream for d in durables())
 
 
-def inbox_prefix(identity: str) -> str:
-    """The inbox prefix of the identity with this public key (its clients connect with it)."""
-    return f"{INBOX_ROOT}.{identity}"
-
-
 def stream_read(stream: str) -> list[str]:
     """Read a stream's info and single messages (KV get, object info)."""
     return [
         f"{API}.STREAM.INFO.{stream}",
         f"{API}.STREAM.MSG.GET.{stream}",
         f"{API}.DIRECT.GET.{stream}",
-        f"{API}.DIRECT.GET.{stream}.>",
+        names.under(f"{API}.DIRECT.GET.{stream}"),
     ]
 
 
@@ -104,11 +95,11 @@ def ephemeral_consumers(stream: str) -> list[str]:
     unnamed = [] if has_durables(stream) else [f"{API}.CONSUMER.CREATE.{stream}"]
     return [
         *unnamed,
-        f"{API}.CONSUMER.CREATE.{stream}.>",
-        f"{API}.CONSUMER.INFO.{stream}.*",
-        f"{API}.CONSUMER.MSG.NEXT.{stream}.*",
-        f"$JS.ACK.{stream}.>",
-        f"$JS.FC.{stream}.>",
+        names.under(f"{API}.CONSUMER.CREATE.{stream}"),
+        f"{API}.CONSUMER.INFO.{stream}.{names.ANY}",
+        f"{API}.CONSUMER.MSG.NEXT.{stream}.{names.ANY}",
+        names.under(names.js_ack(stream)),
+        names.under(names.js_flow_control(stream)),
     ]
 
 
@@ -118,7 +109,7 @@ def durable_use(durable: Durable) -> list[str]:
     return [
         f"{API}.CONSUMER.INFO.{stream}.{name}",
         f"{API}.CONSUMER.MSG.NEXT.{stream}.{name}",
-        f"$JS.ACK.{stream}.{name}.>",
+        names.under(names.js_ack(stream, name)),
     ]
 
 
@@ -127,7 +118,7 @@ def durable_configure(durable: Durable) -> list[str]:
     stream, name = durable.stream, durable.name
     return [
         f"{API}.CONSUMER.CREATE.{stream}.{name}",
-        f"{API}.CONSUMER.CREATE.{stream}.{name}.>",
+        names.under(f"{API}.CONSUMER.CREATE.{stream}.{name}"),
         f"{API}.CONSUMER.DURABLE.CREATE.{stream}.{name}",
     ]
 
@@ -184,7 +175,10 @@ def models_read() -> list[str]:
 
 def models_write() -> list[str]:
     meta = names.model_key(names.ANY, names.ANY)
-    return [f"$O.{names.MODELS_STORE}.>", *kv_write(names.REGISTRY_BUCKET, meta)]
+    return [
+        names.under(names.object_prefix(names.MODELS_STORE)),
+        *kv_write(names.REGISTRY_BUCKET, meta),
+    ]
 
 
 def telemetry(node_id: str) -> list[str]:
@@ -200,8 +194,11 @@ def every_identity(identity: str, node_id: str = names.ANY) -> Permissions:
     identity's under any node, a node identity's under its own), service discovery, replies to
     its own inbox."""
     return Permissions(
-        publish=[f"{API}.INFO", f"{API}.STREAM.INFO.*", *telemetry(node_id)],
-        subscribe=[f"{inbox_prefix(identity)}.>", "$SRV.>"],
+        publish=[f"{API}.INFO", f"{API}.STREAM.INFO.{names.ANY}", *telemetry(node_id)],
+        subscribe=[
+            names.under(names.inbox_prefix(identity)),
+            names.under(names.SERVICES_ROOT),
+        ],
     )
 
 
@@ -218,7 +215,7 @@ def role_grants(role: Role) -> list[str]:
             *kv_write(names.REGISTRY_BUCKET, names.trained_key(names.ANY)),
             names.model_event_subject("candidate"),
             names.train_progress_subject(names.ANY),
-            names.dlq_subject("records", names.ANY, names.ANY),  # rejected game records
+            names.dlq_subject(names.REJECTED_RECORDS, names.ANY, names.ANY),
         ]
     if role == "evaluator":
         return [*jobs("eval"), names.results_subject(names.ANY, names.ANY), *models_read()]
@@ -230,8 +227,8 @@ def role_grants(role: Role) -> list[str]:
             *reader(names.RESULTS_STREAM),
             *models_read(),
             *kv_read(names.LOOP_BUCKET),
-            *kv_write(names.REGISTRY_BUCKET, "sync.status"),
-            *[names.dlq_subject(kind, names.ANY, names.ANY) for kind in SYNCER_DEAD_KINDS],
+            *kv_write(names.REGISTRY_BUCKET, names.SYNC_STATUS_KEY),
+            *[names.dlq_subject(kind, names.ANY, names.ANY) for kind in names.SYNCER_DEAD_KINDS],
         ]
     if role == "coordinator":
         return coordinator_grants()
@@ -245,7 +242,7 @@ def coordinator_grants() -> list[str]:
         f"{API}.STREAM.MSG.DELETE.{names.JOBS_STREAM}",
         f"{API}.STREAM.NAMES",
         f"{API}.STREAM.LIST",
-        f"{API}.CONSUMER.DELETE.{names.JOBS_STREAM}.{LEGACY_EVAL_CONSUMER}",
+        f"{API}.CONSUMER.DELETE.{names.JOBS_STREAM}.{names.LEGACY_EVAL_CONSUMER}",
         *lease_read(names.ELECTION_BUCKET),
         *lease_write(names.ELECTION_BUCKET, names.LEADER_KEY),
         *kv_read(names.NODES_BUCKET),
@@ -253,10 +250,10 @@ def coordinator_grants() -> list[str]:
         *kv_write(names.LOOP_BUCKET, ">"),
         *kv_read(names.REGISTRY_BUCKET),
         *kv_write(names.REGISTRY_BUCKET, ">"),
-        "events.>",
+        names.all_events(),
         names.leader_validity_subject(),
-        "jobs.>",
-        "dlq.>",
+        names.all_jobs(),
+        names.all_dead_letters(),
         *reader(names.JOBS_STREAM),
         *reader(names.DLQ_STREAM),
         *reader(names.ADVISORIES_STREAM),
@@ -278,7 +275,7 @@ def denied(roles: frozenset[Role]) -> list[str]:
     """What `roles` may never publish, whatever their wildcards allow: stream administration,
     unnamed consumers beside durables, and configuring, deleting or (unless they use them)
     pulling from or acking others' durables."""
-    deny = [f"{API}.STREAM.{verb}.>" for verb in STREAM_ADMIN]
+    deny = [names.under(f"{API}.STREAM.{verb}") for verb in STREAM_ADMIN]
     deny += sorted({f"{API}.CONSUMER.CREATE.{d.stream}" for d in durables()})  # see ephemerals
     for durable in durables():
         stream, name = durable.stream, durable.name
@@ -286,7 +283,8 @@ def denied(roles: frozenset[Role]) -> list[str]:
         if durable.owner not in roles:
             deny += durable_configure(durable)
         if not roles & set(durable.users):
-            deny += [f"{API}.CONSUMER.MSG.NEXT.{stream}.{name}", f"$JS.ACK.{stream}.{name}.>"]
+            deny.append(f"{API}.CONSUMER.MSG.NEXT.{stream}.{name}")
+            deny.append(names.under(names.js_ack(stream, name)))
     return deny
 
 
@@ -295,7 +293,7 @@ def with_domains(subjects: list[str]) -> list[str]:
     extra = [
         DOMAIN_API + s.removeprefix(API) if s.startswith(f"{API}.") else f"{DOMAIN_API}.{s}"
         for s in subjects
-        if s.startswith((f"{API}.", "$KV."))
+        if s.startswith(f"{API}.") or names.is_kv_subject(s)
     ]
     return subjects + extra
 
@@ -408,7 +406,7 @@ def capabilities() -> list[tuple[str, str, str]]:
         (
             "reconfigure the syncer's consumer",
             "pub",
-            f"{API}.CONSUMER.CREATE.{names.GAMES_STREAM}.{names.SYNCER_GAMES_CONSUMER}.games.*",
+            f"{API}.CONSUMER.CREATE.{names.GAMES_STREAM}.{names.SYNCER_GAMES_CONSUMER}.{names.games_subject(names.ANY)}",
         ),
         (
             "create an unnamed consumer on GAMES",
@@ -441,7 +439,7 @@ def capabilities() -> list[tuple[str, str, str]]:
             "pub",
             names.kv_subject(names.REGISTRY_BUCKET, names.best_key("tictactoe")),
         ),
-        ("write a checkpoint", "pub", f"$O.{names.MODELS_STORE}.C.x"),
+        ("write a checkpoint", "pub", names.object_chunk_subject(names.MODELS_STORE, "x")),
         ("publish game records", "pub", names.games_subject("tictactoe")),
         (
             f"write its status (`{EXAMPLE_NODE}`)",
@@ -461,9 +459,9 @@ def capabilities() -> list[tuple[str, str, str]]:
         ),
         ("publish another node's pulses", "pub", names.pulse_subject(other, "selfplay")),
         ("publish another node's log lines", "pub", names.log_subject(other, "selfplay", "info")),
-        ("read its own inbox", "sub", f"{inbox_prefix(KEY)}.x"),
-        ("read another identity's inbox", "sub", f"{inbox_prefix('OTHER')}.x"),
-        ("read every inbox (`_INBOX.>`)", "sub", f"{INBOX_ROOT}.>"),
+        ("read its own inbox", "sub", f"{names.inbox_prefix(KEY)}.x"),
+        ("read another identity's inbox", "sub", f"{names.inbox_prefix('OTHER')}.x"),
+        ("read every inbox (`_INBOX.>`)", "sub", names.under(names.INBOX_ROOT)),
     ]
 
 

@@ -8,8 +8,8 @@ import hashlib
 import json
 import logging
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,41 +36,21 @@ from nats.nuid import NUID
 
 import nats
 from schemas import names
-from shared.auth.permissions import inbox_prefix
-from shared.bus import provision
+from shared.bus import micro, objects, provision, queue
+from shared.bus.consumers import ConsumerCounts, WorkConsumer
+from shared.bus.errors import BusError, CasFailed, ConnectFailed, NoPlacement
 from shared.bus.message import Entry, Message, Subscription, from_nats, from_raw
+from shared.bus.ports import SystemClock
+from shared.bus.translate import NO_MESSAGE_FOUND, STREAM_NAME_IN_USE, translated
 
 log = logging.getLogger("conclave.bus")
 
-_WRONG_LAST_SEQUENCE = 10071
-_STREAM_NAME_IN_USE = 10058
-_NO_SUITABLE_PEERS = 10005  # no server matches a stream's placement (tags, cluster)
 _DELETED_OPS = {"DEL", "PURGE"}
 FOLLOW_BATCH = 256
 FOLLOW_WAIT_S = 5.0
 FOLLOW_RETRY_S = 1.0
 FOLLOW_INACTIVE_S = 60.0  # a follower that stopped fetching for this long is dropped by the server
 NOT_PROVISIONED = "(only admin provisions: `conclave provision --creds admin.nk`)"
-
-
-class BusError(Exception):
-    """A broker operation failed."""
-
-
-class Unavailable(BusError):
-    """No answer in time: disconnected, no JetStream leader, or a stream leader election."""
-
-
-class CasFailed(BusError):
-    """A compare-and-set write found a different last revision than expected."""
-
-
-class NoPlacement(BusError):
-    """No hub server matches a stream's placement: for a lease slot, its server tag is missing."""
-
-
-class ConnectFailed(BusError):
-    """The first connection to NATS did not succeed in time."""
 
 
 class BusConfig(msgspec.Struct, frozen=True):
@@ -103,34 +83,8 @@ class Connection:
     version: str
 
 
-@contextmanager
-def translated(what: str) -> Iterator[None]:
-    """Turn nats-py errors into Conclave's typed errors, naming the operation."""
-    try:
-        yield
-    except nats.js.errors.APIError as e:
-        if e.err_code == _WRONG_LAST_SEQUENCE:
-            raise CasFailed(f"{what}: {e.description}") from e
-        if e.err_code == _NO_SUITABLE_PEERS:
-            raise NoPlacement(f"{what}: {e.description}") from e
-        if isinstance(e, nats.js.errors.ServiceUnavailableError):
-            raise Unavailable(f"{what}: {e.description}") from e
-        raise BusError(f"{what}: {e.description} (code {e.err_code})") from e
-    except nats.errors.MaxPayloadError as e:
-        raise BusError(f"{what}: {e!r}") from e
-    except (
-        TimeoutError,
-        nats.errors.TimeoutError,
-        nats.errors.NoRespondersError,
-        nats.errors.ConnectionClosedError,
-        nats.errors.OutboundBufferLimitError,
-        nats.js.errors.NoStreamResponseError,
-    ) as e:
-        raise Unavailable(f"{what}: {type(e).__name__}") from e
-
-
-class Bus:
-    """A connected client plus JetStream contexts and the bucket handles we use."""
+class NatsBus:
+    """The `Bus` on nats-py: a connected client plus JetStream contexts and bucket handles."""
 
     def __init__(self, nc: Client, cfg: BusConfig) -> None:
         self.nc = nc
@@ -139,11 +93,12 @@ class Bus:
         self._kv: dict[str, KeyValue] = {}
         self._followers: set[asyncio.Task[None]] = set()
         self.closing = False
+        self._clock = SystemClock()
 
     @classmethod
-    async def connect(cls, cfg: BusConfig) -> Bus:
+    async def connect(cls, cfg: BusConfig) -> NatsBus:
         """Connect with settings for flaky links; fail with ConnectFailed after the timeout."""
-        holder: list[Bus] = []
+        holder: list[NatsBus] = []
 
         async def on_error(e: Exception) -> None:
             log.warning("nats error: %s", e, extra={"error": type(e).__name__})
@@ -226,7 +181,7 @@ class Bus:
             try:
                 await self.js.add_stream(config)
             except nats.js.errors.BadRequestError as e:
-                if e.err_code != _STREAM_NAME_IN_USE:
+                if e.err_code != STREAM_NAME_IN_USE:
                     raise
                 await self.js.update_stream(config)
 
@@ -296,7 +251,7 @@ class Bus:
     def _put_subject(self, bucket: str, key: str) -> str:
         # Through a leaf server, writes reach the hub's KV stream only by its domain's API prefix.
         subject = names.kv_subject(bucket, key)
-        return f"$JS.{self.cfg.domain}.API.{subject}" if self.cfg.domain else subject
+        return names.js_domain_api(self.cfg.domain, subject) if self.cfg.domain else subject
 
     async def cas_delete(self, bucket: str, key: str, last: int, timeout: float = 2.0) -> int:
         headers = {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(last)}
@@ -443,9 +398,7 @@ class Bus:
     ) -> AsyncGenerator[list[bytes], None]:
         """The first `count` chunk payloads on `subject` of an object store's `stream`, in
         batches of up to `batch` (`shared.bus.objects`)."""
-        from shared.bus import objects  # it builds on this module
-
-        return objects.chunks(self, stream, subject, count, batch)
+        return objects.chunks(self.js, stream, subject, count, batch)
 
     async def put_object(self, store: str, name: str, data: bytes, chunk_bytes: int) -> bool:
         """Store `data` as object `name` in the object store `store`, as nats-py's reader expects
@@ -512,6 +465,10 @@ class Bus:
     async def flush(self, timeout_s: int = 10) -> None:
         """Wait until the server has everything published so far."""
         with translated("flush"):
+            # nats-py writes its PING straight to the socket while SUBs and PUBs wait for its
+            # flusher task, so the PONG alone can come back before the server has them (seen:
+            # a subscription made and flushed that missed the next message). Send them first.
+            await self.nc._flush_pending(force_flush=True)
             await self.nc.flush(timeout=timeout_s)
 
     def connection(self) -> Connection:
@@ -526,6 +483,11 @@ class Bus:
         )
 
     @property
+    def clock(self) -> SystemClock:
+        """Real time: a real server's TTLs and ack-waits run on it."""
+        return self._clock
+
+    @property
     def replicas(self) -> int:
         """How many servers keep each stream and bucket (the lease's slot count too)."""
         return self.cfg.replicas
@@ -534,6 +496,45 @@ class Bus:
     def max_payload(self) -> int:
         """The largest message the server accepts, in bytes."""
         return int(self.nc.max_payload)
+
+    # -- durable work consumers (`shared.bus.queue`) -----------------------------------------
+
+    async def add_consumer(self, stream: str, consumer: WorkConsumer) -> None:
+        """Create (or update) a durable consumer on `stream`."""
+        await queue.add_consumer(self.js, stream, consumer)
+
+    async def consumer_exists(self, stream: str, durable: str) -> bool:
+        return await queue.consumer_exists(self.js, stream, durable)
+
+    async def consumer_counts(self, stream: str, durable: str) -> ConsumerCounts:
+        return await queue.consumer_counts(self.js, stream, durable)
+
+    async def delete_consumer(self, stream: str, durable: str) -> None:
+        """Remove a durable consumer (nothing if there is none)."""
+        await queue.delete_consumer(self.js, stream, durable)
+
+    async def bind(self, stream: str, durable: str) -> queue.Consumer:
+        """Pull from an existing durable consumer; never creates or reconfigures it."""
+        return await queue.bind(self.js, stream, durable)
+
+    async def pull(
+        self, stream: str, subjects: str, consumer: WorkConsumer | str
+    ) -> queue.Consumer:
+        """Pull from durable `consumer` on `subjects`: made with its settings (a WorkConsumer),
+        or bound by name (made with the defaults when missing)."""
+        return await queue.pull(self.js, stream, subjects, consumer)
+
+    # -- micro services (`shared.bus.micro`) -------------------------------------------------
+
+    async def register_service(
+        self, name: str, version: str, description: str, metadata: dict[str, str]
+    ) -> micro.Registration | None:
+        """Announce this process as a NATS micro service; None, logged, if refused."""
+        return await micro.register(self.nc, name, version, description, metadata)
+
+    async def ping_services(self, wait_s: float) -> list[dict[str, Any]]:
+        """The metadata of every micro service answering `$SRV.PING` within `wait_s`."""
+        return await micro.ping_metadata(self.nc, wait_s)
 
     # -- stored messages by sequence or subject ----------------------------------------------
 
@@ -563,8 +564,14 @@ class Bus:
 
     async def delete_at(self, stream: str, seq: int) -> None:
         """Remove the message at `seq` (nothing if it is already gone)."""
-        with translated(f"delete {stream} #{seq}"), suppress(nats.js.errors.NotFoundError):
-            await self.js.delete_msg(stream, seq)
+        with translated(f"delete {stream} #{seq}"):
+            try:
+                await self.js.delete_msg(stream, seq)
+            except nats.js.errors.APIError as e:
+                if e.err_code != NO_MESSAGE_FOUND and not isinstance(
+                    e, nats.js.errors.NotFoundError
+                ):
+                    raise
 
     async def stream_seqs(self, stream: str) -> tuple[int, int]:
         """The first and last sequence stored in `stream`."""
@@ -624,7 +631,7 @@ def identity_inbox(seed_file: str) -> str:
     import nkeys  # only clients with an identity need it
 
     seed = Path(seed_file).read_bytes().strip()
-    return inbox_prefix(nkeys.from_seed(seed).public_key.decode())
+    return names.inbox_prefix(nkeys.from_seed(seed).public_key.decode())
 
 
 def ttl_header(ttl_s: float) -> str:

@@ -13,11 +13,11 @@ import time
 from schemas import names
 from schemas.codec import BadMessage, decode, encode
 from schemas.control import PROTOCOL, ClusterProtocol
-from shared.bus.client import Bus, BusError
-from shared.bus.ports import KV
+from shared.bus.errors import BusError
+from shared.bus.ports import KV, Bus
 
 log = logging.getLogger("conclave.compat")
-MIN_PROTOCOL = 1  # the oldest protocol this build's coordinator still serves
+MIN_PROTOCOL = 2  # the oldest protocol this build's coordinator still serves
 RECHECK_S = 5.0
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from schemas import names
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -54,7 +56,7 @@ def from_nats(msg: Any) -> Message:
     looks like a JetStream ack (anyone may publish one) stays a core message."""
     headers = dict(msg.headers or {})
     try:
-        meta = msg.metadata if (msg.reply or "").startswith("$JS.ACK.") else None
+        meta = msg.metadata if names.is_js_ack(msg.reply or "") else None
     except Exception:  # nats-py raises several kinds on a malformed ack subject
         meta = None
     if meta is None:

@@ -10,11 +10,10 @@ from typing import Any
 
 import msgspec
 import nats.errors
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.micro import add_service
 from nats.micro.service import Service, ServiceConfig
-
-from shared.bus.client import Bus
 
 log = logging.getLogger("conclave.bus")
 
@@ -33,19 +32,19 @@ class Registration:
 
 
 async def register(
-    bus: Bus, name: str, version: str, description: str, metadata: dict[str, str]
+    nc: Client, name: str, version: str, description: str, metadata: dict[str, str]
 ) -> Registration | None:
     """Announce a micro service (so `nats micro ls` and `$SRV.PING` see it); None, logged, when
     the server refuses it."""
     config = ServiceConfig(name=name, version=version, description=description, metadata=metadata)
     try:
-        return Registration(await add_service(bus.nc, config))
+        return Registration(await add_service(nc, config))
     except (nats.errors.Error, TimeoutError) as e:
         log.warning("not registered as a micro service: %r", e)
         return None
 
 
-async def ping_metadata(bus: Bus, wait_s: float) -> list[dict[str, Any]]:
+async def ping_metadata(nc: Client, wait_s: float) -> list[dict[str, Any]]:
     """The metadata of every micro service answering `$SRV.PING` within `wait_s`; answers
     that do not decode (anyone may answer) are skipped."""
     found: list[dict[str, Any]] = []
@@ -57,10 +56,10 @@ async def ping_metadata(bus: Bus, wait_s: float) -> list[dict[str, Any]]:
             if isinstance(meta, dict):
                 found.append(meta)
 
-    inbox = bus.nc.new_inbox()
-    sub = await bus.nc.subscribe(inbox, cb=collect)
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=collect)
     try:
-        await bus.nc.publish(PING, b"", reply=inbox)
+        await nc.publish(PING, b"", reply=inbox)
         await asyncio.sleep(wait_s)
     finally:
         await sub.unsubscribe()

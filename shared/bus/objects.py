@@ -5,16 +5,18 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 
 import nats.errors
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from shared.bus.client import Bus, Unavailable, translated
+from shared.bus.errors import Unavailable
+from shared.bus.translate import translated
 
 FETCH_BATCH = 64
 CHUNK_WAIT_S = 10.0
 
 
 async def chunks(
-    bus: Bus, stream: str, subject: str, count: int, batch: int = FETCH_BATCH
+    js: JetStreamContext, stream: str, subject: str, count: int, batch: int = FETCH_BATCH
 ) -> AsyncGenerator[list[bytes], None]:
     """The first `count` payloads stored on `subject`, in order, in batches of up to `batch`;
     Unavailable when they stop arriving."""
@@ -24,7 +26,7 @@ async def chunks(
         inactive_threshold=30.0,
     )
     with translated("read model chunks"):
-        sub = await bus.js.pull_subscribe(subject, stream=stream, config=config)
+        sub = await js.pull_subscribe(subject, stream=stream, config=config)
     try:
         received = 0
         while received < count:

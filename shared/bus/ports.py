@@ -8,12 +8,13 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from shared.bus.consumers import ConsumerCounts, WorkConsumer
 from shared.bus.message import Entry, Message, Subscription
 
 if TYPE_CHECKING:
-    from shared.bus.client import Bus
+    from shared.bus.client import Connection, NatsBus
     from shared.bus.queue import Consumer, Queued
 
 Handler = Callable[[Message], Awaitable[None]]
@@ -128,6 +129,65 @@ class Pull(Protocol):
 
     async def fetch(self, batch: int, timeout_s: float) -> Sequence[Acks]: ...
 
+    async def unsubscribe(self) -> None: ...
+
+
+class Consumers(Protocol):
+    """Durable explicit-ack consumers on streams: made by the coordinator, pulled by workers."""
+
+    async def add_consumer(self, stream: str, consumer: WorkConsumer) -> None: ...
+
+    async def consumer_exists(self, stream: str, durable: str) -> bool: ...
+
+    async def consumer_counts(self, stream: str, durable: str) -> ConsumerCounts: ...
+
+    async def delete_consumer(self, stream: str, durable: str) -> None: ...
+
+    async def bind(self, stream: str, durable: str) -> Pull: ...
+
+    async def pull(self, stream: str, subjects: str, consumer: WorkConsumer | str) -> Pull: ...
+
+
+class Registration(Protocol):
+    """A process announced as a service; `stop` withdraws it."""
+
+    async def stop(self) -> None: ...
+
+
+class Services(Protocol):
+    """Processes announcing themselves (NATS micro), and finding every one that answers."""
+
+    async def register_service(
+        self, name: str, version: str, description: str, metadata: dict[str, str]
+    ) -> Registration | None: ...
+
+    async def ping_services(self, wait_s: float) -> list[dict[str, Any]]: ...
+
+
+class Timed(Protocol):
+    """A bus's clock: the time of the world it connects to (virtual under simulation)."""
+
+    @property
+    def clock(self) -> Clock: ...
+
+
+class Lifecycle(Timed, Protocol):
+    """The connection itself: provisioning what Conclave uses, limits, where it is, closing."""
+
+    async def provision(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def connection(self) -> Connection: ...
+
+    @property
+    def max_payload(self) -> int: ...
+
+
+class Bus(KV, Subjects, Streams, Objects, Consumers, Services, Lifecycle, Protocol):
+    """Everything a service may ask of the bus: `NatsBus` on a real server, or an in-memory
+    bus with the same semantics."""
+
 
 class Delivery(Protocol[J_co]):
     """One delivery of a typed job: finish it, retry it (saying why), hand it back, or keep it
@@ -180,9 +240,9 @@ class SystemClock:
         await asyncio.sleep(seconds)
 
 
-def _bus_has_every_port(bus: Bus) -> tuple[KV, Subjects, Streams, Objects]:
+def _nats_bus_is_a_bus(bus: NatsBus) -> Bus:
     """Checked by mypy: the nats-py adapter satisfies every port."""
-    return bus, bus, bus, bus
+    return bus
 
 
 def _queue_has_its_ports(consumer: Consumer, queued: Queued) -> tuple[Pull, Acks]:

@@ -94,11 +94,11 @@ def _streams() -> list[StreamConfig]:
         ),
         StreamConfig(
             name=names.JOBS_STREAM,
-            subjects=["jobs.>"],
+            subjects=[names.all_jobs()],
             retention=RetentionPolicy.WORK_QUEUE,
             duplicate_window=120,
         ),
-        StreamConfig(name=names.DLQ_STREAM, subjects=["dlq.>"], max_age=30 * DAY),
+        StreamConfig(name=names.DLQ_STREAM, subjects=[names.all_dead_letters()], max_age=30 * DAY),
         StreamConfig(
             name=names.ADVISORIES_STREAM,
             subjects=[names.max_deliveries_advisory(names.JOBS_STREAM)],
@@ -110,7 +110,7 @@ def _streams() -> list[StreamConfig]:
             max_bytes=8 * 1024**3,
             duplicate_window=300,
         ),
-        StreamConfig(name=names.RESULTS_STREAM, subjects=["results.>"]),
+        StreamConfig(name=names.RESULTS_STREAM, subjects=[names.all_results()]),
         object_store_stream(names.MODELS_STORE),
     ]
 

@@ -1,10 +1,11 @@
-"""JetStream work-queue mechanics: durable pull consumers, fetching, and acknowledging."""
+"""JetStream work-queue mechanics with nats-py: durable pull consumers, fetching, acknowledging.
+
+`NatsBus` offers these as its `Consumers` port; nothing else calls them."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 
 import nats.errors
 import nats.js.errors
@@ -12,8 +13,10 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from shared.bus.client import Bus, BusError, translated
+from shared.bus.consumers import ConsumerCounts, WorkConsumer
+from shared.bus.errors import BusError
 from shared.bus.message import Message, from_nats
+from shared.bus.translate import translated
 
 
 @contextmanager
@@ -81,76 +84,59 @@ class Consumer:
             await self._sub.unsubscribe()
 
 
-@dataclass(frozen=True)
-class WorkConsumer:
-    """A durable explicit-ack consumer's settings."""
-
-    durable: str
-    subjects: str
-    ack_wait_s: float | None = None
-    max_deliver: int | None = None
-    max_ack_pending: int | None = None
-
-    def config(self) -> ConsumerConfig:
-        return ConsumerConfig(
-            durable_name=self.durable,
-            filter_subject=self.subjects,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self.ack_wait_s,
-            max_deliver=self.max_deliver,
-            max_ack_pending=self.max_ack_pending,
-        )
+def consumer_config(consumer: WorkConsumer) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=consumer.durable,
+        filter_subject=consumer.subjects,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=consumer.ack_wait_s,
+        max_deliver=consumer.max_deliver,
+        max_ack_pending=consumer.max_ack_pending,
+    )
 
 
-@dataclass(frozen=True)
-class ConsumerCounts:
-    """A consumer's progress: deliveries made, messages waiting, deliveries not yet acked."""
-
-    delivered: int
-    pending: int
-    ack_pending: int
-
-
-async def add_consumer(bus: Bus, stream: str, consumer: WorkConsumer) -> None:
+async def add_consumer(js: JetStreamContext, stream: str, consumer: WorkConsumer) -> None:
     """Create (or update) a durable consumer on `stream`."""
     with translated(f"add consumer {consumer.durable}"):
-        await bus.js.add_consumer(stream, consumer.config())
+        await js.add_consumer(stream, consumer_config(consumer))
 
 
-async def consumer_exists(bus: Bus, stream: str, durable: str) -> bool:
+async def consumer_exists(js: JetStreamContext, stream: str, durable: str) -> bool:
     with translated(f"consumer info {durable}"):
         try:
-            await bus.js.consumer_info(stream, durable)
+            await js.consumer_info(stream, durable)
         except nats.js.errors.NotFoundError:
             return False
     return True
 
 
-async def consumer_counts(bus: Bus, stream: str, durable: str) -> ConsumerCounts:
+async def consumer_counts(js: JetStreamContext, stream: str, durable: str) -> ConsumerCounts:
     with translated(f"consumer info {durable}"):
-        info = await bus.js.consumer_info(stream, durable)
+        info = await js.consumer_info(stream, durable)
     delivered = int(info.delivered.consumer_seq or 0) if info.delivered else 0
     return ConsumerCounts(delivered, int(info.num_pending or 0), int(info.num_ack_pending or 0))
 
 
-async def delete_consumer(bus: Bus, stream: str, durable: str) -> None:
+async def delete_consumer(js: JetStreamContext, stream: str, durable: str) -> None:
     """Remove a durable consumer (nothing if there is none)."""
     with translated(f"delete consumer {durable}"), suppress(nats.js.errors.NotFoundError):
-        await bus.js.delete_consumer(stream, durable)
+        await js.delete_consumer(stream, durable)
 
 
-async def bind(bus: Bus, stream: str, durable: str) -> Consumer:
+async def bind(js: JetStreamContext, stream: str, durable: str) -> Consumer:
     """Pull from an existing durable consumer; never creates or reconfigures it."""
     with translated(f"bind {durable} consumer"):
-        sub = await bus.js.pull_subscribe_bind(durable, stream=stream)
+        sub = await js.pull_subscribe_bind(durable, stream=stream)
     return Consumer(sub, durable)
 
 
-async def pull(bus: Bus, stream: str, subjects: str, consumer: WorkConsumer | str) -> Consumer:
+async def pull(
+    js: JetStreamContext, stream: str, subjects: str, consumer: WorkConsumer | str
+) -> Consumer:
     """Pull from durable `consumer` on `subjects`: made with its settings (a WorkConsumer), or
     bound by name (made with the defaults when missing)."""
     durable = consumer if isinstance(consumer, str) else consumer.durable
-    config = None if isinstance(consumer, str) else consumer.config()
+    config = None if isinstance(consumer, str) else consumer_config(consumer)
     with translated(f"consumer {durable}"):
-        sub = await bus.js.pull_subscribe(subjects, durable=durable, stream=stream, config=config)
+        sub = await js.pull_subscribe(subjects, durable=durable, stream=stream, config=config)
     return Consumer(sub, durable)

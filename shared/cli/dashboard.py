@@ -24,13 +24,17 @@ from typing import Any, TypeVar
 
 import msgspec
 import numpy as np
+from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from schemas import names
 from schemas.codec import BadMessage, decode
 from schemas.control import LeaderEvent
 from schemas.jobs import ModelEvent, ModelMeta, TrainProgress
-from shared.bus.client import Bus, BusConfig, BusError
+from shared.bus.client import BusConfig, NatsBus
+from shared.bus.errors import BusError
 from shared.bus.message import Message
+from shared.bus.ports import Bus
 from shared.cli import play as play_cli
 from shared.cli.play import BadMove, NoBestModel, Side
 from shared.cli.status import gather
@@ -44,6 +48,7 @@ from shared.work.models import ModelStore
 log = logging.getLogger("conclave.dashboard")
 PAGE = Path(__file__).with_name("dashboard.html")
 MAX_BODY_BYTES = 16 * 1024
+SHUTDOWN_S = 5.0  # open requests (a search in progress) get this long once the server stops
 M = TypeVar("M", LeaderEvent, ModelEvent)
 
 
@@ -142,36 +147,33 @@ class Unreadable:
         log.warning("skipped unreadable %s: %r", where, error)
 
 
-unreadable = Unreadable()
-
-
-def decoded_stream(msgs: list[Message], kind: type[M]) -> list[M]:
+def decoded_stream(msgs: list[Message], kind: type[M], skipped: Unreadable) -> list[M]:
     """The messages that decode as `kind`; the others are skipped (logged once each)."""
     found = []
     for m in msgs:
         try:
             found.append(decode(m.data, kind, subject=m.subject))
         except Exception as e:  # BadMessage or anything else: unreadable all the same
-            unreadable.skip(f"{m.subject} #{m.seq}", e)
+            skipped.skip(f"{m.subject} #{m.seq}", e)
     return found
 
 
-async def model_events(bus: Bus) -> list[ModelEvent]:
+async def model_events(bus: Bus, skipped: Unreadable) -> list[ModelEvent]:
     """Model events of known games (a game name also names subjects and page sections)."""
     msgs = await bus.read_all(names.EVENTS_STREAM, names.model_event_subject("*"))
     known = set(game_names())
-    return [e for e in decoded_stream(msgs, ModelEvent) if e.game in known]
+    return [e for e in decoded_stream(msgs, ModelEvent, skipped) if e.game in known]
 
 
-async def losses(bus: Bus) -> dict[str, list[Losses]]:
+async def losses(bus: Bus, skipped: Unreadable) -> dict[str, list[Losses]]:
     found: dict[str, list[Losses]] = {}
     for key, entry in (await bus.snapshot(names.REGISTRY_BUCKET)).items():
-        if ".model." not in key or entry.value is None:
+        if not names.is_model_key(key) or entry.value is None:
             continue
         try:
             meta = decode(entry.value, ModelMeta, subject=key)
         except Exception as e:
-            unreadable.skip(f"registry/{key}", e)
+            skipped.skip(f"registry/{key}", e)
             continue
         found.setdefault(meta.game, []).append(
             Losses(meta.generation, meta.policy_loss, meta.value_loss, meta.created_at)
@@ -179,11 +181,13 @@ async def losses(bus: Bus) -> dict[str, list[Losses]]:
     return {game: sorted(points, key=lambda p: p.at) for game, points in found.items()}
 
 
-async def snapshot(bus: Bus) -> Snapshot:
-    """Everything the page shows, read from the bus now."""
+async def snapshot(bus: Bus, skipped: Unreadable | None = None) -> Snapshot:
+    """Everything the page shows, read from the bus now; what does not decode is left out and
+    logged once by `skipped` (a caller reading again and again keeps one)."""
+    skipped = Unreadable() if skipped is None else skipped
     report = await gather(bus)
-    events = await model_events(bus)
-    trained = await losses(bus)
+    events = await model_events(bus, skipped)
+    trained = await losses(bus, skipped)
     games: dict[str, GameHistory] = {}
     for game in sorted({g.game for g in report.games} | {e.game for e in events}):
         try:
@@ -191,9 +195,9 @@ async def snapshot(bus: Bus) -> Snapshot:
         except BusError:
             raise
         except Exception as e:  # one game's unreadable data leaves the others on the page
-            unreadable.skip(f"history of {game[:80]!r}", e)
+            skipped.skip(f"history of {game[:80]!r}", e)
     leader = await bus.read_all(names.EVENTS_STREAM, names.leader_event_subject("*"))
-    history = decoded_stream(leader, LeaderEvent)[-200:]
+    history = decoded_stream(leader, LeaderEvent, skipped)[-200:]
     return Snapshot(report.at, msgspec.to_builtins(report), history, games)
 
 
@@ -212,7 +216,7 @@ async def game_history(
 class HttpError(Exception):
     """A request answered with an error status and a JSON `{"error": message}` body."""
 
-    def __init__(self, status: str, message: str) -> None:
+    def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
 
@@ -244,10 +248,10 @@ def parse_play(body: bytes) -> tuple[Game[Any], PlayRequest]:
     try:
         request = msgspec.json.decode(body, type=PlayRequest)
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
-        raise HttpError("400 Bad Request", f"bad request: {e}") from None
+        raise HttpError(400, f"bad request: {e}") from None
     if request.game not in game_names():
         known = ", ".join(game_names())
-        raise HttpError("400 Bad Request", f"game: unknown game {request.game!r}; known: {known}")
+        raise HttpError(400, f"game: unknown game {request.game!r}; known: {known}")
     return get_game(request.game), request
 
 
@@ -290,9 +294,9 @@ class Opponent:
             state = play_cli.replay(game, request.moves)
             best = await play_cli.best_pointer(self.bus, game.name)
         except BadMove as e:
-            raise HttpError("400 Bad Request", str(e)) from None
+            raise HttpError(400, str(e)) from None
         except NoBestModel as e:
-            raise HttpError("404 Not Found", str(e)) from None
+            raise HttpError(404, str(e)) from None
         human = play_cli.side_index(request.human)
         reply = None
         if play_cli.outcome(game, state, human) is None and game.to_play(state) != human:
@@ -319,26 +323,13 @@ def search(game: Game[Any], state: Any, evaluator: Evaluator, sims: int) -> int:
     return agent.choose(game, state, np.random.default_rng(0))
 
 
-def request_line(head: bytes) -> tuple[str, str]:
-    """The method and the path (without a query) of a request's head."""
-    parts = head.split(b"\r\n", 1)[0].decode(errors="replace").split(" ")
-    if len(parts) < 2:
-        return "GET", "/"
-    return parts[0].upper(), parts[1].split("?", 1)[0]
-
-
-def content_length(head: bytes) -> int:
-    """The body's announced length; HttpError when missing, unreadable or too large."""
-    for line in head.decode(errors="replace").split("\r\n")[1:]:
-        name, _, value = line.partition(":")
-        if name.strip().lower() == "content-length":
-            if not value.strip().isdigit():
-                raise HttpError("400 Bad Request", f"Content-Length: not a number: {value!r}")
-            length = int(value)
-            if length > MAX_BODY_BYTES:
-                raise HttpError("413 Content Too Large", f"body: over {MAX_BODY_BYTES} bytes")
-            return length
-    raise HttpError("411 Length Required", "Content-Length: required")
+def check_length(request: web.Request) -> None:
+    """HttpError unless the request announces a body length within MAX_BODY_BYTES."""
+    length = request.content_length
+    if length is None:
+        raise HttpError(411, "Content-Length: required")
+    if length > MAX_BODY_BYTES:
+        raise HttpError(413, f"body: over {MAX_BODY_BYTES} bytes")
 
 
 class Dashboard:
@@ -348,12 +339,23 @@ class Dashboard:
         self.bus, self.every_s = bus, every_s
         self.latest = b"{}"
         self.changed = asyncio.Condition()
+        self.stopping = asyncio.Event()
+        self.skipped = Unreadable()
         self.opponent = Opponent(bus, cache_dir)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
+        app.router.add_get("/", self.page_route)
+        app.router.add_get("/index.html", self.page_route)
+        app.router.add_get("/api/snapshot", self.snapshot_route)
+        app.router.add_get("/events", self.stream)
+        app.router.add_route("*", "/api/play", self.play_route)
+        return app
 
     async def refresh_forever(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                data = msgspec.json.encode(await snapshot(self.bus))
+                data = msgspec.json.encode(await snapshot(self.bus, self.skipped))
             except Exception as e:  # the page keeps the last snapshot; the server goes on
                 log.warning("snapshot failed: %r", e)
             else:
@@ -362,44 +364,28 @@ class Dashboard:
                     self.changed.notify_all()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.every_s)
+        self.stopping.set()
+        async with self.changed:
+            self.changed.notify_all()  # open event streams end
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            await self.route(head, reader, writer)
-        except HttpError as e:
-            await respond(writer, e.status, "application/json", error_body(str(e)))
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+    async def page_route(self, _: web.Request) -> web.Response:
+        return web.Response(body=self.page(), content_type="text/html", charset="utf-8")
 
-    async def route(
-        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        method, path = request_line(head)
-        if path == "/api/play":
-            if method != "POST":
-                raise HttpError("405 Method Not Allowed", "/api/play: use POST")
-            body = await reader.readexactly(content_length(head))
-            await respond(writer, "200 OK", "application/json", await self.play(body))
-        elif path.startswith("/events"):
-            await self.stream(writer)
-        elif path.startswith("/api/snapshot"):
-            await respond(writer, "200 OK", "application/json", self.latest)
-        elif path in ("/", "/index.html"):
-            await respond(writer, "200 OK", "text/html; charset=utf-8", self.page())
-        else:
-            await respond(writer, "404 Not Found", "text/plain", b"not found\n")
+    async def snapshot_route(self, _: web.Request) -> web.Response:
+        return json_response(self.latest)
+
+    async def play_route(self, request: web.Request) -> web.Response:
+        if request.method != "POST":
+            raise HttpError(405, "/api/play: use POST")
+        check_length(request)
+        return json_response(await self.play(await request.read()))
 
     async def play(self, body: bytes) -> bytes:
         try:
             return await self.opponent.answer(body)
         except (BusError, BadMessage, ValueError) as e:  # ValueError: an unusable checkpoint
             log.warning("play failed: %s", e)
-            raise HttpError("503 Service Unavailable", f"the model cannot play now: {e}") from e
+            raise HttpError(503, f"the model cannot play now: {e}") from e
 
     def page(self) -> bytes:
         """The page with the latest snapshot and the game names inlined (`</` escaped: they sit
@@ -409,26 +395,40 @@ class Dashboard:
         page = PAGE.read_bytes().replace(b"/*SNAPSHOT*/null", inline, 1)
         return page.replace(b"/*GAMES*/[]", games, 1)
 
-    async def stream(self, writer: asyncio.StreamWriter) -> None:
-        head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-        writer.write((head + "Connection: keep-alive\r\n\r\n").encode())
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent events: the latest snapshot, then each new one, until the viewer leaves
+        or the server stops."""
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
         data = self.latest
-        while True:
-            writer.write(b"data: " + data + b"\n\n")
-            await writer.drain()
-            async with self.changed:
-                await self.changed.wait()
-                data = self.latest
+        with contextlib.suppress(ConnectionError):  # the viewer left
+            while True:
+                await response.write(b"data: " + data + b"\n\n")
+                async with self.changed:
+                    if self.stopping.is_set():
+                        break
+                    await self.changed.wait()
+                    data = self.latest
+        return response
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """An HttpError as its status with a JSON `{"error": message}` body."""
+    try:
+        return await handler(request)
+    except HttpError as e:
+        return json_response(error_body(str(e)), e.status)
+
+
+def json_response(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, content_type="application/json")
 
 
 def error_body(message: str) -> bytes:
     return msgspec.json.encode({"error": message})
-
-
-async def respond(writer: asyncio.StreamWriter, status: str, kind: str, body: bytes) -> None:
-    head = f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
-    writer.write((head + "Connection: close\r\n\r\n").encode() + body)
-    await writer.drain()
 
 
 async def dashboard_main(cfg: BusConfig, port: int, host: str, every_s: float = 2.0) -> int:
@@ -442,17 +442,22 @@ async def serve(cfg: BusConfig, port: int, host: str, every_s: float, cache_dir:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    bus = await Bus.connect(cfg)
+    bus = await NatsBus.connect(cfg)
     board = Dashboard(bus, every_s, cache_dir)
-    server = await asyncio.start_server(board.handle, host, port)
-    bound = server.sockets[0].getsockname()[1]
-    print(f"dashboard on http://{host}:{bound}/", flush=True)
+    runner = web.AppRunner(board.app(), access_log=None, shutdown_timeout=SHUTDOWN_S)
+    await runner.setup()
     try:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(board.refresh_forever(stop), name="refresh")
-            await stop.wait()
-            server.close()
+        await web.TCPSite(runner, host, port).start()
+        print(f"dashboard on http://{host}:{bound_port(runner)}/", flush=True)
+        await board.refresh_forever(stop)
     finally:
+        await runner.cleanup()
         board.opponent.close()
         await bus.close()
     return 0
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    """The port the server listens on (the one asked for, or the system's pick for 0)."""
+    port: int = runner.addresses[0][1]
+    return port

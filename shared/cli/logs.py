@@ -12,7 +12,7 @@ import msgspec
 import orjson
 
 from schemas import names
-from shared.bus.client import Bus, BusConfig
+from shared.bus.client import BusConfig, NatsBus
 from shared.bus.message import Message
 from shared.runtime.buslog import levels_from
 
@@ -49,7 +49,7 @@ async def logs_main(cfg: BusConfig, query: LogQuery) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    bus = await Bus.connect(cfg)
+    bus = await NatsBus.connect(cfg)
     node, service, as_json = query.node, query.service, query.as_json
 
     async def show(msg: Message) -> None:

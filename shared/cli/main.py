@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from shared.bus.client import BusConfig, BusError
+from shared.bus.client import BusConfig
+from shared.bus.errors import BusError
 from shared.lease.quorum import LeaseParams
 from shared.loop.presets import PRESETS
 from shared.runtime import log as logsetup

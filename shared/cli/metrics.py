@@ -18,7 +18,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from shared.bus.client import Bus, BusConfig
+from shared.bus.client import BusConfig, NatsBus
+from shared.bus.ports import Bus
 from shared.cli.status import StatusReport, gather
 
 log = logging.getLogger("conclave.metrics")
@@ -189,7 +190,7 @@ async def metrics_main(cfg: BusConfig, port: int, host: str = "127.0.0.1") -> in
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    bus = await Bus.connect(cfg)
+    bus = await NatsBus.connect(cfg)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(BusCollector(bus, loop))
     server, thread = start_http_server(port, addr=host, registry=registry)
@@ -198,6 +199,7 @@ async def metrics_main(cfg: BusConfig, port: int, host: str = "127.0.0.1") -> in
         await stop.wait()
     finally:
         server.shutdown()
+        server.server_close()  # shutdown() only stops serving; this closes the socket
         thread.join(5)
         await bus.close()
     return 0

@@ -10,14 +10,14 @@ import msgspec
 from schemas import names
 from schemas.codec import decode
 from schemas.jobs import BestPointer
-from shared.bus.client import Bus, BusConfig
+from shared.bus.client import BusConfig, NatsBus
 from shared.loop.ratingjobs import game_ratings
 from shared.node.console import ratings_markdown
 from shared.work.models import ModelStore
 
 
 async def ratings_main(cfg: BusConfig, game: str, as_json: bool) -> int:
-    bus = await Bus.connect(cfg)
+    bus = await NatsBus.connect(cfg)
     try:
         ratings, _ = await game_ratings(bus, game)
     finally:
@@ -31,7 +31,7 @@ async def ratings_main(cfg: BusConfig, game: str, as_json: bool) -> int:
 
 async def export_main(cfg: BusConfig, game: str, out: Path) -> int:
     """Write the best checkpoint of `game` to `out` (a directory); print its path."""
-    bus = await Bus.connect(cfg)
+    bus = await NatsBus.connect(cfg)
     try:
         entry = await bus.last(names.REGISTRY_BUCKET, names.best_key(game))
         if entry.value is None:

@@ -20,7 +20,8 @@ import numpy as np
 from schemas import names
 from schemas.codec import decode
 from schemas.jobs import BestPointer
-from shared.bus.client import Bus, BusConfig
+from shared.bus.client import BusConfig, NatsBus
+from shared.bus.ports import Bus
 from shared.learn.baselines import Agent
 from shared.learn.games import Game, IllegalMove, UnknownGame, game_names, get_game
 from shared.loop.effects import EffectSettings
@@ -235,7 +236,7 @@ async def best_pointer(bus: Bus, game: str) -> BestPointer:
 
 async def best_checkpoint(cfg: BusConfig, game: str, cache_dir: Path) -> Path | None:
     """The best model's verified checkpoint file (None for the untrained bootstrap)."""
-    bus = await Bus.connect(cfg)
+    bus = await NatsBus.connect(cfg)
     try:
         best = await best_pointer(bus, game)
         return await ModelStore(bus, cache_dir).path(best.sha256) if best.sha256 else None

@@ -2,7 +2,7 @@
 
 The same data as the dashboard (`shared.cli.dashboard.snapshot`), read from the bus: Elo of every
 generation with its 95% interval against the baselines, training losses, and every promotion
-decision with its SPRT trace. Charts are drawn with matplotlib (Agg, no display needed).
+decision with its SPRT trace. Charts are drawn with matplotlib's Figure (no pyplot, no display).
 """
 
 from __future__ import annotations
@@ -11,12 +11,9 @@ import asyncio
 import time
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
-from shared.bus.client import Bus, BusConfig
+from shared.bus.client import BusConfig, NatsBus
 from shared.cli.dashboard import GameHistory, Snapshot, snapshot
 
 
@@ -27,7 +24,8 @@ class NoSuchGame(ValueError):
 def elo_chart(history: GameHistory, game: str, path: Path) -> None:
     gens = [p for p in history.elo if p.generation is not None]
     baselines = [p for p in history.elo if p.generation is None]
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    fig = Figure(figsize=(8, 4.5), dpi=100)
+    ax = fig.subplots()
     if gens:
         xs = [p.generation or 0 for p in gens]
         ys = [p.elo for p in gens]
@@ -41,12 +39,12 @@ def elo_chart(history: GameHistory, game: str, path: Path) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def loss_chart(history: GameHistory, game: str, path: Path) -> None:
     points = [p for p in history.losses if p.policy is not None]
-    fig, ax = plt.subplots(figsize=(8, 3.5), dpi=100)
+    fig = Figure(figsize=(8, 3.5), dpi=100)
+    ax = fig.subplots()
     xs = list(range(len(points)))
     ax.plot(xs, [p.policy or 0.0 for p in points], label="policy loss", color="#c0392b")
     ax.plot(xs, [p.value or 0.0 for p in points], label="value loss", color="#27ae60")
@@ -55,7 +53,6 @@ def loss_chart(history: GameHistory, game: str, path: Path) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def summary(snap: Snapshot, game: str) -> str:
@@ -93,7 +90,7 @@ def write(snap: Snapshot, game: str, out: Path) -> list[Path]:
 
 
 async def report_main(cfg: BusConfig, game: str, out: Path) -> int:
-    bus = await Bus.connect(cfg)
+    bus = await NatsBus.connect(cfg)
     try:
         snap = await snapshot(bus)
     finally:

@@ -23,8 +23,11 @@ from services.scheduler import STATE_KEY, LoopRecord
 from services.syncer import RESULTS_SUFFIX
 from shared import archive
 from shared.archive import S3Config, S3Store, Store
-from shared.bus.client import Bus, BusConfig
+from shared.bus.client import BusConfig, NatsBus
+from shared.bus.ports import Bus
+from shared.loop.backgroundeval import next_rating_job
 from shared.loop.policy import GameState, LoopState
+from shared.loop.ratingjobs import issued_jobs
 from shared.work.models import ModelStore
 
 log = logging.getLogger("conclave.restore")
@@ -64,8 +67,13 @@ async def restore_game(
     report.games = await restore_games(bus, store, game, window)
     report.results = await restore_results(bus, store, game, report.corrupt)
     if best is not None:
-        state = GameState(generation=best.generation, best=best.sha256)
-        record = LoopRecord(0, LoopState({game: state}), time.time())
+        rated = await issued_jobs(bus, game, "r")
+        state = GameState(
+            generation=best.generation,
+            best=best.sha256,
+            rating_jobs=next_rating_job(game, rated),
+        )
+        record = LoopRecord(term=0, state=LoopState({game: state}), updated_at=time.time())
         await bus.write(names.LOOP_BUCKET, STATE_KEY, encode(record))
     return report
 
@@ -167,7 +175,14 @@ def issued_job(result: EvalResult, group: str) -> EvalJob:
     """The job `result` answers, as the leader records an issued one."""
     games = result.wins_a + result.draws + result.wins_b
     return EvalJob(
-        result.job_id, result.game, result.kind, result.a, result.b, games, 0, group=group
+        job_id=result.job_id,
+        game=result.game,
+        kind=result.kind,
+        a=result.a,
+        b=result.b,
+        games=games,
+        term=0,
+        group=group,
     )
 
 
@@ -175,7 +190,7 @@ async def restore_main(
     cfg: BusConfig, source: str, endpoint: str | None, window: int, cache: Path
 ) -> int:
     store = open_source(source, endpoint)
-    bus = await Bus.connect(cfg)
+    bus = await NatsBus.connect(cfg)
     try:
         await bus.provision()
         reports = [

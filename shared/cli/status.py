@@ -12,10 +12,11 @@ from schemas.codec import BadMessage, decode
 from schemas.control import ClusterProtocol, Lease, NodeStatus
 from services.scheduler import STATE_KEY, LoopRecord, games_per_hour
 from services.syncer import GAMES_CONSUMER, SyncStatus
-from shared.bus import micro, queue
-from shared.bus.client import Bus, BusConfig, BusError
+from shared.bus.client import BusConfig, NatsBus
 from shared.bus.compat import accepted_range, refusal
+from shared.bus.errors import BusError
 from shared.bus.message import Entry
+from shared.bus.ports import Bus
 from shared.lease.fencing import read_termed
 from shared.loop.observe import count
 from shared.loop.phase import GauntletPhase, Phase
@@ -174,23 +175,23 @@ async def discover(bus: Bus, wait_s: float = 0.5) -> frozenset[tuple[str, str]]:
     """(node, service) of every service answering `$SRV.PING` within `wait_s` (NATS micro)."""
     return frozenset(
         (str(meta["node"]), str(meta["service"]))
-        for meta in await micro.ping_metadata(bus, wait_s)
+        for meta in await bus.ping_services(wait_s)
         if "node" in meta and "service" in meta
     )
 
 
 async def archive_info(bus: Bus, now: float, problems: list[str]) -> ArchiveInfo | None:
     """Archive lag: games the syncer has not yet stored (its consumer's backlog)."""
-    entry = await bus.last(names.REGISTRY_BUCKET, "sync.status")
+    entry = await bus.last(names.REGISTRY_BUCKET, names.SYNC_STATUS_KEY)
     if entry.value is None:
         return None
     try:
-        sync = decode(entry.value, SyncStatus, subject="sync.status")
+        sync = decode(entry.value, SyncStatus, subject=names.SYNC_STATUS_KEY)
     except Exception as e:
         problems.append(f"sync status: unreadable: {unreadable(e)}")
         return None
     try:
-        counts = await queue.consumer_counts(bus, names.GAMES_STREAM, GAMES_CONSUMER)
+        counts = await bus.consumer_counts(names.GAMES_STREAM, GAMES_CONSUMER)
         lag = counts.pending + counts.ack_pending
     except Exception:
         lag = -1
@@ -246,7 +247,9 @@ async def game_info(bus: Bus, record: LoopRecord, game: str, now: float) -> Game
         games_total=await count(bus, names.GAMES_STREAM, names.games_subject(game)),
         games_per_hour=round(games_per_hour(record.game_counts.get(game, [])), 1),
         queues=queues,
-        dead_letters=await count(bus, names.DLQ_STREAM, f"dlq.*.{game}.>"),
+        dead_letters=await count(
+            bus, names.DLQ_STREAM, names.dlq_subject(names.ANY, game, names.ANY)
+        ),
         phase=record.phases.get(game),
         evaluation_share=record.evaluation_share,
         queue_age_s=await queue_ages(bus, game, now),
@@ -357,7 +360,7 @@ def gauntlet_text(gauntlet: GauntletPhase) -> str:
 
 
 async def status_main(cfg: BusConfig, as_json: bool, watch_s: float | None) -> int:
-    bus = await Bus.connect(cfg)
+    bus = await NatsBus.connect(cfg)
     try:
         while True:
             report = await gather(bus)

@@ -49,7 +49,7 @@ class ModelPlayer:
 Player = AgentPlayer | ModelPlayer
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MatchGame:
     """One finished game; `moves` starts with the `opening_plies` random opening moves."""
 
@@ -70,7 +70,7 @@ class MatchOutcome:
     records: tuple[MatchGame, ...]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class _Table:
     """A game in progress, with an evaluation cache per side (the sides' networks differ)."""
 
@@ -141,7 +141,14 @@ def _new_table(
     state = game.initial()
     for action in opening:
         state = game.apply(state, action)
-    return _Table(index, index % 2 == 0, len(opening), state, rng, list(opening))
+    return _Table(
+        index=index,
+        a_first=index % 2 == 0,
+        opening_plies=len(opening),
+        state=state,
+        rng=rng,
+        moves=list(opening),
+    )
 
 
 def _side_to_move(game: Game[Any], table: _Table) -> int:
@@ -205,7 +212,11 @@ def _result(game: Game[Any], table: _Table) -> MatchGame | None:
     first_view = value if game.to_play(table.state) == 0 else -value
     score_a = first_view if table.a_first else -first_view
     return MatchGame(
-        table.index, table.a_first, table.opening_plies, tuple(table.moves), float(score_a)
+        index=table.index,
+        a_first=table.a_first,
+        opening_plies=table.opening_plies,
+        moves=tuple(table.moves),
+        score_a=float(score_a),
     )
 
 

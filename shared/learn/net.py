@@ -117,7 +117,7 @@ def _digest(state: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-class Checkpoint(msgspec.Struct, frozen=True):
+class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
     """A loaded network with its provenance."""
 
     game: str
@@ -183,7 +183,9 @@ def load_checkpoint(source: bytes | Path, game: str) -> Checkpoint:
         raise BadDigest(f"weights sha256 {digest} != recorded {payload.get('sha256')!r}")
     check_finite(state)
     net = _build(payload, state)
-    return Checkpoint(game, net.config, int(payload["generation"]), digest, net)
+    return Checkpoint(
+        game=game, config=net.config, generation=int(payload["generation"]), sha256=digest, net=net
+    )
 
 
 def _unpickle(data: bytes) -> dict[str, Any]:

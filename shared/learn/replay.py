@@ -22,7 +22,7 @@ from shared.learn.resign import ResignReport, ResignSettings, lowest_values
 from shared.learn.resign import report as resign_report
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GamePositions:
     """One game's training positions: inputs, targets, and how often each was sampled."""
 
@@ -62,14 +62,16 @@ def positions_of(
     ]
     encodings = [game.encode(replayed.states[ply]) for ply in kept]
     shape = (0, *game.encoding_shape)
+    lowest, false_resign = _resign_evidence(record, replayed.movers)
     return GamePositions(
-        record.game_id,
-        seq,
-        np.stack(encodings) if encodings else np.zeros(shape, np.float32),
-        replayed.policies[kept],
-        np.asarray([values[i] for i in kept], dtype=np.float32),
-        np.zeros(len(kept), dtype=np.int32),
-        *_resign_evidence(record, replayed.movers),
+        game_id=record.game_id,
+        seq=seq,
+        encodings=np.stack(encodings) if encodings else np.zeros(shape, np.float32),
+        policies=replayed.policies[kept],
+        values=np.asarray([values[i] for i in kept], dtype=np.float32),
+        uses=np.zeros(len(kept), dtype=np.int32),
+        lowest_values=lowest,
+        false_resign=false_resign,
     )
 
 

@@ -16,12 +16,19 @@ from typing import Any, Literal
 
 import msgspec
 import numpy as np
-import numpy.typing as npt
 
 from schemas.game import GameRecord, pack_policy
 from shared.learn.evaltypes import Evaluator
 from shared.learn.games.base import FloatArray, Game
-from shared.learn.search import Cache, SearchOutput, SearchStats, Steps, drive, drive_pipelined
+from shared.learn.search import (
+    Cache,
+    GameCounts,
+    SearchOutput,
+    SearchStats,
+    Steps,
+    drive,
+    drive_pipelined,
+)
 from shared.learn.search.gumbel import gumbel_steps
 from shared.learn.search.puct import puct_steps
 
@@ -79,6 +86,23 @@ class SelfPlayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 @dataclass
+class _Searched:
+    """One game's search counters over all its moves (see `GameCounts`)."""
+
+    nn_evals: int = 0
+    cache_hits: int = 0
+    terminal_visits: int = 0
+    max_depth: int = 0
+
+    def add(self, counts: GameCounts, i: int) -> None:
+        """Add game `i`'s counts from one search."""
+        self.nn_evals += int(counts.nn_evals[i])
+        self.cache_hits += int(counts.cache_hits[i])
+        self.terminal_visits += int(counts.terminal_visits[i])
+        self.max_depth = max(self.max_depth, int(counts.max_depth[i]))
+
+
+@dataclass
 class _Slot:
     """A game in progress: its position, history, and its own evaluation cache."""
 
@@ -94,10 +118,10 @@ class _Slot:
     full_now: bool = True  # the search of the current move is a full one
     would_resign: int | None = None
     random_plies: int = 0  # this game's first moves are uniformly random
-    stats: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(4, dtype=np.int64))
+    searched: _Searched = field(default_factory=_Searched)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class _Context:
     game: Game[Any]
     config: SelfPlayConfig
@@ -123,7 +147,9 @@ def self_play(
 
     `stop` is checked before every move step; unfinished games are then dropped.
     """
-    ctx = _Context(game, config, model_sha256, generation, clock)
+    ctx = _Context(
+        game=game, config=config, model_sha256=model_sha256, generation=generation, clock=clock
+    )
     budget = (
         config.concurrent_games if num_games is None else min(num_games, config.concurrent_games)
     )
@@ -250,8 +276,7 @@ def _play(
 ) -> GameRecord | None:
     """Play one searched move in `slot`; return the record if the game ended."""
     game, policy = ctx.game, out.policy[i]
-    slot.stats[:3] += out.stats.per_game[i, :3]
-    slot.stats[3] = max(slot.stats[3], out.stats.per_game[i, 3])
+    slot.searched.add(out.stats.per_game, i)
     mover = game.to_play(slot.state)
     action = _choose(ctx, slot, out, i, rng)
     resign = ctx.config.resign_value
@@ -304,10 +329,10 @@ def _record(ctx: _Context, slot: _Slot, *, outcome: float, resigned: bool) -> Ga
         would_resign=slot.would_resign,
         started_at=slot.started_at,
         seconds=ctx.clock() - slot.started_at,
-        nn_evals=int(slot.stats[0]),
-        cache_hits=int(slot.stats[1]),
-        terminal_visits=int(slot.stats[2]),
-        max_depth=int(slot.stats[3]),
+        nn_evals=slot.searched.nn_evals,
+        cache_hits=slot.searched.cache_hits,
+        terminal_visits=slot.searched.terminal_visits,
+        max_depth=slot.searched.max_depth,
         full_search=[] if all(slot.full) else slot.full,
         cheap_sims=0 if all(slot.full) else _cheap_sims(ctx),
     )

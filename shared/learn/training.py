@@ -10,7 +10,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ class NonFiniteTraining(ValueError):
     """A training none of whose steps had a finite loss and finite gradients."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainReport:
     steps: int  # steps taken
     positions: int
@@ -38,7 +38,8 @@ class TrainReport:
     first_fault: str = ""  # what was not finite in the first skipped step
 
 
-class StepsDone(NamedTuple):
+@dataclass(frozen=True, kw_only=True)
+class StepsDone:
     """Progress handed to `train`'s callback: the steps since its previous call."""
 
     step: int  # steps taken so far
@@ -106,12 +107,12 @@ def train(
     if skipped:
         log.warning("%d training steps skipped: loss or gradients not finite", skipped)
     return TrainReport(
-        len(policy_losses),
-        seen,
-        _mean(policy_losses),
-        _mean(value_losses),
-        skipped,
-        first_fault,
+        steps=len(policy_losses),
+        positions=seen,
+        policy_loss=_mean(policy_losses),
+        value_loss=_mean(value_losses),
+        skipped=skipped,
+        first_fault=first_fault,
     )
 
 
@@ -183,7 +184,14 @@ class _Progress:
             return
         policy, value = _mean(self.policy_losses), _mean(self.value_losses)
         self.on_progress(
-            StepsDone(self.step, self.positions, policy, value, self.learning_rate, self.skipped)
+            StepsDone(
+                step=self.step,
+                positions=self.positions,
+                policy_loss=policy,
+                value_loss=value,
+                learning_rate=self.learning_rate,
+                skipped=self.skipped,
+            )
         )
         self.positions = 0
         self.policy_losses.clear()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Protocol, TypeVar
 
 from schemas.codec import decode, encode
-from shared.bus.client import BusError, CasFailed
+from shared.bus.errors import BusError, CasFailed
 from shared.bus.ports import KV
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -19,9 +18,9 @@ from typing import Protocol
 from schemas import names
 from schemas.codec import BadMessage, decode, encode
 from schemas.control import LeaderEvent, LeaderEventKind, LeaderValidity, Lease
-from shared.bus.client import BusError, CasFailed, Unavailable
+from shared.bus.errors import BusError, CasFailed, Unavailable
 from shared.bus.message import Entry
-from shared.bus.ports import KV, Streams, Subjects
+from shared.bus.ports import KV, Clock, Streams, Subjects, Timed
 from shared.lease import quorum as lease
 from shared.lease.quorum import LeaseParams, Slot, Stance
 from shared.lease.watch import RETRY_S, KeyChanges
@@ -32,8 +31,9 @@ log = logging.getLogger("conclave.lease")
 ANNOUNCE_STEP_S = 0.1  # validity growth worth a new promise on the audit trail
 
 
-class LeaseBus(KV, Subjects, Streams, Protocol):
-    """What holding a lease uses: its keys, the validity promises, the leader events."""
+class LeaseBus(KV, Subjects, Streams, Timed, Protocol):
+    """What holding a lease uses: its keys, the validity promises, the leader events, and the
+    clock its validity is measured by."""
 
 
 @dataclass
@@ -54,6 +54,7 @@ class Contender:
     buckets: list[str] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # for the register task
     announced_until: float = -math.inf
+    register_read_at: float = -math.inf
     _stance: Stance = Stance.KEEP
     register_changes: KeyChanges = field(init=False)
     slot_changes: list[KeyChanges] = field(init=False)
@@ -62,14 +63,18 @@ class Contender:
         replicas = self.bus.replicas
         self.buckets = self.buckets or names.lease_slot_buckets(replicas, self.register_bucket)
         self.slots = [Slot() for _ in self.buckets]
-        self.register_changes = KeyChanges(self.key, self.register_bucket)
-        self.slot_changes = [KeyChanges(self.key, bucket) for bucket in self.buckets]
+        self.register_changes = KeyChanges(self.key, self.register_bucket, self.clock)
+        self.slot_changes = [KeyChanges(self.key, bucket, self.clock) for bucket in self.buckets]
+
+    @property
+    def clock(self) -> Clock:
+        return self.bus.clock
 
     def until(self) -> float:
         return lease.valid_until(self.slots, self.instance, self.params)
 
     def stance(self) -> Stance:
-        leading = self.term is not None or self.until() > time.monotonic()
+        leading = self.term is not None or self.until() > self.clock.monotonic()
         return lease.stance(self.slots, self.register, self.instance, leading)
 
     def refresh(self) -> None:
@@ -88,7 +93,7 @@ class Contender:
         self.refresh()
 
     async def write_slot(self, i: int, expect_last: int, deadline: float) -> bool:
-        sent = time.monotonic()
+        sent = self.clock.monotonic()
         try:
             rev = await self._write(self.buckets[i], expect_last, self.term or 0, deadline - sent)
         except CasFailed:
@@ -102,6 +107,10 @@ class Contender:
         return True
 
     async def release_slot(self, i: int, expect_last: int) -> bool:
+        # Stop counting the slot before the delete is sent: while it is in flight another
+        # slot's ack could otherwise make a majority of a slot we are giving away.
+        self.slots[i] = lease.releasing(self.slots[i])
+        self.refresh()
         try:
             rev = await self.bus.cas_delete(self.buckets[i], self.key, expect_last)
         except BusError as e:
@@ -115,12 +124,18 @@ class Contender:
     # -- the register ---------------------------------------------------------------------------
 
     async def read_register(self, reset: bool = False) -> None:
+        self.register_read_at = self.clock.monotonic()
         self.register = await self._reread(self.register_bucket, self.register, reset)
         self.refresh()
 
+    def register_recheck_at(self) -> float:
+        """When a contender without a term must read the register again: an expired key sends
+        no watch event, and the slot tasks' wake-ups must not keep pushing this back."""
+        return self.register_read_at + self.params.recheck_s
+
     async def claim(self, step: lease.Claim) -> bool:
         """Write the register: a new term (its revision), or ours renewed or restored."""
-        sent = time.monotonic()
+        sent = self.clock.monotonic()
         term = 0 if step.new_term else self.term or 0
         timeout = max(self.params.renew_every_s, self.until() - sent)
         try:
@@ -133,7 +148,7 @@ class Contender:
             return False
         self.register = lease.written(self.instance, rev, sent)
         if step.new_term:
-            self.term, self.acquired_wall = rev, time.time()
+            self.term, self.acquired_wall = rev, self.clock.time()
             # Announce before anything else: a term is only acted on once the audit trail has it.
             await self.announce_validity()
             log.info("leader elected", extra={"term": rev})
@@ -149,8 +164,14 @@ class Contender:
         self.announced_until = until
         if not self.announce:
             return
-        wall_until = time.time() + (until - time.monotonic())
-        msg = LeaderValidity(self.node_id, self.instance, self.term, self.acquired_wall, wall_until)
+        wall_until = self.clock.time() + (until - self.clock.monotonic())
+        msg = LeaderValidity(
+            node=self.node_id,
+            instance=self.instance,
+            term=self.term,
+            valid_from=self.acquired_wall,
+            valid_until=wall_until,
+        )
         await _quietly(self.bus.publish(names.leader_validity_subject(), encode(msg)))
 
     async def give_up(self, kind: LeaderEventKind, reason: str) -> None:
@@ -193,7 +214,13 @@ class Contender:
         return lease.seen(known, holder, entry.revision)
 
     async def _write(self, bucket: str, expect_last: int, term: int, timeout: float) -> int:
-        value = Lease(self.node_id, self.instance, term, self.acquired_wall, self.params.ttl_s)
+        value = Lease(
+            node=self.node_id,
+            instance=self.instance,
+            term=term,
+            acquired_at=self.acquired_wall,
+            ttl_s=self.params.ttl_s,
+        )
         return await self.bus.write(
             bucket,
             self.key,
@@ -206,7 +233,14 @@ class Contender:
     async def _event(self, kind: LeaderEventKind, reason: str, term: int) -> None:
         if not self.announce:
             return
-        event = LeaderEvent(kind, self.node_id, self.instance, term, time.time(), reason)
+        event = LeaderEvent(
+            kind=kind,
+            node=self.node_id,
+            instance=self.instance,
+            term=term,
+            at=self.clock.time(),
+            reason=reason,
+        )
         await _quietly(self.bus.publish_durable(names.leader_event_subject(kind), encode(event)))
 
 
@@ -232,7 +266,9 @@ async def keep_slot(me: Contender, i: int, changes: KeyChanges, stop: asyncio.Ev
     """Take, renew or give up slot `i` as the stance says, until `stop`."""
     await me.read_slot(i)
     while not stop.is_set():
-        step = lease.slot_step(me.slots[i], me.instance, me.stance(), time.monotonic(), me.params)
+        step = lease.slot_step(
+            me.slots[i], me.instance, me.stance(), me.clock.monotonic(), me.params
+        )
         done = True
         match step:
             case lease.Wait(until):
@@ -240,7 +276,7 @@ async def keep_slot(me: Contender, i: int, changes: KeyChanges, stop: asyncio.Ev
                 if changed or not me.slots[i].ours(me.instance):  # a lost watch: read anyway
                     await me.read_slot(i)
             case lease.Take(expect_last):
-                done = await me.write_slot(i, expect_last, time.monotonic() + me.params.ttl_s)
+                done = await me.write_slot(i, expect_last, me.clock.monotonic() + me.params.ttl_s)
             case lease.Renew(expect_last, deadline):
                 done = await me.write_slot(i, expect_last, deadline)
             case lease.Release(expect_last):
@@ -254,15 +290,17 @@ async def keep_register(me: Contender, changes: KeyChanges, stop: asyncio.Event)
     await me.read_register()
     while not stop.is_set():
         me.changed.clear()  # before deciding: a change while we act must wake the next wait
-        now = time.monotonic()
+        now = me.clock.monotonic()
         step = lease.register_step(me.term, me.until(), me.register, me.instance, now, me.params)
         done = True
         match step:
             case lease.Wait(until):
                 await me.announce_validity()
-                changed = await changes.wait(stop, until, me.changed)
-                timed_out = time.monotonic() >= until and me.term is None  # a lost watch
-                if changed or timed_out:
+                recheck = me.register_recheck_at()
+                deadline = until if me.term is not None else min(until, recheck)
+                changed = await changes.wait(stop, deadline, me.changed)
+                stale = me.term is None and me.clock.monotonic() >= recheck  # a lost watch
+                if changed or stale:
                     await me.read_register()
             case lease.Claim():
                 done = await me.claim(step)

@@ -81,6 +81,13 @@ def written(holder: str, revision: int, sent_at: float) -> Slot:
     return Slot(holder, revision, sent_at, known=True)
 
 
+def releasing(slot: Slot) -> Slot:
+    """`slot` once we decide to release it, before the delete is sent: it no longer counts
+    toward our majority, or a term claimed while the delete is in flight would be promised on a
+    slot another instance may already hold."""
+    return Slot(slot.holder, slot.revision, None, slot.known)
+
+
 def majority(slots: int) -> int:
     return slots // 2 + 1
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from schemas import names
 from schemas.codec import decode
 from schemas.control import Lease
-from shared.bus.client import BusError
-from shared.bus.ports import KV, Watch
+from shared.bus.errors import BusError
+from shared.bus.ports import KV, Clock, SystemClock, Watch
 
 log = logging.getLogger("conclave.leasewatch")
 
@@ -23,8 +22,14 @@ WATCH_RETRY_MAX_S = 3.2
 class KeyChanges:
     """Wakes a waiter when a lease key changes; a lost watch only delays it to its deadline."""
 
-    def __init__(self, key: str = names.LEADER_KEY, bucket: str = names.ELECTION_BUCKET) -> None:
+    def __init__(
+        self,
+        key: str = names.LEADER_KEY,
+        bucket: str = names.ELECTION_BUCKET,
+        clock: Clock | None = None,
+    ) -> None:
         self.key, self.bucket = key, bucket
+        self.clock = clock or SystemClock()
         self.changed = asyncio.Event()
         self._closed = False
         self._watcher: Watch | None = None
@@ -46,7 +51,7 @@ class KeyChanges:
                 log.warning("watch on %s/%s lost: %s", self.bucket, self.key, e)
                 pause = min(WATCH_RETRY_MAX_S, pause * 2)  # a dead server: no log flood
             if not self._closed:
-                await asyncio.sleep(pause)
+                await self.clock.sleep(pause)
 
     async def close(self) -> None:
         self._closed = True
@@ -57,7 +62,7 @@ class KeyChanges:
         """Wait for a change, `stop`, any of `also` or the monotonic `until`; whether the key
         changed."""
         try:
-            async with asyncio.timeout(max(0.0, until - time.monotonic())):
+            async with asyncio.timeout(max(0.0, until - self.clock.monotonic())):
                 await first_of(stop.wait(), self.changed.wait(), *(e.wait() for e in also))
         except TimeoutError:
             pass

@@ -4,17 +4,20 @@ enqueued only as far as `shared.loop.evalplan` allows (idle evaluators, evaluati
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-import uuid
+import re
 from collections.abc import Iterable
+
+import msgspec
 
 from schemas import names
 from schemas.jobs import EvalJob, EvalResult, PlayerSpec
-from shared.bus.client import Bus
+from shared.bus.ports import Bus
 from shared.loop.effects import EffectSettings, issue, model_name
 from shared.loop.evalplan import EvalBudget, background_jobs, games_for, gauntlet_settled
 from shared.loop.phase import GauntletOpponent, GauntletPhase
-from shared.loop.policy import LoopConfig, LoopState
+from shared.loop.policy import LoopConfig, LoopState, rating_issued
 from shared.loop.ratingjobs import SkipLog, game_results, pair_results
 from shared.loop.ratings import fit, pairing_uncertainty
 
@@ -26,6 +29,22 @@ Pace = dict[tuple[str, str], float]  # seconds per game by pairing kind (agent s
 def gauntlet_group(generation: int, opponent: int) -> str:
     """One job group per gauntlet opponent, so its queued job can be counted on its own."""
     return f"g{generation}-{opponent}"
+
+
+def rating_job_id(game: str, n: int, a: PlayerSpec, b: PlayerSpec, games: int) -> str:
+    """The id of `game`'s `n`th rating job (counted from 0). A leader repeating it from the same
+    state repeats the id; the pairing's digest tells apart two leaders' `n`th jobs whose pairings
+    differ (results arrived in between), so neither overwrites the other's issued record."""
+    pairing = hashlib.sha256(msgspec.json.encode((a, b, games))).hexdigest()
+    return f"{game}-r-{n}-{pairing[:12]}"
+
+
+def next_rating_job(game: str, job_ids: Iterable[str]) -> int:
+    """One past the highest number among `game`'s rating job ids: where a restored loop's count
+    goes on from, so that no new job takes a restored result's id."""
+    numbered = re.compile(rf"{re.escape(game)}-r-(\d+)-[0-9a-f]+")
+    numbers = [int(m.group(1)) for job_id in job_ids if (m := numbered.fullmatch(job_id))]
+    return max(numbers, default=-1) + 1
 
 
 def pace_key(a: PlayerSpec, b: PlayerSpec) -> tuple[str, str]:
@@ -50,7 +69,7 @@ class QueueDepths:
         self.counts = counts
 
     def lane(self, lane: str) -> int:
-        prefix = f"jobs.eval.{lane}."
+        prefix = names.job_prefix("eval", lane)
         return sum(n for subject, n in self.counts.items() if subject.startswith(prefix))
 
     def subject(self, subject: str) -> int:
@@ -63,6 +82,7 @@ class BackgroundEval:
     def __init__(
         self,
         bus: Bus,
+        *,
         loop: LoopConfig,
         settings: EffectSettings,
         budget: EvalBudget,
@@ -87,9 +107,11 @@ class BackgroundEval:
         gauntlets: dict[str, GauntletPhase],
         eval_workers: int,
         share: float | None,
-    ) -> int:
-        """Enqueue what fits now (gauntlets first); returns how many jobs were submitted."""
-        depths = QueueDepths(await self.bus.subject_counts(names.JOBS_STREAM, "jobs.eval.>"))
+    ) -> LoopState:
+        """Enqueue what fits now (gauntlets first); returns `state` with the rating jobs
+        enqueued counted, which names the next ones."""
+        all_lanes = names.job_filter("eval", None)
+        depths = QueueDepths(await self.bus.subject_counts(names.JOBS_STREAM, all_lanes))
         queued_background = depths.lane("gauntlet") + depths.lane("rating")
         slots = background_jobs(
             eval_workers, depths.lane("match"), queued_background, share, self.budget
@@ -103,11 +125,12 @@ class BackgroundEval:
         for game in self.loop.games:
             if submitted >= slots:
                 break
-            rating = await self.rating_job(game)
+            rating = await self.rating_job(game, state)
             if rating is not None:
                 await issue(self.bus, rating)
+                state = rating_issued(state, game)
                 submitted += 1
-        return submitted
+        return state
 
     async def gauntlet_phase(self, game: str, state: LoopState) -> GauntletPhase | None:
         """The newest best's score against each baseline, and which of them are settled."""
@@ -125,7 +148,11 @@ class BackgroundEval:
             settled = played >= self.settings.gauntlet_games or gauntlet_settled(
                 wins, draws, losses, self.budget
             )
-            opponents.append(GauntletOpponent(agent, wins, draws, losses, settled))
+            opponents.append(
+                GauntletOpponent(
+                    opponent=agent, wins=wins, draws=draws, losses=losses, settled=settled
+                )
+            )
         return GauntletPhase(current.generation, opponents)
 
     def gauntlet_jobs(
@@ -149,7 +176,17 @@ class BackgroundEval:
             games = games_for(self.pace.get(pace_key(me, them)), most, self.budget)
             job_id = f"{game}-{group}-at{played}"
             jobs.append(
-                EvalJob(job_id, game, "gauntlet", me, them, games, self.term, played + 1, group)
+                EvalJob(
+                    job_id=job_id,
+                    game=game,
+                    kind="gauntlet",
+                    a=me,
+                    b=them,
+                    games=games,
+                    term=self.term,
+                    seed=played + 1,
+                    group=group,
+                )
             )
         return jobs
 
@@ -167,7 +204,7 @@ class BackgroundEval:
             self._scores[subject] = cached
         return cached[1]
 
-    async def rating_job(self, game: str) -> EvalJob | None:
+    async def rating_job(self, game: str, state: LoopState) -> EvalJob | None:
         """The single most informative rating pairing of `game`, sized to its measured pace;
         None (without rereading every result) while nothing was played since there was none."""
         stored = await self.bus.subject_counts(
@@ -186,8 +223,16 @@ class BackgroundEval:
             return None
         a, b = players[pairs[0][0]], players[pairs[0][1]]
         games = games_for(self.pace.get(pace_key(a, b)), self.budget.rating_games, self.budget)
-        job_id = f"{game}-r-{uuid.uuid4().hex[:12]}"
-        return EvalJob(job_id, game, "rating", a, b, games, self.term, group="r")
+        return EvalJob(
+            job_id=rating_job_id(game, state.game(game).rating_jobs, a, b, games),
+            game=game,
+            kind="rating",
+            a=a,
+            b=b,
+            games=games,
+            term=self.term,
+            group="r",
+        )
 
     def _learn_pace(self, results: list[EvalResult]) -> None:
         self.pace.update(measured_pace(results))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
+from typing import assert_never
 
 import msgspec
 
@@ -25,7 +25,7 @@ from schemas.jobs import (
     SelfplayJob,
     TrainJob,
 )
-from shared.bus.client import Bus
+from shared.bus.ports import Bus
 from shared.lease.fencing import StaleTerm, cas_put, read_termed
 from shared.loop.observe import match_group, train_group, train_job_id
 from shared.loop.policy import (
@@ -55,7 +55,6 @@ class EffectSettings(msgspec.Struct, frozen=True):
     sims_ramp_generations: int = 10
     eval_sims: int = 64
     train_steps: int = 400
-    window_games: int = 20000
     resign: bool = False  # self-play resigns at the threshold the trainer calibrated
     gauntlet: tuple[str, ...] = ("random", "onestep", "mcts:200")
     gauntlet_games: int = 20
@@ -72,6 +71,11 @@ def selfplay_sims(settings: EffectSettings, generation: int) -> int:
 
 def model_name(generation: int) -> str:
     return f"gen{generation}"
+
+
+def selfplay_job_id(game: str, model: str, n: int) -> str:
+    """The id of `game`'s `n`th self-play job (counted from 0), played by net `model`."""
+    return f"{game}-sp-{model[:12] or 'uniform'}-{n}"
 
 
 async def issue(bus: Bus, job: EvalJob) -> None:
@@ -91,7 +95,7 @@ class Effects:
         game = state.game(action.game)
         match action:
             case EnqueueSelfplay():
-                await self.selfplay(action, game.generation)
+                await self.selfplay(action, game.generation, game.selfplay_jobs)
             case StartTraining():
                 # From the best, never from a rejected candidate: a poisoned or broken net
                 # that lost its match must not be the parent of every later one.
@@ -113,19 +117,21 @@ class Effects:
                 log.warning(
                     "training %d of %s dead-lettered; retrying", action.training, action.game
                 )
+            case _:
+                assert_never(action)
 
-    async def selfplay(self, action: EnqueueSelfplay, generation: int) -> None:
+    async def selfplay(self, action: EnqueueSelfplay, generation: int, enqueued: int) -> None:
+        """`action.jobs` jobs, numbered on from the `enqueued` ones before them."""
         resign = await self.resign_value(action.game, action.model)
-        for _ in range(action.jobs):
-            job_id = f"{action.game}-sp-{uuid.uuid4().hex[:12]}"
+        for n in range(enqueued, enqueued + action.jobs):
             job = SelfplayJob(
-                job_id,
-                action.game,
-                action.model,
-                generation,
-                action.games_per_job,
-                selfplay_sims(self.settings, generation),
-                self.term,
+                job_id=selfplay_job_id(action.game, action.model, n),
+                game=action.game,
+                model_sha256=action.model,
+                generation=generation,
+                games=action.games_per_job,
+                sims=selfplay_sims(self.settings, generation),
+                term=self.term,
                 resign_value=resign,
             )
             await submit(self.bus, "selfplay", job)
@@ -146,13 +152,12 @@ class Effects:
 
     async def train(self, action: StartTraining, parent: str | None) -> None:
         job = TrainJob(
-            train_job_id(action.game, action.training),
-            action.game,
-            action.generation,
-            parent or "",
-            self.settings.window_games,
-            self.settings.train_steps,
-            self.term,
+            job_id=train_job_id(action.game, action.training),
+            game=action.game,
+            generation=action.generation,
+            parent_sha256=parent or "",
+            steps=self.settings.train_steps,
+            term=self.term,
             group=train_group(action.training),
         )
         await submit(self.bus, "train", job)
@@ -164,13 +169,13 @@ class Effects:
         per_job = self.loop.eval_games_per_job
         for k in range(first, first + action.games // per_job):
             job = EvalJob(
-                f"{action.game}-{group}-{k}",
-                action.game,
-                "match",
-                a,
-                b,
-                per_job,
-                self.term,
+                job_id=f"{action.game}-{group}-{k}",
+                game=action.game,
+                kind="match",
+                a=a,
+                b=b,
+                games=per_job,
+                term=self.term,
                 seed=k + 1,
                 group=group,
             )
@@ -184,7 +189,12 @@ class Effects:
         if current is None or current.generation < action.generation:
             detail = _sprt_detail(action.result) if action.result else "first network, ungated"
             pointer = BestPointer(
-                action.game, action.generation, action.candidate, self.term, time.time(), detail
+                game=action.game,
+                generation=action.generation,
+                sha256=action.candidate,
+                term=self.term,
+                promoted_at=time.time(),
+                reason=detail,
             )
             await cas_put(self.bus, names.REGISTRY_BUCKET, key, pointer, revision)
         if action.result is not None:
@@ -199,13 +209,15 @@ class Effects:
 
     async def decided(self, kind: ModelEventKind, game: str, generation: int, sha: str) -> None:
         """Mark the candidate's match decided, so evaluators drop its jobs still queued."""
-        event = ModelEvent(kind, game, generation, sha, time.time())
+        event = ModelEvent(kind=kind, game=game, generation=generation, sha256=sha, at=time.time())
         await self.bus.write(names.REGISTRY_BUCKET, names.decided_key(game, sha), encode(event))
 
     async def event(
         self, kind: ModelEventKind, game: str, generation: int, sha: str, detail: str
     ) -> None:
-        event = ModelEvent(kind, game, generation, sha, time.time(), detail)
+        event = ModelEvent(
+            kind=kind, game=game, generation=generation, sha256=sha, at=time.time(), detail=detail
+        )
         # A leader that dies between this and its state write repeats the action: same id.
         msg_id = f"{kind}-{game}-{generation}-{sha[:16]}"
         await self.bus.publish_durable(names.model_event_subject(kind), encode(event), msg_id)

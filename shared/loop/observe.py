@@ -242,7 +242,9 @@ async def match_score(
     wins, draws, losses = _tally(owed.counted, candidate)
     lost = (len(msgs) + len(spoiled)) * cfg.eval_games_per_job
     unloadable = unloadable_reason([x for x in letters if x is not None], candidate, issued)
-    return MatchScore(candidate, wins, draws, losses, lost, unloadable)
+    return MatchScore(
+        candidate=candidate, wins=wins, draws=draws, losses=losses, lost=lost, unloadable=unloadable
+    )
 
 
 def _dead_letter(msg: Message) -> DeadLetter | None:

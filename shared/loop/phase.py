@@ -16,7 +16,7 @@ from shared.loop.sprt import sprt
 PhaseName = Literal["bootstrap", "collecting", "training", "match"]
 
 
-class TrainingPhase(msgspec.Struct, frozen=True):
+class TrainingPhase(msgspec.Struct, frozen=True, kw_only=True):
     """The running training job's last progress report."""
 
     step: int
@@ -26,7 +26,7 @@ class TrainingPhase(msgspec.Struct, frozen=True):
     samples_per_s: float = 0.0
 
 
-class MatchPhase(msgspec.Struct, frozen=True):
+class MatchPhase(msgspec.Struct, frozen=True, kw_only=True):
     """The candidate's promotion match so far, with the SPRT's log-likelihood ratio."""
 
     candidate: str
@@ -43,7 +43,7 @@ class MatchPhase(msgspec.Struct, frozen=True):
     trace: list[tuple[int, float]] = []  # (games, LLR) each time more games were in
 
 
-class GauntletOpponent(msgspec.Struct, frozen=True):
+class GauntletOpponent(msgspec.Struct, frozen=True, kw_only=True):
     opponent: str
     wins: int
     draws: int
@@ -102,7 +102,7 @@ def match_phase(
 ) -> MatchPhase:
     candidate = state.pending_eval or ""
     if score is None or score.candidate != candidate:
-        score = MatchScore(candidate)
+        score = MatchScore(candidate=candidate)
     result = sprt(score.wins, score.draws, score.losses, cfg.sprt)
     llr = round(result.llr, 3)
     trace = _trace(previous, candidate)

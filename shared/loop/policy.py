@@ -23,7 +23,7 @@ policy would never produce, so a scheduler bug cannot silently corrupt the loop 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, assert_never
 
 import msgspec
 
@@ -71,11 +71,13 @@ class LoopConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             )
 
 
-class GameState(msgspec.Struct, frozen=True, tag="conclave.loop_state.v1"):
+class GameState(msgspec.Struct, frozen=True, kw_only=True, tag="conclave.loop_state.v1"):
     """What the loop remembers about one game (the value of KV `loop/<game>`).
 
     `generation` is the best net's (-1 before the first); `trainings` counts training jobs
     started and is the id of the latest; `match_games` is the games scheduled for `pending_eval`.
+    `selfplay_jobs` and `rating_jobs` count the jobs of each kind enqueued so far: the next
+    job's id, so a leader repeating an enqueue from the same state repeats its ids.
     """
 
     generation: int = -1
@@ -85,6 +87,8 @@ class GameState(msgspec.Struct, frozen=True, tag="conclave.loop_state.v1"):
     training_in_progress: bool = False
     pending_eval: str | None = None
     match_games: int = 0
+    selfplay_jobs: int = 0
+    rating_jobs: int = 0
 
 
 class LoopState(msgspec.Struct, frozen=True):
@@ -103,7 +107,7 @@ class Trained(msgspec.Struct, frozen=True):
     candidate: str
 
 
-class MatchScore(msgspec.Struct, frozen=True):
+class MatchScore(msgspec.Struct, frozen=True, kw_only=True):
     """Finished games of `candidate` against the best, from the candidate's view.
 
     `lost` counts games of match jobs that ended in the dead-letter queue: never to be played.
@@ -125,7 +129,7 @@ class MatchScore(msgspec.Struct, frozen=True):
         return self.wins + self.draws + self.losses
 
 
-class GameSnapshot(msgspec.Struct, frozen=True):
+class GameSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     """What the cluster reports about one game now; `failed_training` is a dead-lettered job."""
 
     games_total: int = 0
@@ -194,7 +198,7 @@ class Promote(_Action, frozen=True, tag="promote"):
     result: SprtResult | None = None
 
 
-class Reject(_Action, frozen=True, tag="reject"):
+class Reject(_Action, frozen=True, kw_only=True, tag="reject"):
     """Drop `candidate` (it was shown worse, failed the cap rule, or cannot be played: then
     `reason` says why); the best stays."""
 
@@ -286,24 +290,45 @@ def apply(state: LoopState, action: Action) -> LoopState:
 
 def apply_game(state: GameState, action: Action) -> GameState:
     """One game's state after `action`; ValueError for a transition the policy never makes."""
-    if isinstance(action, EnqueueSelfplay):
-        return state
-    if isinstance(action, StartTraining):
-        return _start_training(state, action)
-    if isinstance(action, AbandonTraining):
-        _require(state.training_in_progress and action.training == state.trainings, action)
-        return msgspec.structs.replace(state, training_in_progress=False)
-    if isinstance(action, StartMatch):
-        return _start_match(state, action)
-    ungated = isinstance(action, Promote) and action.result is None and state.training_in_progress
-    _require(ungated or state.pending_eval == action.candidate, action)
+    match action:
+        case EnqueueSelfplay():
+            _require(action.jobs >= 0, action)
+            return msgspec.structs.replace(state, selfplay_jobs=state.selfplay_jobs + action.jobs)
+        case StartTraining():
+            return _start_training(state, action)
+        case AbandonTraining():
+            _require(state.training_in_progress and action.training == state.trainings, action)
+            return msgspec.structs.replace(state, training_in_progress=False)
+        case StartMatch():
+            return _start_match(state, action)
+        case Promote():
+            done = _decide(state, action, ungated=action.result is None)
+            return msgspec.structs.replace(
+                done, best=action.candidate, generation=action.generation
+            )
+        case Reject():
+            return _decide(state, action, ungated=False)
+        case _:
+            assert_never(action)
+
+
+def rating_issued(state: LoopState, game: str) -> LoopState:
+    """The loop state after one more rating job of `game` was enqueued."""
+    current = state.game(game)
+    return _with_game(
+        state, game, msgspec.structs.replace(current, rating_jobs=current.rating_jobs + 1)
+    )
+
+
+def _decide(state: GameState, action: Promote | Reject, *, ungated: bool) -> GameState:
+    """The candidate's evaluation is over (an ungated promotion ends the training instead)."""
+    _require(
+        (ungated and state.training_in_progress) or state.pending_eval == action.candidate, action
+    )
     _require(action.generation == state.generation + 1, action)
-    done = msgspec.structs.replace(
+    return msgspec.structs.replace(
         state, training_in_progress=False, pending_eval=None, match_games=0
     )
-    if isinstance(action, Promote):
-        return msgspec.structs.replace(done, best=action.candidate, generation=action.generation)
-    return done
 
 
 def _game_actions(name: str, state: GameState, snapshot: Snapshot, cfg: LoopConfig) -> list[Action]:
@@ -334,7 +359,7 @@ def _on_trained(
         return None
     if state.best is None or cfg.gate == "none":
         return Promote(name, trained.candidate, state.generation + 1)
-    first = match_games_to_schedule(0, MatchScore(trained.candidate), eval_workers, cfg)
+    first = match_games_to_schedule(0, MatchScore(candidate=trained.candidate), eval_workers, cfg)
     return StartMatch(name, trained.candidate, state.best, first)
 
 
@@ -347,9 +372,11 @@ def _on_match(
         return None
     score = observed.match
     if score is None or score.candidate != candidate:
-        score = MatchScore(candidate)
+        score = MatchScore(candidate=candidate)
     if score.unloadable:
-        return Reject(name, candidate, state.generation + 1, reason=score.unloadable)
+        return Reject(
+            game=name, candidate=candidate, generation=state.generation + 1, reason=score.unloadable
+        )
     result = sprt(score.wins, score.draws, score.losses, cfg.sprt)
     if result.decision != "continue":
         return _decided(name, candidate, state.generation + 1, result)
@@ -364,7 +391,7 @@ def _on_match(
 def _decided(name: str, candidate: str, generation: int, result: SprtResult) -> Action:
     if result.decision == "accept_h1":
         return Promote(name, candidate, generation, result)
-    return Reject(name, candidate, generation, result)
+    return Reject(game=name, candidate=candidate, generation=generation, result=result)
 
 
 def _exhausted(
@@ -375,7 +402,13 @@ def _exhausted(
     worker's net); the SPRT over the games played goes with the reason."""
     reason = f"match cut short: {score.lost} of {state.match_games} games dead-lettered"
     result = sprt(score.wins, score.draws, score.losses, cfg.sprt) if score.finished else None
-    return Reject(name, candidate, state.generation + 1, result, reason=reason)
+    return Reject(
+        game=name,
+        candidate=candidate,
+        generation=state.generation + 1,
+        result=result,
+        reason=reason,
+    )
 
 
 def _selfplay_actions(state: LoopState, snapshot: Snapshot, cfg: LoopConfig) -> list[Action]:

@@ -33,9 +33,7 @@ TICTACTOE = Preset(
         eval_jobs_per_worker=2,  # a match job always waits: the evaluator never idles between
         sprt=SprtConfig(max_games=200),
     ),
-    effects=EffectSettings(
-        selfplay_sims=32, eval_sims=64, train_steps=300, window_games=4000, gauntlet_games=20
-    ),
+    effects=EffectSettings(selfplay_sims=32, eval_sims=64, train_steps=300, gauntlet_games=20),
     net=NetConfig(blocks=2, channels=32, value_hidden=32),
     train=TrainSettings(batch_size=128),
     window_games=4000,
@@ -60,9 +58,7 @@ CONNECT4 = Preset(
         # candidate 100 Elo worse 90% of the time (bench/sprt_cost.py, 20-game jobs, 10% draws).
         sprt=SprtConfig(elo0=-50.0, elo1=0.0, max_games=100),
     ),
-    effects=EffectSettings(
-        selfplay_sims=64, eval_sims=64, train_steps=600, window_games=6000, gauntlet_games=100
-    ),
+    effects=EffectSettings(selfplay_sims=64, eval_sims=64, train_steps=600, gauntlet_games=100),
     net=NetConfig(),
     train=TrainSettings(batch_size=256),
     window_games=6000,
@@ -84,9 +80,7 @@ SOAK = Preset(
         eval_games_per_job=10,
         sprt=SprtConfig(max_games=40),
     ),
-    effects=EffectSettings(
-        selfplay_sims=16, eval_sims=16, train_steps=50, window_games=2000, gauntlet_games=10
-    ),
+    effects=EffectSettings(selfplay_sims=16, eval_sims=16, train_steps=50, gauntlet_games=10),
     net=NetConfig(blocks=1, channels=16, value_hidden=16),
     train=TrainSettings(batch_size=64),
     window_games=2000,

@@ -7,7 +7,7 @@ import logging
 from schemas import names
 from schemas.codec import BadMessage, decode
 from schemas.jobs import TrainProgress
-from shared.bus.client import Bus
+from shared.bus.ports import Bus
 
 log = logging.getLogger("conclave.progress")
 

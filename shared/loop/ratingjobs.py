@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from schemas import names
@@ -32,7 +33,8 @@ class Stored(NamedTuple):
     data: bytes
 
 
-class Skipped(NamedTuple):
+@dataclass(frozen=True, kw_only=True)
+class Skipped:
     """A stored result that counts for nothing, and why (naming the field at fault)."""
 
     seq: int
@@ -76,7 +78,9 @@ def judge(stored: Iterable[Stored], issued: Mapping[str, EvalJob]) -> Owed:
             result = decode(item.data, EvalResult, subject=item.subject)
         except BadMessage as e:
             why = f"{e.field}: {e.reason}"
-            skipped.append(Skipped(item.seq, item.subject, "", why, item.data))
+            skipped.append(
+                Skipped(seq=item.seq, subject=item.subject, job_id="", reason=why, data=item.data)
+            )
             continue
         reason = mismatch(result, item.subject, issued.get(result.job_id))
         if reason is None and result.job_id in counted:
@@ -84,7 +88,15 @@ def judge(stored: Iterable[Stored], issued: Mapping[str, EvalJob]) -> Owed:
         if reason is None:
             counted[result.job_id] = result
         else:
-            skipped.append(Skipped(item.seq, item.subject, result.job_id, reason, item.data))
+            skipped.append(
+                Skipped(
+                    seq=item.seq,
+                    subject=item.subject,
+                    job_id=result.job_id,
+                    reason=reason,
+                    data=item.data,
+                )
+            )
     return Owed(list(counted.values()), skipped, dict(issued))
 
 
@@ -162,7 +174,15 @@ async def reported_results(bus: Streams) -> set[int]:
 async def _publish_skipped(bus: Streams, skipped: Skipped) -> None:
     game, group = names.game_and_group(skipped.subject)
     kind, job_id, reason = names.SKIPPED_RESULTS, skipped.job_id, skipped.reason
-    letter = DeadLetter(kind, job_id, skipped.seq, 1, reason, skipped.data, time.time())
+    letter = DeadLetter(
+        kind=kind,
+        job_id=job_id,
+        stream_seq=skipped.seq,
+        deliveries=1,
+        reason=reason,
+        job=skipped.data,
+        at=time.time(),
+    )
     subject = names.dlq_subject(names.SKIPPED_RESULTS, game, group)
     await bus.publish_durable(subject, encode(letter), msg_id=f"skipped-result-{skipped.seq}")
     log.warning(
@@ -186,7 +206,10 @@ async def game_results(
 
 
 def pair_results(results: list[EvalResult]) -> list[PairResult]:
-    return [PairResult(r.a.name, r.b.name, r.wins_a, r.draws, r.wins_b) for r in results]
+    return [
+        PairResult(a=r.a.name, b=r.b.name, wins_a=r.wins_a, draws=r.draws, wins_b=r.wins_b)
+        for r in results
+    ]
 
 
 async def game_ratings(bus: Streams, game: str) -> tuple[dict[str, Rating], dict[str, PlayerSpec]]:

@@ -48,7 +48,7 @@ _WARNED_LIMIT = 10_000  # distinct warnings remembered, so a re-read pool logs e
 _warned: set[str] = set()
 
 
-class PairResult(msgspec.Struct, frozen=True):
+class PairResult(msgspec.Struct, frozen=True, kw_only=True):
     """Games between players `a` and `b`: a's wins, draws, b's wins.
 
     Built from bus data without checks; `fit` drops a result whose `problem` is not None.
@@ -77,7 +77,7 @@ class PairResult(msgspec.Struct, frozen=True):
         return None
 
 
-class Rating(msgspec.Struct, frozen=True):
+class Rating(msgspec.Struct, frozen=True, kw_only=True):
     """Elo relative to the anchor, its 95% interval [lo, hi], and real games played."""
 
     elo: float
@@ -258,7 +258,7 @@ def _fit_component(tally: _Tally, component: list[int], anchor: str) -> dict[str
 
 def _rating(theta: float, sd: float, games: int, connected: bool) -> Rating:
     elo, half = theta * ELO_PER_NAT, _Z95 * sd * ELO_PER_NAT
-    return Rating(elo, elo - half, elo + half, games, connected)
+    return Rating(elo=elo, lo=elo - half, hi=elo + half, games=games, connected=connected)
 
 
 def _newton(score: Matrix, games: Matrix, ref: int) -> Matrix:
@@ -331,7 +331,9 @@ def _placed(r: Rating | None, guess: float) -> Rating:
     """`r`, or an unknown rating at Elo `guess` if `r` is missing or has an infinite interval."""
     if r is not None and math.isfinite(_variance(r)):
         return r
-    return Rating(guess, -math.inf, math.inf, 0 if r is None else r.games, connected=False)
+    return Rating(
+        elo=guess, lo=-math.inf, hi=math.inf, games=0 if r is None else r.games, connected=False
+    )
 
 
 def _variance(r: Rating) -> float:

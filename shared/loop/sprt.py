@@ -33,7 +33,7 @@ _Z95 = 1.959963984540054
 _UNSEEN = 0.5
 
 
-class SprtConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class SprtConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """H0: Elo <= elo0, H1: Elo >= elo1; alpha = P(accept H1 | H0), beta = P(accept H0 | H1).
 
     The default (-20, 0) promotes unless the candidate is shown worse; (0, +20) promotes only a
@@ -61,7 +61,7 @@ class SprtConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError(f"SprtConfig.max_games must be >= 1, got {self.max_games}")
 
 
-class SprtResult(msgspec.Struct, frozen=True):
+class SprtResult(msgspec.Struct, frozen=True, kw_only=True):
     """The test's state after `games` games.
 
     `elo` is the candidate's estimated Elo difference, [`elo_lo`, `elo_hi`] its ~95% interval
@@ -152,7 +152,17 @@ def sprt(wins: int, draws: int, losses: int, cfg: SprtConfig) -> SprtResult:
     elif games >= cfg.max_games:
         decision = "accept_h1" if elo >= cfg.elo0 else "accept_h0"
         truncated = True
-    return SprtResult(ratio, lower, upper, decision, games, elo, elo_lo, elo_hi, truncated)
+    return SprtResult(
+        llr=ratio,
+        lower=lower,
+        upper=upper,
+        decision=decision,
+        games=games,
+        elo=elo,
+        elo_lo=elo_lo,
+        elo_hi=elo_hi,
+        truncated=truncated,
+    )
 
 
 def _regularize(wins: int, draws: int, losses: int) -> tuple[float, float, float]:

@@ -19,8 +19,10 @@ from schemas.control import LeaderEvent
 from schemas.jobs import ModelEvent, ModelMeta, TrainProgress
 from services.scheduler import STATE_KEY, LoopRecord
 from shared.archive.layout import check_sha256
-from shared.bus.client import Bus, BusConfig, BusError
+from shared.bus.client import BusConfig
+from shared.bus.errors import BusError
 from shared.bus.message import Message
+from shared.bus.ports import Bus
 from shared.lease.fencing import read_termed
 from shared.loop.observe import count, train_job_id
 from shared.loop.ratingjobs import game_ratings

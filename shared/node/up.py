@@ -14,7 +14,8 @@ import msgspec
 from schemas.codec import BadMessage
 from shared.auth.identities import ACCOUNTS_FILE, add_node, init, seed_path
 from shared.auth.permissions import Role
-from shared.bus.client import Bus, BusConfig, BusError
+from shared.bus.client import BusConfig, NatsBus
+from shared.bus.errors import BusError
 from shared.bus.server import NatsServer, ServerSpec
 from shared.lease.quorum import LeaseParams
 from shared.loop.evalplan import EvalBudget
@@ -99,7 +100,7 @@ def local_identities(directory: Path, node_id: str, roles: tuple[Role, ...]) -> 
 
 async def provision(config: BusConfig) -> None:
     """Create or update every stream, bucket and object store as admin: no service may."""
-    bus = await Bus.connect(config)
+    bus = await NatsBus.connect(config)
     try:
         await bus.provision()
     finally:
@@ -109,7 +110,7 @@ async def provision(config: BusConfig) -> None:
 async def _say_where_it_starts(config: BusConfig, game: str, data: Path) -> None:
     """Print whether this data directory's run of `game` resumes (from which generation)."""
     try:
-        bus = await Bus.connect(config)
+        bus = await NatsBus.connect(config)
         try:
             print(await run_summary(bus, game, data), flush=True)
         finally:

@@ -15,7 +15,8 @@ import threading
 import time
 
 from schemas import names
-from shared.bus.client import Bus, BusError
+from shared.bus.errors import BusError
+from shared.bus.ports import Bus
 from shared.runtime.log import JsonFormatter
 
 LEVELS = ("debug", "info", "warning", "error", "critical")

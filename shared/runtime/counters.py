@@ -1,31 +1,36 @@
-"""Work counters of this process (games played, simulations, training steps...), sent with every
+"""Work counters of a process (games played, simulations, training steps...), sent with every
 pulse, so heartbeats, `conclave status`, the metrics endpoint and the dashboard see throughput
-per node without scraping anyone. Thread-safe; monotonic totals since the process started."""
+per node without scraping anyone. One `Counters` per service process, made by its frame."""
 
 from __future__ import annotations
 
 import threading
 
 CPU = "cpu_s"  # the process's CPU seconds, added to every pulse (the evaluation budget reads it)
-
-_lock = threading.Lock()
-_totals: dict[str, float] = {}
-_doing = [""]  # what the process is working on now (a job id), "" when idle
+DOING_CHARS = 200
 
 
-def add(name: str, amount: float = 1.0) -> None:
-    with _lock:
-        _totals[name] = _totals.get(name, 0.0) + amount
+class Counters:
+    """Monotonic totals since the process started, and what it is working on now (a job id, ""
+    when idle). Thread-safe: workers add from threads as well as from the event loop."""
 
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._totals: dict[str, float] = {}
+        self._doing = ""
 
-def snapshot() -> dict[str, float]:
-    with _lock:
-        return dict(_totals)
+    def add(self, name: str, amount: float = 1.0) -> None:
+        with self._lock:
+            self._totals[name] = self._totals.get(name, 0.0) + amount
 
+    def snapshot(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._totals)
 
-def set_doing(what: str) -> None:
-    _doing[0] = what[:200]
+    def set_doing(self, what: str) -> None:
+        with self._lock:
+            self._doing = what[:DOING_CHARS]
 
-
-def doing() -> str:
-    return _doing[0]
+    def doing(self) -> str:
+        with self._lock:
+            return self._doing

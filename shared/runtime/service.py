@@ -19,11 +19,12 @@ import msgspec
 from schemas import names
 from schemas.codec import BadMessage, decode, encode
 from schemas.control import ServicePulse
-from shared.bus import micro as microservice
-from shared.bus.client import Bus, BusConfig, BusError, ConnectFailed
-from shared.runtime import counters
+from shared.bus.client import BusConfig, NatsBus
+from shared.bus.errors import BusError, ConnectFailed
+from shared.bus.ports import Bus, Registration
 from shared.runtime import log as logsetup
 from shared.runtime.buslog import BusLogHandler
+from shared.runtime.counters import CPU, Counters
 
 log = logging.getLogger("conclave.service")
 
@@ -69,9 +70,10 @@ class LoopLag:
 class Pulse:
     """Reports liveness and loop lag to the local supervisor (a pipe) and to the bus."""
 
-    def __init__(self, proc: ProcessConfig, stop: asyncio.Event) -> None:
+    def __init__(self, proc: ProcessConfig, stop: asyncio.Event, counters: Counters) -> None:
         self.proc = proc
         self.stop = stop
+        self.counters = counters
         self.lag = LoopLag()
         self.started_at = time.time()
         self.bus: Bus | None = None
@@ -94,8 +96,8 @@ class Pulse:
                 lag_max_ms=round(worst, 2),
                 started_at=self.started_at,
                 sent_at=time.time(),
-                counters={**counters.snapshot(), counters.CPU: round(time.process_time(), 3)},
-                doing=counters.doing(),
+                counters={**self.counters.snapshot(), CPU: round(time.process_time(), 3)},
+                doing=self.counters.doing(),
             )
             data = encode(pulse)
             self._to_supervisor(data)
@@ -118,15 +120,20 @@ class Pulse:
 
 
 async def serve(
-    proc: ProcessConfig, cfg: C, run: RunFn[C], logs: BusLogHandler | None = None
+    proc: ProcessConfig,
+    cfg: C,
+    run: RunFn[C],
+    logs: BusLogHandler | None = None,
+    counters: Counters | None = None,
 ) -> None:
-    """Run one service until SIGTERM/SIGINT: pulses start before the bus is reachable; log
-    lines go to the bus (`logs`) once it is."""
+    """Run one service until SIGTERM/SIGINT: pulses start before the bus is reachable and carry
+    `counters` (the process's work counters; none if it counts nothing); log lines go to the bus
+    (`logs`) once it is."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    pulse = Pulse(proc, stop)
+    pulse = Pulse(proc, stop, Counters() if counters is None else counters)
     if proc.pulse_fd is not None:
         os.set_blocking(proc.pulse_fd, False)
     async with asyncio.TaskGroup() as tg:
@@ -149,11 +156,10 @@ async def serve(
             logs_task.cancel()
 
 
-async def register(bus: Bus, proc: ProcessConfig) -> microservice.Registration | None:
+async def register(bus: Bus, proc: ProcessConfig) -> Registration | None:
     """Announce this process as a NATS micro service, so `nats micro ls` and `$SRV.PING` see it
     (behind NAT too: it answers over its own outbound connection)."""
-    return await microservice.register(
-        bus,
+    return await bus.register_service(
         f"conclave-{proc.service}",
         VERSION,
         f"Conclave {proc.service} on {proc.node_id}",
@@ -166,7 +172,7 @@ async def connect_until(cfg: BusConfig, stop: asyncio.Event) -> Bus | None:
     delay = 0.5
     while not stop.is_set():
         try:
-            return await Bus.connect(cfg)
+            return await NatsBus.connect(cfg)
         except ConnectFailed as e:
             log.warning("%s; retrying in %.1fs", e, delay)
             await wait_or_stop(stop, delay)
@@ -189,8 +195,18 @@ async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     return True
 
 
-def main(service: str, config_type: type[C], run: RunFn[C], argv: list[str] | None = None) -> int:
-    """Entry point of a service process: `--process JSON --config JSON`, built by the launcher."""
+def main(
+    service: str,
+    config_type: type[C],
+    run: RunFn[C],
+    argv: list[str] | None = None,
+    *,
+    counters: Counters | None = None,
+) -> int:
+    """Entry point of a service process: `--process JSON --config JSON`, built by the launcher.
+
+    A service that counts its work makes the process's `counters` and hands them both to its
+    `run` and here, so that its pulses carry them."""
     parser = argparse.ArgumentParser(prog=f"conclave-{service}")
     parser.add_argument("--process", required=True, help="ProcessConfig as JSON")
     parser.add_argument("--config", required=True, help=f"{config_type.__name__} as JSON")
@@ -204,5 +220,5 @@ def main(service: str, config_type: type[C], run: RunFn[C], argv: list[str] | No
     formatter = logsetup.setup(proc.log_level, node=proc.node_id, service=service)
     on_bus = BusLogHandler(proc.node_id, service, formatter)
     logging.getLogger().addHandler(on_bus)
-    asyncio.run(serve(proc, cfg, run, on_bus))
+    asyncio.run(serve(proc, cfg, run, on_bus, counters))
     return 0

@@ -9,17 +9,15 @@ from collections.abc import Collection
 from schemas import names
 from schemas.codec import decode
 from schemas.jobs import ModelMeta
-from shared.bus import queue
-from shared.bus.client import Bus, BusError
+from shared.bus.errors import BusError
+from shared.bus.ports import Bus
 from shared.soak.record import GameAudit, JobCounts
 
 
 async def job_counts(bus: Bus, kind: str, submitted_ids: Collection[str]) -> JobCounts:
     """One job kind's consumer read against the distinct job ids seen submitted."""
-    infos = [
-        await queue.consumer_counts(bus, names.JOBS_STREAM, c) for c in names.job_consumers(kind)
-    ]
-    dead = sum((await bus.subject_counts(names.DLQ_STREAM, f"dlq.{kind}.>")).values())
+    infos = [await bus.consumer_counts(names.JOBS_STREAM, c) for c in names.job_consumers(kind)]
+    dead = sum((await bus.subject_counts(names.DLQ_STREAM, names.dlq_filter(kind))).values())
     submitted = len(submitted_ids)
     deliveries = sum(i.delivered for i in infos)
     pending = sum(i.pending for i in infos)
@@ -32,7 +30,7 @@ async def job_counts(bus: Bus, kind: str, submitted_ids: Collection[str]) -> Job
 async def game_audit(bus: Bus, acknowledged: Collection[int]) -> GameAudit:
     """Acknowledged games sequences looked up in the games stream, ids checked for duplicates,
     and every checkpoint's window checked against the distinct ids stored in its range."""
-    msgs = await bus.read_all(names.GAMES_STREAM, "games.>")
+    msgs = await bus.read_all(names.GAMES_STREAM, names.games_subject(names.ANY))
     ids_by_seq = {m.seq: m.msg_id for m in msgs}
     counts = Counter(ids_by_seq.values())
     metas = await checkpoints(bus)

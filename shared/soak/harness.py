@@ -28,8 +28,10 @@ import msgspec
 from schemas import names
 from schemas.codec import decode
 from schemas.control import NodeStatus
-from shared.bus.client import Bus, BusConfig, BusError
+from shared.bus.client import BusConfig, NatsBus
+from shared.bus.errors import BusError
 from shared.bus.message import Message
+from shared.bus.ports import Bus
 from shared.lease.audit import LeaseAudit
 from shared.runtime.service import wait_or_stop
 from shared.soak import netns
@@ -101,9 +103,9 @@ class Sniffer:
 
     async def start(self, urls: list[str]) -> None:
         for i, url in enumerate(urls):
-            bus = await Bus.connect(BusConfig(servers=[url], name=f"soak-sniffer-{i}"))
-            await bus.subscribe("_INBOX.>", self.on_reply)
-            await bus.subscribe("jobs.>", self.on_job)
+            bus = await NatsBus.connect(BusConfig(servers=[url], name=f"soak-sniffer-{i}"))
+            await bus.subscribe(names.under(names.INBOX_ROOT), self.on_reply)
+            await bus.subscribe(names.all_jobs(), self.on_job)
             self.buses.append(bus)
 
     async def on_reply(self, msg: Message) -> None:
@@ -148,7 +150,7 @@ class Harness:
     async def run(self) -> SoakRecord:
         try:
             await asyncio.to_thread(self.fleet.start_hub)
-            self.bus = await Bus.connect(
+            self.bus = await NatsBus.connect(
                 BusConfig(servers=self.fleet.urls, name="soak", replicas=3)
             )
             await self.provision(self.bus)

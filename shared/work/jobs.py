@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -15,13 +16,12 @@ import msgspec
 from schemas import names
 from schemas.codec import BadMessage, decode, encode
 from schemas.jobs import DeadLetter, EvalJob, JobFailure, SelfplayJob, TrainJob, job_group
-from shared.bus import queue
-from shared.bus.client import Bus, BusError
 from shared.bus.compat import Gate
-from shared.bus.ports import Streams
-from shared.bus.queue import Consumer, Queued, WorkConsumer
+from shared.bus.consumers import WorkConsumer
+from shared.bus.errors import BusError
+from shared.bus.ports import Acks, Bus, Pull, Streams
 from shared.learn.games import game_names
-from shared.runtime import counters
+from shared.runtime.counters import Counters
 
 log = logging.getLogger("conclave.jobs")
 
@@ -60,7 +60,7 @@ async def ensure_consumer(
             max_deliver=settings.max_deliver,
             max_ack_pending=settings.max_ack_pending,
         )
-        await queue.add_consumer(bus, names.JOBS_STREAM, consumer)
+        await bus.add_consumer(names.JOBS_STREAM, consumer)
 
 
 async def await_consumer(
@@ -72,7 +72,7 @@ async def await_consumer(
     for lane in names.job_lanes(kind):
         consumer = names.job_consumer(kind, lane)
         waiting = False
-        while not await queue.consumer_exists(bus, names.JOBS_STREAM, consumer):
+        while not await bus.consumer_exists(names.JOBS_STREAM, consumer):
             if not waiting:
                 log.info("waiting for the coordinator to create consumer %s", consumer)
                 waiting = True
@@ -89,7 +89,7 @@ async def _drop_unlaned_eval_consumer(bus: Bus) -> None:
     work-queue stream refuses the lanes' consumers beside it, so it goes. Jobs queued under the
     old subjects (`jobs.eval.<game>.<group>`) are no longer pulled; their matches reschedule
     them once they are dead-lettered by hand (docs/architecture.md)."""
-    await queue.delete_consumer(bus, names.JOBS_STREAM, "eval-workers")
+    await bus.delete_consumer(names.JOBS_STREAM, names.LEGACY_EVAL_CONSUMER)
 
 
 async def submit(
@@ -110,9 +110,11 @@ async def submit(
 class Delivery(Generic[J]):
     """One delivery of a job to this worker."""
 
-    msg: Queued
+    msg: Acks
     job: J
     kind: str
+    # the worker's: what it is doing, for its pulses
+    counters: Counters = dataclasses.field(default_factory=Counters)
 
     @property
     def delivered(self) -> int:
@@ -150,11 +152,11 @@ class Delivery(Generic[J]):
                     log.warning("in-progress ack failed: %s", e)
 
         task = asyncio.create_task(beat(), name=f"keepalive-{self.job.job_id}")
-        counters.set_doing(f"{self.kind} {self.job.job_id}")  # shown per node by status
+        self.counters.set_doing(f"{self.kind} {self.job.job_id}")  # shown per node by status
         try:
             yield
         finally:
-            counters.set_doing("")
+            self.counters.set_doing("")
             task.cancel()
 
 
@@ -163,14 +165,20 @@ class Puller(Generic[J]):
     from the first lane that has one, so a match never waits behind queued rating games."""
 
     def __init__(
-        self, bus: Bus, kind: str, job_type: type[J], probe_s: float = LANE_PROBE_S
+        self,
+        bus: Bus,
+        kind: str,
+        job_type: type[J],
+        probe_s: float = LANE_PROBE_S,
+        counters: Counters | None = None,
     ) -> None:
         self.bus = bus
+        self.counters = Counters() if counters is None else counters
         self.kind = kind
         self.job_type: type[J] = job_type
         self.probe_s = probe_s
         self.gate = Gate(bus)
-        self._subs: dict[str, Consumer] = {}
+        self._subs: dict[str, Pull] = {}
 
     async def next(self, timeout_s: float = 5.0) -> Delivery[J] | None:
         """The next job, or None if none came in time (or this build's protocol is refused);
@@ -188,11 +196,11 @@ class Puller(Generic[J]):
                 return await self._delivery(msg)
         return None
 
-    async def _fetch(self, lane: str, timeout_s: float) -> Queued | None:
+    async def _fetch(self, lane: str, timeout_s: float) -> Acks | None:
         msgs = await (await self._subscription(lane)).fetch(1, timeout_s)
         return msgs[0] if msgs else None
 
-    async def _delivery(self, msg: Queued) -> Delivery[J] | None:
+    async def _delivery(self, msg: Acks) -> Delivery[J] | None:
         subject = msg.message.subject
         try:
             job = decode(msg.message.data, self.job_type, subject=subject)
@@ -200,12 +208,12 @@ class Puller(Generic[J]):
         except BadMessage as e:
             await dead_letter_now(self.bus, self.kind, msg, f"bad job: field {e.field}: {e.reason}")
             return None
-        return Delivery(msg, job, self.kind)
+        return Delivery(msg, job, self.kind, self.counters)
 
-    async def _subscription(self, lane: str) -> Consumer:
+    async def _subscription(self, lane: str) -> Pull:
         if lane not in self._subs:
             consumer = names.job_consumer(self.kind, lane)
-            self._subs[lane] = await queue.bind(self.bus, names.JOBS_STREAM, consumer)
+            self._subs[lane] = await self.bus.bind(names.JOBS_STREAM, consumer)
         return self._subs[lane]
 
 
@@ -226,20 +234,28 @@ def check_job(job: SelfplayJob | TrainJob | EvalJob, subject: str) -> None:
 async def report_failure(
     bus: Streams, kind: str, job_id: str, node: str, reason: str, delivery: int
 ) -> None:
-    failure = JobFailure(job_id, kind, node, reason[:2000], delivery, time.time())
+    failure = JobFailure(
+        job_id=job_id, kind=kind, node=node, reason=reason[:2000], delivery=delivery, at=time.time()
+    )
     try:
         await bus.publish_durable(names.job_failure_subject(job_id), encode(failure))
     except BusError as e:
         log.warning("failure report for %s not stored: %s", job_id, e)
 
 
-async def dead_letter_now(
-    bus: Bus, kind: str, queued: Queued, reason: str, job_id: str = ""
-) -> None:
+async def dead_letter_now(bus: Bus, kind: str, queued: Acks, reason: str, job_id: str = "") -> None:
     """Move a job that must never be retried (unreadable, or no worker can do it) to the DLQ at
     once; `job_id` when the job could be read."""
     msg = queued.message
-    letter = DeadLetter(kind, job_id, msg.seq, msg.num_delivered, reason, msg.data, time.time())
+    letter = DeadLetter(
+        kind=kind,
+        job_id=job_id,
+        stream_seq=msg.seq,
+        deliveries=msg.num_delivered,
+        reason=reason,
+        job=msg.data,
+        at=time.time(),
+    )
     await bus.publish_durable(
         names.dlq_subject(kind, *names.game_and_group(msg.subject)),
         encode(letter),
@@ -272,10 +288,17 @@ async def dead_letter_exhausted(bus: Bus, advisory: MaxDeliveries) -> DeadLetter
     job_id = _job_id(kind, data)
     reason = await last_failure(bus, job_id) if job_id else "unreadable job"
     letter = DeadLetter(
-        kind, job_id, advisory.stream_seq, advisory.deliveries, reason, data, time.time()
+        kind=kind,
+        job_id=job_id,
+        stream_seq=advisory.stream_seq,
+        deliveries=advisory.deliveries,
+        reason=reason,
+        job=data,
+        at=time.time(),
     )
+    game, group = names.game_and_group(raw.subject) if raw.subject else ("unknown", "unknown")
     await bus.publish_durable(
-        names.dlq_subject(kind, *names.game_and_group(raw.subject or "jobs.x.unknown.unknown")),
+        names.dlq_subject(kind, game, group),
         encode(letter),
         msg_id=f"dlq-{advisory.stream_seq}",
     )
@@ -306,8 +329,7 @@ async def last_failure(bus: Bus, job_id: str) -> str:
 
 async def handle_dead_letters(bus: Bus, stop: asyncio.Event) -> None:
     """Move every job the server gave up on to the DLQ; advisories wait in a stream meanwhile."""
-    sub = await queue.pull(
-        bus,
+    sub = await bus.pull(
         names.ADVISORIES_STREAM,
         names.max_deliveries_advisory(names.JOBS_STREAM),
         names.DEAD_LETTER_CONSUMER,
@@ -317,7 +339,7 @@ async def handle_dead_letters(bus: Bus, stop: asyncio.Event) -> None:
             await _dead_letter_one(bus, msg)
 
 
-async def _dead_letter_one(bus: Bus, queued: Queued) -> None:
+async def _dead_letter_one(bus: Bus, queued: Acks) -> None:
     msg = queued.message
     try:
         advisory = decode(msg.data, MaxDeliveries, subject=msg.subject)

@@ -26,8 +26,8 @@ import msgspec
 
 from schemas import names
 from schemas.codec import BadMessage, Count, Ident, Token, decode
-from shared.bus.client import Bus, BusError
-from shared.bus.ports import Streams
+from shared.bus.errors import BusError
+from shared.bus.ports import Bus, Streams
 
 log = logging.getLogger("conclave.models")
 

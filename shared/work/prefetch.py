@@ -10,8 +10,9 @@ from schemas import names
 from schemas.codec import decode
 from schemas.jobs import ModelEvent
 from shared.archive.layout import check_sha256
-from shared.bus.client import Bus, BusError
+from shared.bus.errors import BusError
 from shared.bus.message import Message
+from shared.bus.ports import Bus
 from shared.work.models import ModelStore
 
 log = logging.getLogger("conclave.prefetch")

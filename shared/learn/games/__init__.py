@@ -1,4 +1,4 @@
-"""Games registered by name."""
+"""The built-in games, by name."""
 
 from __future__ import annotations
 
@@ -6,37 +6,29 @@ from typing import Any
 
 from shared.learn.games.base import BadNotation, Game, IllegalMove, Symmetry
 
-_REGISTRY: dict[str, Game[Any]] = {}
-
 
 class UnknownGame(KeyError):
     """A game name nobody registered."""
 
 
-def register(game: Game[Any]) -> None:
-    _REGISTRY[game.name] = game
-
-
 def get_game(name: str) -> Game[Any]:
-    _load_builtin()
+    games = _builtin()
     try:
-        return _REGISTRY[name]
+        return games[name]
     except KeyError:
-        known = ", ".join(sorted(_REGISTRY))
+        known = ", ".join(sorted(games))
         raise UnknownGame(f"unknown game {name!r}; known: {known}") from None
 
 
 def game_names() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
+    return sorted(_builtin())
 
 
-def _load_builtin() -> None:
+def _builtin() -> dict[str, Game[Any]]:
     # Imported lazily so that `shared.learn.games` has no import-time side effects on its users.
     from shared.learn.games import connect4, tictactoe
 
-    for module in (connect4, tictactoe):
-        register(module.GAME)
+    return {game.name: game for game in (connect4.GAME, tictactoe.GAME)}
 
 
 __all__ = [
@@ -47,5 +39,4 @@ __all__ = [
     "UnknownGame",
     "game_names",
     "get_game",
-    "register",
 ]

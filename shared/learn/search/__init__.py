@@ -2,6 +2,7 @@
 
 from shared.learn.search.engine import (
     Cache,
+    GameCounts,
     SearchOutput,
     SearchStats,
     Steps,
@@ -13,6 +14,7 @@ from shared.learn.search.puct import puct_search, puct_steps
 
 __all__ = [
     "Cache",
+    "GameCounts",
     "SearchOutput",
     "SearchStats",
     "Steps",

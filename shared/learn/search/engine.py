@@ -31,24 +31,44 @@ R = TypeVar("R")
 Steps = Generator[EvalRequest, EvalReply, R]
 # key -> (priors (A,), legal (A,), value)
 Cache = dict[Hashable, tuple[FloatArray, BoolArray, float]]
+Counts = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class GameCounts:
+    """Each game's counters over one batched search, (B,) each, updated in place."""
+
+    nn_evals: Counts  # leaves sent to the network
+    cache_hits: Counts  # leaves answered from the game's cache
+    terminal_visits: Counts  # leaves at a finished game, new or revisited
+    max_depth: Counts  # the deepest leaf, in plies from the root
+
+    @classmethod
+    def zeros(cls, batch: int) -> GameCounts:
+        return cls(*(np.zeros(batch, dtype=np.int64) for _ in range(4)))
 
 
 @dataclass(frozen=True)
 class SearchStats:
-    """Counts over one batched search; `per_game` (B, 4) splits them by game."""
+    """Counts over one batched search; `per_game` splits them by game."""
 
     simulations: int
     nn_evals: int
     cache_hits: int
     terminal_visits: int
     max_depth: int
-    per_game: npt.NDArray[np.int64]  # (B, 4): nn evals, cache hits, terminal visits, max depth
+    per_game: GameCounts
 
 
-def _stats(num_simulations: int, per_game: npt.NDArray[np.int64]) -> SearchStats:
-    n, hits, terminal = (int(c) for c in per_game[:, :3].sum(axis=0))
-    depth = int(per_game[:, 3].max())
-    return SearchStats(num_simulations * len(per_game), n, hits, terminal, depth, per_game)
+def _stats(num_simulations: int, per_game: GameCounts) -> SearchStats:
+    return SearchStats(
+        simulations=num_simulations * len(per_game.nn_evals),
+        nn_evals=int(per_game.nn_evals.sum()),
+        cache_hits=int(per_game.cache_hits.sum()),
+        terminal_visits=int(per_game.terminal_visits.sum()),
+        max_depth=int(per_game.max_depth.max()),
+        per_game=per_game,
+    )
 
 
 @dataclass(frozen=True)
@@ -82,17 +102,17 @@ def simulate(
 ) -> Steps[SearchStats]:
     """Evaluate the roots, then run `num_simulations` simulations in every game of `tree`."""
     all_rows = np.arange(tree.batch)
-    counts = np.zeros((tree.batch, 4), dtype=np.int64)  # see SearchStats.per_game
+    counts = GameCounts.zeros(tree.batch)
     roots = np.zeros(tree.batch, dtype=np.intp)
     pending = _classify(game, tree, caches, all_rows, roots, counts)
     if pending.rows.size:
         _finish(tree, caches, pending, (yield pending.encodings, pending.masks))
-    tree.node_visits[:, 0] = 1  # the root's own evaluation counts once, as in mctx
+    tree.node_visits[:, T.ROOT] = 1  # the root's own evaluation counts once, as in mctx
     for sim in range(num_simulations):
         leaves = T.descend(tree, sim, root_select, interior)
-        np.maximum(counts[:, 3], leaves.depth, out=counts[:, 3])
+        np.maximum(counts.max_depth, leaves.depth, out=counts.max_depth)
         fresh = leaves.node == T.NO_CHILD
-        counts[~fresh, 2] += 1  # revisits of terminal nodes
+        counts.terminal_visits[~fresh] += 1  # revisits of terminal nodes
         fresh = np.flatnonzero(fresh)
         nodes = leaves.node.copy()
         nodes[fresh] = T.add_children(tree, fresh, leaves.parent[fresh], leaves.action[fresh])
@@ -118,7 +138,7 @@ def _classify(
     caches: Sequence[Cache],
     rows: T.Index,
     nodes: T.Index,
-    counts: np.ndarray[Any, np.dtype[np.int64]],
+    counts: GameCounts,
 ) -> _Pending:
     """Settle fresh nodes that are terminal or cached; return the rest as a network batch."""
     term: list[tuple[int, int, float]] = []
@@ -149,7 +169,7 @@ def _classify(
         encodings=encodings[:k],
         masks=masks[:k],
     )
-    counts[pending.rows, 0] += 1  # a game has at most one leaf per step: no repeated rows
+    counts.nn_evals[pending.rows] += 1  # a game has at most one leaf per step: no repeated rows
     return pending
 
 
@@ -157,19 +177,19 @@ def _settle(
     tree: T.Tree,
     term: list[tuple[int, int, float]],
     hit: list[tuple[int, int, tuple[FloatArray, BoolArray, float]]],
-    counts: np.ndarray[Any, np.dtype[np.int64]],
+    counts: GameCounts,
 ) -> None:
     if term:
         rows, nodes, exact = zip(*term, strict=True)
         T.set_terminal(tree, np.array(rows), np.array(nodes), np.array(exact, np.float32))
-        counts[np.array(rows), 2] += 1
+        counts.terminal_visits[np.array(rows)] += 1
     if hit:
         rows, nodes, entries = zip(*hit, strict=True)
         priors = np.stack([e[0] for e in entries])
         legal = np.stack([e[1] for e in entries])
         values = np.array([e[2] for e in entries], dtype=np.float32)
         T.set_evaluated(tree, np.array(rows), np.array(nodes), priors, legal, values)
-        counts[np.array(rows), 1] += 1
+        counts.cache_hits[np.array(rows)] += 1
 
 
 def _finish(tree: T.Tree, caches: Sequence[Cache], pending: _Pending, reply: EvalReply) -> None:

@@ -118,10 +118,10 @@ def _root_scores(
     """g + logits + sigma(completedQ), -inf off the actions with `considered` (B, 1) visits."""
     rows, roots = np.arange(tree.batch), np.zeros(tree.batch, dtype=np.intp)
     s, visits = _sigma_completed(tree, rows, roots, c_visit, c_scale)
-    logits = tree.logits[:, 0]
+    logits = tree.logits[:, T.ROOT]
     logits = logits - logits.max(axis=1, keepdims=True)
     score: FloatArray = np.maximum(_LOW_LOGIT, gumbel + logits + s)
-    score[(visits != considered) | ~tree.legal[:, 0]] = -np.inf
+    score[(visits != considered) | ~tree.legal[:, T.ROOT]] = -np.inf
     return score
 
 
@@ -135,7 +135,7 @@ def root_action(
     c_scale: float,
 ) -> T.Index:
     """Sequential halving: the best of the actions whose visit count the schedule considers."""
-    num_legal = tree.legal[:, 0].sum(axis=1)
+    num_legal = tree.legal[:, T.ROOT].sum(axis=1)
     considered = table[np.minimum(len(table) - 1, num_legal), sim].astype(np.float32)
     score = _root_scores(tree, gumbel, considered[:, None], c_visit, c_scale)
     chosen: T.Index = np.argmax(score, axis=1)
@@ -170,16 +170,18 @@ def _summarise(
 ) -> SearchOutput:
     """Play the best most-visited action; the target is softmax(logits + sigma(completedQ))."""
     rows, roots = np.arange(tree.batch), np.zeros(tree.batch, dtype=np.intp)
-    visits = tree.child_visits[:, 0]
+    visits = tree.child_visits[:, T.ROOT]
     most = visits.max(axis=1, keepdims=True)
     action = np.argmax(_root_scores(tree, gumbel, most, c_visit, c_scale), axis=1)
-    q = completed_q(tree.child_q[:, 0], visits, tree.priors[:, 0], tree.raw_values[:, 0])
-    s = sigma(q, visits, tree.legal[:, 0], c_visit, c_scale)
-    policy = np.where(tree.legal[:, 0], _softmax(tree.logits[rows, roots] + s), 0.0)
+    q = completed_q(
+        tree.child_q[:, T.ROOT], visits, tree.priors[:, T.ROOT], tree.raw_values[:, T.ROOT]
+    )
+    s = sigma(q, visits, tree.legal[:, T.ROOT], c_visit, c_scale)
+    policy = np.where(tree.legal[:, T.ROOT], _softmax(tree.logits[rows, roots] + s), 0.0)
     return SearchOutput(
         action=action,
         policy=policy.astype(np.float32),
-        root_value=tree.node_values[:, 0].copy(),
+        root_value=tree.node_values[:, T.ROOT].copy(),
         visits=visits.copy(),
         q=q,
         stats=stats,

@@ -54,7 +54,7 @@ def interior_action(
 
 def root_priors(tree: T.Tree, noise: FloatArray, epsilon: float) -> FloatArray:
     """The root's priors with Dirichlet noise mixed in: (1 - epsilon) * P + epsilon * noise."""
-    out: FloatArray = (1 - epsilon) * tree.priors[:, 0] + epsilon * noise
+    out: FloatArray = (1 - epsilon) * tree.priors[:, T.ROOT] + epsilon * noise
     return out
 
 
@@ -78,14 +78,19 @@ def root_action(
     but fewer than n_forced times is taken first (forced playouts)."""
     del sim
     priors = root_priors(tree, noise, epsilon)
-    visits = tree.child_visits[:, 0]
+    visits = tree.child_visits[:, T.ROOT]
     score = puct_scores(
-        tree.child_q[:, 0], visits, priors, tree.node_visits[:, 0], c_init=c_init, c_base=c_base
+        tree.child_q[:, T.ROOT],
+        visits,
+        priors,
+        tree.node_visits[:, T.ROOT],
+        c_init=c_init,
+        c_base=c_base,
     )
     if forced_k > 0:
         owed = (visits > 0) & (visits < forced_playouts(priors, visits, forced_k))
         score = np.where(owed, np.inf, score)
-    score[~tree.legal[:, 0]] = -np.inf
+    score[~tree.legal[:, T.ROOT]] = -np.inf
     chosen: T.Index = np.argmax(score, axis=1)
     return chosen
 
@@ -158,24 +163,24 @@ def puct_steps(
     )
     interior = partial(interior_action, c_init=c_init, c_base=c_base)
     stats = yield from simulate(game, tree, caches, num_simulations, select_root, interior)
-    visits = tree.child_visits[:, 0].copy()
+    visits = tree.child_visits[:, T.ROOT].copy()
     policy = visits / visits.sum(axis=1, keepdims=True)
     if forced_k > 0:
         policy = pruned_target(
-            tree.child_q[:, 0],
+            tree.child_q[:, T.ROOT],
             visits,
             root_priors(tree, noise, noise_fraction),
-            tree.node_visits[:, 0],
+            tree.node_visits[:, T.ROOT],
             forced_k=forced_k,
             c_init=c_init,
             c_base=c_base,
         )
     return SearchOutput(
-        action=np.argmax(visits + tree.priors[:, 0] * 1e-3, axis=1),
+        action=np.argmax(visits + tree.priors[:, T.ROOT] * 1e-3, axis=1),
         policy=policy.astype(visits.dtype),
-        root_value=tree.node_values[:, 0].copy(),
+        root_value=tree.node_values[:, T.ROOT].copy(),
         visits=visits,
-        q=tree.child_q[:, 0].copy(),
+        q=tree.child_q[:, T.ROOT].copy(),
         stats=stats,
     )
 

@@ -19,6 +19,7 @@ from shared.learn.games.base import BoolArray, FloatArray
 
 Index = npt.NDArray[np.intp]
 NO_CHILD = -1
+ROOT = 0  # every game's node 0
 
 # (tree, simulation index) -> root actions (B,)
 RootSelect = Callable[["Tree", int], Index]
@@ -146,7 +147,7 @@ def backup(tree: Tree, rows: Index, leaf: Index) -> None:
     value = tree.node_values[rows, leaf]
     node = leaf
     while rows.size:
-        up = node != 0
+        up = node != ROOT
         rows, node, value = rows[up], node[up], -value[up]
         parent = tree.parents[rows, node]
         action = tree.parent_actions[rows, node]
