@@ -65,6 +65,7 @@ class GameRecord(
     nn_evals: Count = 0  # network rows spent on this game's searches
     cache_hits: Count = 0  # leaves answered by the game's evaluation cache
     terminal_visits: Count = 0  # simulations that ended in a finished position
+    job_id: Ident = ""  # the self-play job that played it ("" for games not played by a job)
     max_depth: Count = 0  # deepest simulation, in plies from a root
     # Playout cap randomisation: per ply, whether it had the full search (a training target);
     # empty means every ply did. Cheap plies were searched with `cheap_sims` and only played.

@@ -8,7 +8,6 @@ import math
 import os
 import socket
 import sys
-import time
 from collections.abc import Iterable
 
 import msgspec
@@ -25,7 +24,7 @@ from schemas.control import (
 )
 from shared.bus.errors import BusError
 from shared.bus.message import Message
-from shared.bus.ports import Bus
+from shared.bus.ports import Bus, Clock, SystemClock
 from shared.runtime.service import VERSION, wait_or_stop
 from shared.runtime.service import main as service_main
 
@@ -64,7 +63,13 @@ class Pulses:
     node's status always fits a NATS message however many service names its pulses invent.
     """
 
-    def __init__(self, expected: Iterable[str] = (), max_extra: int = MAX_EXTRA_SERVICES) -> None:
+    def __init__(
+        self,
+        expected: Iterable[str] = (),
+        max_extra: int = MAX_EXTRA_SERVICES,
+        clock: Clock | None = None,
+    ) -> None:
+        self.clock = clock or SystemClock()
         self.expected = frozenset(expected)
         self.max_extra = max_extra
         self.latest: dict[str, tuple[ServicePulse, float]] = {}
@@ -75,7 +80,7 @@ class Pulses:
     async def on_message(self, msg: Message) -> None:
         pulse = self._parsed(msg)
         if pulse is not None:
-            self.take(pulse, time.monotonic())
+            self.take(pulse, self.clock.monotonic())
 
     def _parsed(self, msg: Message) -> ServicePulse | None:
         try:
@@ -115,7 +120,7 @@ class Pulses:
 
     def _note(self, text: str, **extra: str) -> None:
         """Log, unless LOG_BURST lines were logged this interval (a flood must not flood)."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if now - self._window_at >= LOG_EVERY_S:
             self._window_at, self._logged = now, 0
         if self._logged < LOG_BURST:
@@ -126,7 +131,7 @@ class Pulses:
     def states(self, expected: list[str], stale_after_s: float) -> list[ServiceState]:
         """Every expected service and the best-ranked others, at most MAX_SERVICES (what a
         reader accepts), by name."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         others = sorted(set(self.latest) - set(expected), key=lambda n: (_rank(n), n))
         chosen = [*sorted(set(expected)), *others][:MAX_SERVICES]
         return [self._state(name, now, stale_after_s) for name in sorted(chosen)]
@@ -231,10 +236,10 @@ async def detect_gpus(timeout_s: float = 60.0) -> list[str]:
 
 async def run(bus: Bus, cfg: HeartbeatConfig, stop: asyncio.Event) -> None:
     await bus.provision()
-    pulses = Pulses(cfg.services)
+    pulses = Pulses(cfg.services, clock=bus.clock)
     sub = await bus.subscribe(names.pulse_wildcard(cfg.node_id), pulses.on_message)
     resources = Resources(cores=os.cpu_count() or 1, memory_bytes=memory_bytes())
-    started = time.time()
+    started = bus.clock.time()
     gpu_task = asyncio.ensure_future(detect_gpus() if cfg.detect_gpus else no_gpus())
     key = names.node_key(cfg.node_id)
     try:
@@ -250,7 +255,7 @@ async def run(bus: Bus, cfg: HeartbeatConfig, stop: asyncio.Event) -> None:
                 resources=resources,
                 hostname=socket.gethostname(),
                 started_at=started,
-                sent_at=time.time(),
+                sent_at=bus.clock.time(),
             )
             data = fitted(status, cfg.services, bus.max_payload - HEADROOM_BYTES)
             try:

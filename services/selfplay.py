@@ -29,7 +29,7 @@ from shared.learn.selfplay import SelfPlayConfig, self_play
 from shared.runtime.counters import Counters
 from shared.runtime.service import main as service_main
 from shared.runtime.service import set_when, wait_or_stop
-from shared.work.jobs import JobSettings, Puller, await_consumer
+from shared.work.jobs import JobSettings, Puller, await_consumer, job_seed
 from shared.work.modelcache import Evaluators
 from shared.work.models import ModelStore
 from shared.work.prefetch import prefetch_promoted
@@ -84,7 +84,7 @@ class Worker:
         )
         async with delivery.kept_alive(self.cfg.keepalive_s):
             try:
-                finished = await self.play(job)
+                finished = await self.play(job, delivery.delivered)
             except (CheckpointError, BusError, ValueError) as e:
                 log.error("job %s failed: %r", job.job_id, e, extra={"job": job.job_id})
                 await delivery.retry(self.bus, self.cfg.node_id, repr(e))
@@ -94,7 +94,7 @@ class Worker:
             return
         await delivery.done()
 
-    async def play(self, job: SelfplayJob) -> bool:
+    async def play(self, job: SelfplayJob, delivery: int = 1) -> bool:
         """Play the job's games, publishing each as it ends; False if stopped before the end."""
         game = get_game(job.game)
         evaluator = await self.evaluators.get(game, job.model_sha256)
@@ -116,11 +116,12 @@ class Worker:
                 for record in self_play(
                     game,
                     evaluator,
-                    np.random.default_rng(),
+                    np.random.default_rng(job_seed(job.job_id, delivery)),
                     engine,
                     num_games=job.games,
                     model_sha256=job.model_sha256,
                     generation=job.generation,
+                    job_id=job.job_id,
                     stop=stopped,
                 ):
                     loop.call_soon_threadsafe(records.put_nowait, record)

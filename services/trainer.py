@@ -60,7 +60,7 @@ from shared.learn.training import (
 from shared.runtime.counters import Counters
 from shared.runtime.service import main as service_main
 from shared.runtime.service import wait_or_stop
-from shared.work.jobs import JobSettings, Puller, await_consumer
+from shared.work.jobs import JobSettings, Puller, await_consumer, job_seed
 from shared.work.models import ModelStore
 
 log = logging.getLogger("conclave.trainer")
@@ -296,7 +296,14 @@ class Trainer:
         loop = asyncio.get_running_loop()
         try:
             net, report = await loop.run_in_executor(
-                self.train_pool, self._train, game, parent, window, job.steps, meter
+                self.train_pool,
+                self._train,
+                game,
+                parent,
+                window,
+                job.steps,
+                meter,
+                job_seed(job.job_id),
             )
             queue.put_nowait(meter.final())
         finally:
@@ -323,12 +330,14 @@ class Trainer:
         window: ReplayWindow,
         steps: int,
         meter: ProgressMeter,
+        seed: int,
     ) -> tuple[PolicyValueNet, TrainReport]:
         import torch
 
         torch.set_num_threads(self.cfg.threads)
+        torch.manual_seed(seed)  # a first net's initial weights: the job replays the same way
         net = load_checkpoint(parent, game.name).net if parent else new_net(game, self.cfg.net)
-        rng = np.random.default_rng()
+        rng = np.random.default_rng(seed)
         report = train(net, game, window, steps, self.cfg.train, rng, on_progress=meter)
         return net, report
 

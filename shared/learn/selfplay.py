@@ -128,6 +128,7 @@ class _Context:
     model_sha256: str
     generation: int
     clock: Callable[[], float]
+    job_id: str = ""
 
 
 def self_play(
@@ -139,6 +140,7 @@ def self_play(
     num_games: int | None = None,
     model_sha256: str = "",
     generation: int = 0,
+    job_id: str = "",
     clock: Callable[[], float] = time.time,
     on_search: Callable[[SearchStats], None] = lambda stats: None,
     stop: Callable[[], bool] | None = None,
@@ -148,7 +150,12 @@ def self_play(
     `stop` is checked before every move step; unfinished games are then dropped.
     """
     ctx = _Context(
-        game=game, config=config, model_sha256=model_sha256, generation=generation, clock=clock
+        game=game,
+        config=config,
+        model_sha256=model_sha256,
+        generation=generation,
+        clock=clock,
+        job_id=job_id,
     )
     budget = (
         config.concurrent_games if num_games is None else min(num_games, config.concurrent_games)
@@ -314,6 +321,7 @@ def _record(ctx: _Context, slot: _Slot, *, outcome: float, resigned: bool) -> Ga
     return GameRecord(
         game=ctx.game.name,
         game_id=slot.game_id,
+        job_id=ctx.job_id,
         model_sha256=ctx.model_sha256,
         generation=ctx.generation,
         moves=slot.moves,

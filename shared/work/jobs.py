@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -36,6 +37,13 @@ JOB_TYPES: dict[str, type[SelfplayJob] | type[TrainJob] | type[EvalJob]] = {
 
 LANE_PROBE_S = 0.25  # how long a worker waits on each higher-priority lane before the next
 CONSUMER_POLL_S = 1.0  # how often a worker looks for the job consumers it waits for
+
+
+def job_seed(job_id: str, delivery: int = 1) -> int:
+    """The random seed of one delivery of a job: the same job replays the same way (job ids
+    come from the loop state), and a redelivery plays afresh (new games, new ids)."""
+    digest = hashlib.sha256(f"{job_id}#{delivery}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
 
 
 class JobSettings(msgspec.Struct, frozen=True):

@@ -1,0 +1,1 @@
+"""Deterministic simulation: the real services on an in-memory bus under a virtual clock."""
