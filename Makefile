@@ -20,8 +20,10 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
+# Two pytest workers: the CPU-heavy tests (xdist group "heavy") run one at a time on one of
+# them while the light ones, mostly waiting on servers and timers, share the other.
 test: $(STAMP) lint browser
-	$(PY) -m pytest --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadgroup --durations=25 $(PYTEST_ARGS)
 
 # The dashboard test drives Debian's headless chromium; as root (CI) it is installed if missing.
 browser:

@@ -99,7 +99,7 @@ from shared.lease.watch import current_holder
 from tests import hostile
 from tests.conftest import Processes, eventually
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.xdist_group("heavy"), pytest.mark.timeout(240)]
 
 EXAMPLES = 600
 GAME, OTHER_GAME, UNKNOWN_GAME = "tictactoe", "connect4", "nogame"

@@ -34,7 +34,7 @@ from shared.work.models import ModelStore
 from tests import hostile
 from tests.conftest import Processes
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.xdist_group("heavy"), pytest.mark.slow, pytest.mark.timeout(900)]
 
 LIMIT_S = 600.0
 FLOOD_JOBS = 20  # rating jobs of 20 games against mcts:100 dropped into the queue at once

@@ -25,6 +25,8 @@ from shared.sim.schedules import KINDS, schedule
 from shared.sim.services import scheduler_service
 from shared.sim.world import Fault, Schedule, simulate
 
+pytestmark = pytest.mark.xdist_group("heavy")  # CPU-heavy: one at a time, beside the light tests
+
 SCHEDULES = 1000
 WORKERS = 2  # the CI machine's cores: the runs are independent
 

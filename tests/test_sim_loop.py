@@ -24,6 +24,8 @@ from shared.sim.services import loop_services
 from shared.sim.world import Schedule, simulate
 from shared.work.models import ModelStore
 
+pytestmark = pytest.mark.xdist_group("heavy")  # CPU-heavy: one at a time, beside the light tests
+
 HORIZON_S = 600.0  # virtual seconds: CPU work takes none, so this is timers and jobs alone
 
 

@@ -13,6 +13,8 @@ from shared.soak import netns
 from shared.soak.fleet import NETNS_TAG_FILE
 from tests.conftest import Processes, pids_mentioning
 
+pytestmark = pytest.mark.xdist_group("heavy")  # CPU-heavy: one at a time, beside the light tests
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)

@@ -284,7 +284,7 @@ class MemoryBus:
                 next_seq = stored.seq + 1
                 await handler(stored.message(stream, len(found) - i - 1))
             if not found:
-                await self.server.wait(clock.monotonic() + wait_s)
+                await self.server.wait(self, clock.monotonic() + wait_s, stream)
 
     def _unread(self, stream: str, subject: str, next_seq: int) -> list[Any]:
         if not self.jetstream_reachable or stream not in self.server.streams:
@@ -367,7 +367,7 @@ class MemoryBus:
             durables[consumer.durable].config = consumer
         else:
             durables[consumer.durable] = Durable(consumer, next_seq=max(1, target.first_seq))
-        self.server.changed()
+        self.server.changed(stream)
 
     async def consumer_exists(self, stream: str, durable: str) -> bool:
         """Whether `durable` is on `stream` (False too when the stream is missing, as the
@@ -389,7 +389,7 @@ class MemoryBus:
         """Remove a durable consumer (nothing if there is none)."""
         await self.request(f"delete consumer {durable}")
         self.server.consumers.get(stream, {}).pop(durable, None)
-        self.server.changed()
+        self.server.changed(stream)
 
     async def bind(self, stream: str, durable: str) -> MemoryPull:
         await self._stream(stream, f"bind {durable} consumer")

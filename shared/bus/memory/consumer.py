@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass, field
 
 from shared.bus.consumers import ConsumerCounts, WorkConsumer
@@ -66,6 +67,13 @@ class Durable:
     def next_due(self, now: float) -> float | None:
         """The earliest redelivery time still to come."""
         return min((p.due for p in self.pending.values() if p.due > now), default=None)
+
+    def next_exhaustion(self) -> float:
+        """When the first message delivered `max_deliver` times is due to be dropped."""
+        if self.max_deliver <= 0:
+            return math.inf
+        due = (p.due for p in self.pending.values() if p.deliveries >= self.max_deliver)
+        return min(due, default=math.inf)
 
     def take(self, stream: Stream, batch: int, now: float) -> list[tuple[Stored, int]]:
         """Up to `batch` deliveries: due redeliveries first, then new messages while fewer than

@@ -53,7 +53,9 @@ class Faults:
 
     @property
     def is_down(self) -> bool:
-        return self._down or settled(self._clock) < self._down_until
+        if self._down:
+            return True
+        return self._down_until > -math.inf and settled(self._clock) < self._down_until
 
     @property
     def back_at(self) -> float:

@@ -41,7 +41,7 @@ class MemoryPull:
                     return taken
             if server.now() >= deadline:
                 return []
-            await server.wait(deadline)
+            await server.wait(bus, deadline, self._stream)
         raise Unavailable(f"fetch {self._durable}: connection closed")
 
     def _take(self, batch: int) -> list[MemoryAcks]:
@@ -53,7 +53,7 @@ class MemoryPull:
         stream = server.stream(self._stream)
         taken = durable.take(stream, batch, server.now())
         if taken:
-            server.changed()
+            server.changed(self._stream)
         waiting = len(durable.waiting(stream))
         return [
             MemoryAcks(
@@ -94,7 +94,7 @@ class MemoryAcks:
         durable, stream = target
         if durable.ack(self.message.seq) and stream.work_queue:
             self._bus.server.remove(stream, self.message.seq)
-        self._bus.server.changed()
+        self._bus.server.changed(self._stream)
 
     async def ack(self) -> None:
         await self._bus.server.clock.sleep(0)
@@ -110,14 +110,14 @@ class MemoryAcks:
         target = self._target("nak")
         if target is not None:
             target[0].nak(self.message.seq, self._bus.server.clock.monotonic() + (delay_s or 0.0))
-            self._bus.server.changed()
+            self._bus.server.changed(self._stream)
 
     async def in_progress(self) -> None:
         await self._bus.server.clock.sleep(0)
         target = self._target("in-progress ack")
         if target is not None:
             target[0].progress(self.message.seq, self._bus.server.clock.monotonic())
-            self._bus.server.changed()
+            self._bus.server.changed(self._stream)
 
     async def term(self) -> None:
         """Never deliver it again (on a work queue, as on the server, it is removed)."""
@@ -150,7 +150,7 @@ class MemoryWatch:
             if self._bus.jetstream_reachable:
                 server.tick()
             if queue.empty():
-                await server.wait(math.inf)
+                await server.wait(self._bus, math.inf, self._live)
         return queue.get_nowait()
 
     async def stop(self) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import math
 from collections.abc import Callable, Hashable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ from shared.bus.memory.consumer import Durable
 from shared.bus.memory.faults import Faults, settled
 from shared.bus.memory.stream import Stored, Stream
 from shared.bus.memory.subjects import matches, overlap
+from shared.bus.memory.waiting import Waiters
 from shared.bus.message import Entry, Message
 from shared.bus.ports import Clock, SystemClock
 
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 Commit = Callable[[str, bytes, Mapping[str, str]], None]
 MAX_DELIVERIES_ADVISORY = "io.nats.jetstream.advisory.v1.max_deliver"
 _DELETED_OPS = {"DEL", "PURGE"}
+_MAX_CACHED_SUBJECTS = 10_000  # object chunk subjects are unique: keep the cache bounded
 
 
 @dataclass(eq=False)
@@ -61,15 +64,16 @@ class MemoryServer:
         self.watches: list[Live] = []
         self.services: dict[str, tuple[MemoryBus, dict[str, str]]] = {}
         self._down_until = -math.inf
-        self._waiting: dict[asyncio.Future[None], None] = {}  # in the order they began
-        self._by_topic: dict[Hashable, dict[asyncio.Future[None], None]] = {}
+        self.waiters = Waiters()
         self._timers_stale = True
-        self._timer_at = -math.inf
+        self._timer = Timer(-math.inf, [])
         self._armed: asyncio.TimerHandle | None = None
         self._armed_at = math.inf
         self._rearming = False
-        self._tick_stale = True
+        self._to_tick: set[str] = set()  # streams changed since they were last ticked
+        self._due_of: dict[str, float] = {}  # when a stream next has a timer to apply
         self._tick_due = -math.inf
+        self._stream_of: dict[str, str | None] = {}  # which stream captures a subject
         self._counter = 0
         self._on_commit: list[Commit] = []
 
@@ -105,7 +109,7 @@ class MemoryServer:
 
     @property
     def down(self) -> bool:
-        return self.now() < self._down_until
+        return self._down_until > -math.inf and self.now() < self._down_until
 
     def jetstream_down(self) -> bool:
         return self.down or self.faults.is_down
@@ -122,7 +126,7 @@ class MemoryServer:
         last = stream.last_on(names.kv_subject(bucket, key)) if stream else None
         if last is None or (last.expires_at is not None and last.expires_at <= self.now()):
             return None
-        return entry_of(last, key).value
+        return None if _deleted(last) else last.data
 
     # -- waiting -------------------------------------------------------------------------------
 
@@ -130,83 +134,75 @@ class MemoryServer:
         """The state changed: wake whoever waits on `topic` (a stream's name), or with none
         everyone, and look again for the server's next timer."""
         self._timers_stale = True
-        self._tick_stale = True
-        self.wake(topic)
-        if self._waiting and not self._rearming:
-            self._rearming = True
-            asyncio.get_running_loop().call_soon(self._rearm)
+        if topic is None:
+            self._to_tick.update(self.streams)
+        elif topic in self.streams:
+            self._to_tick.add(str(topic))
+        self.waiters.wake(topic)
+        if self.waiters and not self._rearming:
+            self._rearming = True  # once for every change in this turn of the loop
+            self.waiters.loop().call_soon(self._rearm)
 
-    def wake(self, topic: Hashable | None = None) -> None:
-        """Wake whoever waits on `topic` (a stream's name, a `Live`), or with none everyone."""
-        waiters = self._waiting if topic is None else self._by_topic.get(topic, {})
-        for waiter in list(waiters):
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def wait(self, deadline: float, *topics: Hashable) -> None:
-        """Until one of `topics` or the whole server changes, a timer of the server fires, or
-        `deadline` (monotonic)."""
+    async def wait(self, client: MemoryBus, deadline: float, *topics: Hashable) -> None:
+        """For `client`: until one of `topics` (a stream's name, a watch's `Live`) or the whole
+        server changes, a timer of the server concerning them fires, or `deadline`
+        (monotonic)."""
         now = self.now()
         if min(deadline, self._arm(now)) <= now:
             return
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        self._waiting[waiter] = None
-        for topic in topics:
-            self._by_topic.setdefault(topic, {})[waiter] = None
-        timeout = None
-        if deadline < math.inf:
-            timeout = loop.call_at(self._loop_time(loop, deadline), _settle, waiter)
-        try:
-            await waiter
-        finally:
-            if timeout is not None:
-                timeout.cancel()
-            self._forget(waiter, topics)
+        await self.waiters.wait(client, self._loop_time(deadline), topics)
 
-    def _forget(self, waiter: asyncio.Future[None], topics: tuple[Hashable, ...]) -> None:
-        del self._waiting[waiter]
-        for topic in topics:
-            waiters = self._by_topic[topic]
-            del waiters[waiter]
-            if not waiters:
-                del self._by_topic[topic]
-
-    def _loop_time(self, loop: asyncio.AbstractEventLoop, at: float) -> float:
+    def _loop_time(self, at: float) -> float:
         """The loop's time when the clock's monotonic time is `at` (they may differ)."""
-        return loop.time() + max(0.0, at - self.clock.monotonic())
+        if at == math.inf:
+            return at
+        return asyncio.get_running_loop().time() + max(0.0, at - self.clock.monotonic())
 
     def _rearm(self) -> None:
         self._rearming = False
-        if self._waiting:
+        if self.waiters:
             self._arm(self.now())
 
     def _arm(self, now: float) -> float:
-        """The server's next timer, with one loop timer set to wake every waiter then."""
-        if self._timers_stale or self._timer_at <= now:
-            self._timer_at = self._next_timer(now)
+        """The server's next timer, with one loop timer set for it."""
+        if self._timers_stale or self._timer.at <= now:
+            self._timer = self._next_timer(now)
             self._timers_stale = False
-        if self._armed is not None and self._armed_at != self._timer_at:
+        at = self._timer.at
+        if self._armed is not None and self._armed_at != at:
             self._armed.cancel()
             self._armed = None
-        if self._armed is None and self._timer_at < math.inf:
-            loop = asyncio.get_running_loop()
-            self._armed = loop.call_at(self._loop_time(loop, self._timer_at), self._fire)
-            self._armed_at = self._timer_at
-        return self._timer_at
+        if self._armed is None and at < math.inf:
+            self._armed = asyncio.get_running_loop().call_at(self._loop_time(at), self._fire)
+            self._armed_at = at
+        return at
 
     def _fire(self) -> None:
+        """A timer is due: apply it (if some waiter could reach JetStream to, as it then would)
+        and wake those it concerns."""
         self._armed = None
         self._timers_stale = True
-        self.wake()
+        if any(client.jetstream_reachable for client in self.waiters.clients()):
+            with suppress(BusError):  # the next tick of a request or waiter raises it again
+                self.tick()
+        topics = self._timer.wakes
+        for topic in [None] if None in topics else dict.fromkeys(topics):
+            self.waiters.wake(topic)
 
-    def _next_timer(self, now: float) -> float:
-        times = [self._down_until, self.faults.back_at]
-        times += [client.faults.back_at for client in self.clients]
-        times += [s.next_expiry() or -math.inf for s in self.streams.values()]
-        for durables in self.consumers.values():
-            times += [d.next_due(now) or -math.inf for d in durables.values()]
-        return min((t for t in times if t > now), default=math.inf)
+    def _next_timer(self, now: float) -> Timer:
+        """The earliest timer after `now`. An outage or restart ending wakes everyone; a
+        redelivery coming due, the waiters on its stream; an expiry nobody (the tick applying
+        it stores and wakes whatever it concerns)."""
+        timers: list[tuple[float, Hashable | None]] = [
+            (self._down_until, None),
+            (self.faults.back_at, None),
+        ]
+        timers += [(client.faults.back_at, None) for client in self.clients]
+        timers += [(s.next_expiry() or -math.inf, _NOBODY) for s in self.streams.values()]
+        for stream, durables in self.consumers.items():
+            timers += [(d.next_due(now) or -math.inf, stream) for d in durables.values()]
+        at = min((t for t, _ in timers if t > now), default=math.inf)
+        return Timer(at, [topic for t, topic in timers if t == at])
 
     # -- time ----------------------------------------------------------------------------------
 
@@ -224,13 +220,29 @@ class MemoryServer:
 
     def tick(self) -> None:
         """Apply every timer that has passed: expiries, and consumers' ack waits (a message
-        delivered `max_deliver` times is dropped with a max-deliveries advisory)."""
-        now, wall = self.now(), self.wall()
-        for stream in self.streams.values():
+        delivered `max_deliver` times is dropped with a max-deliveries advisory). Nothing to
+        do on a stream that has not changed and has nothing due since it was last ticked."""
+        now = self.now()
+        if not self._to_tick and now < self._tick_due:
+            return
+        due = [s for s in self.streams if s in self._to_tick or self._due_of[s] <= now]
+        self._to_tick.difference_update(due)  # what this tick changes marks them again
+        self._apply_timers(due, now)
+        for name in due:
+            self._due_of[name] = self._next_due(name)
+        self._tick_due = min(self._due_of.values(), default=math.inf)
+
+    def _next_due(self, name: str) -> float:
+        exhaustions = [d.next_exhaustion() for d in self.consumers[name].values()]
+        return min([self.streams[name].next_expiry() or math.inf, *exhaustions])
+
+    def _apply_timers(self, names: list[str], now: float) -> None:
+        wall = self.wall()
+        for stream in [self.streams[name] for name in names]:
             for marker in stream.expire(now, wall):
                 self._stored(stream, marker)
-        for stream_name, durables in self.consumers.items():
-            stream = self.streams[stream_name]
+        for stream_name in names:
+            stream, durables = self.streams[stream_name], self.consumers[stream_name]
             for durable_name, durable in durables.items():
                 for seq, deliveries in durable.exhausted(stream, now):
                     self._advise(stream_name, durable_name, seq, deliveries)
@@ -257,16 +269,25 @@ class MemoryServer:
     def add_stream(self, config: StreamConfig) -> None:
         """Create the stream, or update the settings of the one by that name."""
         name = config.name or ""
+        existing = self.streams.get(name)
+        if existing is None or existing.config.subjects != config.subjects:
+            self._refuse_overlap(name, config)
+            self._stream_of.clear()
+        self._timers_stale = True
+        self._to_tick.add(name)
+        self._due_of.setdefault(name, -math.inf)
+        if existing is not None:
+            existing.config = config
+        else:
+            self.streams[name] = Stream(config)
+            self.consumers[name] = {}
+
+    def _refuse_overlap(self, name: str, config: StreamConfig) -> None:
         for other in self.streams.values():
             if other.name != name and _overlaps(other.config, config):
                 raise BusError(
                     f"add stream {name}: subjects overlap with {other.name} (code 10065)"
                 )
-        if name in self.streams:
-            self.streams[name].config = config
-        else:
-            self.streams[name] = Stream(config)
-            self.consumers[name] = {}
 
     def stream(self, name: str) -> Stream:
         if name not in self.streams:
@@ -274,7 +295,13 @@ class MemoryServer:
         return self.streams[name]
 
     def stream_for(self, subject: str) -> Stream | None:
-        return next((s for s in self.streams.values() if s.captures(subject)), None)
+        if subject not in self._stream_of:
+            if len(self._stream_of) >= _MAX_CACHED_SUBJECTS:
+                self._stream_of.clear()
+            found = next((s for s in self.streams.values() if s.captures(subject)), None)
+            self._stream_of[subject] = found.name if found else None
+        name = self._stream_of[subject]
+        return None if name is None else self.streams[name]
 
     def store(
         self, stream: Stream, subject: str, data: bytes, headers: dict[str, str]
@@ -292,11 +319,12 @@ class MemoryServer:
         for watch in self.watches:
             if not watch.lost and watch.client.reachable and matches(watch.filter, stored.subject):
                 watch.queue.put_nowait(entry)
-        self.changed()
+                self.waiters.wake(watch)
+        self.changed(stream.name)
 
     def remove(self, stream: Stream, seq: int) -> None:
         if stream.remove(seq):
-            self.changed()
+            self.changed(stream.name)
 
     # -- core messages -------------------------------------------------------------------------
 
@@ -324,15 +352,22 @@ class MemoryServer:
         if live in self.watches:
             self.watches.remove(live)
         live.queue.put_nowait(_END)
-        self.changed()
+        self.waiters.wake(live)
 
 
 _END = object()  # ends a watch's or subscription's queue
 
 
-def _settle(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+_NOBODY = object()  # the topic of a timer that wakes no waiter
+
+
+@dataclass
+class Timer:
+    """When the server's next timer is due, and the topics of the waiters it wakes (None:
+    every waiter)."""
+
+    at: float
+    wakes: list[Hashable | None]
 
 
 def end_marker() -> object:
@@ -346,10 +381,13 @@ def _overlaps(a: StreamConfig, b: StreamConfig) -> bool:
 def _entry(stored: Stored) -> Entry:
     """A KV entry of a stored message (deleted: a DEL or PURGE, or an expiry marker)."""
     key = stored.subject.split(".", 2)[2] if stored.subject.count(".") >= 2 else stored.subject
-    deleted = stored.headers.get("KV-Operation") in _DELETED_OPS or (
-        "Nats-Marker-Reason" in stored.headers
-    )
-    return Entry(key, stored.seq, None if deleted else stored.data, stored.timestamp)
+    return Entry(key, stored.seq, None if _deleted(stored) else stored.data, stored.timestamp)
+
+
+def _deleted(stored: Stored) -> bool:
+    """A DEL or PURGE, or an expiry marker."""
+    headers = stored.headers
+    return headers.get("KV-Operation") in _DELETED_OPS or "Nats-Marker-Reason" in headers
 
 
 def entry_of(stored: Stored | None, key: str) -> Entry:
