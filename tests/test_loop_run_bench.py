@@ -6,22 +6,37 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from bench.loop_run import CpuLedger, shares
 
 
 def test_cpu_is_attributed_to_the_service_a_process_runs() -> None:
-    burn = "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass"
+    # Burns CPU time, not wall time: on a busy machine the child still gets its share.
+    burn = "import time\nwhile time.process_time() < 30: pass"
     proc = subprocess.Popen([sys.executable, "-c", burn, "-m", "services.selfplay"])
     try:
         ledger = CpuLedger(os.getpid())
         ledger.read()
-        time.sleep(1.0)  # the window the ledger measures while the child burns CPU
+        _until_cpu(proc.pid, 0.5)  # the window the ledger measures while the child burns CPU
         ledger.read()
     finally:
+        proc.kill()
         proc.wait(10)
     assert ledger.used["selfplay"] > 0.3
     assert ledger.used.get("evaluator", 0.0) == 0.0
+
+
+def _until_cpu(pid: int, seconds: float, limit_s: float = 60.0) -> None:
+    """Wait until process `pid` has used `seconds` of CPU (from /proc), at most `limit_s`."""
+    tick = os.sysconf("SC_CLK_TCK")
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        if (int(fields[11]) + int(fields[12])) / tick >= seconds:
+            return
+        time.sleep(0.05)  # a poll of the child's CPU counter
+    raise AssertionError(f"process {pid} used under {seconds} s of CPU in {limit_s} s")
 
 
 def test_shares_are_over_workers_and_over_services() -> None:

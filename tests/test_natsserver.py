@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from shared.bus.server import (
+    BIND_ATTEMPTS,
     NatsCluster,
     NatsServer,
     NatsServerError,
@@ -76,3 +78,19 @@ def test_cluster_of_three_comes_up_with_distinct_urls(tmp_path: Path) -> None:
     finally:
         cluster.stop()
     assert not any(s.alive() for s in cluster.servers)
+
+
+def test_a_start_on_a_taken_port_is_tried_again_then_fails_naming_the_log(
+    tmp_path: Path,
+) -> None:
+    """nats-server finds a free random port and then listens on it, so a port can be taken in
+    between: such a start is tried again (here the port stays taken, so every try fails)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = NatsServer(ServerSpec("t", tmp_path, leaf_port=port))
+        with pytest.raises(NatsServerError, match=r"nats\.log"):
+            server.start(timeout=10)
+    failures = (tmp_path / "nats.log").read_text().count("address already in use")
+    assert failures == BIND_ATTEMPTS

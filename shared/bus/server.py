@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -22,6 +23,9 @@ from shared.auth.tlsfiles import TlsFiles, server_block
 
 NATS_DIR = Path(__file__).resolve().parents[2] / "nats"
 HUB_DOMAIN = "hub"
+BIND_ATTEMPTS = 3  # starts tried when a random port was taken meanwhile
+
+log = logging.getLogger("conclave.server")
 
 
 class NatsServerError(RuntimeError):
@@ -208,7 +212,28 @@ class NatsServer:
         """Start the server; a leaf server waits for its hub link only if `wait_jetstream`.
 
         `dies_with_parent` (Linux): the kernel stops the server when the calling thread's process
-        dies, so a SIGKILLed launcher leaves no server behind."""
+        dies, so a SIGKILLed launcher leaves no server behind.
+
+        nats-server picks a random port (-1) by finding a free one and then listening on it, so
+        another process can take it in between (seen: tests running side by side); a start that
+        fails on a taken port is tried again, a few times."""
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            try:
+                return self._start(timeout, wait_jetstream, dies_with_parent)
+            except NatsServerError:
+                if attempt == BIND_ATTEMPTS or not self._port_was_taken():
+                    raise
+                log.warning("server %s: a port was taken as it started; again", self.spec.name)
+        raise AssertionError("unreachable")
+
+    def _port_was_taken(self) -> bool:
+        try:
+            lines = self._log().read_bytes()[-2000:].splitlines()
+        except OSError:
+            return False
+        return bool(lines) and b"address already in use" in lines[-1]
+
+    def _start(self, timeout: float, wait_jetstream: bool, dies_with_parent: bool) -> NatsServer:
         conf = self._write_config()
         log = (self.spec.data_dir / "nats.log").open("ab")
         self.process = subprocess.Popen(
