@@ -124,11 +124,12 @@ class Worker:
         abandon = threading.Event()  # set once the scheduler decides this job's match
         async with delivery.kept_alive(self.cfg.keepalive_s), self.abandoned(job, abandon):
             try:
-                waited = max(0.0, time.time() - delivery.submitted_at)
-                started, cpu_at_start = time.monotonic(), time.process_time()
+                clock = self.bus.clock  # virtual under simulation: the pace replays too
+                waited = max(0.0, clock.time() - delivery.submitted_at)
+                started, cpu_at_start = clock.monotonic(), time.process_time()
                 outcome = await self.evaluate(job, abandon)
                 spent = Spent(
-                    time.monotonic() - started, time.process_time() - cpu_at_start, waited
+                    clock.monotonic() - started, time.process_time() - cpu_at_start, waited
                 )
                 await self.publish(job, outcome, spent)
             except MatchStopped:
