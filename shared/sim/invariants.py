@@ -23,7 +23,6 @@ from schemas.jobs import DeadLetter, SelfplayJob
 from shared.bus.memory.subjects import matches
 from shared.bus.ports import Clock, SystemClock
 from shared.lease.holder import Contender
-from shared.lease.quorum import LeaseParams
 
 GAMES = names.games_subject("*")
 SELFPLAY_JOBS = names.job_filter("selfplay")
@@ -38,7 +37,6 @@ class Violation(AssertionError):
 
 @dataclass
 class LeaseChecker:
-    params: LeaseParams
     seen: dict[str, int] = field(default_factory=dict)  # instance: the term it was valid with
     order: list[int] = field(default_factory=list)  # terms in the order they became valid
 

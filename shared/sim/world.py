@@ -108,7 +108,7 @@ class World:
         self.clock = VirtualClock()
         self.server = MemoryServer(clock=self.clock, replicas=schedule.replicas)
         self.nodes = [Node(f"n{i}") for i in range(schedule.nodes)]
-        self.lease = LeaseChecker(schedule.lease)
+        self.lease = LeaseChecker()
         self.loop_state = LoopStateChecker(self.clock)
         self.games = GamesChecker()
         self.rng = random.Random(schedule.seed)
