@@ -122,6 +122,7 @@ class Worker:
                     model_sha256=job.model_sha256,
                     generation=job.generation,
                     job_id=job.job_id,
+                    clock=self.bus.clock.time,
                     stop=stopped,
                 ):
                     loop.call_soon_threadsafe(records.put_nowait, record)

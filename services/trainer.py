@@ -291,7 +291,8 @@ class Trainer:
     ) -> tuple[PolicyValueNet, TrainReport]:
         """Train in the worker thread while a task publishes its progress, then the final report."""
         queue: asyncio.Queue[TrainProgress | None] = asyncio.Queue()
-        meter = ProgressMeter(job, self.cfg.progress_every_s, _emitter(queue))
+        every_s, clock = self.cfg.progress_every_s, self.bus.clock.monotonic
+        meter = ProgressMeter(job, every_s, _emitter(queue), clock=clock)
         publisher = asyncio.create_task(self.publish_progress(queue), name="train-progress")
         loop = asyncio.get_running_loop()
         try:

@@ -26,7 +26,7 @@ from shared.bus.ports import Bus
 from shared.bus.server import free_port
 from shared.learn.games import get_game
 from shared.learn.search.agent import checkpoint_agent
-from shared.learn.solver.small import PerfectPlayReport, check_perfect_play
+from shared.learn.solver.small import PerfectPlayReport, check_perfect_play_batched
 from shared.loop.effects import issue
 from shared.loop.presets import TICTACTOE
 from shared.loop.ratingjobs import game_results
@@ -49,7 +49,7 @@ def perfect_play(path: Path) -> PerfectPlayReport:
     game = get_game("tictactoe")
     agent = checkpoint_agent(game, path, TICTACTOE.effects.eval_sims)
     rng = np.random.default_rng(0)
-    return check_perfect_play(game, lambda state: agent.choose(game, state, rng))
+    return check_perfect_play_batched(game, lambda states: agent.choose_all(game, states, rng))
 
 
 async def test_tictactoe_reaches_perfect_play_within_ten_minutes(

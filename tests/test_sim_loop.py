@@ -18,7 +18,7 @@ from shared.bus.memory import MemoryBus
 from shared.bus.ports import Delivery
 from shared.learn.games import get_game
 from shared.learn.search.agent import checkpoint_agent
-from shared.learn.solver.small import check_perfect_play
+from shared.learn.solver.small import check_perfect_play_batched
 from shared.loop.presets import TICTACTOE
 from shared.sim.services import loop_services
 from shared.sim.world import Schedule, simulate
@@ -47,7 +47,9 @@ class PerfectPlay:
             game = get_game("tictactoe")
             agent = checkpoint_agent(game, path, TICTACTOE.effects.eval_sims)
             rng = np.random.default_rng(0)
-            report = check_perfect_play(game, lambda state: agent.choose(game, state, rng))
+            report = check_perfect_play_batched(
+                game, lambda states: agent.choose_all(game, states, rng)
+            )
             self.checked[best.sha256] = len(report.mistakes)
         return self.checked[best.sha256] == 0
 

@@ -8,7 +8,6 @@ counted as a worker, and its pullers take no jobs (like lc0's minimum client ver
 from __future__ import annotations
 
 import logging
-import time
 
 from schemas import names
 from schemas.codec import BadMessage, decode, encode
@@ -46,7 +45,7 @@ async def accepted_range(bus: KV) -> ClusterProtocol | None:
 
 async def announce(bus: Bus, node_id: str) -> None:
     """The coordinator's range: this build's protocol back to MIN_PROTOCOL."""
-    accepted = ClusterProtocol(MIN_PROTOCOL, PROTOCOL, node_id, time.time())
+    accepted = ClusterProtocol(MIN_PROTOCOL, PROTOCOL, node_id, bus.clock.time())
     await bus.write(names.REGISTRY_BUCKET, names.PROTOCOL_KEY, encode(accepted))
 
 
@@ -59,12 +58,13 @@ class Gate:
         self.checked_at = -RECHECK_S
 
     async def refusal(self) -> str | None:
-        if time.monotonic() - self.checked_at >= RECHECK_S:
+        clock = self.bus.clock
+        if clock.monotonic() - self.checked_at >= RECHECK_S:
             try:
                 reason = refusal(self.protocol, await accepted_range(self.bus))
             except BusError:
                 return self.reason  # keep the last answer while the bus is away
             if reason != self.reason and reason:
                 log.error("taking no work: %s", reason)
-            self.reason, self.checked_at = reason, time.monotonic()
+            self.reason, self.checked_at = reason, clock.monotonic()
         return self.reason

@@ -35,6 +35,23 @@ class SearchAgent:
         )
         return int(out.action[0])
 
+    def choose_all(
+        self, game: Game[Any], states: list[Any], rng: np.random.Generator, batch: int = 256
+    ) -> list[int]:
+        """`choose` for each of `states`, searched `batch` at a time in lockstep."""
+        actions: list[int] = []
+        for first in range(0, len(states), batch):
+            out = gumbel_search(
+                game,
+                states[first : first + batch],
+                self.evaluator,
+                rng,
+                num_simulations=self.num_simulations,
+                gumbel_scale=self.gumbel_scale,
+            )
+            actions.extend(int(a) for a in out.action)
+        return actions
+
 
 def checkpoint_agent(game: Game[Any], path: Path, sims: int) -> SearchAgent:
     """Load a checkpoint for `game` (raises CheckpointError/OSError) and search with it."""

@@ -11,6 +11,7 @@ import numpy as np
 from shared.learn.games.base import Game
 
 Chooser = Callable[[Any], int]
+BatchChooser = Callable[[list[Any]], list[int]]  # a move for each position, in order
 
 
 @dataclass
@@ -52,34 +53,49 @@ class PerfectPlayReport:
 def check_perfect_play(game: Game[Any], choose: Chooser) -> PerfectPlayReport:
     """Every position reachable with `choose` to move (as either player, against every reply):
     does its move keep the game-theoretic value? Mistakes are listed by position notation."""
+    return check_perfect_play_batched(game, lambda states: [choose(s) for s in states])
+
+
+def check_perfect_play_batched(game: Game[Any], choose_all: BatchChooser) -> PerfectPlayReport:
+    """`check_perfect_play` asking for the moves of a whole ply at once (one batched search
+    instead of one per position)."""
     solver = SmallSolver(game)
     seen: set[Hashable] = set()
     mistakes: list[str] = []
     for side in (0, 1):
-        _walk(game, game.initial(), side, choose, solver, seen, mistakes)
+        frontier = [game.initial()]
+        while frontier:
+            frontier = _next_ply(game, frontier, side, choose_all, solver, seen, mistakes)
     return PerfectPlayReport(len(seen), mistakes)
 
 
-def _walk(
+def _next_ply(
     game: Game[Any],
-    state: Any,
+    states: list[Any],
     side: int,
-    choose: Chooser,
+    choose_all: BatchChooser,
     solver: SmallSolver,
     seen: set[Hashable],
     mistakes: list[str],
-) -> None:
-    if game.terminal_value(state) is not None:
-        return
-    if game.to_play(state) != side:
-        for action in solver.legal(state):
-            _walk(game, game.apply(state, action), side, choose, solver, seen, mistakes)
-        return
-    key = game.key(state)
-    if key in seen:
-        return
-    seen.add(key)
-    action = choose(state)
-    if not solver.keeps_value(state, action):
-        mistakes.append(f"{game.notation(state) or '(start)'}: {game.action_name(action)}")
-    _walk(game, game.apply(state, action), side, choose, solver, seen, mistakes)
+) -> list[Any]:
+    """The positions one move on from `states`: `side`'s chosen move (each position judged once),
+    every reply of the other side."""
+    going = [s for s in states if game.terminal_value(s) is None]
+    replies = [game.apply(s, a) for s in going if game.to_play(s) != side for a in solver.legal(s)]
+    mine = _unseen([s for s in going if game.to_play(s) == side], game, seen)
+    for state, action in zip(mine, choose_all(mine) if mine else [], strict=True):
+        if not solver.keeps_value(state, action):
+            mistakes.append(f"{game.notation(state) or '(start)'}: {game.action_name(action)}")
+        replies.append(game.apply(state, action))
+    return replies
+
+
+def _unseen(states: list[Any], game: Game[Any], seen: set[Hashable]) -> list[Any]:
+    """`states` not judged before, each once; they are marked judged."""
+    fresh: list[Any] = []
+    for state in states:
+        key = game.key(state)
+        if key not in seen:
+            seen.add(key)
+            fresh.append(state)
+    return fresh
