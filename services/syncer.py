@@ -36,6 +36,7 @@ from shared.lease.fencing import read_termed
 from shared.lease.holder import Contender, hold
 from shared.lease.quorum import LeaseParams
 from shared.loop.ratingjobs import game_ratings
+from shared.runtime.once import Warn, WarnOnce
 from shared.runtime.service import main as service_main
 from shared.runtime.service import wait_or_stop
 from shared.work.models import ModelError, ModelStore
@@ -119,7 +120,7 @@ class Archiver:
         self.games_archived = 0
         self.newest_model = ""
         self.last_error, self.last_error_at = "", 0.0
-        self.skipped_promotions: set[int] = set()  # stream sequences logged as unreadable
+        self.warn_once = WarnOnce(log)  # the documents are re-read: their problems logged once
 
     async def ranges_of(self, game: str) -> list[tuple[int, int]]:
         if game not in self.ranges:
@@ -232,33 +233,24 @@ class Archiver:
             await asyncio.to_thread(
                 archive.put_json, self.store, archive.layout.registry_best_key(game), pointer
             )
-        ratings, _ = await game_ratings(self.bus, game)
+        ratings, _ = await game_ratings(self.bus, game, self.warn_once)
         await asyncio.to_thread(
             archive.put_json, self.store, archive.layout.ratings_key(game), ratings
         )
-        history = await promotions(self.bus, game, self.skipped_promotions)
+        history = await promotions(self.bus, game, self.warn_once)
         await asyncio.to_thread(
             archive.put_json, self.store, archive.layout.registry_history_key(game), history
         )
 
 
-_SKIPPED_LIMIT = 10_000
-
-
-async def promotions(bus: Bus, game: str, skipped: set[int]) -> list[ModelEvent]:
-    """`game`'s promotion events; an unreadable one is skipped (logged once per sequence: the
-    caller's `skipped` remembers those already logged)."""
+async def promotions(bus: Bus, game: str, warn: Warn) -> list[ModelEvent]:
+    """`game`'s promotion events; an unreadable one is skipped and told to `warn`."""
     events = []
     for msg in await bus.read_all(names.EVENTS_STREAM, names.model_event_subject("promoted")):
         try:
             events.append(decode(msg.data, ModelEvent, subject=msg.subject))
         except Exception as e:  # BadMessage, RecursionError: skipped all the same
-            seq = msg.seq
-            if seq not in skipped:
-                if len(skipped) >= _SKIPPED_LIMIT:
-                    skipped.clear()
-                skipped.add(seq)
-                log.warning("promotion event #%d skipped: %s", seq, unreadable_reason(e))
+            warn(f"promotion event #{msg.seq} skipped: {unreadable_reason(e)}")
     return [e for e in events if e.game == game]
 
 

@@ -42,6 +42,7 @@ from shared.learn.evaltypes import Evaluator
 from shared.learn.games import Game, game_names, get_game
 from shared.loop.progress import train_history
 from shared.loop.ratingjobs import game_ratings
+from shared.runtime.once import Warn, WarnOnce
 from shared.work.modelcache import Evaluators
 from shared.work.models import ModelStore
 
@@ -119,8 +120,8 @@ def generation_of(name: str) -> int | None:
     return int(name[3:]) if name.startswith("gen") and name[3:].isdigit() else None
 
 
-async def elo_points(bus: Bus, game: str) -> list[EloPoint]:
-    ratings, _ = await game_ratings(bus, game)
+async def elo_points(bus: Bus, game: str, warn: Warn | None = None) -> list[EloPoint]:
+    ratings, _ = await game_ratings(bus, game, warn)
     points = [
         EloPoint(name, generation_of(name), r.elo, r.lo, r.hi, r.games)
         for name, r in ratings.items()
@@ -130,21 +131,14 @@ async def elo_points(bus: Bus, game: str) -> list[EloPoint]:
 
 
 class Unreadable:
-    """What the page leaves out because it does not decode: logged once per stream sequence or
-    key (a snapshot re-reads everything every few seconds), at most LIMIT remembered."""
-
-    LIMIT = 10_000
+    """What the page leaves out because it does not decode (or a rating fit drops): logged once
+    each, as a snapshot re-reads everything every few seconds."""
 
     def __init__(self) -> None:
-        self.seen: set[str] = set()
+        self.warn = WarnOnce(log)
 
     def skip(self, where: str, error: Exception) -> None:
-        if where in self.seen:
-            return
-        if len(self.seen) >= self.LIMIT:
-            self.seen.clear()
-        self.seen.add(where)
-        log.warning("skipped unreadable %s: %r", where, error)
+        self.warn(f"skipped unreadable {where}: {error!r}")
 
 
 def decoded_stream(msgs: list[Message], kind: type[M], skipped: Unreadable) -> list[M]:
@@ -191,7 +185,8 @@ async def snapshot(bus: Bus, skipped: Unreadable | None = None) -> Snapshot:
     games: dict[str, GameHistory] = {}
     for game in sorted({g.game for g in report.games} | {e.game for e in events}):
         try:
-            games[game] = await game_history(bus, game, events, trained.get(game, []))
+            played = trained.get(game, [])
+            games[game] = await game_history(bus, game, events, played, skipped.warn)
         except BusError:
             raise
         except Exception as e:  # one game's unreadable data leaves the others on the page
@@ -202,7 +197,7 @@ async def snapshot(bus: Bus, skipped: Unreadable | None = None) -> Snapshot:
 
 
 async def game_history(
-    bus: Bus, game: str, events: list[ModelEvent], trained: list[Losses]
+    bus: Bus, game: str, events: list[ModelEvent], trained: list[Losses], warn: Warn
 ) -> GameHistory:
     decisions = [
         Decision(e.generation, e.kind, e.at, e.detail)
@@ -210,7 +205,7 @@ async def game_history(
         if e.game == game and e.kind in ("promoted", "rejected")
     ]
     steps = step_losses(await train_history(bus, game))
-    return GameHistory(await elo_points(bus, game), decisions, trained, steps)
+    return GameHistory(await elo_points(bus, game, warn), decisions, trained, steps)
 
 
 class HttpError(Exception):

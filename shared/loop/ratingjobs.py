@@ -21,6 +21,7 @@ from schemas.codec import BadMessage, decode, encode
 from schemas.jobs import DeadLetter, EvalJob, EvalResult, PlayerSpec
 from shared.bus.ports import Streams
 from shared.loop.ratings import PairResult, Rating, fit
+from shared.runtime.once import Warn
 
 log = logging.getLogger("conclave.ratingjobs")
 
@@ -212,8 +213,11 @@ def pair_results(results: list[EvalResult]) -> list[PairResult]:
     ]
 
 
-async def game_ratings(bus: Streams, game: str) -> tuple[dict[str, Rating], dict[str, PlayerSpec]]:
-    """Bradley-Terry ratings of all who played `game` (random anchored at 0), and who they are."""
+async def game_ratings(
+    bus: Streams, game: str, warn: Warn | None = None
+) -> tuple[dict[str, Rating], dict[str, PlayerSpec]]:
+    """Bradley-Terry ratings of all who played `game` (random anchored at 0), and who they are;
+    dropped results are told to `warn` (see `fit`)."""
     results = await game_results(bus, game)
     players = {spec.name: spec for r in results for spec in (r.a, r.b)}
-    return fit(pair_results(results)), players
+    return fit(pair_results(results), warn=warn), players

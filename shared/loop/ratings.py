@@ -34,6 +34,8 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from shared.runtime.once import Warn
+
 Matrix = npt.NDArray[np.float64]
 log = logging.getLogger("conclave.ratings")
 
@@ -44,8 +46,6 @@ _MAX_ITERATIONS = 100
 _TOLERANCE = 1e-10
 MAX_GAMES = 10**9  # per count of one result: far above any match, small enough for floats
 MAX_PLAYERS = 1000  # the dense fit is O(players^2) memory and O(players^3) time per step
-_WARNED_LIMIT = 10_000  # distinct warnings remembered, so a re-read pool logs each one once
-_warned: set[str] = set()
 
 
 class PairResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -94,11 +94,17 @@ class _Tally:
     games: Matrix  # games[i, j]: games between i and j
 
 
-def fit(results: Iterable[PairResult], anchor: str = "random") -> dict[str, Rating]:
-    """Posterior-mode Bradley-Terry ratings of every player in `results`, plus the anchor at 0."""
+def fit(
+    results: Iterable[PairResult], anchor: str = "random", *, warn: Warn | None = None
+) -> dict[str, Rating]:
+    """Posterior-mode Bradley-Terry ratings of every player in `results`, plus the anchor at 0.
+
+    Results dropped (unusable, or beyond MAX_PLAYERS) are told to `warn` (default: logged);
+    a caller that re-fits the same pool passes a `WarnOnce`."""
     if not anchor:
         raise ValueError("anchor must be non-empty")
-    tally = _tally(_bounded(_usable(results), anchor), anchor)
+    warn = _log_warning if warn is None else warn
+    tally = _tally(_bounded(_usable(results, warn), anchor, warn), anchor)
     ratings: dict[str, Rating] = {}
     for component in _components(tally.games):
         ratings.update(_fit_component(tally, component, anchor))
@@ -155,19 +161,19 @@ def _pair_scores(
     return scored
 
 
-def _usable(results: Iterable[PairResult]) -> list[PairResult]:
-    """The results the fit can use; each dropped one is logged (once) with the field at fault."""
+def _usable(results: Iterable[PairResult], warn: Warn) -> list[PairResult]:
+    """The results the fit can use; each dropped one is told to `warn` with the field at fault."""
     kept = []
     for r in results:
         problem = r.problem()
         if problem is None:
             kept.append(r)
         else:
-            _warn_once(f"rating pool: result dropped: {problem}")
+            warn(f"rating pool: result dropped: {problem}")
     return kept
 
 
-def _bounded(rows: list[PairResult], anchor: str) -> list[PairResult]:
+def _bounded(rows: list[PairResult], anchor: str, warn: Warn) -> list[PairResult]:
     """`rows` among the anchor and the MAX_PLAYERS - 1 players with the most games (ties by
     name); results of other players are dropped."""
     played: dict[str, int] = {}
@@ -179,19 +185,14 @@ def _bounded(rows: list[PairResult], anchor: str) -> list[PairResult]:
         return rows
     others = sorted(played.keys() - {anchor}, key=lambda name: (-played[name], name))
     kept = {anchor, *others[: MAX_PLAYERS - 1]}
-    _warn_once(
+    warn(
         f"rating pool: {len(others) + 1} players, over {MAX_PLAYERS}: "
         f"the results of the {len(others) + 1 - len(kept)} with the fewest games are dropped"
     )
     return [r for r in rows if r.a in kept and r.b in kept]
 
 
-def _warn_once(text: str) -> None:
-    if text in _warned:
-        return
-    if len(_warned) >= _WARNED_LIMIT:
-        _warned.clear()
-    _warned.add(text)
+def _log_warning(text: str) -> None:
     log.warning("%s", text)
 
 
