@@ -20,7 +20,7 @@ from shared.learn.games import get_game
 from shared.learn.search.agent import checkpoint_agent
 from shared.learn.solver.small import check_perfect_play_batched
 from shared.loop.presets import TICTACTOE
-from shared.sim.services import loop_services
+from shared.sim.services import SIM_TICTACTOE, loop_services
 from shared.sim.world import Schedule, simulate
 from shared.work.models import ModelStore
 
@@ -57,7 +57,7 @@ class PerfectPlay:
 def test_the_loop_in_memory_learns_tictactoe_to_perfect_play(tmp_path: Path) -> None:
     goal = PerfectPlay(tmp_path / "check")
     run = Schedule(seed=0, nodes=1, replicas=1, horizon_s=HORIZON_S, latency_s=0.01)
-    report = simulate(run, loop_services(TICTACTOE, tmp_path / "cache"), until=goal)
+    report = simulate(run, loop_services(SIM_TICTACTOE, tmp_path / "cache"), until=goal)
     assert report.violation is None, report.violation
     assert report.reached, f"no perfect model in {HORIZON_S:.0f} s: mistakes {goal.checked}"
     assert report.restarts == 0, report.last_failure

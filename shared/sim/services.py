@@ -13,6 +13,8 @@ import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import msgspec
+
 from schemas import names
 from schemas.codec import encode
 from schemas.control import ServicePulse
@@ -20,11 +22,32 @@ from services import evaluator, heartbeat, scheduler, selfplay, trainer
 from shared.bus.errors import BusError
 from shared.bus.memory import MemoryBus
 from shared.loop.policy import LoopConfig
-from shared.loop.presets import Preset
+from shared.loop.presets import TICTACTOE, Preset
+from shared.loop.sprt import SprtConfig
 from shared.runtime.counters import CPU, Counters
 from shared.sim.world import Service
 
 SIM_LOOP = LoopConfig(games=("tictactoe",), games_per_generation=40, selfplay_games_per_job=4)
+
+# The whole loop in memory, sized so a run is a minute of CPU: work takes no virtual time, so
+# self-play never waits for the trainer or the gate and would play thousands of games a
+# generation. Generations of 200 games, one 50-game job stored at a time, and a gate that stops
+# a clearly worse candidate within 60 games; a quarter of the games open with up to 3 random
+# moves, so the window keeps the lopsided positions a perfect player must still answer (without
+# them, measured over seeds 0-5, a promoted net often forgot them and the run took 4x longer).
+SIM_TICTACTOE = msgspec.structs.replace(
+    TICTACTOE,
+    loop=msgspec.structs.replace(
+        TICTACTOE.loop,
+        games_per_generation=200,
+        selfplay_games_per_job=50,
+        selfplay_job_cap=1,
+        sprt=SprtConfig(elo0=-20.0, elo1=0.0, max_games=60),
+    ),
+    selfplay=msgspec.structs.replace(
+        TICTACTOE.selfplay, random_opening_fraction=0.25, random_opening_plies=3
+    ),
+)
 WORKERS = ("selfplay", "trainer", "evaluator")
 
 Worker = Callable[[MemoryBus, str, asyncio.Event, Counters], Awaitable[None]]
