@@ -40,6 +40,7 @@ from shared.lease.watch import KeyChanges, first_of
 from shared.runtime.counters import Counters
 from shared.runtime.service import main as service_main
 from shared.runtime.service import set_when, wait_or_stop
+from shared.work.compute import start_compute
 from shared.work.jobs import Delivery, JobSettings, Puller, await_consumer, dead_letter_now
 from shared.work.modelcache import Evaluators
 from shared.work.models import ModelStore, UnloadableModel
@@ -65,6 +66,8 @@ class EvaluatorConfig(msgspec.Struct, frozen=True):
     cache_dir: str
     threads: int = 1
     concurrent_games: int = 32
+    device: str = "auto"  # shared.learn.device: auto = CUDA, then MPS, then CPU
+    precision: str = "auto"
     opening_plies: int = 2
     keepalive_s: float = 10.0
     jobs: JobSettings = JobSettings()
@@ -95,6 +98,13 @@ class Worker:
         self.followers: set[asyncio.Task[None]] = set()
 
     async def serve(self) -> None:
+        cfg = self.cfg
+        compute = await start_compute(
+            self.pool, cfg.device, cfg.precision, self.counters, self.stop
+        )
+        if compute is None:
+            return
+        self.evaluators.compute = compute
         puller = Puller(self.bus, "eval", EvalJob, counters=self.counters)
         while not self.stop.is_set():
             try:

@@ -29,6 +29,7 @@ from shared.learn.selfplay import SelfPlayConfig, self_play
 from shared.runtime.counters import Counters
 from shared.runtime.service import main as service_main
 from shared.runtime.service import set_when, wait_or_stop
+from shared.work.compute import start_compute
 from shared.work.jobs import JobSettings, Puller, await_consumer, job_seed
 from shared.work.modelcache import Evaluators
 from shared.work.models import ModelStore
@@ -42,6 +43,8 @@ class SelfplayWorkerConfig(msgspec.Struct, frozen=True):
     cache_dir: str
     threads: int = 1
     concurrent_games: int = 32
+    device: str = "auto"  # shared.learn.device: auto = CUDA, then MPS, then CPU
+    precision: str = "auto"
     keepalive_s: float = 10.0
     jobs: JobSettings = JobSettings()
     engine: SelfPlayConfig = SelfPlayConfig()
@@ -64,6 +67,13 @@ class Worker:
         self.games_published = 0
 
     async def serve(self) -> None:
+        cfg = self.cfg
+        compute = await start_compute(
+            self.pool, cfg.device, cfg.precision, self.counters, self.stop
+        )
+        if compute is None:
+            return
+        self.evaluators.compute = compute
         puller: WorkQueue[SelfplayJob] = Puller(
             self.bus, "selfplay", SelfplayJob, counters=self.counters
         )

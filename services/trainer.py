@@ -38,6 +38,7 @@ from schemas.jobs import DeadLetter, ModelEvent, ModelMeta, TrainJob, TrainProgr
 from shared.bus.errors import BusError
 from shared.bus.message import Message
 from shared.bus.ports import Bus, Delivery, WorkQueue
+from shared.learn.device import CPU
 from shared.learn.games import UnknownGame, game_names, get_game
 from shared.learn.net import (
     CheckpointError,
@@ -60,6 +61,7 @@ from shared.learn.training import (
 from shared.runtime.counters import Counters
 from shared.runtime.service import main as service_main
 from shared.runtime.service import wait_or_stop
+from shared.work.compute import start_compute
 from shared.work.jobs import JobSettings, Puller, await_consumer, job_seed
 from shared.work.models import ModelStore
 
@@ -76,6 +78,8 @@ class TrainerConfig(msgspec.Struct, frozen=True):
     node_id: str
     cache_dir: str
     threads: int = 1
+    device: str = "auto"  # shared.learn.device: auto = CUDA, then MPS, then CPU
+    precision: str = "auto"
     window_games: int = 20000
     max_reuse: int = 8
     root_value_weight: float = 0.5  # value target = mix of outcome and search root value
@@ -100,6 +104,7 @@ class Trainer:
         self.train_pool = ThreadPoolExecutor(1, thread_name_prefix="train")
         self.models = ModelStore(bus, Path(cfg.cache_dir))
         self.last_seq = 0
+        self.compute = CPU  # until `serve` has chosen the device
 
     def window(self, game: str) -> ReplayWindow:
         if game not in self.windows:
@@ -197,6 +202,11 @@ class Trainer:
     # -- training jobs --------------------------------------------------------------------------
 
     async def serve(self, stop: asyncio.Event) -> None:
+        device, precision = self.cfg.device, self.cfg.precision
+        compute = await start_compute(self.train_pool, device, precision, self.counters, stop)
+        if compute is None:
+            return
+        self.compute = compute
         puller: WorkQueue[TrainJob] = Puller(self.bus, "train", TrainJob, counters=self.counters)
         while not stop.is_set():
             try:
@@ -339,7 +349,9 @@ class Trainer:
         torch.manual_seed(seed)  # a first net's initial weights: the job replays the same way
         net = load_checkpoint(parent, game.name).net if parent else new_net(game, self.cfg.net)
         rng = np.random.default_rng(seed)
-        report = train(net, game, window, steps, self.cfg.train, rng, on_progress=meter)
+        report = train(
+            net, game, window, steps, self.cfg.train, rng, on_progress=meter, compute=self.compute
+        )
         return net, report
 
 

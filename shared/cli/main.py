@@ -61,6 +61,16 @@ def _game_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--game", default="connect4", choices=["connect4", "tictactoe"])
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker process")
     p.add_argument(
+        "--device",
+        default="auto",
+        help="where networks run: auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N, mps",
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        help="auto (bf16 or fp16 on CUDA, else fp32), fp32, bf16 or fp16",
+    )
+    p.add_argument(
         "--selfplay-workers",
         type=_positive_int,
         default=None,
@@ -112,9 +122,18 @@ def _lease(args: argparse.Namespace) -> LeaseParams:
     return LeaseParams(ttl_s=args.lease_ttl, renew_every_s=args.lease_renew)
 
 
+def _checked_device(args: argparse.Namespace) -> None:
+    """`--device`/`--precision` no node could run stop here, named (a missing GPU is found
+    where the networks run)."""
+    from shared.learn.device import check_names
+
+    check_names(args.device, args.precision)
+
+
 def cmd_node(args: argparse.Namespace) -> int:
     from shared.node import launcher
 
+    _checked_device(args)
     opts = launcher.NodeOptions(
         node_id=args.node_id or launcher.default_node_id(),
         roles=launcher.parse_roles(args.roles),
@@ -126,6 +145,8 @@ def cmd_node(args: argparse.Namespace) -> int:
         game=args.game,
         cache_dir=str(Path(args.cache_dir).absolute()),
         threads=args.threads,
+        device=args.device,
+        precision=args.precision,
         archive=args.archive,
         s3_endpoint=args.s3_endpoint,
         via_leaf=[u.strip() for u in (args.via_leaf or "").split(",") if u.strip()],
@@ -142,6 +163,7 @@ def cmd_node(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from shared.node import up
 
+    _checked_device(args)
     opts = up.UpOptions(
         data_dir=str(Path(args.data_dir).absolute()),
         nats_port=args.nats_port,
@@ -150,6 +172,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         game=args.game,
         generations=args.generations,
         threads=args.threads,
+        device=args.device,
+        precision=args.precision,
         eval_budget=args.eval_budget,
         selfplay_workers=args.selfplay_workers,
         tune=_checked_tuning(args.game, args.tune),

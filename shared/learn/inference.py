@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from shared.learn.device import CPU, Compute
 from shared.learn.evaltypes import Evaluator, uniform_evaluator
 from shared.learn.games.base import BoolArray, FloatArray, Symmetry
 from shared.learn.net import PolicyValueNet, inference_copy
@@ -24,27 +25,34 @@ class NetEvaluator:
     """Batched inference of a policy-value network under `torch.inference_mode()`.
 
     Runs a snapshot of `net` with batch norms folded into the convolutions (build a new
-    evaluator after changing the weights). `threads` sets torch's intra-op thread count, a
+    evaluator after changing the weights) on `compute`'s device and precision; inputs and
+    outputs stay numpy on the host. `threads` sets torch's intra-op thread count, a
     process-wide torch setting, once, here.
     """
 
-    def __init__(self, net: PolicyValueNet, threads: int | None = 1) -> None:
+    def __init__(
+        self, net: PolicyValueNet, threads: int | None = 1, compute: Compute = CPU
+    ) -> None:
         if threads is not None:
             if threads < 1:
                 raise ValueError(f"threads must be >= 1, got {threads}")
             torch.set_num_threads(threads)
-        self.net = inference_copy(net)
+        self.compute = compute
+        self.device = torch.device(compute.device)  # parsed once: inference runs per simulation
+        self.net = inference_copy(net).to(self.device)
 
     def __call__(self, encodings: FloatArray, masks: BoolArray) -> tuple[FloatArray, FloatArray]:
         if len(encodings) != len(masks):
             raise ValueError(f"{len(encodings)} encodings but {len(masks)} masks")
+        device = self.device
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(encodings, dtype=np.float32))
-            logits, values = self.net(x)
-            mask = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.bool_))
+            x = torch.from_numpy(np.ascontiguousarray(encodings, dtype=np.float32)).to(device)
+            with self.compute.autocast():
+                logits, values = self.net(x)
+            mask = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.bool_)).to(device)
             logits = logits.float().masked_fill(~mask, _MASKED_LOGIT)
             priors = torch.softmax(logits, dim=1).masked_fill(~mask, 0.0)
-            return priors.numpy(), values.float().numpy()
+            return priors.cpu().numpy(), values.float().cpu().numpy()
 
 
 def symmetrised(evaluator: Evaluator, symmetries: Sequence[Symmetry]) -> Evaluator:

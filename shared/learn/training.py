@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from shared.learn.device import CPU, Compute
 from shared.learn.games.base import Game
 from shared.learn.net import PolicyValueNet
 from shared.learn.netconfig import NetConfig, TrainSettings, lr_factor
@@ -66,16 +67,21 @@ def train(
     rng: np.random.Generator,
     on_progress: ProgressCallback | None = None,
     progress_every: int = 1,
+    compute: Compute = CPU,
 ) -> TrainReport:
     """Run up to `steps` AdamW steps on augmented batches; stops early when the window is used
     up. A step whose loss or gradients are not finite is skipped and counted (`skipped`).
+    `net` is moved to `compute`'s device and trained at its precision (autocast, and loss
+    scaling for fp16); it stays there.
 
     `on_progress` (called in this thread) hears every `progress_every` taken steps and after
     the last.
     """
+    net.to(compute.device)
     optimizer = torch.optim.AdamW(
         net.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
     )
+    step = _Stepper(net, optimizer, compute, settings.value_weight)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, steps, settings)
     )
@@ -89,7 +95,7 @@ def train(
         if batch is None:
             break
         rate = float(optimizer.param_groups[0]["lr"])
-        losses = _step(net, optimizer, augment(game, batch, rng), settings.value_weight)
+        losses = step(augment(game, batch, rng))
         if isinstance(losses, str):
             if not skipped:
                 first_fault = losses
@@ -116,29 +122,47 @@ def train(
     )
 
 
-def _step(
-    net: PolicyValueNet, optimizer: torch.optim.Optimizer, batch: Batch, value_weight: float
-) -> tuple[float, float] | str:
-    """One optimizer step; its (policy, value) losses, or what was not finite (no step taken,
-    gradients zeroed, batch-norm statistics restored)."""
-    saved = [b.detach().clone() for b in net.buffers()]
-    logits, values = net(torch.from_numpy(batch.encodings))
-    targets = torch.from_numpy(batch.policies)
-    policy_loss = -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-    value_loss = F.mse_loss(values.view(-1), torch.from_numpy(batch.values))
-    optimizer.zero_grad()
-    fault = _loss_fault(policy_loss.item(), value_loss.item())
-    if fault is None:
-        (policy_loss + value_weight * value_loss).backward()  # type: ignore[no-untyped-call]
-        fault = _gradient_fault(net)
-    if fault is not None:
+class _Stepper:
+    """One optimizer step at a time on `compute`; a step returns its (policy, value) losses, or
+    what was not finite (no step taken, gradients zeroed, batch-norm statistics restored)."""
+
+    def __init__(
+        self,
+        net: PolicyValueNet,
+        optimizer: torch.optim.Optimizer,
+        compute: Compute,
+        value_weight: float,
+    ) -> None:
+        self.net, self.optimizer, self.compute = net, optimizer, compute
+        self.value_weight = value_weight
+        self.scaler = compute.scaler()
+
+    def __call__(self, batch: Batch) -> tuple[float, float] | str:
+        net, optimizer, device = self.net, self.optimizer, self.compute.device
+        saved = [b.detach().clone() for b in net.buffers()]
+        with self.compute.autocast():
+            logits, values = net(torch.from_numpy(batch.encodings).to(device))
+        targets = torch.from_numpy(batch.policies).to(device)
+        policy_loss = -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+        value_loss = F.mse_loss(values.float().view(-1), torch.from_numpy(batch.values).to(device))
         optimizer.zero_grad()
-        with torch.no_grad():
-            for buffer, old in zip(net.buffers(), saved, strict=True):
-                buffer.copy_(old)
-        return fault
-    optimizer.step()
-    return policy_loss.item(), value_loss.item()
+        fault = _loss_fault(policy_loss.item(), value_loss.item())
+        if fault is None:
+            loss = policy_loss + self.value_weight * value_loss
+            self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+            self.scaler.unscale_(optimizer)
+            fault = _gradient_fault(net)
+        if fault is not None:
+            optimizer.zero_grad()
+            if self.scaler.is_enabled():
+                self.scaler.update()  # an fp16 overflow: the next step scales the loss less
+            with torch.no_grad():
+                for buffer, old in zip(net.buffers(), saved, strict=True):
+                    buffer.copy_(old)
+            return fault
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        return policy_loss.item(), value_loss.item()
 
 
 def _loss_fault(policy_loss: float, value_loss: float) -> str | None:

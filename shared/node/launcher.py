@@ -66,6 +66,8 @@ class NodeOptions(msgspec.Struct, frozen=True):
     preset: str | None = None  # shared/loop/presets.py name; default: the game's own
     cache_dir: str = "conclave-cache"
     threads: int = 1
+    device: str = "auto"  # where networks run (shared.learn.device)
+    precision: str = "auto"
     archive: str = "conclave-archive"  # s3://bucket/prefix, or a local directory
     s3_endpoint: str | None = None
     creds: str | None = None  # a seed file for all services, or a directory with the node identity
@@ -148,6 +150,8 @@ def loop_service_config(instance: str, opts: NodeOptions, p: Preset) -> msgspec.
             cache,
             opts.threads,
             concurrent_games=p.selfplay_concurrency,
+            device=opts.device,
+            precision=opts.precision,
             engine=p.selfplay,
             nice=selfplay_nice(opts.roles),
         )
@@ -163,9 +167,13 @@ def loop_service_config(instance: str, opts: NodeOptions, p: Preset) -> msgspec.
             max_reuse=p.max_reuse,
             net=p.net,
             train=p.train,
+            device=opts.device,
+            precision=opts.precision,
         )
     if service == "evaluator":
-        return EvaluatorConfig(opts.node_id, cache, opts.threads)
+        return EvaluatorConfig(
+            opts.node_id, cache, opts.threads, device=opts.device, precision=opts.precision
+        )
     if service == "syncer":
         return syncer_config(opts, cache)
     raise UnknownRole(f"no configuration for service {service!r}")

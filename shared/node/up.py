@@ -32,6 +32,8 @@ class UpOptions(msgspec.Struct, frozen=True):
     game: str = "connect4"
     generations: int | None = None
     threads: int = 1
+    device: str = "auto"  # shared.learn.device
+    precision: str = "auto"
     progress_every_s: float = 10.0
     eval_budget: float = EvalBudget().budget
     selfplay_workers: int | None = None  # None: one per usable core
@@ -60,6 +62,8 @@ async def up_main(opts: UpOptions) -> int:
             cache_dir=str(data / "cache"),
             archive=str(data / "archive"),
             threads=opts.threads,
+            device=opts.device,
+            precision=opts.precision,
             creds=str(data / "auth"),
             eval_budget=opts.eval_budget,
             selfplay_workers=opts.selfplay_workers,

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.learn.device import CPU, Compute
 from shared.learn.evaltypes import Evaluator, uniform_evaluator
 from shared.learn.games import Game
 from shared.work.models import ModelStore, UnloadableModel
@@ -18,8 +19,11 @@ from shared.work.models import ModelStore, UnloadableModel
 class Evaluators:
     """Digest -> evaluator, loading in `pool` (torch work stays off the event loop)."""
 
-    def __init__(self, store: ModelStore, pool: Executor, threads: int, keep: int = 3) -> None:
+    def __init__(
+        self, store: ModelStore, pool: Executor, threads: int, keep: int = 3, compute: Compute = CPU
+    ) -> None:
         self.store, self.pool, self.threads, self.keep = store, pool, threads, keep
+        self.compute = compute  # set once the worker has chosen its device
         self._loaded: OrderedDict[tuple[str, str], Evaluator] = OrderedDict()
 
     async def get(self, game: Game[Any], sha256: str) -> Evaluator:
@@ -32,7 +36,7 @@ class Evaluators:
             path = await self.store.path(sha256)
             loop = asyncio.get_running_loop()
             self._loaded[key] = await loop.run_in_executor(
-                self.pool, load_evaluator, path, game, sha256, self.threads
+                self.pool, load_evaluator, path, game, sha256, self.threads, self.compute
             )
             while len(self._loaded) > self.keep:
                 self._loaded.popitem(last=False)
@@ -40,7 +44,9 @@ class Evaluators:
         return self._loaded[key]
 
 
-def load_evaluator(source: Path | bytes, game: Game[Any], sha256: str, threads: int) -> Evaluator:
+def load_evaluator(
+    source: Path | bytes, game: Game[Any], sha256: str, threads: int, compute: Compute = CPU
+) -> Evaluator:
     """A checked network for `game` from checkpoint bytes: anything that cannot be one (unreadable
     bytes, another game, weights that do not fit, a shape other than the game's) raises
     UnloadableModel naming the digest and the field, never a raw torch error."""
@@ -60,7 +66,7 @@ def load_evaluator(source: Path | bytes, game: Game[Any], sha256: str, threads: 
         have = getattr(net, field)
         if have != want:
             raise UnloadableModel(sha256, f"{field} is {have}, {game.name} needs {want}")
-    evaluator = NetEvaluator(net, threads)
+    evaluator = NetEvaluator(net, threads, compute)
     _probe(evaluator, game, sha256)
     return evaluator
 

@@ -1,0 +1,121 @@
+"""Where the networks run: the best device a node has (CUDA, then Apple MPS, then the CPU) or
+the one asked for, and the precision its inference and training run in.
+
+Every torch path takes a `Compute`; nothing is written for one device only, so the CPU runs
+(and the tests cover) the same code a GPU does, reduced precision included (bf16 autocast
+works on the CPU too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, get_args
+
+if TYPE_CHECKING:  # torch loads where networks run, not where a launcher reads its options
+    import torch
+
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = ("auto", *get_args(Precision))
+DEVICES = ("auto", "cpu", "cuda", "mps")  # "cuda:N" names one GPU of several
+
+
+class DeviceUnavailable(ValueError):
+    """A device or precision asked for that this node cannot run."""
+
+
+@dataclass(frozen=True)
+class Compute:
+    """A device (torch's name: "cpu", "cuda:0", "mps") and the precision networks run in."""
+
+    device: str = "cpu"
+    precision: Precision = "fp32"
+
+    @property
+    def kind(self) -> str:
+        return self.device.partition(":")[0]
+
+    def autocast(self) -> contextlib.AbstractContextManager[object]:
+        """The forward passes' precision: fp32 as is, else autocast to bf16/fp16."""
+        import torch
+
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.kind, dtype=dtype)
+
+    def scaler(self) -> torch.amp.GradScaler:
+        """Loss scaling, which only fp16 training needs (bf16 has fp32's range)."""
+        import torch
+
+        return torch.amp.GradScaler(self.kind, enabled=self.precision == "fp16")
+
+    def describe(self) -> str:
+        """What status shows: e.g. "cuda:0 NVIDIA H100 (bf16)", "cpu (fp32)"."""
+        import torch
+
+        name = f" {torch.cuda.get_device_name(self.device)}" if self.kind == "cuda" else ""
+        return f"{self.device}{name} ({self.precision})"
+
+
+CPU = Compute()
+
+
+def choose_compute(device: str = "auto", precision: str = "auto") -> Compute:
+    """The `device` asked for ("auto": CUDA, then MPS, then CPU) and its `precision` ("auto":
+    bf16 on CUDA where supported, else fp16 there; fp32 elsewhere). Raise DeviceUnavailable
+    naming the setting when this node cannot run it."""
+
+    chosen = _best_device() if device == "auto" else _available(device)
+    if precision == "auto":
+        return Compute(str(chosen), _auto_precision(chosen))
+    if precision not in get_args(Precision):
+        raise DeviceUnavailable(f"--precision {precision!r}: expected one of {PRECISIONS}")
+    return Compute(str(chosen), precision)  # type: ignore[arg-type]
+
+
+def check_names(device: str, precision: str) -> None:
+    """Raise DeviceUnavailable for a device or precision no node could run (checked where the
+    options are read; whether this node has the device is known only where networks run)."""
+    if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise DeviceUnavailable(f"--device {device!r}: expected one of {DEVICES} or cuda:N")
+    if precision not in PRECISIONS:
+        raise DeviceUnavailable(f"--precision {precision!r}: expected one of {PRECISIONS}")
+
+
+def _best_device() -> torch.device:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _available(name: str) -> torch.device:
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise DeviceUnavailable(f"--device {name!r}: expected one of {DEVICES}") from e
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = 0 if device.index is None else device.index
+        if index >= count:
+            raise DeviceUnavailable(f"--device {name!r}: this node has {count} CUDA device(s)")
+        return torch.device("cuda", index)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceUnavailable(f"--device {name!r}: Apple MPS is not available on this node")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise DeviceUnavailable(f"--device {name!r}: expected one of {DEVICES}")
+    return device
+
+
+def _auto_precision(device: torch.device) -> Precision:
+    import torch
+
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
