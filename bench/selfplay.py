@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from shared.learn.calibrate import sample_positions
 from shared.learn.games import get_game
 from shared.learn.games.base import BoolArray, FloatArray, Game
 from shared.learn.inference import Evaluator, NetEvaluator
@@ -35,17 +36,7 @@ from shared.learn.selfplay import SelfPlayConfig, self_play
 
 def sample_batch(game: Game[Any], batch: int) -> tuple[FloatArray, BoolArray]:
     """Encodings and masks of `batch` random early positions."""
-    rng = np.random.default_rng(0)
-    states = []
-    for _ in range(batch):
-        state = game.initial()
-        for _ in range(int(rng.integers(0, 12))):
-            if game.terminal_value(state) is not None:
-                break
-            state = game.apply(state, int(rng.choice(np.flatnonzero(game.legal_mask(state)))))
-        states.append(state)
-    masks = np.stack([game.legal_mask(s) for s in states])
-    return np.stack([game.encode(s) for s in states]), masks
+    return sample_positions(game, batch, np.random.default_rng(0))
 
 
 @dataclass

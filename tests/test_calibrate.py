@@ -1,0 +1,64 @@
+"""The batch a device wants: the largest whose positions/s still rises (a fake device with a
+known cost curve), and a real calibration on the CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shared.learn.calibrate import calibrate, sample_positions
+from shared.learn.games import get_game
+from shared.learn.games.base import BoolArray, FloatArray
+from shared.learn.inference import NetEvaluator
+from shared.learn.netconfig import NetConfig
+from shared.learn.training import new_net
+
+GAME = get_game("connect4")
+
+
+class FakeDevice:
+    """An evaluator that costs `overhead + per_row * batch` seconds (a clock it advances) up
+    to `saturated_at` rows, and `slow_row` seconds a row beyond: a device that saturates."""
+
+    def __init__(self, overhead: float, per_row: float, saturated_at: int, slow_row: float) -> None:
+        self.now = 0.0
+        self.overhead, self.per_row = overhead, per_row
+        self.saturated_at, self.slow_row = saturated_at, slow_row
+
+    def clock(self) -> float:
+        return self.now
+
+    def __call__(self, encodings: FloatArray, masks: BoolArray) -> tuple[FloatArray, FloatArray]:
+        batch = len(masks)
+        if batch <= self.saturated_at:
+            self.now += self.overhead + self.per_row * batch
+        else:
+            self.now += self.slow_row * batch
+        return np.zeros(masks.shape, np.float32), np.zeros(batch, np.float32)
+
+
+def test_the_batch_chosen_is_where_the_rate_stops_rising() -> None:
+    device = FakeDevice(overhead=1e-3, per_row=1e-5, saturated_at=64, slow_row=3e-5)
+    positions = sample_positions(GAME, 512, np.random.default_rng(0))
+    found = calibrate(device, positions, seconds_per_size=0.05, clock=device.clock)
+    assert found.best_batch == 64
+    assert sorted(found.rates) == [1, 2, 4, 8, 16, 32, 64, 128]  # stopped at the first fall
+    assert found.best_rate == max(found.rates.values())
+
+
+@given(st.integers(1, 9).map(lambda k: 2**k), st.integers(0, 10))
+def test_the_batch_never_exceeds_the_limit_or_the_positions(limit: int, extra: int) -> None:
+    device = FakeDevice(overhead=1e-3, per_row=1e-6, saturated_at=10**6, slow_row=1.0)
+    positions = sample_positions(GAME, limit + extra, np.random.default_rng(0))
+    found = calibrate(device, positions, max_batch=limit, seconds_per_size=0.01, clock=device.clock)
+    assert found.best_batch == limit  # an unsaturated device: the largest batch allowed
+
+
+def test_a_real_network_on_the_cpu_calibrates() -> None:
+    torch.manual_seed(0)
+    evaluator = NetEvaluator(new_net(GAME, NetConfig(blocks=1, channels=8, value_hidden=8)))
+    positions = sample_positions(GAME, 64, np.random.default_rng(0))
+    found = calibrate(evaluator, positions, seconds_per_size=0.02)
+    assert 1 <= found.best_batch <= 64 and all(rate > 0 for rate in found.rates.values())
