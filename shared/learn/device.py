@@ -24,6 +24,10 @@ class DeviceUnavailable(ValueError):
     """A device or precision asked for that this node cannot run."""
 
 
+class SelfTestFailed(RuntimeError):
+    """The device computed something other than the known answer (`shared.learn.selftest`)."""
+
+
 @dataclass(frozen=True)
 class Compute:
     """A device (torch's name: "cpu", "cuda:0", "mps") and the precision networks run in."""
