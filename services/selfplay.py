@@ -33,7 +33,7 @@ from shared.work.compute import start_compute
 from shared.work.jobs import JobSettings, Puller, await_consumer, job_seed
 from shared.work.modelcache import Evaluators
 from shared.work.models import ModelStore
-from shared.work.prefetch import prefetch_promoted
+from shared.work.prefetch import ADOPT_WINDOW_S, prefetch_promoted
 
 log = logging.getLogger("conclave.selfplay")
 
@@ -45,6 +45,7 @@ class SelfplayWorkerConfig(msgspec.Struct, frozen=True):
     concurrent_games: int = 32
     device: str = "auto"  # shared.learn.device: auto = CUDA, then MPS, then CPU
     precision: str = "auto"
+    adopt_window_s: float = ADOPT_WINDOW_S  # new bests are prefetched spread over this window
     keepalive_s: float = 10.0
     jobs: JobSettings = JobSettings()
     engine: SelfPlayConfig = SelfPlayConfig()
@@ -180,7 +181,9 @@ async def run(
     worker = Worker(bus, cfg, stop, counters)
     watcher = asyncio.create_task(set_when(stop, worker.halt))
     # Models are fetched while the worker still waits for the coordinator's job consumers.
-    prefetch = asyncio.create_task(prefetch_promoted(bus, worker.evaluators.store, stop))
+    who = f"{cfg.node_id}/{Path(cfg.cache_dir).name}"  # each self-play process of a node
+    fetching = prefetch_promoted(bus, worker.evaluators.store, stop, who, cfg.adopt_window_s)
+    prefetch = asyncio.create_task(fetching)
     try:
         if await await_consumer(bus, "selfplay", stop):
             await worker.serve()

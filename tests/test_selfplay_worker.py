@@ -34,12 +34,15 @@ async def queue_empty(bus: Bus) -> bool:
     return (await bus.js.stream_info(names.JOBS_STREAM)).state.messages == 0
 
 
-def start_worker(processes: Processes, url: str, tmp_path: Path, node: str = "w1") -> object:
+def start_worker(
+    processes: Processes, url: str, tmp_path: Path, node: str = "w1", **settings: object
+) -> object:
     cfg = {
         "node_id": node,
         "cache_dir": str(tmp_path / node),
         "concurrent_games": 4,
         "jobs": {"ack_wait_s": 3.0, "max_deliver": 5},
+        **settings,
     }
     return processes.service("services.selfplay", process_config(url, node, "selfplay"), cfg)
 
@@ -110,7 +113,7 @@ async def _some_games(bus: Bus) -> bool:
 async def test_a_promoted_model_is_prefetched_into_the_workers_cache(
     nats_server: NatsServer, bus: Bus, processes: Processes, tmp_path: Path
 ) -> None:
-    start_worker(processes, nats_server.url, tmp_path)
+    start_worker(processes, nats_server.url, tmp_path, adopt_window_s=2.0)
     digest = await ModelStore(bus, tmp_path / "trainer").put(os.urandom(2_000_000))
     event = ModelEvent(
         kind="promoted", game="tictactoe", generation=1, sha256=digest, at=time.time()
