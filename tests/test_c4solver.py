@@ -147,6 +147,7 @@ def test_early_positions_are_consistent(moves: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("heavy")  # a minute of one core: not beside the other CPU-heavy tests
 def test_empty_board_is_a_first_player_win() -> None:
     # About a minute on one core: 5e8 positions.
     assert _c4solver.solve("", weak=True) == WIN

@@ -23,6 +23,9 @@ from shared.loop.policy import GameState, LoopState
 from shared.node.console import run_summary
 from tests.conftest import ROOT, Processes, eventually
 
+# A whole `conclave up` twice over: CPU-heavy, so one at a time with the other heavy tests.
+pytestmark = pytest.mark.xdist_group("heavy")
+
 PROMOTED = re.compile(r"tictactoe generation (\d+) promoted")
 RESUMING = re.compile(r"resuming tictactoe from generation (\d+) \(")
 STEP_S = 300.0  # the most any one step of the run may take on a loaded 2-core machine

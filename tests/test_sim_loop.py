@@ -54,10 +54,14 @@ class PerfectPlay:
         return self.checked[best.sha256] == 0
 
 
-def test_the_loop_in_memory_learns_tictactoe_to_perfect_play(tmp_path: Path) -> None:
+def test_the_loop_in_memory_learns_tictactoe_to_perfect_play(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     goal = PerfectPlay(tmp_path / "check")
     run = Schedule(seed=0, nodes=1, replicas=1, horizon_s=HORIZON_S, latency_s=0.01)
     report = simulate(run, loop_services(SIM_TICTACTOE, tmp_path / "cache"), until=goal)
+    with capsys.disabled():  # the run's path, to compare runs: it replays on the same machine
+        print(f"\nin-memory loop: mistakes of each best {list(goal.checked.values())}")
     assert report.violation is None, report.violation
     assert report.reached, f"no perfect model in {HORIZON_S:.0f} s: mistakes {goal.checked}"
     assert report.restarts == 0, report.last_failure
