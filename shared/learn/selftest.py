@@ -47,20 +47,19 @@ def fixed_net() -> PolicyValueNet:
     return net.eval()
 
 
-def outputs(compute: Compute, net: PolicyValueNet | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The network's priors and values on POSITIONS, computed on `compute`."""
+def outputs(evaluator: NetEvaluator) -> tuple[np.ndarray, np.ndarray]:
+    """`evaluator`'s priors and values on POSITIONS."""
     game = get_game(GAME)
     states = [game.parse(p) for p in POSITIONS]
     encodings = np.stack([game.encode(s) for s in states])
     masks = np.stack([np.asarray(game.legal_mask(s), dtype=np.bool_) for s in states])
-    evaluator = NetEvaluator(fixed_net() if net is None else net, threads=None, compute=compute)
     return evaluator(encodings, masks)
 
 
 def self_test(compute: Compute) -> None:
     """Raise SelfTestFailed saying what `compute` got wrong."""
-    net = fixed_net()
-    priors, values = outputs(compute, net)
+    evaluator = NetEvaluator(fixed_net(), threads=None, compute=compute)
+    priors, values = outputs(evaluator)
     known_p, known_v = np.array(KNOWN_PRIORS), np.array(KNOWN_VALUES)
     off = max(float(np.abs(priors - known_p).max()), float(np.abs(values - known_v).max()))
     tolerance = TOLERANCE[compute.precision]
@@ -71,11 +70,9 @@ def self_test(compute: Compute) -> None:
         )
     game = get_game(GAME)
     state = game.parse(WIN_IN_ONE)
-    agent = SearchAgent("self-test", NetEvaluator(net, threads=None, compute=compute), 16)
-    move = agent.choose(game, state, np.random.default_rng(0))
+    move = SearchAgent("self-test", evaluator, 16).choose(game, state, np.random.default_rng(0))
     if game.terminal_value(game.apply(state, move)) != -1.0:  # -1: the side to move then lost
         raise SelfTestFailed(
             f"self-test failed on {compute.describe()}: a 16-simulation search missed the win in "
-            f"one at "
-            f"{WIN_IN_ONE} (played {game.action_name(move)})"
+            f"one at {WIN_IN_ONE} (played {game.action_name(move)})"
         )

@@ -25,15 +25,7 @@ class SearchAgent:
 
     def choose(self, game: Game[Any], state: Any, rng: np.random.Generator) -> int:
         """Search `state`; raise ValueError naming the position if the game is over."""
-        out = gumbel_search(
-            game,
-            [state],
-            self.evaluator,
-            rng,
-            num_simulations=self.num_simulations,
-            gumbel_scale=self.gumbel_scale,
-        )
-        return int(out.action[0])
+        return self.choose_all(game, [state], rng)[0]
 
     def choose_all(
         self, game: Game[Any], states: list[Any], rng: np.random.Generator, batch: int = 256
