@@ -29,6 +29,27 @@ class Wire(msgspec.Struct, frozen=True, forbid_unknown_fields=False, tag_field="
     pass
 
 
+TIERS = ("gpu", "cpu")  # capability tiers, fastest first (schemas.names files jobs by them)
+MAX_NET_SIZES = 32
+MAX_GAMES = 256
+
+
+class DeviceReport(msgspec.Struct, frozen=True, kw_only=True):
+    """A worker process's device: what its networks run on, whether it may take jobs, how fast
+    it is and how much memory it holds (what placement and `conclave status` read)."""
+
+    device: Ident  # torch's name: "cuda:0", "mps", "cpu"
+    name: Ident = ""  # e.g. "NVIDIA H100 80GB HBM3"
+    precision: Token = "fp32"
+    tier: Token = "cpu"  # one of TIERS: the job queues it pulls, its own first
+    self_test: Text = ""  # "passed", or why this worker takes no jobs; "" while testing
+    # Measured positions/s of each network size it has run ("4x64": blocks x channels).
+    positions_per_s: Annotated[dict[Token, NonNegative], Meta(max_length=MAX_NET_SIZES)] = {}
+    rss_bytes: Count = 0  # the process's resident memory
+    device_memory_bytes: Count = 0  # allocated on the device (VRAM); 0 on the CPU
+    device_memory_total: Count = 0
+
+
 class ServicePulse(Wire, frozen=True, kw_only=True, tag="conclave.service_pulse.v1"):
     """A service process's liveness and event-loop lag over the last interval."""
 
@@ -41,6 +62,7 @@ class ServicePulse(Wire, frozen=True, kw_only=True, tag="conclave.service_pulse.
     sent_at: Timestamp
     counters: Counters = {}  # work done since the process started (shared.runtime.counters)
     doing: Ident = ""  # the job it is working on, "" when idle
+    compute: DeviceReport | None = None  # a worker's device, once chosen
 
 
 class ServiceState(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,6 +74,7 @@ class ServiceState(msgspec.Struct, frozen=True, kw_only=True):
     last_pulse_age_s: NonNegative | None = None
     counters: Counters = {}
     doing: Ident = ""
+    compute: DeviceReport | None = None
 
 
 class Resources(msgspec.Struct, frozen=True):
@@ -72,6 +95,7 @@ class NodeStatus(Wire, frozen=True, kw_only=True, tag="conclave.node_status.v1")
     started_at: Timestamp
     sent_at: Timestamp
     protocol: Count = 1  # PROTOCOL of the build that wrote it
+    games: Annotated[list[Token], Meta(max_length=MAX_GAMES)] = []  # installed on the node
 
 
 class Lease(Wire, frozen=True, kw_only=True, tag="conclave.lease.v1"):

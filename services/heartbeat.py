@@ -25,6 +25,7 @@ from schemas.control import (
 from shared.bus.errors import BusError
 from shared.bus.message import Message
 from shared.bus.ports import Bus, Clock, SystemClock
+from shared.learn.games import game_names
 from shared.runtime.service import VERSION, wait_or_stop
 from shared.runtime.service import main as service_main
 
@@ -39,6 +40,7 @@ class HeartbeatConfig(msgspec.Struct, frozen=True):
     ttl_s: int = 5
     stale_after_s: float = 3.0
     detect_gpus: bool = True  # ask torch, in a child process, which GPUs the node has
+    games: tuple[str, ...] = ()  # the games this node's workers play; () = every one installed
 
 
 MAX_EXTRA_SERVICES = 16  # services beyond the launcher's list kept (the status: MAX_SERVICES)
@@ -151,6 +153,7 @@ class Pulses:
             last_pulse_age_s=round(age, 3),
             counters=pulse.counters,
             doing=pulse.doing,
+            compute=pulse.compute,
         )
 
 
@@ -256,6 +259,7 @@ async def run(bus: Bus, cfg: HeartbeatConfig, stop: asyncio.Event) -> None:
                 hostname=socket.gethostname(),
                 started_at=started,
                 sent_at=bus.clock.time(),
+                games=list(cfg.games or game_names()),
             )
             data = fitted(status, cfg.services, bus.max_payload - HEADROOM_BYTES)
             try:

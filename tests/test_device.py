@@ -25,7 +25,7 @@ from shared.learn.replay import ReplayWindow, positions_of
 from shared.learn.selfplay import SelfPlayConfig, self_play
 from shared.learn.training import new_net, train
 from shared.runtime.counters import Counters
-from shared.work.compute import start_compute
+from shared.work.compute import BadTier, start_compute, tier_of
 
 GAME = get_game("tictactoe")
 SMALL = NetConfig(blocks=1, channels=8, value_hidden=8)
@@ -110,9 +110,30 @@ async def test_a_worker_without_its_device_takes_no_jobs_and_says_why() -> None:
         stop.set()
         assert await waiting is None
     assert "no jobs: --device 'cuda:7'" in counters.doing()
+    said = counters.compute()
+    assert said is not None and said.self_test.startswith("--device 'cuda:7'")
 
 
 async def test_a_worker_with_its_device_gets_it() -> None:
     with ThreadPoolExecutor(1) as pool:
-        compute = await start_compute(pool, "cpu", "auto", Counters(), asyncio.Event())
+        counters = Counters()
+        compute = await start_compute(pool, "cpu", "auto", counters, asyncio.Event())
     assert compute == CPU
+    said = counters.compute()
+    assert said is not None
+    assert (said.device, said.tier, said.self_test, said.precision) == (
+        "cpu",
+        "cpu",
+        "passed",
+        "fp32",
+    )
+    assert said.name and said.device_memory_total == 0
+
+
+def test_the_tier_is_the_devices_unless_declared() -> None:
+    assert tier_of(CPU) == "cpu"
+    assert tier_of(Compute("cuda:0", "bf16")) == "gpu"
+    assert tier_of(Compute("mps")) == "gpu"
+    assert tier_of(CPU, "gpu") == "gpu"  # a declared capability (fake fleets, tests)
+    with pytest.raises(BadTier, match="--tier 'tpu'"):
+        tier_of(CPU, "tpu")

@@ -60,6 +60,8 @@ async def test_a_worker_failing_it_takes_no_job_and_says_why(
     worker = asyncio.create_task(selfplay.run(bus, cfg, stop, counters))
     said = await eventually(lambda: "self-test failed" in counters.doing(), what="the reason")
     assert said and counters.doing().startswith("no jobs: self-test failed on cpu")
+    report = counters.compute()  # what the pulses carry to status
+    assert report is not None and report.self_test.startswith("self-test failed on cpu")
     await asyncio.sleep(0.5)  # time it would have taken the job, were it taking jobs
     assert await count(bus, names.JOBS_STREAM, names.job_game_filter("selfplay", "tictactoe")) == 1
     assert await count(bus, names.GAMES_STREAM, names.games_subject("tictactoe")) == 0

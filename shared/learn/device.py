@@ -9,6 +9,7 @@ works on the CPU too).
 from __future__ import annotations
 
 import contextlib
+import platform
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
@@ -54,12 +55,45 @@ class Compute:
 
         return torch.amp.GradScaler(self.kind, enabled=self.precision == "fp16")
 
-    def describe(self) -> str:
-        """What status shows: e.g. "cuda:0 NVIDIA H100 (bf16)", "cpu (fp32)"."""
+    def name(self) -> str:
+        """The device's own name: e.g. "NVIDIA H100 80GB HBM3", "Apple MPS", the CPU's model."""
         import torch
 
-        name = f" {torch.cuda.get_device_name(self.device)}" if self.kind == "cuda" else ""
+        if self.kind == "cuda":
+            return str(torch.cuda.get_device_name(self.device))
+        if self.kind == "mps":
+            return "Apple MPS"
+        return _cpu_model()
+
+    def describe(self) -> str:
+        """What logs show: e.g. "cuda:0 NVIDIA H100 (bf16)", "cpu (fp32)"."""
+        name = f" {self.name()}" if self.kind == "cuda" else ""
         return f"{self.device}{name} ({self.precision})"
+
+    def memory(self) -> tuple[int, int]:
+        """(bytes allocated, bytes in all) of the device's own memory; (0, 0) for the CPU, whose
+        memory is the process's (`shared.runtime.memory`)."""
+        import torch
+
+        if self.kind == "cuda":
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            return int(torch.cuda.memory_allocated(self.device)), int(total)
+        if self.kind == "mps":
+            return int(torch.mps.current_allocated_memory()), int(
+                torch.mps.recommended_max_memory()
+            )
+        return 0, 0
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
 
 
 CPU = Compute()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import threading
 
+from schemas.control import DeviceReport
+
 CPU = "cpu_s"  # the process's CPU seconds, added to every pulse (the evaluation budget reads it)
 DOING_CHARS = 200
 
@@ -18,6 +20,7 @@ class Counters:
         self._lock = threading.Lock()
         self._totals: dict[str, float] = {}
         self._doing = ""
+        self._compute: DeviceReport | None = None
 
     def add(self, name: str, amount: float = 1.0) -> None:
         with self._lock:
@@ -34,3 +37,11 @@ class Counters:
     def doing(self) -> str:
         with self._lock:
             return self._doing
+
+    def set_compute(self, report: DeviceReport) -> None:
+        with self._lock:
+            self._compute = report
+
+    def compute(self) -> DeviceReport | None:
+        with self._lock:
+            return self._compute

@@ -18,13 +18,14 @@ import msgspec
 
 from schemas import names
 from schemas.codec import BadMessage, decode, encode
-from schemas.control import ServicePulse
+from schemas.control import DeviceReport, ServicePulse
 from shared.bus.client import BusConfig, NatsBus
 from shared.bus.errors import BusError, ConnectFailed
 from shared.bus.ports import Bus, Registration
 from shared.runtime import log as logsetup
 from shared.runtime.buslog import BusLogHandler
 from shared.runtime.counters import CPU, Counters
+from shared.runtime.memory import own_rss_bytes
 
 log = logging.getLogger("conclave.service")
 
@@ -67,6 +68,11 @@ class LoopLag:
         return statistics.median(samples), max(samples)
 
 
+def _with_rss(report: DeviceReport | None) -> DeviceReport | None:
+    """A worker's device report with its memory now (reading /proc costs microseconds)."""
+    return None if report is None else msgspec.structs.replace(report, rss_bytes=own_rss_bytes())
+
+
 class Pulse:
     """Reports liveness and loop lag to the local supervisor (a pipe) and to the bus."""
 
@@ -98,6 +104,7 @@ class Pulse:
                 sent_at=time.time(),
                 counters={**self.counters.snapshot(), CPU: round(time.process_time(), 3)},
                 doing=self.counters.doing(),
+                compute=_with_rss(self.counters.compute()),
             )
             data = encode(pulse)
             self._to_supervisor(data)

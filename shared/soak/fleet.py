@@ -179,17 +179,6 @@ def _signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
-def rss_bytes(pid: int) -> int | None:
-    """Resident memory of a process, None if it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def send(pid: int, sig: int) -> bool:
     try:
         os.kill(pid, sig)

@@ -33,10 +33,11 @@ from shared.bus.errors import BusError
 from shared.bus.message import Message
 from shared.bus.ports import Bus
 from shared.lease.audit import LeaseAudit
+from shared.runtime.memory import rss_bytes
 from shared.runtime.service import wait_or_stop
 from shared.soak import netns
 from shared.soak.audit import game_audit, job_counts, promotions
-from shared.soak.fleet import Fleet, plan_nodes, rss_bytes, send
+from shared.soak.fleet import Fleet, plan_nodes, send
 from shared.soak.netns import Namespaces
 from shared.soak.record import (
     Fault,

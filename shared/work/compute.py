@@ -1,4 +1,4 @@
-"""A worker's device, chosen once at its start."""
+"""A worker's device, chosen once at its start, and what its pulses say about it."""
 
 from __future__ import annotations
 
@@ -6,14 +6,53 @@ import asyncio
 import logging
 from concurrent.futures import Executor
 
+from schemas.control import TIERS, DeviceReport
 from shared.learn.device import Compute, DeviceUnavailable, SelfTestFailed, choose_compute
 from shared.runtime.counters import Counters
 
 log = logging.getLogger("conclave.compute")
 
+PASSED = "passed"
+
+
+class BadTier(ValueError):
+    """A tier that is not one of schemas.control.TIERS."""
+
+
+def check_tier(tier: str) -> str:
+    if tier != "auto" and tier not in TIERS:
+        raise BadTier(f"--tier {tier!r}: expected auto or one of {', '.join(TIERS)}")
+    return tier
+
+
+def tier_of(compute: Compute, asked: str = "auto") -> str:
+    """The job tier a worker pulls first: `asked`, else "gpu" for any accelerator, else "cpu"."""
+    if check_tier(asked) != "auto":
+        return asked
+    return "cpu" if compute.kind == "cpu" else "gpu"
+
+
+def report(compute: Compute, tier: str, self_test: str = PASSED) -> DeviceReport:
+    """What pulses carry about the device (torch calls: run it where networks run)."""
+    used, total = compute.memory()
+    return DeviceReport(
+        device=compute.device,
+        name=compute.name(),
+        precision=compute.precision,
+        tier=tier,
+        self_test=self_test,
+        device_memory_bytes=used,
+        device_memory_total=total,
+    )
+
 
 async def start_compute(
-    pool: Executor, device: str, precision: str, counters: Counters, stop: asyncio.Event
+    pool: Executor,
+    device: str,
+    precision: str,
+    counters: Counters,
+    stop: asyncio.Event,
+    tier: str = "auto",
 ) -> Compute | None:
     """The device and precision the worker's networks run on, chosen and self-tested in `pool`
     (torch and CUDA start slowly: not on the loop that pulses). None when this node cannot run
@@ -21,19 +60,29 @@ async def start_compute(
     takes no jobs until stopped, and says why in status (not a crash loop)."""
     loop = asyncio.get_running_loop()
     try:
-        compute = await loop.run_in_executor(pool, _ready, device, precision)
-    except (DeviceUnavailable, SelfTestFailed) as e:
-        log.error("taking no jobs: %s", e)
-        counters.set_doing(f"no jobs: {e}")
+        compute, chosen = await loop.run_in_executor(pool, _ready, device, precision, tier)
+    except DeviceUnavailable as e:
+        chosen = DeviceReport(device=device, tier=_asked(tier), self_test=str(e))
+    counters.set_compute(chosen)
+    if chosen.self_test != PASSED:
+        log.error("taking no jobs: %s", chosen.self_test)
+        counters.set_doing(f"no jobs: {chosen.self_test}")
         await stop.wait()
         return None
-    log.info("networks run on %s", await loop.run_in_executor(pool, compute.describe))
+    log.info("networks run on %s, tier %s", compute.describe(), chosen.tier)
     return compute
 
 
-def _ready(device: str, precision: str) -> Compute:
+def _ready(device: str, precision: str, tier: str) -> tuple[Compute, DeviceReport]:
     from shared.learn.selftest import self_test  # torch loads here, in the worker thread
 
     compute = choose_compute(device, precision)
-    self_test(compute)
-    return compute
+    try:
+        self_test(compute)
+    except SelfTestFailed as e:
+        return compute, report(compute, tier_of(compute, tier), str(e))
+    return compute, report(compute, tier_of(compute, tier))
+
+
+def _asked(tier: str) -> str:
+    return "cpu" if tier == "auto" else tier
