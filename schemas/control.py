@@ -29,9 +29,11 @@ class Wire(msgspec.Struct, frozen=True, forbid_unknown_fields=False, tag_field="
     pass
 
 
-TIERS = ("gpu", "cpu")  # capability tiers, fastest first (schemas.names files jobs by them)
 MAX_NET_SIZES = 32
 MAX_GAMES = 256
+
+
+SELF_TEST_PASSED = "passed"  # DeviceReport.self_test of a worker that may take jobs
 
 
 class DeviceReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -41,7 +43,7 @@ class DeviceReport(msgspec.Struct, frozen=True, kw_only=True):
     device: Ident  # torch's name: "cuda:0", "mps", "cpu"
     name: Ident = ""  # e.g. "NVIDIA H100 80GB HBM3"
     precision: Token = "fp32"
-    tier: Token = "cpu"  # one of TIERS: the job queues it pulls, its own first
+    tier: Token = "cpu"  # one of schemas.names.TIERS: the job queues it pulls, its own first
     self_test: Text = ""  # "passed", or why this worker takes no jobs; "" while testing
     # Measured positions/s of each network size it has run ("4x64": blocks x channels).
     positions_per_s: Annotated[dict[Token, NonNegative], Meta(max_length=MAX_NET_SIZES)] = {}

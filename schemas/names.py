@@ -30,7 +30,6 @@ RESULTS_STREAM = "RESULTS"  # evaluation match results: the ratings pool
 JOB_KINDS = ("selfplay", "train", "eval")
 
 # Durable consumers (besides one per job kind, `job_consumer`)
-LEGACY_EVAL_CONSUMER = "eval-workers"  # the one eval consumer before lanes: dropped on migrating
 DEAD_LETTER_CONSUMER = "dead-letters"  # the leader's, on ADVISORIES
 SYNCER_GAMES_CONSUMER = "syncer-games"
 SYNCER_RESULTS_CONSUMER = "syncer-results"
@@ -169,22 +168,54 @@ def object_meta_subject(store: str, name: str) -> str:
 # Evaluation jobs wait in lanes, one durable consumer each, and an evaluator pulls from the first
 # lane that has work: promotion matches, then gauntlets of the newest best, then rating games.
 EVAL_LANES = ("match", "gauntlet", "rating")
+# Self-play and training jobs wait in one lane per capability tier, fastest first: a worker pulls
+# its own tier, then (only when that is empty) the slower ones, so a GPU node takes CPU-tier
+# work that would otherwise wait, and a CPU node never gets a job sized for a GPU.
+TIERS = ("gpu", "cpu")
+TIERED_KINDS = ("selfplay", "train")
+DEFAULT_TIER = "cpu"  # every node can run a CPU-tier job
+# The one consumer of a kind from before lanes and tiers (on `jobs.<kind>.>`): a work-queue
+# stream refuses the lanes' consumers beside it, so the coordinator drops it (`ensure_consumer`).
+LEGACY_JOB_CONSUMERS = ("eval-workers", "selfplay-workers", "train-workers")
+
+
+def legacy_job_consumer(kind: str) -> str | None:
+    """The kind's consumer from before lanes and tiers, None if it never had one."""
+    name = f"{kind}-workers"
+    return name if name in LEGACY_JOB_CONSUMERS else None
+
+
+def untiered_job_filter(kind: str) -> str:
+    """Jobs of a tiered kind queued before tiers: `jobs.<kind>.<game>.<group>`, one token short."""
+    return f"jobs.{kind}.{ANY}.{ANY}"
 
 
 def job_lanes(kind: str) -> tuple[str, ...]:
     """The priority lanes of a job kind, highest first ("" for a kind with one queue)."""
-    return EVAL_LANES if kind == "eval" else ("",)
+    if kind == "eval":
+        return EVAL_LANES
+    return TIERS if kind in TIERED_KINDS else ("",)
+
+
+def tier_lanes(tier: str) -> tuple[str, ...]:
+    """The tiers a worker of `tier` pulls, in order: its own, then every slower one."""
+    if tier not in TIERS:
+        raise BadName(f"tier {tier!r} is not one of {TIERS}")
+    return TIERS[TIERS.index(tier) :]
 
 
 def _kind_and_lane(kind: str, lane: str) -> str:
+    if not lane and kind in TIERED_KINDS:
+        lane = DEFAULT_TIER
     if lane not in job_lanes(kind):
         raise BadName(f"job lane {lane!r} is not one of {job_lanes(kind)} for kind {kind!r}")
     return f"{kind}.{lane}" if lane else kind
 
 
 def job_subject(kind: str, game: str, group: str, lane: str = "") -> str:
-    """Jobs are filed by kind (and lane), game and group (e.g. a match), so queues can be counted
-    by each: `jobs.selfplay.<game>.sp`, `jobs.eval.match.<game>.m3`."""
+    """Jobs are filed by kind and lane (a tier, or an evaluation lane), game and group (e.g. a
+    match), so queues can be counted by each: `jobs.selfplay.gpu.<game>.sp`,
+    `jobs.eval.match.<game>.m3`. A tiered kind's lane defaults to `DEFAULT_TIER`."""
     prefix = _kind_and_lane(kind, lane)
     return f"jobs.{prefix}.{check_token(game, 'game')}.{check_token(group, 'job group')}"
 

@@ -68,6 +68,8 @@ class EvaluatorConfig(msgspec.Struct, frozen=True):
     concurrent_games: int = 32
     device: str = "auto"  # shared.learn.device: auto = CUDA, then MPS, then CPU
     precision: str = "auto"
+    tier: str = "auto"  # the job tier pulled first (schemas.names.TIERS); auto: by the device
+    games: tuple[str, ...] = ()  # the games this worker plays; () = every one installed
     opening_plies: int = 2
     keepalive_s: float = 10.0
     jobs: JobSettings = JobSettings()
@@ -100,12 +102,19 @@ class Worker:
     async def serve(self) -> None:
         cfg = self.cfg
         compute = await start_compute(
-            self.pool, cfg.device, cfg.precision, self.counters, self.stop
+            self.pool, cfg.device, cfg.precision, self.counters, self.stop, cfg.tier
         )
         if compute is None:
             return
         self.evaluators.compute = compute
-        puller = Puller(self.bus, "eval", EvalJob, counters=self.counters)
+        puller = Puller(
+            self.bus,
+            "eval",
+            EvalJob,
+            counters=self.counters,
+            games=cfg.games or None,
+            node=cfg.node_id,
+        )
         while not self.stop.is_set():
             try:
                 delivery = await puller.next(timeout_s=2.0)

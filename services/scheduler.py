@@ -25,12 +25,13 @@ from shared.loop.effects import Effects, EffectSettings
 from shared.loop.evalplan import CpuMeter, EvalBudget, evaluation_share
 from shared.loop.observe import accepted_nodes, cpu_readings, observe, train_job_id
 from shared.loop.phase import GauntletPhase, Phase, TrainingPhase, phase_of
+from shared.loop.placement import Stranding
 from shared.loop.policy import GameState, LoopConfig, LoopState, Snapshot, apply, next_actions
 from shared.loop.progress import last_train_progress
 from shared.loop.ratingjobs import SkipLog
 from shared.runtime.service import main as service_main
 from shared.runtime.service import wait_or_stop
-from shared.work.jobs import JobSettings, ensure_consumer, handle_dead_letters
+from shared.work.jobs import JobSettings, ensure_consumer, handle_dead_letters, rehome
 
 log = logging.getLogger("conclave.scheduler")
 
@@ -84,6 +85,7 @@ class SchedulerConfig(msgspec.Struct, frozen=True):
     budget: EvalBudget = EvalBudget()
     jobs: JobSettings = JobSettings()
     train_jobs: JobSettings = JobSettings(ack_wait_s=60.0)
+    stranded_after_s: float = 60.0  # a tier without a live worker this long: its jobs move
 
 
 async def training_phase(bus: Bus, game: str, state: GameState) -> TrainingPhase | None:
@@ -122,6 +124,7 @@ class MasterLoop:
             skips=self.skips,
         )
         self.cpu = CpuMeter(cfg.budget.window_s)
+        self.stranding = Stranding(cfg.stranded_after_s)
 
     async def tick(self) -> int:
         """Observe, decide, act, record; returns how many actions were carried out."""
@@ -137,6 +140,11 @@ class MasterLoop:
         share = evaluation_share(used)
         actions = next_actions(state, snapshot, self.cfg.loop)
         await self.check_still_leader()
+        for kind, capacity in (
+            ("selfplay", snapshot.selfplay_tiers),
+            ("train", snapshot.train_tiers),
+        ):
+            await rehome(self.bus, kind, self.stranding.stranded(kind, capacity, now))
         for action in actions:
             await self.effects.carry_out(action, state)
             state = apply(state, action)
@@ -239,9 +247,9 @@ async def wait_for_leadership(
 
 async def run(bus: Bus, cfg: SchedulerConfig, stop: asyncio.Event) -> None:
     await bus.provision()
-    await ensure_consumer(bus, "selfplay", cfg.jobs)
+    await ensure_consumer(bus, "selfplay", cfg.jobs, migrate=True)
     await ensure_consumer(bus, "eval", cfg.jobs, migrate=True)
-    await ensure_consumer(bus, "train", cfg.train_jobs)
+    await ensure_consumer(bus, "train", cfg.train_jobs, migrate=True)
     changes = KeyChanges(clock=bus.clock)
     async with asyncio.TaskGroup() as tg:
         tg.create_task(changes.follow(bus), name="lease-watch")

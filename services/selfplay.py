@@ -24,12 +24,12 @@ from schemas.jobs import SelfplayJob
 from shared.bus.errors import BusError, Unavailable
 from shared.bus.ports import Bus, Delivery, WorkQueue
 from shared.learn.games import get_game
-from shared.learn.netconfig import CheckpointError
+from shared.learn.netconfig import CheckpointError, NetConfig, size_label
 from shared.learn.selfplay import SelfPlayConfig, self_play
 from shared.runtime.counters import Counters
 from shared.runtime.service import main as service_main
 from shared.runtime.service import set_when, wait_or_stop
-from shared.work.compute import start_compute
+from shared.work.compute import start_compute, tier_of
 from shared.work.jobs import JobSettings, Puller, await_consumer, job_seed
 from shared.work.modelcache import Evaluators
 from shared.work.models import ModelStore
@@ -45,6 +45,8 @@ class SelfplayWorkerConfig(msgspec.Struct, frozen=True):
     concurrent_games: int = 32
     device: str = "auto"  # shared.learn.device: auto = CUDA, then MPS, then CPU
     precision: str = "auto"
+    tier: str = "auto"  # the job tier pulled first (schemas.names.TIERS); auto: by the device
+    games: tuple[str, ...] = ()  # the games this worker plays; () = every one installed
     adopt_window_s: float = ADOPT_WINDOW_S  # new bests are prefetched spread over this window
     keepalive_s: float = 10.0
     jobs: JobSettings = JobSettings()
@@ -70,13 +72,19 @@ class Worker:
     async def serve(self) -> None:
         cfg = self.cfg
         compute = await start_compute(
-            self.pool, cfg.device, cfg.precision, self.counters, self.stop
+            self.pool, cfg.device, cfg.precision, self.counters, self.stop, cfg.tier
         )
         if compute is None:
             return
         self.evaluators.compute = compute
         puller: WorkQueue[SelfplayJob] = Puller(
-            self.bus, "selfplay", SelfplayJob, counters=self.counters
+            self.bus,
+            "selfplay",
+            SelfplayJob,
+            counters=self.counters,
+            tier=tier_of(compute, cfg.tier),
+            games=cfg.games or None,
+            node=cfg.node_id,
         )
         while not self.stop.is_set():
             try:
@@ -140,23 +148,40 @@ class Worker:
             finally:
                 loop.call_soon_threadsafe(records.put_nowait, None)
 
+        started = self.bus.clock.monotonic()
         playing = loop.run_in_executor(self.pool, produce)
         try:
-            published = await self.publish_all(records)
+            published, sims = await self.publish_all(records)
         finally:
             given_up.set()
             await playing  # re-raises anything the engine raised
+        self.measured(evaluator, sims, self.bus.clock.monotonic() - started)
         return published == job.games
 
-    async def publish_all(self, records: asyncio.Queue[GameRecord | None]) -> int:
-        count = 0
+    def measured(self, evaluator: object, sims: int, seconds: float) -> None:
+        """Record the job's positions/s for its network's size in the device report (what
+        placement weighs tiers by); a net-less evaluator (generation 0's) measures nothing."""
+        report = self.counters.compute()
+        config = getattr(getattr(evaluator, "net", None), "config", None)  # torch stays unloaded
+        if not isinstance(config, NetConfig) or report is None or seconds <= 0 or not sims:
+            return
+        rates = {**report.positions_per_s, size_label(config): sims / seconds}
+        used, _ = self.evaluators.compute.memory()
+        self.counters.set_compute(
+            msgspec.structs.replace(report, positions_per_s=rates, device_memory_bytes=used)
+        )
+
+    async def publish_all(self, records: asyncio.Queue[GameRecord | None]) -> tuple[int, int]:
+        """Publish each game as it ends; (games, simulations) published."""
+        count = sims = 0
         while (record := await records.get()) is not None:
             await publish_game(self.bus, record)
             count += 1
+            sims += simulations(record)
             self.games_published += 1
             self.counters.add("games")
             self.counters.add("simulations", simulations(record))
-        return count
+        return count, sims
 
 
 async def publish_game(bus: Bus, record: GameRecord, attempts: int = 20) -> None:

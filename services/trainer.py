@@ -61,7 +61,7 @@ from shared.learn.training import (
 from shared.runtime.counters import Counters
 from shared.runtime.service import main as service_main
 from shared.runtime.service import wait_or_stop
-from shared.work.compute import start_compute
+from shared.work.compute import start_compute, tier_of
 from shared.work.jobs import JobSettings, Puller, await_consumer, job_seed
 from shared.work.models import ModelStore
 
@@ -80,6 +80,8 @@ class TrainerConfig(msgspec.Struct, frozen=True):
     threads: int = 1
     device: str = "auto"  # shared.learn.device: auto = CUDA, then MPS, then CPU
     precision: str = "auto"
+    tier: str = "auto"  # the job tier pulled first (schemas.names.TIERS); auto: by the device
+    games: tuple[str, ...] = ()  # the games this worker plays; () = every one installed
     window_games: int = 20000
     max_reuse: int = 8
     root_value_weight: float = 0.5  # value target = mix of outcome and search root value
@@ -203,11 +205,21 @@ class Trainer:
 
     async def serve(self, stop: asyncio.Event) -> None:
         device, precision = self.cfg.device, self.cfg.precision
-        compute = await start_compute(self.train_pool, device, precision, self.counters, stop)
+        compute = await start_compute(
+            self.train_pool, device, precision, self.counters, stop, self.cfg.tier
+        )
         if compute is None:
             return
         self.compute = compute
-        puller: WorkQueue[TrainJob] = Puller(self.bus, "train", TrainJob, counters=self.counters)
+        puller: WorkQueue[TrainJob] = Puller(
+            self.bus,
+            "train",
+            TrainJob,
+            counters=self.counters,
+            tier=tier_of(compute, self.cfg.tier),
+            games=self.cfg.games or None,
+            node=self.cfg.node_id,
+        )
         while not stop.is_set():
             try:
                 delivery = await puller.next(timeout_s=2.0)

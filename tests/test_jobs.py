@@ -11,6 +11,7 @@ import pytest
 from schemas import names
 from schemas.codec import decode, encode
 from schemas.jobs import DeadLetter, SelfplayJob
+from shared.bus.consumers import WorkConsumer
 from shared.bus.ports import Bus
 from shared.bus.queue import Queued
 from shared.runtime.counters import Counters
@@ -21,6 +22,7 @@ from shared.work.jobs import (
     Puller,
     dead_letter_exhausted,
     ensure_consumer,
+    last_failure,
     submit,
 )
 
@@ -108,7 +110,6 @@ async def test_a_malformed_job_is_dead_lettered_at_once_naming_the_field(queue: 
 @pytest.mark.parametrize(
     ("change", "field", "reason"),
     [
-        ({"game": "nogame"}, "$.game", "unknown game 'nogame'"),
         ({"job_id": "a.b"}, "$.job_id", "job_id 'a.b' must be"),
         ({"group": "a.b"}, "$.group", "group 'a.b' must be"),
     ],
@@ -130,6 +131,38 @@ async def test_a_job_no_attempt_could_do_is_dead_lettered_naming_the_field(
     )
     letter = decode(stored.data or b"", DeadLetter)
     assert letter.reason.startswith(f"bad job: field {field}: {reason}"), letter.reason
+
+
+async def test_a_job_for_a_game_this_node_lacks_is_refused_for_one_that_has_it(
+    queue: Bus,
+) -> None:
+    """A heterogeneous fleet: a node without the game hands the job back, saying why, and a node
+    with it plays it (no dead letter, no crash loop)."""
+    await submit(queue, "selfplay", job(7))
+    lacking = Puller(queue, "selfplay", SelfplayJob, games=["connect4"], node="n-lacks")
+    assert await lacking.next(2) is None
+    assert "no game 'tictactoe' here" in await last_failure(queue, "sp-7")
+    assert "on n-lacks" in await last_failure(queue, "sp-7")
+    having = Puller(queue, "selfplay", SelfplayJob, node="n-has")
+    delivery = await having.next(5)  # after the refusal's delay
+    assert delivery is not None and delivery.job == job(7) and delivery.delivered == 2
+    await delivery.done()
+    assert await queue.subject_counts(names.DLQ_STREAM, names.all_dead_letters()) == {}
+
+
+async def test_jobs_queued_before_tiers_move_to_the_cpu_tier(bus: Bus) -> None:
+    """A store from before tiers: one `selfplay-workers` consumer, jobs on 4-token subjects."""
+    old = WorkConsumer("selfplay-workers", "jobs.selfplay.>")
+    await bus.add_consumer(names.JOBS_STREAM, old)
+    await bus.publish_once("jobs.selfplay.tictactoe.sp", encode(job(8)), "sp-8-a1")
+    await ensure_consumer(bus, "selfplay", FAST, migrate=True)
+    assert not await bus.consumer_exists(names.JOBS_STREAM, "selfplay-workers")
+    counts = await bus.subject_counts(names.JOBS_STREAM, names.job_filter("selfplay", None))
+    assert counts == {"jobs.selfplay.cpu.tictactoe.sp": 1}
+    delivery = await Puller(bus, "selfplay", SelfplayJob, tier="gpu").next(3)
+    assert delivery is not None and delivery.job == job(8)
+    await delivery.done()
+    await ensure_consumer(bus, "selfplay", FAST, migrate=True)  # again: nothing to do
 
 
 async def test_a_job_in_hand_is_what_the_process_is_doing() -> None:

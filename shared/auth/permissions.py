@@ -242,7 +242,7 @@ def coordinator_grants() -> list[str]:
         f"{API}.STREAM.MSG.DELETE.{names.JOBS_STREAM}",
         f"{API}.STREAM.NAMES",
         f"{API}.STREAM.LIST",
-        f"{API}.CONSUMER.DELETE.{names.JOBS_STREAM}.{names.LEGACY_EVAL_CONSUMER}",
+        *(f"{API}.CONSUMER.DELETE.{names.JOBS_STREAM}.{c}" for c in names.LEGACY_JOB_CONSUMERS),
         *lease_read(names.ELECTION_BUCKET),
         *lease_write(names.ELECTION_BUCKET, names.LEADER_KEY),
         *kv_read(names.NODES_BUCKET),

@@ -25,6 +25,11 @@ class NetConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 raise ValueError(f"NetConfig.{field} must be an int >= {low}, got {value!r}")
 
 
+def size_label(config: NetConfig) -> str:
+    """A network's size as status and placement name it: blocks x channels, e.g. "4x64"."""
+    return f"{config.blocks}x{config.channels}"
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used."""
 

@@ -123,7 +123,8 @@ class Effects:
     async def selfplay(self, action: EnqueueSelfplay, generation: int, enqueued: int) -> None:
         """`action.jobs` jobs, numbered on from the `enqueued` ones before them."""
         resign = await self.resign_value(action.game, action.model)
-        for n in range(enqueued, enqueued + action.jobs):
+        tiers = action.tiers or (names.DEFAULT_TIER,) * action.jobs
+        for n, tier in zip(range(enqueued, enqueued + action.jobs), tiers, strict=True):
             job = SelfplayJob(
                 job_id=selfplay_job_id(action.game, action.model, n),
                 game=action.game,
@@ -134,7 +135,7 @@ class Effects:
                 term=self.term,
                 resign_value=resign,
             )
-            await submit(self.bus, "selfplay", job)
+            await submit(self.bus, "selfplay", job, tier=tier)
 
     async def resign_value(self, game: str, model: str) -> float | None:
         """The resign threshold calibrated by the training that made `model` (when enabled)."""
@@ -160,7 +161,7 @@ class Effects:
             term=self.term,
             group=train_group(action.training),
         )
-        await submit(self.bus, "train", job)
+        await submit(self.bus, "train", job, tier=action.tier)
 
     async def match(self, action: StartMatch, generation: int, training: int, first: int) -> None:
         group = match_group(training)

@@ -21,6 +21,7 @@ from shared.bus.compat import accepted_range, refusal
 from shared.bus.message import Message
 from shared.bus.ports import KV, Streams
 from shared.loop.evalplan import CpuReading
+from shared.loop.placement import tier_capacity
 from shared.loop.policy import (
     GameSnapshot,
     GameState,
@@ -147,26 +148,43 @@ async def observe(
     nodes: list[NodeStatus] | None = None,
     skips: SkipLog | None = None,
 ) -> Snapshot:
-    workers = live_workers(await accepted_nodes(bus) if nodes is None else nodes)
+    nodes = await accepted_nodes(bus) if nodes is None else nodes
+    workers = live_workers(nodes)
     games = {
         name: await observe_game(bus, name, state.game(name), cfg, skips) for name in cfg.games
     }
-    return Snapshot(workers.get("selfplay", 0), workers.get("evaluator", 0), games)
+    return Snapshot(
+        workers.get("selfplay", 0),
+        workers.get("evaluator", 0),
+        games,
+        selfplay_tiers=tier_capacity(nodes, "selfplay"),
+        train_tiers=tier_capacity(nodes, "trainer"),
+    )
 
 
 async def observe_game(
     bus: LoopStore, game: str, state: GameState, cfg: LoopConfig, skips: SkipLog | None = None
 ) -> GameSnapshot:
     marker = await trained_marker(bus, game, state)
+    by_tier = await queued_by_tier(bus, "selfplay", game)
     return GameSnapshot(
         games_total=await count(bus, names.GAMES_STREAM, names.games_subject(game)),
-        queued_selfplay=await count(
-            bus, names.JOBS_STREAM, names.job_subject("selfplay", game, "sp")
-        ),
+        queued_selfplay=sum(by_tier.values()),
+        queued_by_tier=by_tier,
         trained=trained(marker, state),
         failed_training=await failed_training(bus, game, state, marker),
         match=await match_score(bus, game, state, cfg, skips),
     )
+
+
+async def queued_by_tier(bus: LoopStore, kind: str, game: str) -> dict[str, int]:
+    """The jobs of a tiered kind queued (or in flight) for `game`, per tier."""
+    counts = await bus.subject_counts(names.JOBS_STREAM, names.job_game_filter(kind, game))
+    by_tier: dict[str, int] = {}
+    for subject, n in counts.items():
+        tier = subject.split(".")[2]  # jobs.<kind>.<tier>.<game>.<group>
+        by_tier[tier] = by_tier.get(tier, 0) + n
+    return by_tier
 
 
 async def trained_marker(

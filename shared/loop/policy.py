@@ -27,6 +27,8 @@ from typing import Literal, assert_never
 
 import msgspec
 
+from schemas import names
+from shared.loop.placement import fastest_tier, place
 from shared.loop.sprt import SprtConfig, SprtResult, sprt
 
 
@@ -134,6 +136,7 @@ class GameSnapshot(msgspec.Struct, frozen=True, kw_only=True):
 
     games_total: int = 0
     queued_selfplay: int = 0
+    queued_by_tier: dict[str, int] = {}  # the self-play jobs queued in each tier
     trained: Trained | None = None
     failed_training: int | None = None
     match: MatchScore | None = None
@@ -148,6 +151,9 @@ class Snapshot(msgspec.Struct, frozen=True):
     selfplay_workers: int = 0
     eval_workers: int = 0
     games: dict[str, GameSnapshot] = {}
+    # Live workers' throughput per tier (shared.loop.placement.tier_capacity)
+    selfplay_tiers: dict[str, float] = {}
+    train_tiers: dict[str, float] = {}
 
     def __post_init__(self) -> None:
         _check_counts(self, "Snapshot", ("selfplay_workers", "eval_workers"))
@@ -166,6 +172,7 @@ class EnqueueSelfplay(_Action, frozen=True, tag="enqueue_selfplay"):
     jobs: int
     games_per_job: int
     model: str
+    tiers: tuple[str, ...] = ()  # each job's tier (shared.loop.placement); () = the default
 
 
 class StartTraining(_Action, frozen=True, tag="start_training"):
@@ -174,6 +181,7 @@ class StartTraining(_Action, frozen=True, tag="start_training"):
     generation: int
     training: int
     games_total: int
+    tier: str = names.DEFAULT_TIER
 
 
 class AbandonTraining(_Action, frozen=True, tag="abandon_training"):
@@ -342,7 +350,8 @@ def _game_actions(name: str, state: GameState, snapshot: Snapshot, cfg: LoopConf
             state = apply_game(state, action)
     if should_train(state, observed.games_total, cfg):
         generation, training = state.generation + 1, state.trainings + 1
-        actions.append(StartTraining(name, generation, training, observed.games_total))
+        tier = fastest_tier(snapshot.train_tiers)
+        actions.append(StartTraining(name, generation, training, observed.games_total, tier))
     return actions
 
 
@@ -421,7 +430,8 @@ def _selfplay_actions(state: LoopState, snapshot: Snapshot, cfg: LoopConfig) -> 
             snapshot.selfplay_workers, queued, cfg, share=1.0 / len(ready)
         )
         if jobs > 0:
-            actions.append(EnqueueSelfplay(name, jobs, cfg.selfplay_games_per_job, best))
+            tiers = place(jobs, snapshot.game(name).queued_by_tier, snapshot.selfplay_tiers)
+            actions.append(EnqueueSelfplay(name, jobs, cfg.selfplay_games_per_job, best, tiers))
     return actions
 
 

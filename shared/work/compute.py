@@ -6,17 +6,18 @@ import asyncio
 import logging
 from concurrent.futures import Executor
 
-from schemas.control import TIERS, DeviceReport
+from schemas.control import SELF_TEST_PASSED, DeviceReport
+from schemas.names import TIERS
 from shared.learn.device import Compute, DeviceUnavailable, SelfTestFailed, choose_compute
 from shared.runtime.counters import Counters
 
 log = logging.getLogger("conclave.compute")
 
-PASSED = "passed"
+PASSED = SELF_TEST_PASSED
 
 
 class BadTier(ValueError):
-    """A tier that is not one of schemas.control.TIERS."""
+    """A tier that is not one of schemas.names.TIERS."""
 
 
 def check_tier(tier: str) -> str:

@@ -7,7 +7,7 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -37,6 +37,7 @@ JOB_TYPES: dict[str, type[SelfplayJob] | type[TrainJob] | type[EvalJob]] = {
 
 LANE_PROBE_S = 0.25  # how long a worker waits on each higher-priority lane before the next
 CONSUMER_POLL_S = 1.0  # how often a worker looks for the job consumers it waits for
+REFUSE_DELAY_S = 2.0  # a refused job waits this long before redelivery: another worker's turn
 
 
 def job_seed(job_id: str, delivery: int = 1) -> int:
@@ -55,11 +56,12 @@ class JobSettings(msgspec.Struct, frozen=True):
 async def ensure_consumer(
     bus: Bus, kind: str, settings: JobSettings, *, migrate: bool = False
 ) -> None:
-    """Create (or update) the durable consumer of every lane of `kind`; `migrate` first drops a
-    consumer from before the lanes. The coordinator's: only its identity (and admin's) may
-    configure the job consumers; workers wait for them (`await_consumer`)."""
-    if kind == "eval" and migrate:
-        await _drop_unlaned_eval_consumer(bus)
+    """Create (or update) the durable consumer of every lane of `kind`; `migrate` first drops
+    the kind's consumer from before lanes and tiers, and moves its queued jobs to the default
+    tier. The coordinator's: only its identity (and admin's) may configure the job consumers;
+    workers wait for them (`await_consumer`)."""
+    if migrate:
+        await _migrate_unlaned(bus, kind)
     for lane in names.job_lanes(kind):
         consumer = WorkConsumer(
             names.job_consumer(kind, lane),
@@ -92,24 +94,68 @@ async def await_consumer(
     return True
 
 
-async def _drop_unlaned_eval_consumer(bus: Bus) -> None:
-    """A store from before evaluation lanes has one `eval-workers` consumer on `jobs.eval.>`; a
-    work-queue stream refuses the lanes' consumers beside it, so it goes. Jobs queued under the
-    old subjects (`jobs.eval.<game>.<group>`) are no longer pulled; their matches reschedule
-    them once they are dead-lettered by hand (docs/architecture.md)."""
-    await bus.delete_consumer(names.JOBS_STREAM, names.LEGACY_EVAL_CONSUMER)
+async def _migrate_unlaned(bus: Bus, kind: str) -> None:
+    """A store from before lanes and tiers has one `<kind>-workers` consumer on `jobs.<kind>.>`,
+    which a work-queue stream refuses beside the lanes' consumers, so it goes. Self-play and
+    training jobs queued under the old subjects (`jobs.<kind>.<game>.<group>`) move to the
+    default tier; evaluation jobs there are no longer pulled, and their matches reschedule them
+    once they are dead-lettered by hand (docs/architecture.md)."""
+    legacy = names.legacy_job_consumer(kind)
+    if legacy is None:
+        return
+    await bus.delete_consumer(names.JOBS_STREAM, legacy)
+    if kind in names.TIERED_KINDS:
+        moved = await _move_untiered(bus, kind)
+        if moved:
+            log.info("moved %d queued %s jobs to the %s tier", moved, kind, names.DEFAULT_TIER)
+
+
+async def _move_untiered(bus: Bus, kind: str) -> int:
+    return await move_queued(bus, kind, names.untiered_job_filter(kind), names.DEFAULT_TIER)
+
+
+async def move_queued(bus: Bus, kind: str, source: str, tier: str) -> int:
+    """Refile every job of `kind` stored on `source` (a filter) under `tier`: republish, then
+    delete. A crash between the two leaves a copy that the next move deduplicates by id (within
+    the stream's duplicate window; after it, one job is played twice, which costs games, never
+    loses any). Returns how many moved."""
+    moved = 0
+    while (msg := await bus.first_on(names.JOBS_STREAM, source)) is not None:
+        game, group = names.game_and_group(msg.subject)
+        msg_id = f"{msg.msg_id or f'seq{msg.seq}'}-{tier}"
+        await bus.publish_once(names.job_subject(kind, game, group, tier), msg.data, msg_id)
+        await bus.delete_at(names.JOBS_STREAM, msg.seq)
+        moved += 1
+    return moved
+
+
+async def rehome(bus: Bus, kind: str, tiers: Iterable[str]) -> int:
+    """Jobs queued in `tiers` (ones no live worker pulls: their nodes all gone) move to the
+    default tier, which every worker pulls: no job waits for hardware that left."""
+    moved, to = 0, names.DEFAULT_TIER
+    for tier in tiers:
+        if tier != to:
+            found = await move_queued(bus, kind, names.job_filter(kind, tier), to)
+            if found:
+                log.warning("no %s worker in tier %s: %d jobs moved to %s", kind, tier, found, to)
+            moved += found
+    return moved
 
 
 async def submit(
-    bus: Bus, kind: str, job: SelfplayJob | TrainJob | EvalJob, attempt: int = 1
+    bus: Bus,
+    kind: str,
+    job: SelfplayJob | TrainJob | EvalJob,
+    attempt: int = 1,
+    tier: str = names.DEFAULT_TIER,
 ) -> bool:
-    """Enqueue `job` (an evaluation job in its kind's lane); the message id makes a retried
-    submit of the same attempt a no-op.
+    """Enqueue `job`: an evaluation job in its kind's lane, a self-play or training job in
+    `tier`'s; the message id makes a retried submit of the same attempt a no-op (in any tier).
 
     Returns False when JetStream recognised it as a duplicate.
     """
     msg_id = f"{job.job_id}-a{attempt}"
-    lane = job.kind if isinstance(job, EvalJob) else ""
+    lane = job.kind if isinstance(job, EvalJob) else tier
     subject = names.job_subject(kind, job.game, job_group(job), lane)
     return await bus.publish_once(subject, encode(job), msg_id)
 
@@ -170,7 +216,12 @@ class Delivery(Generic[J]):
 
 class Puller(Generic[J]):
     """A worker's handle on the shared durable consumers of one job kind: it takes the next job
-    from the first lane that has one, so a match never waits behind queued rating games."""
+    from the first lane that has one, so a match never waits behind queued rating games, and a
+    GPU worker takes CPU-tier work only when its own tier has none.
+
+    `tier` is the worker's (for self-play and training); `games` those it can play (None: every
+    game this build has): a job for another game is refused, with the reason, for a node that
+    has it."""
 
     def __init__(
         self,
@@ -179,12 +230,19 @@ class Puller(Generic[J]):
         job_type: type[J],
         probe_s: float = LANE_PROBE_S,
         counters: Counters | None = None,
+        *,
+        tier: str = names.DEFAULT_TIER,
+        games: Collection[str] | None = None,
+        node: str = "",
     ) -> None:
         self.bus = bus
         self.counters = Counters() if counters is None else counters
         self.kind = kind
         self.job_type: type[J] = job_type
         self.probe_s = probe_s
+        self.lanes = names.tier_lanes(tier) if kind in names.TIERED_KINDS else names.job_lanes(kind)
+        self.games = frozenset(game_names() if games is None else games)
+        self.node = node
         self.gate = Gate(bus)
         self._subs: dict[str, Pull] = {}
 
@@ -195,9 +253,8 @@ class Puller(Generic[J]):
         if await self.gate.refusal() is not None:
             await asyncio.sleep(timeout_s)  # the coordinator may accept us again: check later
             return None
-        lanes = names.job_lanes(self.kind)
-        for i, lane in enumerate(lanes):
-            last = i == len(lanes) - 1
+        for i, lane in enumerate(self.lanes):
+            last = i == len(self.lanes) - 1
             wait = max(self.probe_s, timeout_s - self.probe_s * i) if last else self.probe_s
             msg = await self._fetch(lane, wait)
             if msg is not None:
@@ -216,7 +273,18 @@ class Puller(Generic[J]):
         except BadMessage as e:
             await dead_letter_now(self.bus, self.kind, msg, f"bad job: field {e.field}: {e.reason}")
             return None
+        if job.game not in self.games:
+            await self._refuse(msg, job, f"no game {job.game!r} here (has {sorted(self.games)})")
+            return None
         return Delivery(msg, job, self.kind, self.counters)
+
+    async def _refuse(self, msg: Acks, job: J, reason: str) -> None:
+        """Hand a job this worker cannot do back for another, saying why (kept for the dead
+        letter should no worker take it)."""
+        log.warning("refusing %s job %s: %s", self.kind, job.job_id, reason)
+        delivered = msg.message.num_delivered
+        await report_failure(self.bus, self.kind, job.job_id, self.node, reason, delivered)
+        await msg.nak(REFUSE_DELAY_S)
 
     async def _subscription(self, lane: str) -> Pull:
         if lane not in self._subs:
@@ -226,17 +294,13 @@ class Puller(Generic[J]):
 
 
 def check_job(job: SelfplayJob | TrainJob | EvalJob, subject: str) -> None:
-    """BadMessage naming the field when no attempt at `job` could work: this build knows no such
-    game, or its id or group cannot name the subjects and keys its products are filed under."""
+    """BadMessage naming the field when no attempt at `job` could work: its id or group cannot
+    name the subjects and keys its products are filed under."""
     for field, value in (("job_id", job.job_id), ("group", job.group)):
         try:
             names.check_token(value, field)
         except names.BadName as e:
             raise BadMessage(subject, f"$.{field}", str(e)) from e
-    known = game_names()
-    if job.game not in known:
-        reason = f"unknown game {job.game!r}; known: {', '.join(known)}"
-        raise BadMessage(subject, "$.game", reason)
 
 
 async def report_failure(
