@@ -1,6 +1,7 @@
 """The dashboard in a real browser: a local cluster trains, headless Chromium loads the page, the
 nodes table lists the live node and the Elo chart has points; the screenshot is kept. Then
-`conclave report` draws the same run's charts as PNG files."""
+`conclave report` draws the same run's charts as PNG files. A quick one: seeded node statuses,
+the nodes table shows each node's device, tier, memory, self-test and speed."""
 
 from __future__ import annotations
 
@@ -11,14 +12,22 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
+from aiohttp import web
 
+from schemas import names
+from schemas.codec import encode
+from shared.bus.ports import Bus
 from shared.bus.server import free_port
+from shared.cli.dashboard import Dashboard, bound_port, snapshot
 from tests.conftest import Processes, eventually
+from tests.test_status import BROKEN, H100, broken_node, gpu_node
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("CONCLAVE_TEST_ARTIFACTS", ROOT / "test-artifacts"))
@@ -113,3 +122,53 @@ async def test_the_dashboard_shows_live_nodes_and_an_elo_chart(
         png = (report / chart).read_bytes()
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5_000, chart
     assert "promoted" in (report / "report.md").read_text()
+
+
+async def seed_nodes(bus: Bus) -> None:
+    """A GPU node whose workers passed their self-test and one whose workers failed it."""
+    now = time.time()
+    for node in (gpu_node(now), broken_node(now)):
+        await bus.write(names.NODES_BUCKET, node.node, encode(node), ttl_s=30)
+
+
+async def test_the_snapshot_carries_each_nodes_compute_summary(bus: Bus) -> None:
+    await seed_nodes(bus)
+    data = msgspec.json.decode(msgspec.json.encode(await snapshot(bus)))
+    g, x = data["status"]["nodes"]
+    assert (g["compute"]["self_test"], g["compute"]["tiers"]) == ("passed", ["gpu", "cpu"])
+    assert x["compute"]["failures"] == {"selfplay-0": BROKEN, "evaluator": BROKEN}
+
+
+async def rendered_nodes(bus: Bus, browser: str, cache: Path) -> str:
+    """The page's DOM as headless Chromium renders it from a dashboard served in this process."""
+    board, stop = Dashboard(bus, 60.0, cache), asyncio.Event()
+    refresh = asyncio.create_task(board.refresh_forever(stop))
+    runner = web.AppRunner(board.app(), access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        await eventually(lambda: board.latest != b"{}", 30, what="the first snapshot")
+        url = f"http://127.0.0.1:{bound_port(runner)}/"
+        return await asyncio.to_thread(browse, browser, url, "--dump-dom")
+    finally:
+        stop.set()  # ends the page's event stream, so the server can stop
+        await refresh
+        await runner.cleanup()
+        board.opponent.close()
+
+
+@pytest.mark.timeout(120)
+async def test_the_nodes_table_shows_device_tier_memory_self_test_and_speed(
+    bus: Bus, tmp_path: Path
+) -> None:
+    browser = chromium()
+    await seed_nodes(bus)
+    dom = await rendered_nodes(bus, browser, tmp_path / "cache")
+    rows = dict(re.findall(r'<tr data-node="(\w+)">(.*?)</tr>', dom, re.S))
+    assert f"<td>cpu Xeon, cuda:0 {H100}</td><td>gpu/cpu</td>" in rows["g"]
+    assert '<td class="num">2.5 GB / 3.0 GB of 80.0 GB</td>' in rows["g"]
+    assert '<td class="self-test ok">ok</td>' in rows["g"]
+    assert '<td class="num">4x64 20000, 6x128 17000</td>' in rows["g"]
+    assert '<td class="num">600 MB</td>' in rows["x"]  # no VRAM figures: none reported
+    failed = f'<td class="self-test bad">failed, no jobs<br>selfplay-0: {BROKEN}<br>evaluator: '
+    assert failed in rows["x"]

@@ -12,7 +12,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from schemas import names
 from schemas.codec import encode
-from schemas.control import Lease, NodeStatus, Resources, ServiceState
+from schemas.control import DeviceReport, Lease, NodeStatus, Resources, ServiceState
 from schemas.jobs import SelfplayJob
 from services.scheduler import STATE_KEY, LoopRecord
 from shared.bus.ports import Bus
@@ -21,6 +21,18 @@ from shared.cli.status import gather
 from shared.loop.phase import MatchPhase, Phase
 from shared.loop.policy import GameState, LoopState
 from shared.work.jobs import submit
+
+BROKEN = "value differs from the CPU's by 0.3"
+GPU = DeviceReport(
+    device="cuda:0",
+    name="NVIDIA L4",
+    tier="gpu",
+    self_test="passed",
+    positions_per_s={"4x64": 15000.0, "6x128": 6000.0},
+    rss_bytes=2**30,
+    device_memory_bytes=3 * 2**30,
+    device_memory_total=24 * 2**30,
+)
 
 MATCH = Phase(
     "match",
@@ -51,6 +63,12 @@ def node(node_id: str, roles: list[str], lag: float) -> NodeStatus:
             name="heartbeat", alive=True, pid=1, lag_p50_ms=0.1, lag_max_ms=lag, counters=work
         )
     ]
+    if "selfplay" in roles:  # one worker on the GPU; one whose CPU fails its self-test
+        broken = DeviceReport(device="cpu", self_test=BROKEN, rss_bytes=2**28)
+        services += [
+            ServiceState(name="selfplay-0", alive=True, compute=GPU),
+            ServiceState(name="evaluator", alive=True, compute=broken),
+        ]
     return NodeStatus(
         node=node_id,
         roles=roles,
@@ -132,9 +150,25 @@ async def test_metrics_parse_and_match_status_for_the_same_moment(bus: Bus) -> N
     assert samples[("conclave_match_llr", tictactoe)] == 1.5
     assert samples[("conclave_evaluation_share", tictactoe)] == 0.12
     assert samples[("conclave_phase", (("game", "tictactoe"), ("phase", "match")))] == 1
-    age = samples[("conclave_queue_age_seconds", (("game", "tictactoe"), ("queue", "selfplay")))]
-    waited = game.queue_age_s["selfplay"]
+    # The one self-play queue holding jobs: "selfplay", or its default tier's lane once tiered.
+    [(queue, waited)] = [
+        (q, a) for q, a in game.queue_age_s.items() if q.startswith("selfplay") and a is not None
+    ]
+    age = samples[("conclave_queue_age_seconds", (("game", "tictactoe"), ("queue", queue)))]
     assert waited is not None and 0 <= age <= waited  # the scrape came first
     assert game.queue_age_s["eval.match"] is None
     games = (("kind", "games"), ("node", "n2"), ("service", "heartbeat"))
     assert samples[("conclave_work_total", games)] == 120.0
+
+    worker = (("device", "cuda:0"), ("node", "n2"), ("service", "selfplay-0"), ("tier", "gpu"))
+    assert samples[("conclave_rss_bytes", worker)] == GPU.rss_bytes
+    assert samples[("conclave_device_memory_bytes", worker)] == GPU.device_memory_bytes
+    assert samples[("conclave_device_memory_total_bytes", worker)] == GPU.device_memory_total
+    net = (("device", "cuda:0"), ("net", "4x64"), *worker[1:])  # labels sorted by name
+    assert samples[("conclave_positions_per_second", net)] == 15000.0
+    assert samples[("conclave_self_test_ok", worker)] == 1
+    failed = (("device", "cpu"), ("node", "n2"), ("service", "evaluator"), ("tier", "cpu"))
+    assert samples[("conclave_self_test_ok", failed)] == 0
+    assert samples[("conclave_rss_bytes", failed)] == 2**28
+    [n2] = [n for n in report.nodes if n.id == "n2"]
+    assert n2.compute is not None and n2.compute.failures == {"evaluator": BROKEN}

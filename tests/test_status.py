@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from typing import Any
+
+import msgspec
 
 from schemas import names
 from schemas.codec import encode
-from schemas.control import Lease, NodeStatus, Resources, ServiceState
+from schemas.control import DeviceReport, Lease, NodeStatus, Resources, ServiceState
 from schemas.jobs import DeadLetter, EvalJob, EvalResult, PlayerSpec, SelfplayJob
 from services.scheduler import STATE_KEY, LoopRecord
 from shared.bus.ports import Bus
@@ -16,15 +19,19 @@ from shared.loop.policy import GameState, LoopState
 from shared.work.jobs import submit
 
 
-def status(node: str, sent_at: float, roles: list[str]) -> NodeStatus:
+def status(
+    node: str, sent_at: float, roles: list[str], workers: tuple[ServiceState, ...] = ()
+) -> NodeStatus:
     services = [
         ServiceState(name="heartbeat", alive=True, pid=1, lag_p50_ms=0.2, lag_max_ms=4.5),
         ServiceState(name="leader", alive=False),
+        *workers,
     ]
     return NodeStatus(
         node=node,
         roles=roles,
         services=services,
+        games=["connect4", "tictactoe"],
         version="0.1.0",
         resources=Resources(2, 2**31),
         hostname="h",
@@ -121,3 +128,99 @@ async def test_games_section_reports_best_elo_queues_and_dead_letters(bus: Bus) 
     assert info.best_elo is not None and info.best_elo > 0 and info.best_elo_ci
     assert info.queues["selfplay"] == 1 and info.dead_letters == 1
     assert info.games_per_hour == 1000.0
+
+
+GB = 2**30
+H100 = "NVIDIA H100 80GB HBM3"
+BROKEN = "policy differs from the CPU's by 0.4 (tolerance 0.01)"
+
+
+CPU = DeviceReport(device="cpu", name="Xeon", self_test="passed")
+GPU = DeviceReport(
+    device="cuda:0", name=H100, tier="gpu", self_test="passed", device_memory_total=80 * GB
+)
+
+
+def worker(name: str, device: DeviceReport, alive: bool = True, **changes: Any) -> ServiceState:
+    """A worker's state as the heartbeat forwards it: its pulse's device report."""
+    report = msgspec.structs.replace(device, **changes)
+    return ServiceState(name=name, alive=alive, pid=7, compute=report)
+
+
+def gpu_node(now: float) -> NodeStatus:
+    """Two self-play workers sharing one GPU, a CPU trainer, and a dead worker's stale report."""
+    workers = (
+        worker(
+            "selfplay-0",
+            GPU,
+            rss_bytes=GB,
+            device_memory_bytes=2 * GB,
+            positions_per_s={"6x128": 9000.0},
+        ),
+        worker(
+            "selfplay-1",
+            GPU,
+            rss_bytes=GB,
+            device_memory_bytes=GB,
+            positions_per_s={"6x128": 8000.0, "4x64": 20000.0},
+        ),
+        worker("trainer", CPU, rss_bytes=GB // 2),
+        worker("selfplay-2", CPU, alive=False, rss_bytes=50 * GB, self_test="boom"),
+    )
+    return status("g", now, ["selfplay", "trainer"], workers)
+
+
+def broken_node(now: float) -> NodeStatus:
+    """A node whose GPU computes wrong answers: both its workers refuse jobs."""
+    bad = DeviceReport(device="cuda:0", tier="gpu", self_test=BROKEN, rss_bytes=300 * 2**20)
+    return status("x", now, ["selfplay"], (worker("selfplay-0", bad), worker("evaluator", bad)))
+
+
+async def test_status_shows_each_nodes_device_tier_memory_self_test_and_speed(bus: Bus) -> None:
+    now = time.time()
+    for node in (gpu_node(now), broken_node(now)):
+        await bus.write(names.NODES_BUCKET, node.node, encode(node), ttl_s=5)
+    report = await gather(bus)
+    data = msgspec.json.decode(msgspec.json.encode(report))
+    g, x = data["nodes"]
+    assert g["games"] == ["connect4", "tictactoe"]
+    assert g["compute"] == {
+        "devices": ["cpu Xeon", f"cuda:0 {H100}"],
+        "tiers": ["gpu", "cpu"],
+        "rss_bytes": 2 * GB + GB // 2,  # the dead worker's stale report left out
+        "device_memory_bytes": 3 * GB,
+        "device_memory_total": 80 * GB,  # one GPU, however many workers share it
+        "self_test": "passed",
+        "failures": {},
+        "positions_per_s": {"4x64": 20000.0, "6x128": 17000.0},
+    }
+    services = {s["name"]: s for s in g["services"]}
+    assert services["selfplay-1"]["compute"]["positions_per_s"]["4x64"] == 20000.0
+    assert services["heartbeat"]["compute"] is None
+    assert x["compute"]["self_test"] == "failed"
+    assert x["compute"]["failures"] == {"selfplay-0": BROKEN, "evaluator": BROKEN}
+
+    text = render_text(report)
+    g_line, x_line = (line for line in text.splitlines() if line.startswith("    "))
+    assert g_line == (
+        f"    cpu Xeon, cuda:0 {H100}; tier gpu/cpu; mem 2.5 GB; VRAM 3.0 GB/80.0 GB; "
+        "self-test ok; pos/s 4x64 20000, 6x128 17000"
+    )
+    assert x_line == (
+        "    cuda:0; tier gpu; mem 600 MB; "
+        f"SELF-TEST FAILED, no jobs: evaluator,selfplay-0: {BROKEN}"
+    )
+
+
+async def test_a_worker_still_testing_shows_as_running_and_a_coordinator_shows_no_device(
+    bus: Bus,
+) -> None:
+    now = time.time()
+    testing = status("t", now, ["selfplay"], (worker("selfplay-0", CPU, self_test=""),))
+    for node in (testing, status("c", now, ["coordinator"])):
+        await bus.write(names.NODES_BUCKET, node.node, encode(node), ttl_s=5)
+    report = await gather(bus)
+    c, t = report.nodes
+    assert c.compute is None and t.compute is not None and t.compute.self_test == "testing"
+    [line] = (line for line in render_text(report).splitlines() if line.startswith("    "))
+    assert "self-test running" in line

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from shared.bus.client import BusConfig, NatsBus
 from shared.bus.ports import Bus
 from shared.cli.status import StatusReport, gather
+from shared.work.compute import PASSED
 
 log = logging.getLogger("conclave.metrics")
 SCRAPE_TIMEOUT_S = 10.0
@@ -30,6 +31,7 @@ def families(report: StatusReport) -> list[Metric]:
     """Every metric of one status snapshot (pure)."""
     return [
         *_node_families(report),
+        *_compute_families(report),
         *_leader_families(report),
         *_game_families(report),
         *_phase_families(report),
@@ -70,6 +72,44 @@ def _node_families(report: StatusReport) -> Iterator[Metric]:
             for kind, total in sorted(service.counters.items()):
                 work.add_metric([node.id, service.name, kind], total)
     yield from (node_up, lag, skew, work)
+
+
+def _compute_families(report: StatusReport) -> Iterator[Metric]:
+    """Per worker: memory, device memory, positions/s and its self-test verdict, labelled with
+    its device and tier (sum() by node gives a node's totals)."""
+    labels = ["node", "service", "device", "tier"]
+    rss = GaugeMetricFamily("conclave_rss_bytes", "A worker's resident memory", labels=labels)
+    used = GaugeMetricFamily(
+        "conclave_device_memory_bytes", "Device memory (VRAM) a worker allocated", labels=labels
+    )
+    total = GaugeMetricFamily(
+        "conclave_device_memory_total_bytes", "Memory of a worker's device", labels=labels
+    )
+    speed = GaugeMetricFamily(
+        "conclave_positions_per_second",
+        "Positions a worker's device evaluates per second, per network size",
+        labels=[*labels, "net"],
+    )
+    self_test = GaugeMetricFamily(
+        "conclave_self_test_ok",
+        "1 if a worker's device passed its self-test, 0 if it failed (it takes no jobs); "
+        "absent while testing",
+        labels=labels,
+    )
+    for node in report.nodes:
+        for service in node.services:
+            c = service.compute
+            if c is None or not service.alive:  # a dead worker's last report is stale
+                continue
+            values = [node.id, service.name, c.device, c.tier]
+            rss.add_metric(values, c.rss_bytes)
+            used.add_metric(values, c.device_memory_bytes)
+            total.add_metric(values, c.device_memory_total)
+            for net, rate in sorted(c.positions_per_s.items()):
+                speed.add_metric([*values, net], rate)
+            if c.self_test:  # "" while testing: no verdict yet, not a failure to alert on
+                self_test.add_metric(values, 1 if c.self_test == PASSED else 0)
+    yield from (rss, used, total, speed, self_test)
 
 
 def _leader_families(report: StatusReport) -> Iterator[Metric]:

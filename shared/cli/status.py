@@ -1,4 +1,5 @@
-"""`conclave status`: who is alive, who leads, and how the event loops are doing."""
+"""`conclave status`: who is alive, who leads, how the event loops are doing, and per node what
+its workers compute on (device, tier, memory, self-test, positions/s)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import msgspec
 
 from schemas import names
 from schemas.codec import BadMessage, decode
-from schemas.control import ClusterProtocol, Lease, NodeStatus
+from schemas.control import ClusterProtocol, DeviceReport, Lease, NodeStatus, ServiceState
 from services.scheduler import STATE_KEY, LoopRecord, games_per_hour
 from services.syncer import GAMES_CONSUMER, SyncStatus
 from shared.bus.client import BusConfig, NatsBus
@@ -21,6 +22,7 @@ from shared.lease.fencing import read_termed
 from shared.loop.observe import count
 from shared.loop.phase import GauntletPhase, Phase
 from shared.loop.ratingjobs import game_ratings
+from shared.work.compute import PASSED
 
 
 class LeaderInfo(msgspec.Struct, frozen=True):
@@ -37,6 +39,20 @@ class ServiceInfo(msgspec.Struct, frozen=True):
     answers_ping: bool = False  # it answered $SRV.PING (micro discovery) just now
     counters: dict[str, float] = {}  # work done since the service started (games, simulations)
     doing: str = ""  # its current job
+    compute: DeviceReport | None = None  # a worker's device, once chosen
+
+
+class NodeCompute(msgspec.Struct, frozen=True):
+    """A node's live workers together: what they run on, hold and do."""
+
+    devices: list[str]  # each device once: "cuda:0 NVIDIA H100 80GB HBM3", "cpu <model>"
+    tiers: list[str]  # fastest first
+    rss_bytes: int  # all its workers' resident memory
+    device_memory_bytes: int  # allocated by its workers on their devices (VRAM)
+    device_memory_total: int  # each device's memory counted once
+    self_test: str  # "passed" by every worker, "testing" while one still is, else "failed"
+    failures: dict[str, str] = {}  # service -> why its self-test failed (it takes no jobs)
+    positions_per_s: dict[str, float] = {}  # per network size, summed over its workers
 
 
 class NodeInfo(msgspec.Struct, frozen=True):
@@ -51,6 +67,8 @@ class NodeInfo(msgspec.Struct, frozen=True):
     gpus: list[str]
     protocol: int = 1
     unsupported: str = ""  # why this node gets no work (version skew), "" if it may work
+    compute: NodeCompute | None = None  # None when no live worker has reported a device
+    games: list[str] = []  # installed on the node
 
 
 class NatsInfo(msgspec.Struct, frozen=True):
@@ -116,7 +134,13 @@ def node_info(
 ) -> NodeInfo:
     services = [
         ServiceInfo(
-            s.name, s.alive, s.lag_max_ms, (status.node, s.name) in pinged, s.counters, s.doing
+            name=s.name,
+            alive=s.alive,
+            loop_lag_ms=s.lag_max_ms,
+            answers_ping=(status.node, s.name) in pinged,
+            counters=s.counters,
+            doing=s.doing,
+            compute=s.compute,
         )
         for s in status.services
     ]
@@ -133,7 +157,39 @@ def node_info(
         gpus=status.resources.gpus,
         protocol=status.protocol,
         unsupported=refusal(status.protocol, accepted) or "",
+        compute=node_compute(status.services),
+        games=status.games,
     )
+
+
+def node_compute(services: list[ServiceState]) -> NodeCompute | None:
+    """The live workers' device reports summed up (pure); a dead worker's last report is stale."""
+    reports = {s.name: s.compute for s in services if s.alive and s.compute is not None}
+    if not reports:
+        return None
+    # Workers sharing a GPU each report its whole memory: count every device's total once.
+    totals = {r.device: r.device_memory_total for r in reports.values()}
+    failures = {n: r.self_test for n, r in reports.items() if r.self_test not in (PASSED, "")}
+    testing = any(r.self_test == "" for r in reports.values())
+    rates: dict[str, float] = {}
+    for r in reports.values():
+        for size, rate in r.positions_per_s.items():
+            rates[size] = rates.get(size, 0.0) + rate
+    return NodeCompute(
+        devices=sorted({f"{r.device} {r.name}".strip() for r in reports.values()}),
+        tiers=sorted({r.tier for r in reports.values()}, key=tier_rank),
+        rss_bytes=sum(r.rss_bytes for r in reports.values()),
+        device_memory_bytes=sum(r.device_memory_bytes for r in reports.values()),
+        device_memory_total=sum(totals.values()),
+        self_test="failed" if failures else "testing" if testing else "passed",
+        failures=failures,
+        positions_per_s={size: round(rate, 1) for size, rate in sorted(rates.items())},
+    )
+
+
+def tier_rank(tier: str) -> tuple[int, str]:
+    """Known tiers fastest first, then any other (a newer build's) by name."""
+    return (names.TIERS.index(tier) if tier in names.TIERS else len(names.TIERS), tier)
 
 
 def by_role(nodes: list[NodeInfo]) -> dict[str, int]:
@@ -296,6 +352,8 @@ def render_text(report: StatusReport) -> str:
             f"  {node.id:<20} {state:<12} lag {node.loop_lag_ms:7.1f}ms  "
             f"[{','.join(node.roles)}]  {services}{skew}"
         )
+        if node.compute is not None:
+            lines.append(f"    {compute_text(node.compute)}")
     for g in report.games:
         elo = f"{g.best_elo:+.0f} ± {g.best_elo_ci:.0f}" if g.best_elo is not None else "-"
         queues = " ".join(f"{k} {v}" for k, v in g.queues.items())
@@ -322,6 +380,40 @@ def render_text(report: StatusReport) -> str:
         )
     lines += [f"problem: {p}" for p in report.problems]
     return "\n".join(lines)
+
+
+def compute_text(c: NodeCompute) -> str:
+    """One line: devices, tiers, memory, self-test and positions/s of a node's workers."""
+    parts = [", ".join(c.devices), f"tier {'/'.join(c.tiers)}", f"mem {size_text(c.rss_bytes)}"]
+    if c.device_memory_total:
+        used, total = size_text(c.device_memory_bytes), size_text(c.device_memory_total)
+        parts.append(f"VRAM {used}/{total}")
+    parts.append(self_test_text(c))
+    if c.positions_per_s:
+        rates = ", ".join(f"{size} {rate:.0f}" for size, rate in c.positions_per_s.items())
+        parts.append(f"pos/s {rates}")
+    return "; ".join(parts)
+
+
+def self_test_text(c: NodeCompute) -> str:
+    """Ok, running, or each failure's reason with the workers it hit (workers on one device
+    usually fail alike: the reason is shown once)."""
+    if c.self_test != "failed":
+        return "self-test ok" if c.self_test == PASSED else "self-test running"
+    by_reason: dict[str, list[str]] = {}
+    for service, reason in sorted(c.failures.items()):
+        by_reason.setdefault(reason, []).append(service)
+    failed = "; ".join(f"{','.join(s)}: {clipped(r)}" for r, s in by_reason.items())
+    return f"SELF-TEST FAILED, no jobs: {failed}"
+
+
+def clipped(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def size_text(n: int) -> str:
+    """Bytes as GB with one decimal, or whole MB below a GB."""
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
 
 
 def phase_text(phase: Phase) -> str:
