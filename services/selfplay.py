@@ -14,6 +14,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -24,13 +25,24 @@ from schemas.jobs import SelfplayJob
 from shared.bus.errors import BusError, Unavailable
 from shared.bus.ports import Bus, Delivery, WorkQueue
 from shared.learn.games import get_game
+from shared.learn.games.base import Game
 from shared.learn.netconfig import CheckpointError, NetConfig, size_label
 from shared.learn.selfplay import SelfPlayConfig, self_play
 from shared.runtime.counters import Counters
+from shared.runtime.memory import own_rss_bytes
 from shared.runtime.service import main as service_main
 from shared.runtime.service import set_when, wait_or_stop
 from shared.work.compute import start_compute, tier_of
 from shared.work.jobs import JobSettings, Puller, await_consumer, job_seed
+from shared.work.memory import (
+    RssWatch,
+    budget_bytes,
+    estimate_selfplay_bytes,
+    fit_concurrency,
+    net_bytes,
+    node_memory_bytes,
+    refusal_reason,
+)
 from shared.work.modelcache import Evaluators
 from shared.work.models import ModelStore
 from shared.work.prefetch import ADOPT_WINDOW_S, prefetch_promoted
@@ -52,6 +64,15 @@ class SelfplayWorkerConfig(msgspec.Struct, frozen=True):
     jobs: JobSettings = JobSettings()
     engine: SelfPlayConfig = SelfPlayConfig()
     nice: int = 0  # added to the process's niceness: self-play yields to training and matches
+    # The memory guard (shared.work.memory): this worker's budget, None = its share of the node
+    # (`node_workers` self-play processes share it).
+    memory_budget_mb: float | None = None
+    node_workers: int = 1
+    refuse_delay_s: float = 5.0  # a job too big for this worker waits this long for another
+
+
+class JobTooBig(ValueError):
+    """A job whose estimated memory does not fit this worker's budget even one game at a time."""
 
 
 class Worker:
@@ -68,6 +89,7 @@ class Worker:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="selfplay")
         self.evaluators = Evaluators(ModelStore(bus, Path(cfg.cache_dir)), self.pool, cfg.threads)
         self.games_published = 0
+        self.budget = budget_bytes(cfg.memory_budget_mb, node_memory_bytes(), cfg.node_workers)
 
     async def serve(self) -> None:
         cfg = self.cfg
@@ -104,6 +126,10 @@ class Worker:
         async with delivery.kept_alive(self.cfg.keepalive_s):
             try:
                 finished = await self.play(job, delivery.delivered)
+            except JobTooBig as e:
+                log.warning("refusing job %s: %s", job.job_id, e, extra={"job": job.job_id})
+                await delivery.retry(self.bus, self.cfg.node_id, str(e), self.cfg.refuse_delay_s)
+                return
             except (CheckpointError, BusError, ValueError) as e:
                 log.error("job %s failed: %r", job.job_id, e, extra={"job": job.job_id})
                 await delivery.retry(self.bus, self.cfg.node_id, repr(e))
@@ -117,9 +143,11 @@ class Worker:
         """Play the job's games, publishing each as it ends; False if stopped before the end."""
         game = get_game(job.game)
         evaluator = await self.evaluators.get(game, job.model_sha256)
+        concurrency = self.fitted(game, evaluator, job)
+        watch = RssWatch(self.budget, concurrency, clock=self.bus.clock.monotonic)
         engine = msgspec.structs.replace(
             self.cfg.engine,
-            concurrent_games=min(self.cfg.concurrent_games, job.games),
+            concurrent_games=concurrency,
             num_simulations=job.sims,
             resign_value=job.resign_value,
         )
@@ -143,6 +171,7 @@ class Worker:
                     job_id=job.job_id,
                     clock=self.bus.clock.time,
                     stop=stopped,
+                    limit=watch.limit,
                 ):
                     loop.call_soon_threadsafe(records.put_nowait, record)
             finally:
@@ -156,14 +185,30 @@ class Worker:
             given_up.set()
             await playing  # re-raises anything the engine raised
         self.measured(evaluator, sims, self.bus.clock.monotonic() - started)
+        if watch.shrinks:
+            log.warning(
+                "job %s near its memory budget: games at once %s", job.job_id, watch.shrinks
+            )
         return published == job.games
+
+    def fitted(self, game: Game[Any], evaluator: object, job: SelfplayJob) -> int:
+        """Games at once for `job`: as many as asked that fit the memory budget beside what the
+        worker holds now (its net loaded); JobTooBig, with the reason, if not even one does."""
+        net = _net_config(evaluator)
+        estimate = partial(estimate_selfplay_bytes, game, net, sims=job.sims)
+        in_use = own_rss_bytes() - (net_bytes(game, net, 0) if net else 0)  # weights counted once
+        wanted = min(self.cfg.concurrent_games, job.games)
+        fit = fit_concurrency(self.budget, in_use, lambda n: estimate(concurrent_games=n), wanted)
+        if fit is None:
+            raise JobTooBig(refusal_reason(self.budget, in_use, estimate(concurrent_games=1)))
+        return fit
 
     def measured(self, evaluator: object, sims: int, seconds: float) -> None:
         """Record the job's positions/s for its network's size in the device report (what
         placement weighs tiers by); a net-less evaluator (generation 0's) measures nothing."""
         report = self.counters.compute()
-        config = getattr(getattr(evaluator, "net", None), "config", None)  # torch stays unloaded
-        if not isinstance(config, NetConfig) or report is None or seconds <= 0 or not sims:
+        config = _net_config(evaluator)
+        if config is None or report is None or seconds <= 0 or not sims:
             return
         rates = {**report.positions_per_s, size_label(config): sims / seconds}
         used, _ = self.evaluators.compute.memory()
@@ -182,6 +227,13 @@ class Worker:
             self.counters.add("games")
             self.counters.add("simulations", simulations(record))
         return count, sims
+
+
+def _net_config(evaluator: object) -> NetConfig | None:
+    """The network size of a NetEvaluator; None for a net-less one (found by attribute, so the
+    launcher that imports this module's config does not load torch)."""
+    config = getattr(getattr(evaluator, "net", None), "config", None)
+    return config if isinstance(config, NetConfig) else None
 
 
 async def publish_game(bus: Bus, record: GameRecord, attempts: int = 20) -> None:

@@ -256,3 +256,12 @@ def test_each_selfplay_process_runs_the_selfplay_module_under_its_own_name() -> 
     argv = second.spec.argv(3)
     assert argv[argv.index("-m") + 1] == "services.selfplay"
     assert "selfplay-2" in heartbeat.spec.argv(3)[-1]  # the heartbeat expects both
+
+
+def test_a_nodes_self_play_processes_share_one_kill_record() -> None:
+    """Jobs of a kind dying on a node (killed mid-job, as by the OOM killer) mark every process
+    of that kind there: the record is one, whichever process was killed."""
+    opts = NodeOptions("n1", ["selfplay"], ["nats://127.0.0.1:1"], selfplay_workers=2)
+    [heartbeat, first, second] = build_children(opts)
+    assert first.record is second.record and heartbeat.record is not first.record
+    assert first.spec.restarts_told  # restarts learn the mark and the killed job

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from schemas import names
 from shared.bus.client import BusConfig
 from shared.bus.errors import BusError
 from shared.lease.quorum import LeaseParams
@@ -71,6 +72,18 @@ def _game_options(p: argparse.ArgumentParser) -> None:
         help="auto (bf16 or fp16 on CUDA, else fp32), fp32, bf16 or fp16",
     )
     p.add_argument(
+        "--tier",
+        default="auto",
+        choices=["auto", *names.TIERS],
+        help="the job tier this node's workers pull first (default: gpu for any GPU, else cpu)",
+    )
+    p.add_argument(
+        "--memory-budget-mb",
+        type=_positive_float,
+        default=None,
+        help="memory each self-play worker may use (default: 80%% of the node's, shared)",
+    )
+    p.add_argument(
         "--selfplay-workers",
         type=_positive_int,
         default=None,
@@ -103,6 +116,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
@@ -147,6 +167,8 @@ def cmd_node(args: argparse.Namespace) -> int:
         threads=args.threads,
         device=args.device,
         precision=args.precision,
+        tier=args.tier,
+        memory_budget_mb=args.memory_budget_mb,
         archive=args.archive,
         s3_endpoint=args.s3_endpoint,
         via_leaf=[u.strip() for u in (args.via_leaf or "").split(",") if u.strip()],
@@ -174,6 +196,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         threads=args.threads,
         device=args.device,
         precision=args.precision,
+        tier=args.tier,
+        memory_budget_mb=args.memory_budget_mb,
         eval_budget=args.eval_budget,
         selfplay_workers=args.selfplay_workers,
         tune=_checked_tuning(args.game, args.tune),

@@ -144,10 +144,14 @@ def self_play(
     clock: Callable[[], float] = time.time,
     on_search: Callable[[SearchStats], None] = lambda stats: None,
     stop: Callable[[], bool] | None = None,
+    limit: Callable[[], int] | None = None,
 ) -> Iterator[GameRecord]:
     """Yield finished games until `num_games` have finished (or forever), or `stop()` is true.
 
-    `stop` is checked before every move step; unfinished games are then dropped.
+    `stop` is checked before every move step; unfinished games are then dropped. `limit()`, read
+    before each new game starts, caps the games in flight below `concurrent_games` (the memory
+    guard lowers it while a job runs): games in flight finish, and no new one starts while
+    there are `limit()` or more (never fewer than one in flight).
     """
     ctx = _Context(
         game=game,
@@ -160,7 +164,7 @@ def self_play(
     budget = (
         config.concurrent_games if num_games is None else min(num_games, config.concurrent_games)
     )
-    slots = [_new_slot(ctx, rng) for _ in range(budget)]
+    slots = [_new_slot(ctx, rng) for _ in range(min(budget, _cap(config, limit)))]
     started = len(slots)
     with ExitStack() as stack:
         executor = stack.enter_context(ThreadPoolExecutor(1)) if config.pipeline else None
@@ -171,9 +175,17 @@ def self_play(
             slots, finished = _play_all(ctx, slots, outputs, rng)
             for record in finished:
                 yield record
-                if num_games is None or started < num_games:
+                more = num_games is None or started < num_games
+                if more and len(slots) < _cap(config, limit):
                     slots.append(_new_slot(ctx, rng))
                     started += 1
+
+
+def _cap(config: SelfPlayConfig, limit: Callable[[], int] | None) -> int:
+    """How many games may be in flight now: at least one, so a job always progresses."""
+    if limit is None:
+        return config.concurrent_games
+    return max(1, min(config.concurrent_games, limit()))
 
 
 def _play_all(

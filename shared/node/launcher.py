@@ -29,7 +29,7 @@ from shared.loop.evalplan import EvalBudget
 from shared.loop.presets import Preset, preset, tuned
 from shared.node.leaf import LocalLeaf
 from shared.runtime.service import ProcessConfig
-from shared.runtime.supervisor import Child, ChildSpec, Limits, python_module_argv
+from shared.runtime.supervisor import Child, ChildSpec, KillRecord, Limits, python_module_argv
 
 log = logging.getLogger("conclave.launcher")
 
@@ -68,6 +68,8 @@ class NodeOptions(msgspec.Struct, frozen=True):
     threads: int = 1
     device: str = "auto"  # where networks run (shared.learn.device)
     precision: str = "auto"
+    tier: str = "auto"  # the job tier workers pull first (schemas.names.TIERS); auto: by device
+    memory_budget_mb: float | None = None  # each self-play worker's; None: a share of the node
     archive: str = "conclave-archive"  # s3://bucket/prefix, or a local directory
     s3_endpoint: str | None = None
     creds: str | None = None  # a seed file for all services, or a directory with the node identity
@@ -152,8 +154,11 @@ def loop_service_config(instance: str, opts: NodeOptions, p: Preset) -> msgspec.
             concurrent_games=p.selfplay_concurrency,
             device=opts.device,
             precision=opts.precision,
+            tier=opts.tier,
             engine=p.selfplay,
             nice=selfplay_nice(opts.roles),
+            memory_budget_mb=opts.memory_budget_mb,
+            node_workers=selfplay_workers(opts, usable_cores()),
         )
     if service == "trainer":
         # Imported only where a trainer runs: its module loads torch, which other launchers skip.
@@ -169,10 +174,16 @@ def loop_service_config(instance: str, opts: NodeOptions, p: Preset) -> msgspec.
             train=p.train,
             device=opts.device,
             precision=opts.precision,
+            tier=opts.tier,
         )
     if service == "evaluator":
         return EvaluatorConfig(
-            opts.node_id, cache, opts.threads, device=opts.device, precision=opts.precision
+            opts.node_id,
+            cache,
+            opts.threads,
+            device=opts.device,
+            precision=opts.precision,
+            tier=opts.tier,
         )
     if service == "syncer":
         return syncer_config(opts, cache)
@@ -198,7 +209,7 @@ def child_spec(service: str, opts: NodeOptions) -> ChildSpec:
         return python_module_argv(module, "--process", with_fd, "--config", config)
 
     log_path = Path(opts.log_dir) / f"{opts.node_id}-{service}.log" if opts.log_dir else None
-    return ChildSpec(service, argv, log_path)
+    return ChildSpec(service, argv, log_path, restarts_told=True)
 
 
 class MissingIdentity(ValueError):
@@ -270,8 +281,18 @@ def syncer_config(opts: NodeOptions, cache: str) -> SyncerConfig:
 
 
 def build_children(opts: NodeOptions) -> list[Child]:
+    """One supervised child per service; the processes of one kind (self-play's) share their
+    kill record, so jobs of that kind dying on this node mark them all."""
     limits = Limits(stall_s=opts.limits_stall_s)
-    return [Child(child_spec(s, opts), limits) for s in node_services(opts)]
+    records: dict[str, KillRecord] = {}
+    return [
+        Child(
+            child_spec(s, opts),
+            limits,
+            record=records.setdefault(names.service_kind(s), KillRecord()),
+        )
+        for s in node_services(opts)
+    ]
 
 
 async def supervise(children: list[Child], stop: asyncio.Event) -> None:

@@ -34,6 +34,8 @@ class UpOptions(msgspec.Struct, frozen=True):
     threads: int = 1
     device: str = "auto"  # shared.learn.device
     precision: str = "auto"
+    tier: str = "auto"  # schemas.names.TIERS
+    memory_budget_mb: float | None = None
     progress_every_s: float = 10.0
     eval_budget: float = EvalBudget().budget
     selfplay_workers: int | None = None  # None: one per usable core
@@ -64,6 +66,8 @@ async def up_main(opts: UpOptions) -> int:
             threads=opts.threads,
             device=opts.device,
             precision=opts.precision,
+            tier=opts.tier,
+            memory_budget_mb=opts.memory_budget_mb,
             creds=str(data / "auth"),
             eval_budget=opts.eval_budget,
             selfplay_workers=opts.selfplay_workers,

@@ -26,6 +26,7 @@ from shared.runtime import log as logsetup
 from shared.runtime.buslog import BusLogHandler
 from shared.runtime.counters import CPU, Counters
 from shared.runtime.memory import own_rss_bytes
+from shared.work.jobs import JOB_TYPES, report_failure
 
 log = logging.getLogger("conclave.service")
 
@@ -34,6 +35,7 @@ RunFn = Callable[[Bus, C, asyncio.Event], Awaitable[None]]
 
 LAG_TICK_S = 0.05
 VERSION = "0.1.0"
+NO_JOBS = "no jobs: "  # what a worker that takes no jobs is doing, then why
 
 
 class ProcessConfig(msgspec.Struct, frozen=True):
@@ -45,6 +47,10 @@ class ProcessConfig(msgspec.Struct, frozen=True):
     pulse_fd: int | None = None
     pulse_every_s: float = 1.0
     log_level: str = "info"
+    # Set by the supervisor on a restart: why this process must take no jobs (its predecessors
+    # kept being killed mid-job), and the job the previous process was killed doing.
+    marked: str = ""
+    killed_job: str = ""  # its pulse's `doing`, e.g. "selfplay sp-abc"
 
 
 class LoopLag:
@@ -135,12 +141,17 @@ async def serve(
 ) -> None:
     """Run one service until SIGTERM/SIGINT: pulses start before the bus is reachable and carry
     `counters` (the process's work counters; none if it counts nothing); log lines go to the bus
-    (`logs`) once it is."""
+    (`logs`) once it is. A `marked` process never runs the service: it pulses why until stopped.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    pulse = Pulse(proc, stop, Counters() if counters is None else counters)
+    counters = Counters() if counters is None else counters
+    if proc.marked:
+        log.error("taking no jobs: %s", proc.marked)
+        counters.set_doing(NO_JOBS + proc.marked)
+    pulse = Pulse(proc, stop, counters)
     if proc.pulse_fd is not None:
         os.set_blocking(proc.pulse_fd, False)
     async with asyncio.TaskGroup() as tg:
@@ -153,7 +164,12 @@ async def serve(
                 logs_task = tg.create_task(logs.publish_forever(bus), name="logs")
             micro = await register(bus, proc)
             try:
-                await run(bus, cfg, stop)
+                if proc.killed_job:
+                    await report_killed_job(bus, proc)
+                if proc.marked:
+                    await stop.wait()  # pulses say why meanwhile: `conclave status` shows it
+                else:
+                    await run(bus, cfg, stop)
             finally:
                 if micro is not None:
                     await micro.stop()
@@ -161,6 +177,31 @@ async def serve(
         pulse_task.cancel()
         if logs_task is not None:
             logs_task.cancel()
+
+
+def killed_job_of(doing: str) -> tuple[str, str] | None:
+    """(kind, job id) of a pulse's `doing` ("selfplay sp-abc"), None if it names no job."""
+    kind, _, job_id = doing.partition(" ")
+    return (kind, job_id) if kind in JOB_TYPES and job_id else None
+
+
+async def report_killed_job(bus: Bus, proc: ProcessConfig) -> None:
+    """Record why the previous process's job failed, for its redelivery and dead letter: the
+    kernel's SIGKILL left it no chance to say so itself."""
+    job = killed_job_of(proc.killed_job)
+    if job is None:
+        log.warning("killed mid-%r, which names no job: nothing to report", proc.killed_job)
+        return
+    kind, job_id = job
+    reason = f"killed by SIGKILL (out of memory?) on node {proc.node_id} ({proc.service})"
+    log.warning("%s job %s: %s", kind, job_id, reason, extra={"job": job_id})
+    await report_failure(bus, kind, job_id, proc.node_id, reason, delivery=0)
+
+
+def restart_args(marked: str, killed_job: str) -> list[str]:
+    """The `main` options a supervisor adds to a restarted process's command line."""
+    args = ["--marked", marked] if marked else []
+    return args + (["--killed-job", killed_job] if killed_job else [])
 
 
 async def register(bus: Bus, proc: ProcessConfig) -> Registration | None:
@@ -217,6 +258,8 @@ def main(
     parser = argparse.ArgumentParser(prog=f"conclave-{service}")
     parser.add_argument("--process", required=True, help="ProcessConfig as JSON")
     parser.add_argument("--config", required=True, help=f"{config_type.__name__} as JSON")
+    parser.add_argument("--marked", default="", help="take no jobs, for this reason")
+    parser.add_argument("--killed-job", default="", help="the job the last process was killed in")
     args = parser.parse_args(argv)
     try:
         proc = decode(args.process.encode(), ProcessConfig, subject="--process")
@@ -224,6 +267,10 @@ def main(
     except BadMessage as e:
         print(f"conclave-{service}: {e}", file=sys.stderr)
         return 2
+    if args.marked or args.killed_job:
+        proc = msgspec.structs.replace(
+            proc, marked=args.marked or proc.marked, killed_job=args.killed_job or proc.killed_job
+        )
     formatter = logsetup.setup(proc.log_level, node=proc.node_id, service=service)
     on_bus = BusLogHandler(proc.node_id, service, formatter)
     logging.getLogger().addHandler(on_bus)
