@@ -24,6 +24,8 @@ from schemas.game import GameRecord, encode_record, simulations
 from schemas.jobs import SelfplayJob
 from shared.bus.errors import BusError, Unavailable
 from shared.bus.ports import Bus, Delivery, WorkQueue
+from shared.learn.calibrate import Calibration, calibrate, sample_positions
+from shared.learn.evaltypes import Evaluator
 from shared.learn.games import get_game
 from shared.learn.games.base import Game
 from shared.learn.netconfig import CheckpointError, NetConfig, size_label
@@ -69,6 +71,12 @@ class SelfplayWorkerConfig(msgspec.Struct, frozen=True):
     memory_budget_mb: float | None = None
     node_workers: int = 1
     refuse_delay_s: float = 5.0  # a job too big for this worker waits this long for another
+    # Size the games played at once (the inference batch) by a short calibration of each net
+    # size on this device (shared.learn.calibrate), `concurrent_games` at most.
+    calibrate: bool = False
+
+
+CALIBRATE_S = 0.2  # timed per batch size: a few seconds per net size, once per worker
 
 
 class JobTooBig(ValueError):
@@ -90,6 +98,7 @@ class Worker:
         self.evaluators = Evaluators(ModelStore(bus, Path(cfg.cache_dir)), self.pool, cfg.threads)
         self.games_published = 0
         self.budget = budget_bytes(cfg.memory_budget_mb, node_memory_bytes(), cfg.node_workers)
+        self.batches: dict[tuple[str, str], int] = {}  # calibrated, per game and net size
 
     async def serve(self) -> None:
         cfg = self.cfg
@@ -143,7 +152,7 @@ class Worker:
         """Play the job's games, publishing each as it ends; False if stopped before the end."""
         game = get_game(job.game)
         evaluator = await self.evaluators.get(game, job.model_sha256)
-        concurrency = self.fitted(game, evaluator, job)
+        concurrency = self.fitted(game, evaluator, job, await self.batch_for(game, evaluator))
         watch = RssWatch(self.budget, concurrency, clock=self.bus.clock.monotonic)
         engine = msgspec.structs.replace(
             self.cfg.engine,
@@ -191,13 +200,30 @@ class Worker:
             )
         return published == job.games
 
-    def fitted(self, game: Game[Any], evaluator: object, job: SelfplayJob) -> int:
-        """Games at once for `job`: as many as asked that fit the memory budget beside what the
-        worker holds now (its net loaded); JobTooBig, with the reason, if not even one does."""
+    async def batch_for(self, game: Game[Any], evaluator: Evaluator) -> int:
+        """The games at once this device wants for the evaluator's net: the calibrated batch,
+        measured once per game and net size in the playing thread; else `concurrent_games`."""
+        cap, net = self.cfg.concurrent_games, _net_config(evaluator)
+        if not self.cfg.calibrate or net is None:
+            return cap
+        key = (game.name, size_label(net))
+        if key not in self.batches:
+            loop = asyncio.get_running_loop()
+            found = await loop.run_in_executor(self.pool, _calibrated, game, evaluator, cap)
+            self.batches[key] = found.best_batch
+            rates = {batch: round(rate) for batch, rate in found.rates.items()}
+            log.info(
+                "%s %s: %d games at once (positions/s by batch %s)", *key, found.best_batch, rates
+            )
+        return self.batches[key]
+
+    def fitted(self, game: Game[Any], evaluator: object, job: SelfplayJob, batch: int) -> int:
+        """Games at once for `job`: up to `batch`, as many as fit the memory budget beside what
+        the worker holds now (its net loaded); JobTooBig, with the reason, if not even one does."""
         net = _net_config(evaluator)
         estimate = partial(estimate_selfplay_bytes, game, net, sims=job.sims)
         in_use = own_rss_bytes() - (net_bytes(game, net, 0) if net else 0)  # weights counted once
-        wanted = min(self.cfg.concurrent_games, job.games)
+        wanted = min(batch, job.games)
         fit = fit_concurrency(self.budget, in_use, lambda n: estimate(concurrent_games=n), wanted)
         if fit is None:
             raise JobTooBig(refusal_reason(self.budget, in_use, estimate(concurrent_games=1)))
@@ -227,6 +253,11 @@ class Worker:
             self.counters.add("games")
             self.counters.add("simulations", simulations(record))
         return count, sims
+
+
+def _calibrated(game: Game[Any], evaluator: Evaluator, most: int) -> Calibration:
+    positions = sample_positions(game, most, np.random.default_rng(0))
+    return calibrate(evaluator, positions, max_batch=most, seconds_per_size=CALIBRATE_S)
 
 
 def _net_config(evaluator: object) -> NetConfig | None:

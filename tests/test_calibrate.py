@@ -3,11 +3,17 @@ known cost curve), and a real calibration on the CPU."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
+import msgspec
 import numpy as np
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from services import selfplay
+from shared.bus.memory import MemoryServer
 from shared.learn.calibrate import calibrate, sample_positions
 from shared.learn.games import get_game
 from shared.learn.games.base import BoolArray, FloatArray
@@ -62,3 +68,22 @@ def test_a_real_network_on_the_cpu_calibrates() -> None:
     positions = sample_positions(GAME, 64, np.random.default_rng(0))
     found = calibrate(evaluator, positions, seconds_per_size=0.02)
     assert 1 <= found.best_batch <= 64 and all(rate > 0 for rate in found.rates.values())
+
+
+async def test_a_self_play_worker_plays_as_many_games_at_once_as_its_device_wants(
+    tmp_path: Path,
+) -> None:
+    """The batch is calibrated once per game and net size (the cap at most), not a constant."""
+    bus = MemoryServer().connect("test")
+    cfg = selfplay.SelfplayWorkerConfig("w1", str(tmp_path), concurrent_games=16, calibrate=True)
+    worker = selfplay.Worker(bus, cfg, asyncio.Event())
+    evaluator = NetEvaluator(new_net(GAME, NetConfig(blocks=1, channels=8, value_hidden=8)))
+    try:
+        batch = await worker.batch_for(GAME, evaluator)
+        assert batch in (1, 2, 4, 8, 16) and worker.batches == {("connect4", "1x8"): batch}
+        assert await worker.batch_for(GAME, evaluator) == batch  # measured once
+        fixed = selfplay.Worker(bus, msgspec.structs.replace(cfg, calibrate=False), asyncio.Event())
+        assert await fixed.batch_for(GAME, evaluator) == 16
+        fixed.pool.shutdown()
+    finally:
+        worker.pool.shutdown()

@@ -159,6 +159,7 @@ def loop_service_config(instance: str, opts: NodeOptions, p: Preset) -> msgspec.
             nice=selfplay_nice(opts.roles),
             memory_budget_mb=opts.memory_budget_mb,
             node_workers=selfplay_workers(opts, usable_cores()),
+            calibrate=True,
         )
     if service == "trainer":
         # Imported only where a trainer runs: its module loads torch, which other launchers skip.
