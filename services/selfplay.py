@@ -39,6 +39,7 @@ from shared.work.jobs import JobSettings, Puller, await_consumer, job_seed
 from shared.work.memory import (
     RssWatch,
     budget_bytes,
+    default_budget_bytes,
     estimate_selfplay_bytes,
     fit_concurrency,
     net_bytes,
@@ -153,7 +154,7 @@ class Worker:
         game = get_game(job.game)
         evaluator = await self.evaluators.get(game, job.model_sha256)
         concurrency = self.fitted(game, evaluator, job, await self.batch_for(game, evaluator))
-        watch = RssWatch(self.budget, concurrency, clock=self.bus.clock.monotonic)
+        watches = self.watches(concurrency)
         engine = msgspec.structs.replace(
             self.cfg.engine,
             concurrent_games=concurrency,
@@ -180,7 +181,7 @@ class Worker:
                     job_id=job.job_id,
                     clock=self.bus.clock.time,
                     stop=stopped,
-                    limit=watch.limit,
+                    limit=lambda: min(watch.limit() for watch in watches),
                 ):
                     loop.call_soon_threadsafe(records.put_nowait, record)
             finally:
@@ -194,11 +195,20 @@ class Worker:
             given_up.set()
             await playing  # re-raises anything the engine raised
         self.measured(evaluator, sims, self.bus.clock.monotonic() - started)
-        if watch.shrinks:
-            log.warning(
-                "job %s near its memory budget: games at once %s", job.job_id, watch.shrinks
-            )
+        if shrinks := [shrink for watch in watches for shrink in watch.shrinks]:
+            log.warning("job %s near its memory budget: games at once %s", job.job_id, shrinks)
         return published == job.games
+
+    def watches(self, start: int) -> list[RssWatch]:
+        """What a job's games at once shrink by: the process's RSS against its budget and, on a
+        device with memory of its own (a GPU), the memory it holds there against its share."""
+        clock, compute = self.bus.clock.monotonic, self.evaluators.compute
+        found = [RssWatch(self.budget, start, clock=clock)]
+        _, total = compute.memory()
+        if total:
+            share = default_budget_bytes(total, self.cfg.node_workers)
+            found.append(RssWatch(share, start, read=lambda: compute.memory()[0], clock=clock))
+        return found
 
     async def batch_for(self, game: Game[Any], evaluator: Evaluator) -> int:
         """The games at once this device wants for the evaluator's net: the calibrated batch,
