@@ -144,6 +144,16 @@ class ClusterProtocol(Wire, frozen=True, tag="conclave.cluster_protocol.v1"):
     at: Timestamp
 
 
+class MatchEvaluators(Wire, frozen=True, kw_only=True, tag="conclave.match_evaluators.v1"):
+    """Who may play promotion matches (registry key `eval.match`): the evaluators fast enough
+    not to hold the gate up (`node/service`, shared.loop.placement.match_evaluators); the others
+    take gauntlet and rating jobs only."""
+
+    evaluators: Annotated[list[Ident], Meta(max_length=4096)] | None  # None: every one may
+    term: Count
+    at: Timestamp
+
+
 CONTROL_MESSAGES: tuple[type[msgspec.Struct], ...] = (
     ServicePulse,
     NodeStatus,
@@ -151,4 +161,5 @@ CONTROL_MESSAGES: tuple[type[msgspec.Struct], ...] = (
     LeaderEvent,
     LeaderValidity,
     ClusterProtocol,
+    MatchEvaluators,
 )

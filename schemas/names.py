@@ -40,6 +40,7 @@ LEADER_KEY = "leader"
 SYNCER_KEY = "syncer"  # the archive's lease, in the archive lease buckets
 PROTOCOL_KEY = "cluster.protocol"  # registry: the wire protocols the coordinator accepts
 SYNC_STATUS_KEY = "sync.status"  # registry: the syncer's last archive run
+MATCH_EVALUATORS_KEY = "eval.match"  # registry: the evaluators fast enough for matches
 LOOP_STATE_KEY = "state"  # loop: the master loop's record (per game state, term-stamped)
 
 

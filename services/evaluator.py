@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -22,7 +23,8 @@ import msgspec
 import numpy as np
 
 from schemas import names
-from schemas.codec import encode
+from schemas.codec import BadMessage, decode, encode
+from schemas.control import MatchEvaluators
 from schemas.jobs import EvalJob, EvalResult, PlayerSpec, job_group
 from shared.bus.errors import BusError
 from shared.bus.ports import Bus
@@ -35,17 +37,21 @@ from shared.learn.arena import (
     play_match,
 )
 from shared.learn.baselines import make_agent
+from shared.learn.evaltypes import Counted
 from shared.learn.games import Game, UnknownGame, get_game
 from shared.lease.watch import KeyChanges, first_of
+from shared.loop.placement import eval_lanes
 from shared.runtime.counters import Counters
 from shared.runtime.service import main as service_main
 from shared.runtime.service import set_when, wait_or_stop
-from shared.work.compute import start_compute
+from shared.work.compute import net_config_of, record_rate, start_compute
 from shared.work.jobs import Delivery, JobSettings, Puller, await_consumer, dead_letter_now
 from shared.work.modelcache import Evaluators
 from shared.work.models import ModelStore, UnloadableModel
 
 log = logging.getLogger("conclave.evaluator")
+
+MATCH_CHECK_S = 10.0  # how often an evaluator reads whether it plays promotion matches
 
 
 class Spent(NamedTuple):
@@ -115,7 +121,13 @@ class Worker:
             games=cfg.games or None,
             node=cfg.node_id,
         )
+        checked = None
         while not self.stop.is_set():
+            if checked is None or self.bus.clock.monotonic() - checked >= MATCH_CHECK_S:
+                lanes = await self.lanes()
+                if lanes != puller.lanes:
+                    log.info("pulling evaluation lanes %s", ", ".join(lanes))
+                puller.lanes, checked = lanes, self.bus.clock.monotonic()
             try:
                 delivery = await puller.next(timeout_s=2.0)
             except BusError as e:
@@ -124,6 +136,25 @@ class Worker:
                 continue
             if delivery is not None:
                 await self.work(delivery)
+
+    async def lanes(self) -> tuple[str, ...]:
+        """The lanes to pull: promotion matches only while the scheduler counts this evaluator
+        fast enough for them (`shared.loop.placement.match_evaluators`)."""
+        key = names.MATCH_EVALUATORS_KEY
+        try:
+            entry = await self.bus.last(names.REGISTRY_BUCKET, key)
+            named = (
+                None if entry.value is None else decode(entry.value, MatchEvaluators, subject=key)
+            )
+        except (BusError, BadMessage) as e:  # unknown: play matches rather than starve the gate
+            log.warning("cannot read %s: %s", key, e)
+            named = None
+        lanes = eval_lanes(f"{self.cfg.node_id}/evaluator", named)
+        if "match" not in lanes:
+            self.counters.set_doing("no match jobs: faster evaluators play them")
+        elif self.counters.doing().startswith("no match jobs"):
+            self.counters.set_doing("")
+        return lanes
 
     async def work(self, delivery: Delivery[EvalJob]) -> None:
         job = delivery.job
@@ -235,6 +266,10 @@ class Worker:
         game = get_game(job.game)
         a = await self.player(game, job.a, "a")
         b = await self.player(game, job.b, "b")
+        models = [p for p in (a, b) if isinstance(p, ModelPlayer)]
+        net = next(filter(None, (net_config_of(p.evaluator) for p in models)), None)
+        counts = {id(p): Counted(p.evaluator) for p in models}
+        a, b = (_counting(p, counts) for p in (a, b))
         match = partial(
             play_match,
             game,
@@ -246,7 +281,12 @@ class Worker:
             concurrent=self.cfg.concurrent_games,
             stop=self.halt.is_set if abandon is None else _either(self.halt, abandon),
         )
-        return await asyncio.get_running_loop().run_in_executor(self.pool, match)
+        started = self.bus.clock.monotonic()
+        outcome = await asyncio.get_running_loop().run_in_executor(self.pool, match)
+        positions = sum(counted.positions for counted in counts.values())
+        seconds = self.bus.clock.monotonic() - started
+        record_rate(self.counters, self.evaluators.compute, net, positions, seconds)
+        return outcome
 
     async def player(self, game: Game[Any], spec: PlayerSpec, side: str) -> Player:
         """A baseline agent or a searched model; raise BadPlayer naming the side and the cause."""
@@ -284,6 +324,14 @@ class Worker:
         log.info(
             "job %s: %s %s %s", job.job_id, job.a.name, score, job.b.name, extra={"job": job.job_id}
         )
+
+
+def _counting(player: Player, counts: dict[int, Counted]) -> Player:
+    """A model player searching through its counting evaluator (an agent as it is)."""
+    counted = counts.get(id(player))
+    if counted is None or not isinstance(player, ModelPlayer):
+        return player
+    return dataclasses.replace(player, evaluator=counted)
 
 
 def _either(*events: threading.Event) -> Callable[[], bool]:

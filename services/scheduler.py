@@ -14,7 +14,8 @@ import logging
 import msgspec
 
 from schemas import names
-from schemas.codec import BadMessage
+from schemas.codec import BadMessage, encode
+from schemas.control import MatchEvaluators
 from shared.bus.compat import announce
 from shared.bus.errors import BusError
 from shared.bus.ports import Bus
@@ -125,6 +126,7 @@ class MasterLoop:
         )
         self.cpu = CpuMeter(cfg.budget.window_s)
         self.stranding = Stranding(cfg.stranded_after_s)
+        self.match_list: list[str] | bool | None = False  # last written (False: none yet)
 
     async def tick(self) -> int:
         """Observe, decide, act, record; returns how many actions were carried out."""
@@ -166,6 +168,14 @@ class MasterLoop:
         )
         await cas_put(self.bus, names.LOOP_BUCKET, STATE_KEY, update, revision)
         return len(actions)
+
+    async def name_match_evaluators(self, chosen: list[str] | None, now: float) -> None:
+        """Tell evaluators who plays promotion matches, when that changes."""
+        if chosen == self.match_list:
+            return
+        named = MatchEvaluators(evaluators=chosen, term=self.term, at=now)
+        await self.bus.write(names.REGISTRY_BUCKET, names.MATCH_EVALUATORS_KEY, encode(named))
+        self.match_list = chosen
 
     async def gauntlets(self, state: LoopState) -> dict[str, GauntletPhase]:
         found = {}

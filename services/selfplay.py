@@ -28,13 +28,13 @@ from shared.learn.calibrate import Calibration, calibrate, sample_positions
 from shared.learn.evaltypes import Evaluator
 from shared.learn.games import get_game
 from shared.learn.games.base import Game
-from shared.learn.netconfig import CheckpointError, NetConfig, size_label
+from shared.learn.netconfig import CheckpointError, size_label
 from shared.learn.selfplay import SelfPlayConfig, self_play
 from shared.runtime.counters import Counters
 from shared.runtime.memory import own_rss_bytes
 from shared.runtime.service import main as service_main
 from shared.runtime.service import set_when, wait_or_stop
-from shared.work.compute import start_compute, tier_of
+from shared.work.compute import net_config_of, record_rate, start_compute, tier_of
 from shared.work.jobs import JobSettings, Puller, await_consumer, job_seed
 from shared.work.memory import (
     RssWatch,
@@ -194,7 +194,8 @@ class Worker:
         finally:
             given_up.set()
             await playing  # re-raises anything the engine raised
-        self.measured(evaluator, sims, self.bus.clock.monotonic() - started)
+        seconds = self.bus.clock.monotonic() - started
+        record_rate(self.counters, self.evaluators.compute, net_config_of(evaluator), sims, seconds)
         if shrinks := [shrink for watch in watches for shrink in watch.shrinks]:
             log.warning("job %s near its memory budget: games at once %s", job.job_id, shrinks)
         return published == job.games
@@ -213,7 +214,7 @@ class Worker:
     async def batch_for(self, game: Game[Any], evaluator: Evaluator) -> int:
         """The games at once this device wants for the evaluator's net: the calibrated batch,
         measured once per game and net size in the playing thread; else `concurrent_games`."""
-        cap, net = self.cfg.concurrent_games, _net_config(evaluator)
+        cap, net = self.cfg.concurrent_games, net_config_of(evaluator)
         if not self.cfg.calibrate or net is None:
             return cap
         key = (game.name, size_label(net))
@@ -230,7 +231,7 @@ class Worker:
     def fitted(self, game: Game[Any], evaluator: object, job: SelfplayJob, batch: int) -> int:
         """Games at once for `job`: up to `batch`, as many as fit the memory budget beside what
         the worker holds now (its net loaded); JobTooBig, with the reason, if not even one does."""
-        net = _net_config(evaluator)
+        net = net_config_of(evaluator)
         estimate = partial(estimate_selfplay_bytes, game, net, sims=job.sims)
         in_use = own_rss_bytes() - (net_bytes(game, net, 0) if net else 0)  # weights counted once
         wanted = min(batch, job.games)
@@ -238,19 +239,6 @@ class Worker:
         if fit is None:
             raise JobTooBig(refusal_reason(self.budget, in_use, estimate(concurrent_games=1)))
         return fit
-
-    def measured(self, evaluator: object, sims: int, seconds: float) -> None:
-        """Record the job's positions/s for its network's size in the device report (what
-        placement weighs tiers by); a net-less evaluator (generation 0's) measures nothing."""
-        report = self.counters.compute()
-        config = _net_config(evaluator)
-        if config is None or report is None or seconds <= 0 or not sims:
-            return
-        rates = {**report.positions_per_s, size_label(config): sims / seconds}
-        used, _ = self.evaluators.compute.memory()
-        self.counters.set_compute(
-            msgspec.structs.replace(report, positions_per_s=rates, device_memory_bytes=used)
-        )
 
     async def publish_all(self, records: asyncio.Queue[GameRecord | None]) -> tuple[int, int]:
         """Publish each game as it ends; (games, simulations) published."""
@@ -268,13 +256,6 @@ class Worker:
 def _calibrated(game: Game[Any], evaluator: Evaluator, most: int) -> Calibration:
     positions = sample_positions(game, most, np.random.default_rng(0))
     return calibrate(evaluator, positions, max_batch=most, seconds_per_size=CALIBRATE_S)
-
-
-def _net_config(evaluator: object) -> NetConfig | None:
-    """The network size of a NetEvaluator; None for a net-less one (found by attribute, so the
-    launcher that imports this module's config does not load torch)."""
-    config = getattr(getattr(evaluator, "net", None), "config", None)
-    return config if isinstance(config, NetConfig) else None
 
 
 async def publish_game(bus: Bus, record: GameRecord, attempts: int = 20) -> None:

@@ -3,16 +3,28 @@ nodes, 4 CPU-tier) pulling from a real server's tier queues."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
+from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas import names
-from schemas.control import DeviceReport, NodeStatus, Resources, ServiceState
+from schemas.codec import encode
+from schemas.control import DeviceReport, MatchEvaluators, NodeStatus, Resources, ServiceState
 from schemas.jobs import SelfplayJob
+from services import evaluator
+from shared.bus.memory import MemoryServer
 from shared.bus.ports import Bus
-from shared.loop.placement import Stranding, fastest_tier, place, tier_capacity
+from shared.loop.placement import (
+    Stranding,
+    eval_lanes,
+    fastest_tier,
+    match_evaluators,
+    place,
+    tier_capacity,
+)
 from shared.loop.policy import GameState, LoopConfig, LoopState, Snapshot, next_actions
 from shared.work.jobs import JobSettings, Puller, ensure_consumer, last_failure, rehome, submit
 
@@ -166,3 +178,39 @@ async def test_jobs_of_a_tier_whose_workers_left_move_to_the_default_tier(bus: B
     delivery = await Puller(bus, "selfplay", SelfplayJob, tier="cpu").next(3)
     assert delivery is not None and delivery.job == job(1)
     await delivery.done()
+
+
+def test_promotion_matches_go_to_evaluators_fast_enough_to_finish_them() -> None:
+    evaluators = [
+        node("g0", report("gpu", 20000.0), kind="evaluator"),
+        node("c0", report("cpu", 6000.0), kind="evaluator"),
+        node("c1", report("cpu", 1000.0), kind="evaluator"),  # a laptop: under a quarter
+        node("c2", report("cpu"), kind="evaluator"),  # not measured yet: it may
+    ]
+    assert match_evaluators(evaluators) == ["c0/evaluator-0", "c2/evaluator-0", "g0/evaluator-0"]
+    assert match_evaluators(evaluators[3:]) is None  # nobody measured: everyone may
+    named = MatchEvaluators(evaluators=["g0/evaluator-0"], term=1, at=0.0)
+    assert eval_lanes("g0/evaluator-0", named) == names.EVAL_LANES
+    assert eval_lanes("c1/evaluator-0", named) == ("gauntlet", "rating")
+    assert eval_lanes("c1/evaluator-0", None) == names.EVAL_LANES
+    unrestricted = MatchEvaluators(evaluators=None, term=1, at=0.0)
+    assert eval_lanes("c1/evaluator-0", unrestricted) == names.EVAL_LANES
+
+
+async def test_an_evaluator_left_out_of_matches_pulls_only_gauntlets_and_ratings(
+    tmp_path: Path,
+) -> None:
+    bus = MemoryServer().connect("test")
+    await bus.provision()
+    cfg = evaluator.EvaluatorConfig("slow", str(tmp_path))
+    worker = evaluator.Worker(bus, cfg, asyncio.Event())
+    try:
+        assert await worker.lanes() == names.EVAL_LANES  # nothing named yet
+        named = MatchEvaluators(evaluators=["fast/evaluator"], term=1, at=0.0)
+        await bus.write(names.REGISTRY_BUCKET, names.MATCH_EVALUATORS_KEY, encode(named))
+        assert await worker.lanes() == ("gauntlet", "rating")
+        named = MatchEvaluators(evaluators=["fast/evaluator", "slow/evaluator"], term=1, at=0.0)
+        await bus.write(names.REGISTRY_BUCKET, names.MATCH_EVALUATORS_KEY, encode(named))
+        assert await worker.lanes() == names.EVAL_LANES
+    finally:
+        worker.pool.shutdown()

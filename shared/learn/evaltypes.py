@@ -21,3 +21,15 @@ def uniform_evaluator(encodings: FloatArray, masks: BoolArray) -> tuple[FloatArr
     legal = masks.astype(np.float32)
     counts = np.maximum(legal.sum(axis=1, keepdims=True), 1.0)
     return legal / counts, np.zeros(len(masks), dtype=np.float32)
+
+
+class Counted:
+    """An evaluator that counts the positions it evaluates (a job's throughput, measured)."""
+
+    def __init__(self, inner: Evaluator) -> None:
+        self.inner = inner
+        self.positions = 0
+
+    def __call__(self, encodings: FloatArray, masks: BoolArray) -> tuple[FloatArray, FloatArray]:
+        self.positions += len(masks)
+        return self.inner(encodings, masks)

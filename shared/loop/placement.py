@@ -10,10 +10,10 @@ jobs queued per unit of measured throughput.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from schemas import names
-from schemas.control import SELF_TEST_PASSED, DeviceReport, NodeStatus
+from schemas.control import SELF_TEST_PASSED, DeviceReport, MatchEvaluators, NodeStatus
 
 
 def worker_rate(report: DeviceReport) -> float | None:
@@ -29,16 +29,22 @@ def tier_capacity(nodes: Iterable[NodeStatus], kind: str) -> dict[str, float]:
     (starting, or an older build) counts in the default tier; one whose self-test failed, not
     at all."""
     declared: list[tuple[str, float | None]] = []
+    for _, report in live_workers(nodes, kind):
+        if report is None:
+            declared.append((names.DEFAULT_TIER, None))
+        elif report.self_test == SELF_TEST_PASSED and report.tier in names.TIERS:
+            declared.append((report.tier, worker_rate(report)))
+    return _filled(declared)
+
+
+def live_workers(
+    nodes: Iterable[NodeStatus], kind: str
+) -> Iterator[tuple[str, DeviceReport | None]]:
+    """Each live process of service `kind` (`node/service`) and its device report."""
     for status in nodes:
         for service in status.services:
-            if not service.alive or names.service_kind(service.name) != kind:
-                continue
-            report = service.compute
-            if report is None:
-                declared.append((names.DEFAULT_TIER, None))
-            elif report.self_test == SELF_TEST_PASSED and report.tier in names.TIERS:
-                declared.append((report.tier, worker_rate(report)))
-    return _filled(declared)
+            if service.alive and names.service_kind(service.name) == kind:
+                yield f"{status.node}/{service.name}", service.compute
 
 
 def _filled(declared: list[tuple[str, float | None]]) -> dict[str, float]:
@@ -99,3 +105,30 @@ class Stranding:
             elif tier != names.DEFAULT_TIER and now - last >= self.after_s:
                 out.append(tier)
         return out
+
+
+MATCH_SHARE = 0.25  # an evaluator this much slower than the fastest would hold the gate up
+
+
+def match_evaluators(nodes: Iterable[NodeStatus], share: float = MATCH_SHARE) -> list[str] | None:
+    """The evaluators (`node/service`) fast enough for promotion matches: measured at `share` of
+    the fastest's positions/s or more, or not measured yet; None while no evaluator has measured
+    (every one may). A slower one still plays gauntlets and rating games, whose results wait."""
+    rated = {
+        who: worker_rate(report)
+        for who, report in live_workers(nodes, "evaluator")
+        if report is not None and report.self_test == SELF_TEST_PASSED
+    }
+    known = [rate for rate in rated.values() if rate is not None]
+    if not known:
+        return None
+    floor = share * max(known)
+    return sorted(who for who, rate in rated.items() if rate is None or rate >= floor)
+
+
+def eval_lanes(me: str, named: MatchEvaluators | None) -> tuple[str, ...]:
+    """The evaluation lanes evaluator `me` (`node/service`) pulls: every lane, less promotion
+    matches when the scheduler names others as fast enough and not `me`."""
+    if named is None or named.evaluators is None or me in named.evaluators:
+        return names.EVAL_LANES
+    return tuple(lane for lane in names.EVAL_LANES if lane != "match")

@@ -6,9 +6,12 @@ import asyncio
 import logging
 from concurrent.futures import Executor
 
+import msgspec
+
 from schemas.control import SELF_TEST_PASSED, DeviceReport
 from schemas.names import TIERS
 from shared.learn.device import Compute, DeviceUnavailable, SelfTestFailed, choose_compute
+from shared.learn.netconfig import NetConfig, size_label
 from shared.runtime.counters import Counters
 
 log = logging.getLogger("conclave.compute")
@@ -87,3 +90,25 @@ def _ready(device: str, precision: str, tier: str) -> tuple[Compute, DeviceRepor
 
 def _asked(tier: str) -> str:
     return "cpu" if tier == "auto" else tier
+
+
+def net_config_of(evaluator: object) -> NetConfig | None:
+    """The network size of a NetEvaluator; None for a net-less one (found by attribute, so the
+    launcher that imports worker configs does not load torch)."""
+    config = getattr(getattr(evaluator, "net", None), "config", None)
+    return config if isinstance(config, NetConfig) else None
+
+
+def record_rate(
+    counters: Counters, compute: Compute, net: NetConfig | None, positions: int, seconds: float
+) -> None:
+    """Put a job's positions/s for its network's size, and the device memory now, into the
+    worker's device report (what placement weighs workers by); nothing for a net-less job."""
+    report = counters.compute()
+    if net is None or report is None or seconds <= 0 or not positions:
+        return
+    rates = {**report.positions_per_s, size_label(net): positions / seconds}
+    used, _ = compute.memory()
+    counters.set_compute(
+        msgspec.structs.replace(report, positions_per_s=rates, device_memory_bytes=used)
+    )
