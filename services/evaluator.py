@@ -283,9 +283,10 @@ class Worker:
         )
         started = self.bus.clock.monotonic()
         outcome = await asyncio.get_running_loop().run_in_executor(self.pool, match)
-        positions = sum(counted.positions for counted in counts.values())
-        seconds = self.bus.clock.monotonic() - started
-        record_rate(self.counters, self.evaluators.compute, net, positions, seconds)
+        if len(models) == 2:  # a baseline's own time (mcts:200) would read as a slow device
+            positions = sum(counted.positions for counted in counts.values())
+            seconds = self.bus.clock.monotonic() - started
+            record_rate(self.counters, self.evaluators.compute, net, positions, seconds)
         return outcome
 
     async def player(self, game: Game[Any], spec: PlayerSpec, side: str) -> Player:
