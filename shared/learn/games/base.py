@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from functools import cache
 from typing import Protocol, TypeVar
 
 import numpy as np
@@ -24,6 +25,14 @@ class BadNotation(ValueError):
     """Text that does not describe a position of the game."""
 
 
+@cache
+def finished(num_players: int, winner: int | None) -> tuple[float, ...]:
+    """The `outcome` of a finished game: `winner` +1 and the others -1, or 0 for all if None."""
+    if winner is None:
+        return (0.0,) * num_players
+    return tuple(1.0 if player == winner else -1.0 for player in range(num_players))
+
+
 @dataclass(frozen=True)
 class Symmetry:
     """A board symmetry: how it maps encoded planes and how it maps action indices.
@@ -38,13 +47,15 @@ class Symmetry:
 
 
 class Game(Protocol[S]):
-    """A two-player, zero-sum, perfect-information game with a fixed action space.
+    """A perfect-information game for 2 to 4 players, moving in turn, with a fixed action space.
 
-    States are immutable and hashable; values are from the view of the player to move.
+    Players are indexed 0..num_players-1. States are immutable and hashable. `terminal_value` is
+    the two-player, zero-sum view (from the player to move); `outcome` is the view of every player.
     """
 
     name: str
     num_actions: int
+    num_players: int  # 2..4
     encoding_shape: tuple[int, int, int]  # (planes, height, width)
 
     def initial(self) -> S: ...
@@ -58,11 +69,19 @@ class Game(Protocol[S]):
         ...
 
     def terminal_value(self, state: S) -> float | None:
-        """+1/0/-1 for the player to move if the game is over, else None."""
+        """+1/0/-1 for the player to move if the game is over, else None.
+
+        Exact for two players; with more, -1 when anyone has won (the winner just moved).
+        """
+        ...
+
+    def outcome(self, state: S) -> tuple[float, ...] | None:
+        """None while the game goes on, else one value per player index: the winner +1 and every
+        other player -1, or 0 for all in a draw."""
         ...
 
     def to_play(self, state: S) -> int:
-        """0 for the first player, 1 for the second."""
+        """The index of the player to move, 0..num_players-1 (0 moves first)."""
         ...
 
     def ply(self, state: S) -> int: ...

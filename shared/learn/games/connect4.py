@@ -12,7 +12,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from shared.learn.games.base import BadNotation, BoolArray, FloatArray, Game, IllegalMove, Symmetry
+from shared.learn.games.base import (
+    BadNotation,
+    BoolArray,
+    FloatArray,
+    Game,
+    IllegalMove,
+    Symmetry,
+    finished,
+)
 
 WIDTH = 7
 HEIGHT = 6
@@ -84,6 +92,7 @@ class Connect4:
     """The `Game` for Connect Four."""
 
     name = "connect4"
+    num_players = 2
     num_actions = WIDTH
     encoding_shape = (3, HEIGHT, WIDTH)
 
@@ -109,6 +118,13 @@ class Connect4:
             return -1.0
         if len(state.moves) == CELLS:
             return 0.0
+        return None
+
+    def outcome(self, state: Connect4State) -> tuple[float, ...] | None:
+        if state.won:  # by the player who just moved
+            return finished(2, (len(state.moves) - 1) & 1)
+        if len(state.moves) == CELLS:
+            return finished(2, None)
         return None
 
     def to_play(self, state: Connect4State) -> int:

@@ -10,7 +10,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from shared.learn.games.base import BadNotation, BoolArray, FloatArray, Game, IllegalMove, Symmetry
+from shared.learn.games.base import (
+    BadNotation,
+    BoolArray,
+    FloatArray,
+    Game,
+    IllegalMove,
+    Symmetry,
+    finished,
+)
 
 CELLS = 9
 _FULL = (1 << CELLS) - 1
@@ -78,6 +86,7 @@ class TicTacToe:
     """The `Game` for tic-tac-toe."""
 
     name = "tictactoe"
+    num_players = 2
     num_actions = CELLS
     encoding_shape = (3, 3, 3)
 
@@ -103,6 +112,13 @@ class TicTacToe:
             return -1.0
         if len(state.moves) == CELLS:
             return 0.0
+        return None
+
+    def outcome(self, state: TicTacToeState) -> tuple[float, ...] | None:
+        if state.won:  # by the player who just moved
+            return finished(2, (len(state.moves) - 1) & 1)
+        if len(state.moves) == CELLS:
+            return finished(2, None)
         return None
 
     def to_play(self, state: TicTacToeState) -> int:
