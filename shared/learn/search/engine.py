@@ -1,14 +1,19 @@
 """The simulation loop shared by every search, written as a generator of evaluation requests.
 
 A search is a `Steps` generator: it yields a batch (encodings (n, C, H, W), masks (n, A)) that
-needs the network and is sent back (priors (n, A), values (n,)). `drive` answers with an
-evaluator in the caller's thread; `drive_pipelined` interleaves several searches so that one's
-batch runs on a worker thread (torch releases the GIL) while Python walks another's trees.
+needs the network and is sent back (priors (n, A), values): values (n,) from the view of the
+player to move, or (n, P) in turn order from the mover (see `tree.seat_values`). `drive`
+answers with an evaluator in the caller's thread; `drive_pipelined` interleaves several
+searches so that one's batch runs on a worker thread (torch releases the GIL) while Python walks
+another's trees.
 
 Transpositions: the tree stays a tree (no shared nodes, so visit counts and the Gumbel
 schedule stay exact); each game has its own key-indexed cache of network outputs, so a position
 reached again by another move order — in this search or a later one of the same game — reuses
 its evaluation instead of spending a network call. Caches are never shared between games.
+
+Values are vectors by seat (max^n, see `tree`); what a search returns (root value, Q, targets)
+is from the view of the root's player, as before.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ EvalRequest = tuple[FloatArray, BoolArray]
 EvalReply = tuple[FloatArray, FloatArray]
 R = TypeVar("R")
 Steps = Generator[EvalRequest, EvalReply, R]
-# key -> (priors (A,), legal (A,), value)
-Cache = dict[Hashable, tuple[FloatArray, BoolArray, float]]
+# key -> (priors (A,), legal (A,), value vector by seat (P,))
+CacheEntry = tuple[FloatArray, BoolArray, FloatArray]
+Cache = dict[Hashable, CacheEntry]
 Counts = npt.NDArray[np.int64]
 
 
@@ -83,10 +89,30 @@ class SearchOutput:
     stats: SearchStats
 
 
+def num_players(game: Game[Any]) -> int:
+    """The game's player count (2 for games written before it was part of the protocol)."""
+    return int(getattr(game, "num_players", 2))
+
+
+def exact_values(
+    game: Game[Any], state: Any, mover: int, value: float, players: int
+) -> tuple[float, ...]:
+    """The outcome by seat of a finished game whose `terminal_value` is `value`: with two
+    players, [v, -v] from the `mover` (exact there, any reward rather than only +-1/0, and all
+    that older two-player games define); with more, `game.outcome`."""
+    if players == 2:
+        return (value, -value) if mover == 0 else (-value, value)
+    outcome = game.outcome(state)
+    if outcome is None:
+        raise ValueError(f"{game.name}: terminal_value but no outcome at {game.notation(state)!r}")
+    return outcome
+
+
 @dataclass(frozen=True)
 class _Pending:
     rows: T.Index
     nodes: T.Index
+    movers: T.Index
     keys: list[Hashable]
     encodings: FloatArray
     masks: BoolArray
@@ -141,31 +167,34 @@ def _classify(
     counts: GameCounts,
 ) -> _Pending:
     """Settle fresh nodes that are terminal or cached; return the rest as a network batch."""
-    term: list[tuple[int, int, float]] = []
-    hit: list[tuple[int, int, tuple[FloatArray, BoolArray, float]]] = []
-    miss: list[tuple[int, int, Hashable]] = []
+    players = tree.num_players
+    term: list[tuple[int, int, int, tuple[float, ...]]] = []
+    hit: list[tuple[int, int, int, CacheEntry]] = []
+    miss: list[tuple[int, int, int, Hashable]] = []
     encodings = np.empty((rows.size, *game.encoding_shape), dtype=np.float32)
     masks = np.empty((rows.size, game.num_actions), dtype=np.bool_)
     for b, n in zip(rows.tolist(), nodes.tolist(), strict=True):
         state = tree.states[b][n]
+        mover = game.to_play(state)
         value = game.terminal_value(state)
         if value is not None:
-            term.append((b, n, value))
+            term.append((b, n, mover, exact_values(game, state, mover, value, players)))
             continue
         key = game.key(state)
         entry = caches[b].get(key)
         if entry is not None:
-            hit.append((b, n, entry))
+            hit.append((b, n, mover, entry))
             continue
         encodings[len(miss)] = game.encode(state)
         masks[len(miss)] = game.legal_mask(state)
-        miss.append((b, n, key))
+        miss.append((b, n, mover, key))
     _settle(tree, term, hit, counts)
     k = len(miss)
     pending = _Pending(
         rows=np.fromiter((m[0] for m in miss), dtype=np.intp, count=k),
         nodes=np.fromiter((m[1] for m in miss), dtype=np.intp, count=k),
-        keys=[m[2] for m in miss],
+        movers=np.fromiter((m[2] for m in miss), dtype=np.intp, count=k),
+        keys=[m[3] for m in miss],
         encodings=encodings[:k],
         masks=masks[:k],
     )
@@ -175,29 +204,35 @@ def _classify(
 
 def _settle(
     tree: T.Tree,
-    term: list[tuple[int, int, float]],
-    hit: list[tuple[int, int, tuple[FloatArray, BoolArray, float]]],
+    term: list[tuple[int, int, int, tuple[float, ...]]],
+    hit: list[tuple[int, int, int, CacheEntry]],
     counts: GameCounts,
 ) -> None:
     if term:
-        rows, nodes, exact = zip(*term, strict=True)
-        T.set_terminal(tree, np.array(rows), np.array(nodes), np.array(exact, np.float32))
+        rows, nodes, movers, exact = zip(*term, strict=True)
+        T.set_terminal(
+            tree, np.array(rows), np.array(nodes), np.array(exact, np.float32), np.array(movers)
+        )
         counts.terminal_visits[np.array(rows)] += 1
     if hit:
-        rows, nodes, entries = zip(*hit, strict=True)
+        rows, nodes, movers, entries = zip(*hit, strict=True)
         priors = np.stack([e[0] for e in entries])
         legal = np.stack([e[1] for e in entries])
-        values = np.array([e[2] for e in entries], dtype=np.float32)
-        T.set_evaluated(tree, np.array(rows), np.array(nodes), priors, legal, values)
+        values = np.stack([e[2] for e in entries])
+        T.set_evaluated(
+            tree, np.array(rows), np.array(nodes), priors, legal, values, np.array(movers)
+        )
         counts.cache_hits[np.array(rows)] += 1
 
 
 def _finish(tree: T.Tree, caches: Sequence[Cache], pending: _Pending, reply: EvalReply) -> None:
     priors, values = reply
-    T.set_evaluated(tree, pending.rows, pending.nodes, priors, pending.masks, values)
-    value_list = values.tolist()
+    vectors = T.seat_values(values, pending.movers, tree.num_players)
+    T.set_evaluated(
+        tree, pending.rows, pending.nodes, priors, pending.masks, vectors, pending.movers
+    )
     for i, (b, key) in enumerate(zip(pending.rows.tolist(), pending.keys, strict=True)):
-        caches[b][key] = (priors[i], pending.masks[i], value_list[i])
+        caches[b][key] = (priors[i], pending.masks[i], vectors[i])
 
 
 def check_roots(game: Game[Any], roots: Sequence[Any], num_simulations: int) -> None:

@@ -26,6 +26,7 @@ from shared.learn.search.engine import (
     Steps,
     check_roots,
     drive,
+    num_players,
     simulate,
 )
 
@@ -156,7 +157,7 @@ def gumbel_steps(
 ) -> Steps[SearchOutput]:
     """A batched Gumbel search over `roots` as a generator of network batches (see engine)."""
     check_roots(game, roots, num_simulations)
-    tree = T.new_tree(list(roots), num_simulations + 1, game.num_actions)
+    tree = T.new_tree(list(roots), num_simulations + 1, game.num_actions, num_players(game))
     gumbel = (gumbel_scale * rng.gumbel(size=(len(roots), game.num_actions))).astype(np.float32)
     table = considered_visit_table(max_considered, num_simulations)
     select_root = partial(root_action, gumbel=gumbel, table=table, c_visit=c_visit, c_scale=c_scale)

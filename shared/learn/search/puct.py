@@ -16,7 +16,15 @@ import numpy as np
 from shared.learn.evaltypes import Evaluator
 from shared.learn.games.base import FloatArray, Game
 from shared.learn.search import tree as T
-from shared.learn.search.engine import Cache, SearchOutput, Steps, check_roots, drive, simulate
+from shared.learn.search.engine import (
+    Cache,
+    SearchOutput,
+    Steps,
+    check_roots,
+    drive,
+    num_players,
+    simulate,
+)
 
 
 def puct_scores(
@@ -152,7 +160,7 @@ def puct_steps(
     `forced_k` > 0 turns on forced playouts at the root and prunes them from the target."""
     check_roots(game, roots, num_simulations)
     noise = dirichlet_noise(game, roots, rng, dirichlet_alpha)
-    tree = T.new_tree(list(roots), num_simulations + 1, game.num_actions)
+    tree = T.new_tree(list(roots), num_simulations + 1, game.num_actions, num_players(game))
     select_root = partial(
         root_action,
         noise=noise,
