@@ -30,6 +30,7 @@ from schemas.jobs import Sims
 _F32 = np.dtype("<f4")
 MAX_PLIES = 4096  # far beyond any game we play; bounds the per-ply lists before they are read
 MAX_ACTIONS = 65536
+MAX_PLAYERS = 4
 
 PerPly = Meta(max_length=MAX_PLIES)
 
@@ -40,7 +41,10 @@ class GameRecord(
     """One finished game of self-play.
 
     `outcome` is from the first player's view (+1 win, 0 draw, -1 loss); `root_values[i]` is the
-    search's value at ply i from the view of the player to move there. `would_resign` is the
+    search's value at ply i from the view of the player to move there. A game of more than two
+    players also has `outcomes`, one per seat (the winner +1, every other -1; a draw all 0:
+    `outcome` is seat 0's), and `root_vectors`, per ply the search's value by seat (flattened,
+    plies x players). `would_resign` is the
     player (0/1) who first fell below the resign threshold in a game where resigning was
     disabled (None if nobody did) — a false resign when that player did not lose.
     """
@@ -71,6 +75,9 @@ class GameRecord(
     # empty means every ply did. Cheap plies were searched with `cheap_sims` and only played.
     full_search: Annotated[list[bool], PerPly] = []
     cheap_sims: Sims = 0
+    players: Annotated[int, Meta(ge=2, le=MAX_PLAYERS)] = 2
+    outcomes: Annotated[list[GameValue], Meta(max_length=MAX_PLAYERS)] = []
+    root_vectors: Annotated[list[GameValue], Meta(max_length=MAX_PLIES * MAX_PLAYERS)] = []
 
     def __post_init__(self) -> None:
         if len(self.moves) != self.plies:
@@ -88,6 +95,19 @@ class GameRecord(
             raise ValueError("GameRecord.moves has an action out of range")
         if self.full_search and len(self.full_search) != self.plies:
             raise ValueError(f"GameRecord.full_search has {len(self.full_search)} flags")
+        self._check_players()
+
+    def _check_players(self) -> None:
+        if self.players == 2 and not self.outcomes and not self.root_vectors:
+            return
+        if len(self.outcomes) != self.players:
+            raise ValueError(f"GameRecord.outcomes has {len(self.outcomes)} of {self.players}")
+        if sorted(self.outcomes) not in ([0.0] * self.players, [-1.0] * (self.players - 1) + [1.0]):
+            raise ValueError("GameRecord.outcomes must be one +1 and the rest -1, or all 0")
+        if self.outcome != self.outcomes[0]:
+            raise ValueError("GameRecord.outcome must be seat 0's entry of outcomes")
+        if len(self.root_vectors) != self.plies * self.players:
+            raise ValueError(f"GameRecord.root_vectors has {len(self.root_vectors)} values")
 
 
 def trained_plies(record: GameRecord) -> list[int]:
@@ -101,6 +121,11 @@ def simulations(record: GameRecord) -> int:
     """Search simulations spent on the game's moves."""
     full = len(trained_plies(record))
     return full * record.sims_per_move + (record.plies - full) * record.cheap_sims
+
+
+def seat_outcomes(record: GameRecord) -> tuple[float, ...]:
+    """The outcome by seat: `outcomes`, or [outcome, -outcome] for a two-player record."""
+    return tuple(record.outcomes) or (record.outcome, -record.outcome)
 
 
 def pack_policy(policy: npt.NDArray[np.float32]) -> bytes:
