@@ -58,6 +58,7 @@ def example(kind: type[Any]) -> Any:
     if kind is GameRecord:  # its fields must agree: one ply of one action
         values |= {"plies": 1, "num_actions": 1, "moves": [0], "outcome": 1.0}
         values |= {"policy": b"\x00\x00\x80\x3f"}
+        values |= {"players": 2, "outcomes": [1.0, -1.0], "root_vectors": [0.5, -0.5]}
     if isinstance(values.get("b"), PlayerSpec):  # the two sides of a match are two players
         values["b"] = PlayerSpec("y", agent="y")
     return kind(**values)
