@@ -9,6 +9,11 @@ The first fault raises `RejectedRecord` naming the field, e.g. `moves[12]: illeg
 
 Records carry no opening: every game is replayed from `game.initial()`. A record whose moves
 do not end the game is accepted only as a resignation (self-play drops unfinished games).
+
+`players` must be the game's. A game of more than two players is checked by seat: `outcomes`
+is `game.outcome` of the final position (and `outcome` its seat 0 entry), every entry of
+`root_vectors` is a value, and nobody resigns (resigning is two-player only). Two-player
+records are otherwise checked exactly as before.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import numpy as np
 
 from schemas.game import GameRecord, policy_targets
 from shared.learn.games.base import FloatArray, Game, IllegalMove
+from shared.learn.search.engine import num_players
 
 POLICY_TOLERANCE = 1e-3  # float32 targets summed over a row, and mass allowed off the legal moves
 
@@ -69,6 +75,7 @@ def check_fields(game: Game[Any], record: GameRecord, resign_threshold: float | 
     for ply, value in enumerate(record.root_values):
         if not -1.0 <= value <= 1.0:  # False for nan too
             raise RejectedRecord(f"root_values[{ply}]", f"{value} is not in [-1, 1]")
+    check_seats(game, record)
     if record.would_resign not in (None, 0, 1):
         raise RejectedRecord("would_resign", f"{record.would_resign} is not a player")
     if record.resigned and not record.resign_enabled:
@@ -78,6 +85,27 @@ def check_fields(game: Game[Any], record: GameRecord, resign_threshold: float | 
     if resign_threshold is None and (field := resign_flag(record)):
         model = f"model {record.model_sha256[:12]!r}" if record.model_sha256 else "the bootstrap"
         raise RejectedRecord(field, f"{model} was given no resign threshold")
+
+
+def check_seats(game: Game[Any], record: GameRecord) -> None:
+    """The by-seat fields: the game's player count, and for more than two players, lengths
+    agreeing with `plies`, values in range and no resignation flag (self-play sets none)."""
+    players = num_players(game)
+    if record.players != players:
+        raise RejectedRecord("players", f"{record.players}, but {game.name} has {players}")
+    if players == 2:
+        return
+    if len(record.outcomes) != players:
+        raise RejectedRecord("outcomes", f"{len(record.outcomes)} entries for {players} players")
+    if len(record.root_vectors) != record.plies * players:
+        raise RejectedRecord(
+            "root_vectors", f"{len(record.root_vectors)} entries for {record.plies} plies"
+        )
+    for i, value in enumerate(record.root_vectors):
+        if not -1.0 <= value <= 1.0:  # False for nan too
+            raise RejectedRecord(f"root_vectors[{i}]", f"{value} is not in [-1, 1]")
+    if field := resign_flag(record):
+        raise RejectedRecord(field, f"resigning is two-player only ({game.name}: {players})")
 
 
 def resign_flag(record: GameRecord) -> str:
@@ -151,9 +179,24 @@ def check_ending(
         return
     if record.resigned:
         raise RejectedRecord("resigned", "the moves already end the game")
+    if num_players(game) > 2:
+        check_outcomes(game, record, replayed.final)
+        return
     first_player_view = value if game.to_play(replayed.final) == 0 else -value
     if first_player_view != record.outcome:
         raise RejectedRecord("outcome", f"{record.outcome} but the moves give {first_player_view}")
+
+
+def check_outcomes(game: Game[Any], record: GameRecord, final: Any) -> None:
+    """`outcomes` is the rules' outcome by seat at the end, and `outcome` its seat 0 entry."""
+    given = tuple(record.outcomes)
+    expected = game.outcome(final)
+    if expected is None:  # terminal_value said the game is over: the game is broken, not the record
+        raise RejectedRecord("moves", f"{game.name} gives no outcome where the game ends")
+    if given != tuple(expected):
+        raise RejectedRecord("outcomes", f"{list(given)} but the moves give {list(expected)}")
+    if record.outcome != expected[0]:
+        raise RejectedRecord("outcome", f"{record.outcome} but seat 0's outcome is {expected[0]}")
 
 
 def check_resignation(

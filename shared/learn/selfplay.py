@@ -3,6 +3,11 @@
 Every move step searches the current position of all G games together (split in two halves
 that overlap Python tree walks with inference when `pipeline` is on), plays a move in each,
 and yields a `GameRecord` for each game that ends; a finished game's slot starts a new game.
+
+Games of 2 to 4 players: a record of more than two also carries the outcome by seat
+(`game.outcome`) and each ply's root value by seat (`SearchOutput.root_vector`). Two-player
+records are exactly as before (seat fields left at their defaults). Resigning is two-player
+only.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from shared.learn.search import (
     drive,
     drive_pipelined,
 )
+from shared.learn.search.engine import num_players
 from shared.learn.search.gumbel import gumbel_steps
 from shared.learn.search.puct import puct_steps
 
@@ -39,7 +45,8 @@ class SelfPlayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     For the first `sample_plies` plies a move is sampled from the search's policy target; after
     that it is the search's own choice. A game resigns when the chosen move's Q (mover's view)
     is at most `resign_value`, except in a `resign_disabled_fraction` of games, which play on
-    and record who would have resigned (to measure false resigns).
+    and record who would have resigned (to measure false resigns). Two-player games only:
+    `self_play` refuses a `resign_value` for a game of more players.
     """
 
     concurrent_games: int = 64
@@ -114,6 +121,7 @@ class _Slot:
     moves: list[int] = field(default_factory=list)
     policies: list[FloatArray] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
+    vectors: list[FloatArray] = field(default_factory=list)  # per ply: root value by seat
     full: list[bool] = field(default_factory=list)  # per ply: searched in full
     full_now: bool = True  # the search of the current move is a full one
     would_resign: int | None = None
@@ -129,6 +137,10 @@ class _Context:
     generation: int
     clock: Callable[[], float]
     job_id: str = ""
+
+    @property
+    def players(self) -> int:
+        return num_players(self.game)
 
 
 def self_play(
@@ -152,7 +164,10 @@ def self_play(
     before each new game starts, caps the games in flight below `concurrent_games` (the memory
     guard lowers it while a job runs): games in flight finish, and no new one starts while
     there are `limit()` or more (never fewer than one in flight).
+
+    Raises ValueError if `config.resign_value` is set for a game of more than two players.
     """
+    _check_resign(game, config)
     ctx = _Context(
         game=game,
         config=config,
@@ -179,6 +194,17 @@ def self_play(
                 if more and len(slots) < _cap(config, limit):
                     slots.append(_new_slot(ctx, rng))
                     started += 1
+
+
+def _check_resign(game: Game[Any], config: SelfPlayConfig) -> None:
+    """Refuse resigning with more than two players rather than ignore it: a resigner's loss
+    does not say who won, so neither its record nor the record check could settle the outcome."""
+    players = num_players(game)
+    if players > 2 and config.resign_value is not None:
+        raise ValueError(
+            f"SelfPlayConfig.resign_value must be None for {game.name} ({players} players): "
+            "resigning is two-player only"
+        )
 
 
 def _cap(config: SelfPlayConfig, limit: Callable[[], int] | None) -> int:
@@ -307,13 +333,26 @@ def _play(
     slot.moves.append(action)
     slot.policies.append(policy)
     slot.values.append(float(out.root_value[i]))
+    if ctx.players > 2:
+        slot.vectors.append(out.root_vector[i])
     slot.full.append(slot.full_now)
     slot.state = game.apply(slot.state, action)
+    return _ended(ctx, slot)
+
+
+def _ended(ctx: _Context, slot: _Slot) -> GameRecord | None:
+    """The record if `slot`'s game is over, else None."""
+    game = ctx.game
     value = game.terminal_value(slot.state)
     if value is None:
         return None
-    first_view = value if game.to_play(slot.state) == 0 else -value
-    return _record(ctx, slot, outcome=first_view, resigned=False)
+    if ctx.players == 2:
+        first_view = value if game.to_play(slot.state) == 0 else -value
+        return _record(ctx, slot, outcome=first_view, resigned=False)
+    outcomes = game.outcome(slot.state)
+    if outcomes is None:  # the game's two end tests disagree: a bug in the game, not the record
+        raise ValueError(f"{game.name}: terminal_value but no outcome at the end of a game")
+    return _record(ctx, slot, outcome=outcomes[0], resigned=False, outcomes=outcomes)
 
 
 def _choose(ctx: _Context, slot: _Slot, out: SearchOutput, i: int, rng: np.random.Generator) -> int:
@@ -325,7 +364,16 @@ def _choose(ctx: _Context, slot: _Slot, out: SearchOutput, i: int, rng: np.rando
     return int(out.action[i])
 
 
-def _record(ctx: _Context, slot: _Slot, *, outcome: float, resigned: bool) -> GameRecord:
+def _record(
+    ctx: _Context,
+    slot: _Slot,
+    *,
+    outcome: float,
+    resigned: bool,
+    outcomes: Sequence[float] = (),
+) -> GameRecord:
+    """The finished game's record; `outcomes` (by seat) and the root vectors only for more than
+    two players."""
     plies = len(slot.moves)
     policy = np.zeros((plies, ctx.game.num_actions), np.float32)
     if plies:
@@ -355,6 +403,11 @@ def _record(ctx: _Context, slot: _Slot, *, outcome: float, resigned: bool) -> Ga
         max_depth=slot.searched.max_depth,
         full_search=[] if all(slot.full) else slot.full,
         cheap_sims=0 if all(slot.full) else _cheap_sims(ctx),
+        # Two players leave both lists empty (the schema's defaults), so their records encode
+        # exactly as before.
+        players=ctx.players,
+        outcomes=[float(v) for v in outcomes],
+        root_vectors=[float(v) for vector in slot.vectors for v in vector],
     )
 
 

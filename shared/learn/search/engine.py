@@ -13,7 +13,8 @@ reached again by another move order — in this search or a later one of the sam
 its evaluation instead of spending a network call. Caches are never shared between games.
 
 Values are vectors by seat (max^n, see `tree`); what a search returns (root value, Q, targets)
-is from the view of the root's player, as before.
+is from the view of the root's player, as before, and `SearchOutput.root_vector` is the root's
+mean value by seat.
 """
 
 from __future__ import annotations
@@ -64,9 +65,12 @@ class SearchStats:
     terminal_visits: int
     max_depth: int
     per_game: GameCounts
+    # (B, P) each root's mean value by seat after the last simulation. It rides here because
+    # `simulate`, which owns the tree, returns the stats; read it as `SearchOutput.root_vector`.
+    root_vector: FloatArray
 
 
-def _stats(num_simulations: int, per_game: GameCounts) -> SearchStats:
+def _stats(num_simulations: int, per_game: GameCounts, tree: T.Tree) -> SearchStats:
     return SearchStats(
         simulations=num_simulations * len(per_game.nn_evals),
         nn_evals=int(per_game.nn_evals.sum()),
@@ -74,6 +78,7 @@ def _stats(num_simulations: int, per_game: GameCounts) -> SearchStats:
         terminal_visits=int(per_game.terminal_visits.sum()),
         max_depth=int(per_game.max_depth.max()),
         per_game=per_game,
+        root_vector=tree.values[:, T.ROOT].copy(),
     )
 
 
@@ -87,6 +92,11 @@ class SearchOutput:
     visits: FloatArray  # (B, A) root visit counts
     q: FloatArray  # (B, A) completed Q at the root (unscaled, in value units)
     stats: SearchStats
+
+    @property
+    def root_vector(self) -> FloatArray:
+        """(B, P) the root's mean value by seat (`root_value` is its mover's entry)."""
+        return self.stats.root_vector
 
 
 def num_players(game: Game[Any]) -> int:
@@ -147,7 +157,7 @@ def simulate(
         if pending.rows.size:
             _finish(tree, caches, pending, (yield pending.encodings, pending.masks))
         T.backup(tree, all_rows, nodes)
-    return _stats(num_simulations, counts)
+    return _stats(num_simulations, counts, tree)
 
 
 def _apply_moves(
