@@ -1,8 +1,10 @@
 """Batched network inference behind the evaluator interface (`shared.learn.evaltypes`).
 
 An `Evaluator` maps encodings (B, C, H, W) float32 and legal masks (B, A) bool to priors (B, A)
-(a softmax over the legal actions, 0 elsewhere) and values (B,) in [-1, 1], each from the view of
-the player to move. Search only ever sees this callable (mctx's "the network passed in").
+(a softmax over the legal actions, 0 elsewhere) and values in [-1, 1], each from the view of
+the player to move: (B,) for two players, (B, P) for P > 2 in turn order from the mover (entry j:
+the player j seats after the mover), as the search takes them. Search only ever sees this
+callable (mctx's "the network passed in").
 """
 
 from __future__ import annotations
@@ -56,17 +58,22 @@ class NetEvaluator:
 
 
 def symmetrised(evaluator: Evaluator, symmetries: Sequence[Symmetry]) -> Evaluator:
-    """Average `evaluator` over all board symmetries, so its outputs are exactly equivariant."""
+    """Average `evaluator` over all board symmetries, so its outputs are exactly equivariant.
+
+    Values, (B,) or (B, P), are averaged as they are: a board symmetry keeps the turn order.
+    """
     inverse = [_inverse(s.actions) for s in symmetries]
 
     def evaluate(encodings: FloatArray, masks: BoolArray) -> tuple[FloatArray, FloatArray]:
         total_p = np.zeros(masks.shape, dtype=np.float64)
-        total_v = np.zeros(len(masks), dtype=np.float64)
+        total_v: npt.NDArray[np.float64] | None = None
         for sym, inv in zip(symmetries, inverse, strict=True):
             # The image position has image masks: image action sym[a] is legal iff a is.
             p, v = evaluator(sym.planes(encodings), masks[:, inv])
             total_p += p[:, sym.actions]
-            total_v += v
+            total_v = v.astype(np.float64) if total_v is None else total_v + v
+        if total_v is None:  # no symmetries at all: `Game.symmetries` always has the identity
+            raise ValueError("symmetrised needs at least one symmetry")
         n = len(symmetries)
         return (total_p / n).astype(np.float32), (total_v / n).astype(np.float32)
 

@@ -1,9 +1,10 @@
 """Residual policy-value network and its tensor-only checkpoints.
 
 A checkpoint is `torch.save` of a dict of plain values (format tag, game name, architecture,
-generation, sha256 of the weights) plus the state dict, and is read back with
+player count, generation, sha256 of the weights) plus the state dict, and is read back with
 `torch.load(weights_only=True)`, so loading never runs pickled code. A checkpoint whose weights
-or buffers hold a NaN or an infinity is neither written nor loaded.
+or buffers hold a NaN or an infinity is neither written nor loaded. Checkpoints written before
+the player count was recorded are two-player ones.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from shared.learn.netconfig import (
 )
 
 CHECKPOINT_FORMAT = "conclave.checkpoint.v1"
+MIN_PLAYERS, MAX_PLAYERS = 2, 4
 
 
 class NonFiniteWeights(CheckpointError):
@@ -50,17 +52,28 @@ class _ResidualBlock(nn.Module):
 
 
 class PolicyValueNet(nn.Module):
-    """(B, C, H, W) float32 -> (policy logits (B, A), value (B,) in [-1, 1])."""
+    """(B, C, H, W) float32 -> (policy logits (B, A), values in [-1, 1]), from the mover's view.
+
+    Values are (B,) for two players and (B, P) for `players` P > 2, in turn order from the
+    mover: entry j is the value of the player j seats after the mover (entry 0 the mover's).
+    """
 
     def __init__(
-        self, config: NetConfig, encoding_shape: tuple[int, int, int], num_actions: int
+        self,
+        config: NetConfig,
+        encoding_shape: tuple[int, int, int],
+        num_actions: int,
+        players: int = 2,
     ) -> None:
         super().__init__()
+        if not MIN_PLAYERS <= players <= MAX_PLAYERS:
+            raise ValueError(f"players must be {MIN_PLAYERS}..{MAX_PLAYERS}, got {players}")
         planes, height, width = encoding_shape
         ch = config.channels
         self.config = config
         self.encoding_shape = encoding_shape
         self.num_actions = num_actions
+        self.players = players
         self.stem_conv = nn.Conv2d(planes, ch, 3, padding=1, bias=False)
         self.stem_bn: nn.Module = nn.BatchNorm2d(ch)
         self.tower = nn.Sequential(*(_ResidualBlock(ch) for _ in range(config.blocks)))
@@ -71,14 +84,15 @@ class PolicyValueNet(nn.Module):
         self.value_conv = nn.Conv2d(ch, vc, 1, bias=False)
         self.value_bn: nn.Module = nn.BatchNorm2d(vc)
         self.value_fc1 = nn.Linear(vc * height * width, config.value_hidden)
-        self.value_fc2 = nn.Linear(config.value_hidden, 1)
+        # Two players need one value (the other is its negation): the layout of every older net.
+        self.value_fc2 = nn.Linear(config.value_hidden, 1 if players == 2 else players)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h = self.tower(F.relu(self.stem_bn(self.stem_conv(x))))
         p = F.relu(self.policy_bn(self.policy_conv(h))).flatten(1)
         v = F.relu(self.value_bn(self.value_conv(h))).flatten(1)
         v = torch.tanh(self.value_fc2(F.relu(self.value_fc1(v))))
-        return self.policy_fc(p), v.squeeze(1)
+        return self.policy_fc(p), v.squeeze(1) if self.players == 2 else v
 
 
 def inference_copy(net: PolicyValueNet) -> PolicyValueNet:
@@ -148,6 +162,7 @@ def checkpoint_bytes(net: PolicyValueNet, game: str, generation: int) -> bytes:
         "config": msgspec.structs.asdict(net.config),
         "encoding_shape": list(net.encoding_shape),
         "num_actions": net.num_actions,
+        "players": net.players,
         "generation": generation,
         "sha256": _digest(state),
         "state_dict": state,
@@ -166,9 +181,9 @@ def save_checkpoint(path: Path, net: PolicyValueNet, game: str, generation: int)
     return weights_sha256(net)
 
 
-def load_checkpoint(source: bytes | Path, game: str) -> Checkpoint:
-    """Read a checkpoint for `game`; raise WrongGame, BadDigest, MalformedCheckpoint or
-    NonFiniteWeights."""
+def load_checkpoint(source: bytes | Path, game: str, players: int | None = None) -> Checkpoint:
+    """Read a checkpoint for `game` (and `players` players, unless None); raise WrongGame,
+    BadDigest, MalformedCheckpoint or NonFiniteWeights."""
     data = source.read_bytes() if isinstance(source, Path) else source
     payload = _unpickle(data)
     if payload.get("format") != CHECKPOINT_FORMAT:
@@ -183,6 +198,8 @@ def load_checkpoint(source: bytes | Path, game: str) -> Checkpoint:
         raise BadDigest(f"weights sha256 {digest} != recorded {payload.get('sha256')!r}")
     check_finite(state)
     net = _build(payload, state)
+    if players is not None and net.players != players:
+        raise WrongGame(f"checkpoint is for {net.players} players, expected {players}")
     return Checkpoint(
         game=game, config=net.config, generation=int(payload["generation"]), sha256=digest, net=net
     )
@@ -199,15 +216,25 @@ def _unpickle(data: bytes) -> dict[str, Any]:
 
 
 def _build(payload: dict[str, Any], state: dict[str, Tensor]) -> PolicyValueNet:
+    players = _players(payload)
     try:
         config = msgspec.convert(payload["config"], NetConfig)
         c, h, w = (int(x) for x in payload["encoding_shape"])
-        net = PolicyValueNet(config, (c, h, w), int(payload["num_actions"]))
+        net = PolicyValueNet(config, (c, h, w), int(payload["num_actions"]), players)
         net.load_state_dict(state)
         int(payload["generation"])
     except (KeyError, ValueError, TypeError, RuntimeError, msgspec.ValidationError) as e:
         raise MalformedCheckpoint(f"checkpoint does not describe a network: {e}") from e
     return net.eval()
+
+
+def _players(payload: dict[str, Any]) -> int:
+    """The recorded player count; 2 for checkpoints written before it was recorded."""
+    players = payload.get("players", 2)
+    # bool is an int, and int("3") would accept text: neither is a count this code wrote.
+    if type(players) is not int or not MIN_PLAYERS <= players <= MAX_PLAYERS:
+        raise MalformedCheckpoint(f"checkpoint players is {players!r}")
+    return players
 
 
 __all__ = [

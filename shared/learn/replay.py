@@ -3,6 +3,10 @@
 Every record is checked against the game's rules (`shared.learn.recordcheck`) before its positions
 are kept, so an illegal move, an outcome the moves do not produce, a non-finite value or a malformed
 policy target is rejected with the field at fault.
+
+Value targets are from the view of the player to move: a scalar for two players, and for P > 2
+players a vector in turn order from the mover (entry j: the player j seats after the mover), the
+layout the network's value head has.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from schemas.game import GameRecord, trained_plies
+from schemas.game import GameRecord, seat_outcomes, trained_plies
 from shared.learn.games.base import FloatArray, Game
 from shared.learn.recordcheck import RejectedRecord, check_record
 from shared.learn.resign import ResignReport, ResignSettings, lowest_values
@@ -30,7 +34,7 @@ class GamePositions:
     seq: int
     encodings: FloatArray  # (plies, C, H, W)
     policies: FloatArray  # (plies, A)
-    values: FloatArray  # (plies,) final outcome from the view of the player to move
+    values: FloatArray  # (plies,) or (plies, P): the value target (`value_targets`)
     uses: npt.NDArray[np.int32]
     # For resignation: each non-losing player's lowest root value in a game played out, and
     # whether a player who would have resigned (resigning disabled) did not lose.
@@ -49,17 +53,13 @@ def positions_of(
     and return its training positions.
 
     Value targets are the outcome blended with the search's root value at each ply
-    (`root_value_weight` of it): a sampled exploratory blunder late in a game then does not
-    teach that every earlier position was lost. `resign_threshold` is the one the record's
-    model self-played with (None: its games may not resign).
+    (`root_value_weight` of it; see `value_targets`): a sampled exploratory blunder late in a
+    game then does not teach that every earlier position was lost. `resign_threshold` is the
+    one the record's model self-played with (None: its games may not resign).
     """
     replayed = check_record(game, record, resign_threshold)
     kept = trained_plies(record)  # cheap-search plies are played, never trained on
-    values = [
-        (1.0 - root_value_weight) * (record.outcome if mover == 0 else -record.outcome)
-        + root_value_weight * record.root_values[ply]
-        for ply, mover in enumerate(replayed.movers)
-    ]
+    values = value_targets(game, record, replayed.movers, root_value_weight)
     encodings = [game.encode(replayed.states[ply]) for ply in kept]
     shape = (0, *game.encoding_shape)
     lowest, false_resign = _resign_evidence(record, replayed.movers)
@@ -68,15 +68,48 @@ def positions_of(
         seq=seq,
         encodings=np.stack(encodings) if encodings else np.zeros(shape, np.float32),
         policies=replayed.policies[kept],
-        values=np.asarray([values[i] for i in kept], dtype=np.float32),
+        values=values[kept],
         uses=np.zeros(len(kept), dtype=np.int32),
         lowest_values=lowest,
         false_resign=false_resign,
     )
 
 
+def value_targets(
+    game: Game[Any], record: GameRecord, movers: list[int], root_value_weight: float = 0.0
+) -> FloatArray:
+    """Each ply's value target from its mover's view: (plies,) for two players, else (plies, P)
+    in turn order from the mover; `(1 - root_value_weight)` of the outcome plus
+    `root_value_weight` of the search's root value (`root_vectors` for P > 2)."""
+    players = getattr(game, "num_players", 2)
+    if record.players != players:
+        raise RejectedRecord("players", f"{record.players}, but {game.name} has {players}")
+    if players == 2:
+        values = [
+            (1.0 - root_value_weight) * (record.outcome if mover == 0 else -record.outcome)
+            + root_value_weight * record.root_values[ply]
+            for ply, mover in enumerate(movers)
+        ]
+        return np.asarray(values, dtype=np.float32)
+    return _vector_targets(players, record, movers, root_value_weight)
+
+
+def _vector_targets(
+    players: int, record: GameRecord, movers: list[int], root_value_weight: float
+) -> FloatArray:
+    plies = len(movers)
+    outcomes = np.asarray(seat_outcomes(record), dtype=np.float64)
+    roots = np.asarray(record.root_vectors, dtype=np.float64).reshape(plies, players)
+    # Seat order -> turn order from each ply's mover: column j is seat (mover + j) % P.
+    seats = (np.asarray(movers, dtype=np.int64)[:, None] + np.arange(players)) % players
+    mixed = (1.0 - root_value_weight) * outcomes[seats]
+    mixed += root_value_weight * np.take_along_axis(roots, seats, axis=1)
+    targets: FloatArray = mixed.astype(np.float32)
+    return targets
+
+
 def _resign_evidence(record: GameRecord, movers: list[int]) -> tuple[list[float], bool | None]:
-    outcomes = [record.outcome, -record.outcome]  # each player's result
+    outcomes = list(seat_outcomes(record))  # each player's result
     played_out = not record.resigned and not record.resign_enabled
     lowest = lowest_values(record.root_values, movers, outcomes) if played_out else []
     would = record.would_resign
@@ -159,11 +192,12 @@ class ReplayWindow:
 class Batch:
     encodings: FloatArray  # (B, C, H, W)
     policies: FloatArray  # (B, A)
-    values: FloatArray  # (B,)
+    values: FloatArray  # (B,), or (B, P) for P > 2 players (see `value_targets`)
 
 
 def augment(game: Game[Any], batch: Batch, rng: np.random.Generator) -> Batch:
-    """Apply a random board symmetry to each position (inputs and policy targets alike)."""
+    """Apply a random board symmetry to each position (inputs and policy targets alike; value
+    targets stay: a board symmetry keeps the turn order)."""
     symmetries = game.symmetries()
     picks = rng.integers(0, len(symmetries), size=len(batch.values))
     encodings = batch.encodings.copy()
@@ -186,4 +220,5 @@ __all__ = [
     "ReplayWindow",
     "augment",
     "positions_of",
+    "value_targets",
 ]

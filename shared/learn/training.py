@@ -1,5 +1,11 @@
 """Gradient steps on replay batches: policy cross-entropy plus value mean squared error.
 
+With P > 2 players the value is a vector (one tanh per player, in turn order from the mover) and
+its loss is the mean squared error over all its entries: the mean over a vector's entries keeps
+the loss on the two-player scale (a two-player target v is the vector [v, -v], whose mean squared
+error is v's), so `value_weight` balances policy and value alike for any player count, where a
+sum over the entries would weigh the value P times as much.
+
 A step whose loss or gradients are not finite is skipped: no optimizer step, gradients zeroed,
 batch-norm statistics put back, so one poisoned batch cannot turn the net into NaNs.
 """
@@ -55,7 +61,9 @@ ProgressCallback = Callable[[StepsDone], None]
 
 
 def new_net(game: Game[Any], config: NetConfig) -> PolicyValueNet:
-    return PolicyValueNet(config, game.encoding_shape, game.num_actions)
+    """A freshly initialised network for `game` (a value per player when it has more than 2)."""
+    players = getattr(game, "num_players", 2)
+    return PolicyValueNet(config, game.encoding_shape, game.num_actions, players)
 
 
 def train(
@@ -75,8 +83,11 @@ def train(
     scaling for fp16); it stays there.
 
     `on_progress` (called in this thread) hears every `progress_every` taken steps and after
-    the last.
+    the last. Raise ValueError if `net` was built for another player count than `game`'s.
     """
+    players = getattr(game, "num_players", 2)
+    if net.players != players:
+        raise ValueError(f"the net is for {net.players} players, {game.name} has {players}")
     net.to(compute.device)
     optimizer = torch.optim.AdamW(
         net.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
@@ -144,7 +155,9 @@ class _Stepper:
             logits, values = net(torch.from_numpy(batch.encodings).to(device))
         targets = torch.from_numpy(batch.policies).to(device)
         policy_loss = -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
-        value_loss = F.mse_loss(values.float().view(-1), torch.from_numpy(batch.values).to(device))
+        value_targets = torch.from_numpy(batch.values).to(device)
+        # (B,) for two players (as ever), (B, P) beyond: the mean over every entry (module doc).
+        value_loss = F.mse_loss(values.float().reshape(value_targets.shape), value_targets)
         optimizer.zero_grad()
         fault = _loss_fault(policy_loss.item(), value_loss.item())
         if fault is None:
