@@ -149,12 +149,7 @@ class Worker:
         except (BusError, BadMessage) as e:  # unknown: play matches rather than starve the gate
             log.warning("cannot read %s: %s", key, e)
             named = None
-        lanes = eval_lanes(f"{self.cfg.node_id}/evaluator", named)
-        if "match" not in lanes:
-            self.counters.set_doing("no match jobs: faster evaluators play them")
-        elif self.counters.doing().startswith("no match jobs"):
-            self.counters.set_doing("")
-        return lanes
+        return eval_lanes(f"{self.cfg.node_id}/evaluator", named)
 
     async def work(self, delivery: Delivery[EvalJob]) -> None:
         job = delivery.job

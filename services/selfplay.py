@@ -245,11 +245,11 @@ class Worker:
         count = sims = 0
         while (record := await records.get()) is not None:
             await publish_game(self.bus, record)
-            count += 1
-            sims += simulations(record)
+            spent = simulations(record)
+            count, sims = count + 1, sims + spent
             self.games_published += 1
             self.counters.add("games")
-            self.counters.add("simulations", simulations(record))
+            self.counters.add("simulations", spent)
         return count, sims
 
 
