@@ -18,6 +18,7 @@ MAX_STEPS = 10_000_000
 
 Sims = Annotated[int, Meta(ge=0, le=MAX_SIMS)]
 Games = Annotated[int, Meta(ge=0, le=MAX_GAMES_PER_JOB)]
+PairsPerGame = Annotated[int, Meta(ge=1, le=3)]  # opponents of one seat: 2..4 players
 
 
 class PlayerSpec(msgspec.Struct, frozen=True):
@@ -75,7 +76,11 @@ Job = SelfplayJob | TrainJob | EvalJob
 
 
 class EvalResult(Wire, frozen=True, kw_only=True, tag="conclave.eval_result.v1"):
-    """The outcome of one evaluation job, from `a`'s side, between two different players."""
+    """The outcome of one evaluation job, from `a`'s side, between two different players.
+
+    W/D/L count pairs: a game of P players gives `a` one result against each of its
+    `pairs_per_game` = P - 1 opponents (docs/evaluation-nplayer.md); with two, pairs are games.
+    """
 
     job_id: Ident
     game: Token
@@ -91,11 +96,34 @@ class EvalResult(Wire, frozen=True, kw_only=True, tag="conclave.eval_result.v1")
     elapsed_s: NonNegative = 0.0  # wall time of the match (0: not measured, an older evaluator)
     cpu_s: NonNegative = 0.0  # the evaluator process's CPU time over the match
     waited_s: NonNegative = 0.0  # from the job's submission to the start of the delivery
+    pairs_per_game: PairsPerGame = 1  # older results are all two-player
 
     def __post_init__(self) -> None:
         # A player against itself would enter the ratings and the SPRT as a real game.
         if self.a.same_player(self.b):
             raise ValueError(f"EvalResult.b is the same player as a ({self.a.name!r})")
+        problem = pairs_problem(self.wins_a, self.draws, self.wins_b, self.pairs_per_game)
+        if problem is not None:
+            raise ValueError(f"EvalResult: {problem}")
+
+    @property
+    def games(self) -> int:
+        """Games played: the pairs over `pairs_per_game`."""
+        return (self.wins_a + self.draws + self.wins_b) // self.pairs_per_game
+
+
+def pairs_problem(wins_a: int, draws: int, wins_b: int, pairs_per_game: int) -> str | None:
+    """Why pairwise counts of P = pairs_per_game + 1 player games are no whole games; None if
+    they are. A game adds k = pairs_per_game wins (a won), one loss and k - 1 draws (another
+    won) or k draws, so the counts are games exactly when these three hold."""
+    k = pairs_per_game
+    if wins_a % k:
+        return f"wins_a {wins_a} is not a multiple of pairs_per_game {k}"
+    if (wins_a + draws + wins_b) % k:
+        return f"wins_a + draws + wins_b is not a multiple of pairs_per_game {k}"
+    if draws < wins_b * (k - 1):
+        return f"draws {draws} < wins_b * (pairs_per_game - 1) = {wins_b * (k - 1)}"
+    return None
 
 
 class ModelMeta(Wire, frozen=True, kw_only=True, tag="conclave.model.v1"):

@@ -312,10 +312,11 @@ class Worker:
             elapsed_s=round(spent.wall_s, 3),
             cpu_s=round(spent.cpu_s, 3),
             waited_s=round(spent.waited_s, 3),
+            pairs_per_game=outcome.pairs_per_game,  # the counts are pairwise (arena)
         )
         subject = names.results_subject(job.game, job_group(job))
         await self.bus.publish_durable(subject, encode(result), msg_id=f"result-{job.job_id}")
-        self.counters.add("eval_games", outcome.wins_a + outcome.draws + outcome.wins_b)
+        self.counters.add("eval_games", outcome.games)
         score = f"{outcome.wins_a}-{outcome.draws}-{outcome.wins_b}"
         log.info(
             "job %s: %s %s %s", job.job_id, job.a.name, score, job.b.name, extra={"job": job.job_id}

@@ -359,7 +359,12 @@ class Trainer:
 
         torch.set_num_threads(self.cfg.threads)
         torch.manual_seed(seed)  # a first net's initial weights: the job replays the same way
-        net = load_checkpoint(parent, game.name).net if parent else new_net(game, self.cfg.net)
+        players = getattr(game, "num_players", 2)
+        net = (
+            load_checkpoint(parent, game.name, players).net
+            if parent
+            else new_net(game, self.cfg.net)
+        )
         rng = np.random.default_rng(seed)
         report = train(
             net, game, window, steps, self.cfg.train, rng, on_progress=meter, compute=self.compute

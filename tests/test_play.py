@@ -365,7 +365,7 @@ def fetch(url: str) -> str:
 async def test_the_page_has_the_board_and_every_game_to_choose(board: Board) -> None:
     page = await asyncio.to_thread(fetch, board.url)
     assert "<h2>Play the best model</h2>" in page
-    assert 'const GAMES = ["connect4","tictactoe"];' in page
+    assert 'const GAMES = ["connect4","gomoku-9x9","tictactoe"];' in page  # two-player ones
 
 
 # -- headless Chromium, driven over the DevTools protocol on a pipe ----------------------------

@@ -39,7 +39,7 @@ from shared.cli import play as play_cli
 from shared.cli.play import BadMove, NoBestModel, Side
 from shared.cli.status import gather
 from shared.learn.evaltypes import Evaluator
-from shared.learn.games import Game, game_names, get_game
+from shared.learn.games import Game, game_names, get_game, two_player_games
 from shared.loop.progress import train_history
 from shared.loop.ratingjobs import game_ratings
 from shared.runtime.once import Warn, WarnOnce
@@ -244,8 +244,8 @@ def parse_play(body: bytes) -> tuple[Game[Any], PlayRequest]:
         request = msgspec.json.decode(body, type=PlayRequest)
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
         raise HttpError(400, f"bad request: {e}") from None
-    if request.game not in game_names():
-        known = ", ".join(game_names())
+    if request.game not in two_player_games():
+        known = ", ".join(two_player_games())
         raise HttpError(400, f"game: unknown game {request.game!r}; known: {known}")
     return get_game(request.game), request
 
@@ -386,7 +386,7 @@ class Dashboard:
         """The page with the latest snapshot and the game names inlined (`</` escaped: they sit
         in a script)."""
         inline = self.latest.replace(b"</", b"<\\/")
-        games = msgspec.json.encode(game_names())
+        games = msgspec.json.encode(two_player_games())
         page = PAGE.read_bytes().replace(b"/*SNAPSHOT*/null", inline, 1)
         return page.replace(b"/*GAMES*/[]", games, 1)
 

@@ -15,6 +15,7 @@ import msgspec
 from schemas import names
 from shared.bus.client import BusConfig
 from shared.bus.errors import BusError
+from shared.learn.games import game_names
 from shared.lease.quorum import LeaseParams
 from shared.loop.presets import PRESETS
 from shared.runtime import log as logsetup
@@ -59,7 +60,7 @@ def _client(args: argparse.Namespace, name: str, timeout_s: float = 5.0) -> BusC
 
 
 def _game_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--game", default="connect4", choices=["connect4", "tictactoe"])
+    p.add_argument("--game", default="connect4", choices=game_names())
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker process")
     p.add_argument(
         "--device",

@@ -23,7 +23,7 @@ from schemas.jobs import BestPointer
 from shared.bus.client import BusConfig, NatsBus
 from shared.bus.ports import Bus
 from shared.learn.baselines import Agent
-from shared.learn.games import Game, IllegalMove, UnknownGame, game_names, get_game
+from shared.learn.games import Game, IllegalMove, UnknownGame, get_game, two_player_games
 from shared.loop.effects import EffectSettings
 from shared.loop.presets import PRESETS
 from shared.work.models import ModelStore
@@ -44,7 +44,7 @@ class NoBestModel(LookupError):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--game", default="connect4", choices=game_names())
+    parser.add_argument("--game", default="connect4", choices=two_player_games())
     parser.add_argument(
         "--sims", type=int, default=None, help="simulations per move (default: the preset's eval)"
     )

@@ -1,9 +1,15 @@
-"""Matches between two players: colour-swapped pairs from shared random openings.
+"""Matches of a candidate A against B: seat rotations from shared random openings.
 
-Game 2k has player A first and game 2k+1 has B first, both from the same random opening. A model
-searches the position of every game where it is to move in one batched Gumbel search, so a
-simulation costs one evaluator call however many games are in flight. Models play the search's
-own choice with no Gumbel noise, so given the evaluators a match depends only on its generator.
+With P seats, games kP..kP+P-1 share one random opening and put A in seat 0, 1, .., P-1 (for two
+players: game 2k has A first, game 2k+1 has B first); B's network plays every other seat. So A
+plays each seat equally often over a multiple of P games. A model searches the position of every
+game where it is to move in one batched Gumbel search, so a simulation costs one evaluator call
+however many games are in flight. Models play the search's own choice with no Gumbel noise, so
+given the evaluators a match depends only on its generator.
+
+Results are pairwise (docs/evaluation-nplayer.md): a game of P players gives A one result
+against each of its P - 1 opponents, so `MatchOutcome` counts pairs, `pairs_per_game` of them a
+game; with two players a pair is a game.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from shared.learn.baselines import Agent
 from shared.learn.evaltypes import Evaluator
 from shared.learn.games.base import Game
 from shared.learn.search import Cache, drive, gumbel_steps
+from shared.learn.search.engine import num_players
 
 
 class MatchStopped(Exception):
@@ -57,25 +64,35 @@ class MatchGame:
     a_first: bool  # A was the first player (to_play 0)
     opening_plies: int
     moves: tuple[int, ...]
-    score_a: float  # +1 A won, 0 a draw, -1 B won
+    score_a: float  # +1 A won, 0 a draw, -1 B won (with more players: a copy of B won)
+    a_seat: int = 0  # A's player index (to_play); 0 iff a_first
 
 
 @dataclass(frozen=True)
 class MatchOutcome:
-    """Wins, draws and losses from A's view, and every game in order."""
+    """Pairwise wins, draws and losses from A's view, and every game in order.
+
+    Each game counts `pairs_per_game` (P - 1) pairs, so for two players the counts are games.
+    """
 
     wins_a: int
     draws: int
     wins_b: int
     records: tuple[MatchGame, ...]
+    pairs_per_game: int = 1
+
+    @property
+    def games(self) -> int:
+        return len(self.records)
 
 
 @dataclass(kw_only=True)
 class _Table:
-    """A game in progress, with an evaluation cache per side (the sides' networks differ)."""
+    """A game in progress, with an evaluation cache per side (the sides' networks differ; B's
+    seats share B's cache, its evaluations being from the mover's view)."""
 
     index: int
-    a_first: bool
+    a_seat: int
     opening_plies: int
     state: Any
     rng: np.random.Generator
@@ -108,12 +125,19 @@ def play_match(
     concurrent: int = 32,
     stop: Callable[[], bool] | None = None,
 ) -> MatchOutcome:
-    """Play `games` games of A against B, at most `concurrent` at once; raise MatchStopped."""
+    """Play `games` games of A against B, at most `concurrent` at once; raise MatchStopped.
+
+    With P players A takes seat i % P in game i: `games` a multiple of P plays every seat equally.
+    """
     _check(games, opening_plies, concurrent)
-    openings = [random_opening(game, opening_plies, rng) for _ in range((games + 1) // 2)]
+    seats = num_players(game)
+    # Two players draw exactly what they always drew: ceil(games / 2) openings, then the spawns.
+    openings = [random_opening(game, opening_plies, rng) for _ in range(-(-games // seats))]
     game_rngs = rng.spawn(games)
     search_rng = rng.spawn(1)[0]
-    waiting = [_new_table(game, i, openings[i // 2], game_rngs[i]) for i in range(games)][::-1]
+    waiting = [
+        _new_table(game, i, i % seats, openings[i // seats], game_rngs[i]) for i in range(games)
+    ][::-1]
     tables: list[_Table] = []
     records: list[MatchGame] = []
     while waiting or tables:
@@ -123,7 +147,7 @@ def play_match(
             tables.append(waiting.pop())
         _move_all(game, (a, b), tables, search_rng)
         tables = _collect_finished(game, tables, records)
-    return _outcome(records)
+    return outcome_of(records, seats - 1)
 
 
 def _check(games: int, opening_plies: int, concurrent: int) -> None:
@@ -136,14 +160,14 @@ def _check(games: int, opening_plies: int, concurrent: int) -> None:
 
 
 def _new_table(
-    game: Game[Any], index: int, opening: tuple[int, ...], rng: np.random.Generator
+    game: Game[Any], index: int, a_seat: int, opening: tuple[int, ...], rng: np.random.Generator
 ) -> _Table:
     state = game.initial()
     for action in opening:
         state = game.apply(state, action)
     return _Table(
         index=index,
-        a_first=index % 2 == 0,
+        a_seat=a_seat,
         opening_plies=len(opening),
         state=state,
         rng=rng,
@@ -152,9 +176,8 @@ def _new_table(
 
 
 def _side_to_move(game: Game[Any], table: _Table) -> int:
-    """0 if A is to move at `table`, 1 if B is."""
-    first_to_move = game.to_play(table.state) == 0
-    return 0 if first_to_move == table.a_first else 1
+    """0 if A is to move at `table`, 1 if B (in any of its seats) is."""
+    return 0 if game.to_play(table.state) == table.a_seat else 1
 
 
 def _move_all(
@@ -206,22 +229,50 @@ def _collect_finished(
 
 
 def _result(game: Game[Any], table: _Table) -> MatchGame | None:
+    score_a = _score_a(game, table)
+    if score_a is None:
+        return None
+    return MatchGame(
+        index=table.index,
+        a_first=table.a_seat == 0,
+        opening_plies=table.opening_plies,
+        moves=tuple(table.moves),
+        score_a=float(score_a),
+        a_seat=table.a_seat,
+    )
+
+
+def _score_a(game: Game[Any], table: _Table) -> float | None:
+    """A's result (+1, 0, -1) once the game is over, else None."""
+    if num_players(game) > 2:
+        outcome = game.outcome(table.state)
+        return None if outcome is None else outcome[table.a_seat]
+    # Two players keep the zero-sum view they always used (older games have no `outcome`).
     value = game.terminal_value(table.state)
     if value is None:
         return None
     first_view = value if game.to_play(table.state) == 0 else -value
-    score_a = first_view if table.a_first else -first_view
-    return MatchGame(
-        index=table.index,
-        a_first=table.a_first,
-        opening_plies=table.opening_plies,
-        moves=tuple(table.moves),
-        score_a=float(score_a),
-    )
+    return first_view if table.a_seat == 0 else -first_view
 
 
-def _outcome(records: list[MatchGame]) -> MatchOutcome:
+def pair_results(score_a: float, opponents: int) -> tuple[int, int, int]:
+    """A's (wins, draws, losses) against each of `opponents` in one game it scored `score_a`.
+
+    A winner beats everyone; a loser loses to the winner and draws with the other losers; a
+    draw is a draw with everyone.
+    """
+    if score_a > 0:
+        return opponents, 0, 0
+    if score_a < 0:
+        return 0, opponents - 1, 1
+    return 0, opponents, 0
+
+
+def outcome_of(records: list[MatchGame], pairs_per_game: int = 1) -> MatchOutcome:
+    """The pairwise tally of `records` (games of `pairs_per_game` + 1 players), in game order."""
     ordered = tuple(sorted(records, key=lambda r: r.index))
-    wins_a = sum(1 for r in ordered if r.score_a > 0)
-    wins_b = sum(1 for r in ordered if r.score_a < 0)
-    return MatchOutcome(wins_a, len(ordered) - wins_a - wins_b, wins_b, ordered)
+    wins = draws = losses = 0
+    for record in ordered:
+        w, d, lo = pair_results(record.score_a, pairs_per_game)
+        wins, draws, losses = wins + w, draws + d, losses + lo
+    return MatchOutcome(wins, draws, losses, ordered, pairs_per_game)

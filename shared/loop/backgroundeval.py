@@ -56,7 +56,7 @@ def measured_pace(results: Iterable[EvalResult]) -> Pace:
     """Mean seconds per game of each pairing kind over its last ten timed results."""
     samples: dict[tuple[str, str], list[float]] = {}
     for r in sorted(results, key=lambda r: r.finished_at):
-        games = r.wins_a + r.draws + r.wins_b
+        games = r.games  # pairs / pairs_per_game
         if r.elapsed_s > 0 and games > 0:
             samples.setdefault(pace_key(r.a, r.b), []).append(r.elapsed_s / games)
     return {key: sum(s[-10:]) / len(s[-10:]) for key, s in samples.items()}

@@ -26,6 +26,7 @@ from schemas.jobs import (
     TrainJob,
 )
 from shared.bus.ports import Bus
+from shared.learn.games import players_of
 from shared.lease.fencing import StaleTerm, cas_put, read_termed
 from shared.loop.observe import match_group, train_group, train_job_id
 from shared.loop.policy import (
@@ -139,8 +140,8 @@ class Effects:
 
     async def resign_value(self, game: str, model: str) -> float | None:
         """The resign threshold calibrated by the training that made `model` (when enabled)."""
-        if not self.settings.resign or not model:
-            return None
+        if not self.settings.resign or not model or players_of(game) > 2:
+            return None  # resigning is two-player: who would win is not settled by one loser
         key = names.model_key(game, model)
         entry = await self.bus.last(names.REGISTRY_BUCKET, key)
         if entry.value is None:

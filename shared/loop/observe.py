@@ -243,7 +243,9 @@ async def match_score(
 ) -> MatchScore | None:
     """The candidate's W/D/L from the results its match is owed (each job once); as lost, the
     games of its dead-lettered jobs and of issued jobs whose only results were skipped (they
-    will never count); and an evaluator's reason why the candidate cannot be loaded."""
+    will never count); and an evaluator's reason why the candidate cannot be loaded.
+
+    With more than two players W/D/L count pairs, `pairs_per_game` of them a game."""
     candidate = state.pending_eval
     if candidate is None:
         return None
@@ -257,11 +259,17 @@ async def match_score(
     counted = {r.job_id for r in owed.counted}
     lettered = {letter.job_id for letter in letters if letter is not None}
     spoiled = {s.job_id for s in owed.skipped if s.job_id in issued} - counted - lettered
-    wins, draws, losses = _tally(owed.counted, candidate)
-    lost = (len(msgs) + len(spoiled)) * cfg.eval_games_per_job
+    wins, draws, losses, pairs_per_game = _tally(owed.counted, candidate)
+    lost = (len(msgs) + len(spoiled)) * cfg.eval_games_per_job  # games, as the policy schedules
     unloadable = unloadable_reason([x for x in letters if x is not None], candidate, issued)
     return MatchScore(
-        candidate=candidate, wins=wins, draws=draws, losses=losses, lost=lost, unloadable=unloadable
+        candidate=candidate,
+        wins=wins,
+        draws=draws,
+        losses=losses,
+        lost=lost,
+        unloadable=unloadable,
+        pairs_per_game=pairs_per_game,
     )
 
 
@@ -286,11 +294,17 @@ def unloadable_reason(
     return ""
 
 
-def _tally(results: Iterable[EvalResult], candidate: str) -> tuple[int, int, int]:
+def _tally(results: Iterable[EvalResult], candidate: str) -> tuple[int, int, int, int]:
+    """The candidate's pairwise (wins, draws, losses) and the pairs per game (1 with none).
+
+    Every result of one match is of one game, so all carry the same pairs per game; the
+    largest is taken so that a stray result could only make the games counted fewer."""
     wins = draws = losses = 0
+    pairs_per_game = 1
     for r in results:
         if r.a.sha256 == candidate:
             wins, draws, losses = wins + r.wins_a, draws + r.draws, losses + r.wins_b
         else:
             wins, draws, losses = wins + r.wins_b, draws + r.draws, losses + r.wins_a
-    return wins, draws, losses
+        pairs_per_game = max(pairs_per_game, r.pairs_per_game)
+    return wins, draws, losses, pairs_per_game

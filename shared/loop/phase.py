@@ -103,7 +103,9 @@ def match_phase(
     candidate = state.pending_eval or ""
     if score is None or score.candidate != candidate:
         score = MatchScore(candidate=candidate)
-    result = sprt(score.wins, score.draws, score.losses, cfg.sprt)
+    result = sprt(
+        score.wins, score.draws, score.losses, cfg.sprt, pairs_per_game=score.pairs_per_game
+    )
     llr = round(result.llr, 3)
     trace = _trace(previous, candidate)
     if score.finished > (trace[-1][0] if trace else 0):

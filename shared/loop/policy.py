@@ -122,13 +122,17 @@ class MatchScore(msgspec.Struct, frozen=True, kw_only=True):
     losses: int = 0
     lost: int = 0
     unloadable: str = ""
+    pairs_per_game: int = 1  # W/D/L count pairs, this many a game (players - 1)
 
     def __post_init__(self) -> None:
         _check_counts(self, "MatchScore", ("wins", "draws", "losses", "lost"))
+        if self.pairs_per_game < 1:
+            raise ValueError(f"MatchScore.pairs_per_game must be >= 1, got {self.pairs_per_game}")
 
     @property
     def finished(self) -> int:
-        return self.wins + self.draws + self.losses
+        """Finished games: with more than two players W/D/L count pairs, `pairs_per_game` a game."""
+        return (self.wins + self.draws + self.losses) // self.pairs_per_game
 
 
 class GameSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -386,7 +390,9 @@ def _on_match(
         return Reject(
             game=name, candidate=candidate, generation=state.generation + 1, reason=score.unloadable
         )
-    result = sprt(score.wins, score.draws, score.losses, cfg.sprt)
+    result = sprt(
+        score.wins, score.draws, score.losses, cfg.sprt, pairs_per_game=score.pairs_per_game
+    )
     if result.decision != "continue":
         return _decided(name, candidate, state.generation + 1, result)
     more = match_games_to_schedule(state.match_games, score, eval_workers, cfg)
@@ -410,7 +416,11 @@ def _exhausted(
     The best stays (a candidate whose games keep failing must not become every self-play
     worker's net); the SPRT over the games played goes with the reason."""
     reason = f"match cut short: {score.lost} of {state.match_games} games dead-lettered"
-    result = sprt(score.wins, score.draws, score.losses, cfg.sprt) if score.finished else None
+    result = (
+        sprt(score.wins, score.draws, score.losses, cfg.sprt, pairs_per_game=score.pairs_per_game)
+        if score.finished
+        else None
+    )
     return Reject(
         game=name,
         candidate=candidate,

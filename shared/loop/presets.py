@@ -69,6 +69,40 @@ CONNECT4 = Preset(
 # Gauntlets of 100 games: 40 left a ±14% interval on the mcts:200 score (gen 12 of the first
 # hour-long run scored 72.5% over 40 games and 78% over 100).
 
+
+def _nplayer(game: str, players: int, net: NetConfig, per_generation: int) -> Preset:
+    """A game of 3-4 players: match jobs of a multiple of the player count (each seat played
+    equally by the candidate), and no gauntlet yet (the baselines are two-player)."""
+    per_job = 6 * players
+    return Preset(
+        loop=LoopConfig(
+            games=(game,),
+            games_per_generation=per_generation,
+            selfplay_games_per_job=50,
+            eval_games_per_job=per_job,
+            eval_jobs_per_worker=2,
+            sprt=SprtConfig(elo0=-50.0, elo1=0.0, max_games=10 * per_job),
+        ),
+        effects=EffectSettings(selfplay_sims=32, eval_sims=32, train_steps=300, gauntlet=()),
+        net=net,
+        train=TrainSettings(batch_size=128),
+        window_games=5 * per_generation,
+        max_reuse=8,
+        selfplay_concurrency=32,
+        selfplay=SelfPlayConfig(sample_plies=4, c_scale=0.1),
+    )
+
+
+SMALL_NET = NetConfig(blocks=2, channels=32, value_hidden=32)
+TICTACMO = _nplayer("tictacmo", 3, SMALL_NET, 400)
+CONNECT3_3P = _nplayer("connect3-6x7-3p", 3, NetConfig(blocks=3, channels=48), 500)
+CONNECT3_4P = _nplayer("connect3-7x8-4p", 4, NetConfig(blocks=3, channels=48), 500)
+GOMOKU_9X9 = msgspec.structs.replace(
+    CONNECT4,
+    loop=msgspec.structs.replace(CONNECT4.loop, games=("gomoku-9x9",)),
+    effects=msgspec.structs.replace(CONNECT4.effects, gauntlet=("random", "onestep")),
+)
+
 # The soak's fleet: many nodes sharing a small machine. Tic-tac-toe with small jobs and at most
 # two self-play jobs stored at once, so 24 nodes' workers fit on 2 cores with room for heartbeats.
 SOAK = Preset(
@@ -89,7 +123,15 @@ SOAK = Preset(
     selfplay=SelfPlayConfig(sample_plies=4, c_scale=0.1),
 )
 
-PRESETS = {"tictactoe": TICTACTOE, "connect4": CONNECT4, "soak": SOAK}
+PRESETS = {
+    "tictactoe": TICTACTOE,
+    "connect4": CONNECT4,
+    "tictacmo": TICTACMO,
+    "connect3-6x7-3p": CONNECT3_3P,
+    "connect3-7x8-4p": CONNECT3_4P,
+    "gomoku-9x9": GOMOKU_9X9,
+    "soak": SOAK,
+}
 
 
 class BadTuning(ValueError):

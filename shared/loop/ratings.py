@@ -16,6 +16,10 @@ information (the negative Hessian of the log-posterior at its maximum) with the 
 column removed. Players not connected to the anchor through real games are rated relative to
 their own component (centred on mean 0), flagged `connected=False`, with an infinite interval.
 
+Games of P > 2 players come as pairwise counts, `pairs_per_game` = P - 1 pairs a game
+(docs/evaluation-nplayer.md). Each pair weighs 1 / pairs_per_game, so a game is one unit of
+evidence like a two-player game: the fit is the same, the intervals honest, `games` real games.
+
 Results come from the bus, so `fit` trusts none of them: a result with equal or empty names, a
 count that is negative, not an integer or absurdly large is dropped with a warning naming the
 field (`PairResult.problem`), and the pool keeps at most MAX_PLAYERS players (those with the most
@@ -45,11 +49,12 @@ _VIRTUAL_DRAWS = 1.0
 _MAX_ITERATIONS = 100
 _TOLERANCE = 1e-10
 MAX_GAMES = 10**9  # per count of one result: far above any match, small enough for floats
+MAX_PAIRS_PER_GAME = 3  # four players
 MAX_PLAYERS = 1000  # the dense fit is O(players^2) memory and O(players^3) time per step
 
 
 class PairResult(msgspec.Struct, frozen=True, kw_only=True):
-    """Games between players `a` and `b`: a's wins, draws, b's wins.
+    """Games between players `a` and `b`: a's wins, draws, b's wins (pairs, for more players).
 
     Built from bus data without checks; `fit` drops a result whose `problem` is not None.
     """
@@ -59,6 +64,7 @@ class PairResult(msgspec.Struct, frozen=True, kw_only=True):
     wins_a: int
     draws: int
     wins_b: int
+    pairs_per_game: int = 1
 
     def problem(self) -> str | None:
         """Why the fit cannot use this result, naming the field; None if it can."""
@@ -74,7 +80,17 @@ class PairResult(msgspec.Struct, frozen=True, kw_only=True):
                 return f"PairResult.{name} must be an integer, got {_shown(value)}"
             if not 0 <= value <= MAX_GAMES:
                 return f"PairResult.{name} must be in [0, {MAX_GAMES}], got {value}"
+        k = self.pairs_per_game
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_PAIRS_PER_GAME:
+            return (
+                f"PairResult.pairs_per_game must be in [1, {MAX_PAIRS_PER_GAME}], got {_shown(k)}"
+            )
         return None
+
+    @property
+    def weight(self) -> float:
+        """What one pair counts for: 1 / pairs_per_game, a game's pairs being one game."""
+        return 1.0 / self.pairs_per_game
 
 
 class Rating(msgspec.Struct, frozen=True, kw_only=True):
@@ -176,9 +192,9 @@ def _usable(results: Iterable[PairResult], warn: Warn) -> list[PairResult]:
 def _bounded(rows: list[PairResult], anchor: str, warn: Warn) -> list[PairResult]:
     """`rows` among the anchor and the MAX_PLAYERS - 1 players with the most games (ties by
     name); results of other players are dropped."""
-    played: dict[str, int] = {}
+    played: dict[str, float] = {}
     for r in rows:
-        n = r.wins_a + r.draws + r.wins_b
+        n = (r.wins_a + r.draws + r.wins_b) * r.weight
         played[r.a] = played.get(r.a, 0) + n
         played[r.b] = played.get(r.b, 0) + n
     if len(played.keys() | {anchor}) <= MAX_PLAYERS:
@@ -209,9 +225,10 @@ def _tally(rows: list[PairResult], anchor: str) -> _Tally:
     games = np.zeros_like(score)
     for r in rows:
         i, j = index[r.a], index[r.b]
-        score[i, j] += r.wins_a + r.draws / 2.0
-        score[j, i] += r.wins_b + r.draws / 2.0
-        n = r.wins_a + r.draws + r.wins_b
+        # A weight of 1 multiplies exactly, so two-player fits stay bit-identical.
+        score[i, j] += (r.wins_a + r.draws / 2.0) * r.weight
+        score[j, i] += (r.wins_b + r.draws / 2.0) * r.weight
+        n = (r.wins_a + r.draws + r.wins_b) * r.weight
         games[i, j] += n
         games[j, i] += n
     return _Tally(players, score, games)
@@ -250,9 +267,9 @@ def _fit_component(tally: _Tally, component: list[int], anchor: str) -> dict[str
         sd = _standard_errors(theta, total, ref)
     else:
         theta = theta - theta.mean()
-    counts = games.sum(axis=1)
+    counts = games.sum(axis=1)  # pairs weighed 1 / pairs_per_game: whole games up to rounding
     return {
-        name: _rating(float(theta[k]), float(sd[k]), int(counts[k]), connected)
+        name: _rating(float(theta[k]), float(sd[k]), round(float(counts[k])), connected)
         for k, name in enumerate(names)
     }
 

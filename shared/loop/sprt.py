@@ -18,6 +18,11 @@ Cap rule: once `max_games` games are in and neither bound was crossed, the candi
 (accept_h1) iff its estimated Elo is at least elo0, i.e. unless the point estimate itself says
 "worse by elo0 or more". This is lc0's fixed-length gate (pass if Elo > threshold) with the
 threshold at elo0; with the strict gate (elo0 = 0) it is KataGo's gatekeeper rule (score >= 50%).
+
+Games of P > 2 players (docs/evaluation-nplayer.md): W/D/L count the candidate's pairwise results,
+`pairs_per_game` = P - 1 of them a game. The pairs of one game are correlated, so each game is one
+unit of evidence: the LLR is divided by `pairs_per_game`, the Elo interval is widened by its
+square root, and the cap rule counts games (pairs // pairs_per_game). With 1 nothing changes.
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ class SprtConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
 
 class SprtResult(msgspec.Struct, frozen=True, kw_only=True):
-    """The test's state after `games` games.
+    """The test's state after `games` games (for P > 2 players, pairs // pairs_per_game).
 
     `elo` is the candidate's estimated Elo difference, [`elo_lo`, `elo_hi`] its ~95% interval
     (+/-inf where the score interval leaves (0, 1)). `truncated` marks a decision by the cap rule.
@@ -118,11 +123,14 @@ def llr(wins: int, draws: int, losses: int, elo0: float, elo1: float) -> float:
     return n * (s1 - s0) * (2.0 * mean - s0 - s1) / (2.0 * var)
 
 
-def elo_interval(wins: int, draws: int, losses: int) -> tuple[float, float, float]:
+def elo_interval(
+    wins: int, draws: int, losses: int, *, pairs_per_game: int = 1
+) -> tuple[float, float, float]:
     """(Elo, lo, hi) by lc0's formula.
 
     mu = (W + D/2) / N, Var(mu_hat) = [W (1 - mu)^2 + D (1/2 - mu)^2 + L mu^2] / N^2, and the
-    interval mu +/- 1.96 sd mapped to Elo (an end outside (0, 1) becomes +/-inf).
+    interval mu +/- 1.96 sd mapped to Elo (an end outside (0, 1) becomes +/-inf). With
+    `pairs_per_game` k the variance is k times larger: N pairs are only N / k games' evidence.
     """
     if wins + draws + losses == 0:
         return 0.0, -math.inf, math.inf
@@ -130,19 +138,29 @@ def elo_interval(wins: int, draws: int, losses: int) -> tuple[float, float, floa
     n = w + d + lo
     mu = (w + d / 2.0) / n
     sd = math.sqrt(w * (1.0 - mu) ** 2 + d * (0.5 - mu) ** 2 + lo * mu**2) / n
+    if pairs_per_game != 1:  # skipped at 1 so that two-player results stay bit-identical
+        sd *= math.sqrt(pairs_per_game)
     lo_mu, hi_mu = max(mu - _Z95 * sd, 0.0), min(mu + _Z95 * sd, 1.0)
     return elo_from_score(mu), elo_from_score(lo_mu), elo_from_score(hi_mu)
 
 
-def sprt(wins: int, draws: int, losses: int, cfg: SprtConfig) -> SprtResult:
-    """The SPRT decision after W/D/L (candidate's view), with the cap rule at `cfg.max_games`."""
+def sprt(
+    wins: int, draws: int, losses: int, cfg: SprtConfig, *, pairs_per_game: int = 1
+) -> SprtResult:
+    """The SPRT decision after W/D/L (candidate's view), with the cap rule at `cfg.max_games`.
+
+    For games of more than two players the counts are pairs, `pairs_per_game` of them a game.
+    """
     for name, value in (("wins", wins), ("draws", draws), ("losses", losses)):
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
-    games = wins + draws + losses
-    ratio = llr(wins, draws, losses, cfg.elo0, cfg.elo1)
+    if pairs_per_game < 1:
+        raise ValueError(f"pairs_per_game must be >= 1, got {pairs_per_game}")
+    games = (wins + draws + losses) // pairs_per_game
+    # One game's pairs share its moves: the game, not the pair, is the unit of evidence.
+    ratio = llr(wins, draws, losses, cfg.elo0, cfg.elo1) / pairs_per_game
     lower, upper = bounds(cfg)
-    elo, elo_lo, elo_hi = elo_interval(wins, draws, losses)
+    elo, elo_lo, elo_hi = elo_interval(wins, draws, losses, pairs_per_game=pairs_per_game)
     decision: Decision = "continue"
     truncated = False
     if ratio >= upper:

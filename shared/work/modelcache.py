@@ -62,6 +62,7 @@ def load_evaluator(
     for field, want in (
         ("encoding_shape", tuple(game.encoding_shape)),
         ("num_actions", game.num_actions),
+        ("players", getattr(game, "num_players", 2)),
     ):
         have = getattr(net, field)
         if have != want:
