@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from shared.learn.games import UnknownGame, game_names, players_of
 from shared.learn.netconfig import NetConfig, TrainSettings
 from shared.learn.selfplay import SelfPlayConfig
 from shared.loop.effects import EffectSettings
@@ -167,7 +168,22 @@ def _value(text: str) -> object:
 
 
 def preset(name: str) -> Preset:
-    try:
+    """The named preset; for a registered game without one (e.g. an installed package's), a
+    small generic preset sized by its player count."""
+    if name in PRESETS:
         return PRESETS[name]
-    except KeyError:
-        raise ValueError(f"no preset {name!r}; known: {', '.join(PRESETS)}") from None
+    try:
+        players = players_of(name)
+    except UnknownGame:
+        known = ", ".join([*PRESETS, *(g for g in game_names() if g not in PRESETS)])
+        raise ValueError(f"no preset {name!r}; known: {known}") from None
+    return generic(name, players)
+
+
+def generic(game: str, players: int) -> Preset:
+    """Tic-tac-toe's settings for a two-player game, the small N-player ones otherwise."""
+    if players > 2:
+        return _nplayer(game, players, SMALL_NET, 400)
+    return msgspec.structs.replace(
+        TICTACTOE, loop=msgspec.structs.replace(TICTACTOE.loop, games=(game,))
+    )
