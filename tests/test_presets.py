@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from shared.loop import presets
 from shared.loop.presets import PRESETS, TICTACTOE, preset
 
 
@@ -14,8 +15,8 @@ def test_a_named_preset_is_returned_as_is() -> None:
 def test_a_game_without_a_preset_gets_tictactoes_settings_for_itself(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delitem(PRESETS, "tictacmo")
-    monkeypatch.delitem(PRESETS, "connect4")
+    others = {k: v for k, v in PRESETS.items() if k not in ("tictacmo", "connect4")}
+    monkeypatch.setattr(presets, "PRESETS", others)
     three = preset("tictacmo")
     assert three.loop.games == ("tictacmo",)
     assert three.loop.eval_games_per_job % 3 == 0  # each seat played equally by the candidate
