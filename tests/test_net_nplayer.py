@@ -34,6 +34,7 @@ from shared.learn.replay import (
     value_targets,
 )
 from shared.learn.training import new_net, train
+from shared.work.modelcache import UnloadableModel, load_evaluator
 
 GAME = FAMILY["tictacmo"]  # 3 players on 3 rows x 5 columns, 3 in a row wins
 TINY = NetConfig(blocks=1, channels=8, value_hidden=8)
@@ -143,6 +144,20 @@ def test_a_three_player_checkpoint_records_its_players() -> None:
         assert torch.equal(net(x)[1], loaded(x)[1])
     with pytest.raises(WrongGame, match="3 players"):
         load_checkpoint(checkpoint_bytes(net, GAME.name, 4), GAME.name, players=2)
+
+
+def test_a_worker_loads_a_three_player_checkpoint_and_refuses_it_for_two_players() -> None:
+    torch.manual_seed(1)
+    blob = checkpoint_bytes(new_net(GAME, TINY).eval(), GAME.name, 4)
+    evaluate = load_evaluator(blob, GAME, "x", threads=1)
+    state = states_of(SEAT1_WINS)[3]
+    mask = np.array(GAME.legal_mask(state), dtype=np.bool_)[None]  # a writable copy
+    priors, values = evaluate(GAME.encode(state)[None], mask)
+    assert priors.shape == (1, GAME.num_actions) and values.shape == (1, 3)
+    two = PolicyValueNet(TINY, GAME.encoding_shape, GAME.num_actions, 2)  # tictacmo's shape
+    blob2 = checkpoint_bytes(two.eval(), GAME.name, 4)
+    with pytest.raises(UnloadableModel, match="players is 2, tictacmo needs 3"):
+        load_evaluator(blob2, GAME, "y", threads=1)
 
 
 @pytest.mark.parametrize("players", [True, "3", 5, 1.0])

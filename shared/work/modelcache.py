@@ -81,5 +81,6 @@ def _probe(evaluator: Evaluator, game: Game[Any], sha256: str) -> None:
         priors, values = evaluator(encodings, masks)
     except (RuntimeError, ValueError) as e:
         raise UnloadableModel(sha256, f"inference fails: {type(e).__name__}: {e}") from e
-    if priors.shape != masks.shape or values.shape != (1,):
+    players = getattr(game, "num_players", 2)
+    if priors.shape != masks.shape or values.shape != ((1,) if players == 2 else (1, players)):
         raise UnloadableModel(sha256, f"outputs {priors.shape} and {values.shape}, not a net")
