@@ -21,13 +21,32 @@ from shared.bus.errors import BusError
 from shared.bus.ports import Bus
 from shared.lease.fencing import StaleTerm, cas_put, read_termed
 from shared.lease.watch import Holder, KeyChanges, current_holder
+from shared.loop.allocation import (
+    Allocation,
+    Progress,
+    actual_shares,
+    allocate,
+    normalised,
+    promoted,
+    rejected,
+)
 from shared.loop.backgroundeval import BackgroundEval
 from shared.loop.effects import Effects, EffectSettings
 from shared.loop.evalplan import CpuMeter, EvalBudget, evaluation_share
 from shared.loop.observe import accepted_nodes, cpu_readings, observe, train_job_id
 from shared.loop.phase import GauntletPhase, Phase, TrainingPhase, phase_of
 from shared.loop.placement import Stranding
-from shared.loop.policy import GameState, LoopConfig, LoopState, Snapshot, apply, next_actions
+from shared.loop.policy import (
+    Action,
+    GameState,
+    LoopConfig,
+    LoopState,
+    Promote,
+    Reject,
+    Snapshot,
+    apply,
+    next_actions,
+)
 from shared.loop.progress import last_train_progress
 from shared.loop.ratingjobs import SkipLog
 from shared.runtime.service import main as service_main
@@ -56,6 +75,10 @@ class LoopRecord(
     evaluation_share: float | None = None
     cpu_s: dict[str, float] = {}
     cpu_window_s: float = 0.0
+    # Per game, the Elo chain of its decided candidates, and self-play's target and actual
+    # share with the factors behind it (shared.loop.allocation).
+    progress: dict[str, Progress] = {}
+    allocation: dict[str, Allocation] = {}
 
 
 def sampled(
@@ -71,6 +94,45 @@ def sampled(
     return out
 
 
+def learned(
+    progress: dict[str, Progress], action: Action, before: GameState, now: float
+) -> dict[str, Progress]:
+    """The Elo chains after `action`: a decided candidate adds a point at the games it was
+    trained on (`before` is its game's state when the action was decided)."""
+    mine = progress.get(action.game, Progress())
+    games = before.games_at_last_train
+    match action:
+        case Promote():
+            elo = None if action.result is None else action.result.elo
+            return {**progress, action.game: promoted(mine, games, elo, now)}
+        case Reject():
+            return {**progress, action.game: rejected(mine, games)}
+        case _:
+            return progress
+
+
+def allocation_shown(
+    planned: dict[str, Allocation],
+    state: LoopState,
+    counts: dict[str, list[tuple[float, int]]],
+    now: float,
+) -> dict[str, Allocation]:
+    """What status shows: the target among the games with a best net (those that play), and
+    the actual share of the recent window's games."""
+    ready = {n: a.target if state.game(n).best else 0.0 for n, a in planned.items()}
+    targets, actual = normalised(ready), actual_shares(counts, now)
+    return {
+        name: msgspec.structs.replace(
+            a, target=round(targets[name], 4), actual=_rounded(actual.get(name))
+        )
+        for name, a in planned.items()
+    }
+
+
+def _rounded(share: float | None) -> float | None:
+    return None if share is None else round(share, 4)
+
+
 def games_per_hour(series: list[tuple[float, int]]) -> float:
     if len(series) < 2 or series[-1][0] <= series[0][0]:
         return 0.0
@@ -82,6 +144,7 @@ class SchedulerConfig(msgspec.Struct, frozen=True):
     node_id: str
     loop: LoopConfig = LoopConfig()
     effects: EffectSettings = EffectSettings()
+    effects_by_game: dict[str, EffectSettings] = {}  # a configuration's own (`--config`)
     tick_s: float = 1.0
     budget: EvalBudget = EvalBudget()
     jobs: JobSettings = JobSettings()
@@ -114,7 +177,7 @@ class MasterLoop:
 
     def __init__(self, bus: Bus, cfg: SchedulerConfig, term: int) -> None:
         self.bus, self.cfg, self.term = bus, cfg, term
-        self.effects = Effects(bus, cfg.loop, cfg.effects, term)
+        self.effects = Effects(bus, cfg.loop, cfg.effects, term, cfg.effects_by_game)
         self.skips = SkipLog()  # results that count for nothing, dead-lettered once each
         self.background = BackgroundEval(
             bus,
@@ -123,6 +186,7 @@ class MasterLoop:
             budget=cfg.budget,
             term=term,
             skips=self.skips,
+            by_game=cfg.effects_by_game,
         )
         self.cpu = CpuMeter(cfg.budget.window_s)
         self.stranding = Stranding(cfg.stranded_after_s)
@@ -140,6 +204,10 @@ class MasterLoop:
         self.cpu.update(cpu_readings(nodes), now)
         used = self.cpu.used()
         share = evaluation_share(used)
+        progress = dict(record.progress) if record else {}
+        planned = allocate(self.weights(), progress, now)
+        targets = {name: a.target for name, a in planned.items()}
+        snapshot = msgspec.structs.replace(snapshot, selfplay_shares=targets)
         actions = next_actions(state, snapshot, self.cfg.loop)
         await self.check_still_leader()
         for kind, capacity in (
@@ -149,25 +217,32 @@ class MasterLoop:
             await rehome(self.bus, kind, self.stranding.stranded(kind, capacity, now))
         for action in actions:
             await self.effects.carry_out(action, state)
+            progress = learned(progress, action, state.game(action.game), now)
             state = apply(state, action)
         gauntlets = await self.gauntlets(state)
         state = await self.background.step(state, gauntlets, snapshot.eval_workers, share)
         await self.skips.dead_letter(self.bus)
         ticks = (record.ticks if record else 0) + 1
         totals = {name: g.games_total for name, g in snapshot.games.items()}
+        counts = sampled(record.game_counts if record else {}, now, totals)
         update = LoopRecord(
             term=self.term,
             state=state,
             updated_at=now,
             ticks=ticks,
-            game_counts=sampled(record.game_counts if record else {}, now, totals),
+            game_counts=counts,
             phases=await self.phases(state, snapshot, gauntlets, record),
             evaluation_share=None if share is None else round(share, 4),
             cpu_s={name: round(seconds, 2) for name, seconds in used.items()},
             cpu_window_s=self.cfg.budget.window_s,
+            progress=progress,
+            allocation=allocation_shown(planned, state, counts, now),
         )
         await cas_put(self.bus, names.LOOP_BUCKET, STATE_KEY, update, revision)
         return len(actions)
+
+    def weights(self) -> dict[str, float]:
+        return {name: self.cfg.loop.weights.get(name, 1.0) for name in self.cfg.loop.games}
 
     async def name_match_evaluators(self, chosen: list[str] | None, now: float) -> None:
         """Tell evaluators who plays promotion matches, when that changes."""
@@ -197,7 +272,7 @@ class MasterLoop:
             name: phase_of(
                 state.game(name),
                 snapshot.game(name),
-                self.cfg.loop,
+                self.cfg.loop.for_game(name),
                 await training_phase(self.bus, name, state.game(name)),
                 gauntlets.get(name),
                 before.get(name),

@@ -53,6 +53,13 @@ from shared.work.prefetch import ADOPT_WINDOW_S, prefetch_promoted
 log = logging.getLogger("conclave.selfplay")
 
 
+class SelfplayGame(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A configuration's own self-play settings (`conclave up --config`)."""
+
+    concurrent_games: int
+    engine: SelfPlayConfig
+
+
 class SelfplayWorkerConfig(msgspec.Struct, frozen=True):
     node_id: str
     cache_dir: str
@@ -75,6 +82,10 @@ class SelfplayWorkerConfig(msgspec.Struct, frozen=True):
     # Size the games played at once (the inference batch) by a short calibration of each net
     # size on this device (shared.learn.calibrate), `concurrent_games` at most.
     calibrate: bool = False
+    per_game: dict[str, SelfplayGame] = {}  # a configuration's own; the fields above otherwise
+
+    def for_game(self, name: str) -> SelfplayGame:
+        return self.per_game.get(name) or SelfplayGame(self.concurrent_games, self.engine)
 
 
 CALIBRATE_S = 0.2  # timed per batch size: a few seconds per net size, once per worker
@@ -156,7 +167,7 @@ class Worker:
         concurrency = self.fitted(game, evaluator, job, await self.batch_for(game, evaluator))
         watches = self.watches(concurrency)
         engine = msgspec.structs.replace(
-            self.cfg.engine,
+            self.cfg.for_game(job.game).engine,
             concurrent_games=concurrency,
             num_simulations=job.sims,
             resign_value=job.resign_value,
@@ -214,7 +225,7 @@ class Worker:
     async def batch_for(self, game: Game[Any], evaluator: Evaluator) -> int:
         """The games at once this device wants for the evaluator's net: the calibrated batch,
         measured once per game and net size in the playing thread; else `concurrent_games`."""
-        cap, net = self.cfg.concurrent_games, net_config_of(evaluator)
+        cap, net = self.cfg.for_game(game.name).concurrent_games, net_config_of(evaluator)
         if not self.cfg.calibrate or net is None:
             return cap
         key = (game.name, size_label(net))

@@ -74,6 +74,15 @@ _INDEX = re.compile(r"\[\d+\]")
 PROGRESS_DRAIN_S = 10.0  # the most a finished training waits for its progress reports to go out
 
 
+class TrainerGame(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A configuration's own training settings (`conclave up --config`)."""
+
+    window_games: int
+    max_reuse: int
+    net: NetConfig
+    train: TrainSettings
+
+
 class TrainerConfig(msgspec.Struct, frozen=True):
     node_id: str
     cache_dir: str
@@ -91,6 +100,14 @@ class TrainerConfig(msgspec.Struct, frozen=True):
     jobs: JobSettings = JobSettings(ack_wait_s=60.0)
     progress_every_s: float = 2.0  # how often a training reports its progress
     resign: ResignSettings = ResignSettings()
+    per_game: dict[str, TrainerGame] = {}  # a configuration's own; the fields above otherwise
+
+    def for_game(self, name: str) -> TrainerGame:
+        own = self.per_game.get(name)
+        return own or TrainerGame(self.window_games, self.max_reuse, self.net, self.train)
+
+    def widest_window(self) -> int:
+        return max([self.window_games, *(g.window_games for g in self.per_game.values())])
 
 
 class Trainer:
@@ -110,7 +127,8 @@ class Trainer:
 
     def window(self, game: str) -> ReplayWindow:
         if game not in self.windows:
-            self.windows[game] = ReplayWindow(self.cfg.window_games, self.cfg.max_reuse)
+            own = self.cfg.for_game(game)
+            self.windows[game] = ReplayWindow(own.window_games, own.max_reuse)
         return self.windows[game]
 
     # -- feeding the windows --------------------------------------------------------------------
@@ -118,7 +136,7 @@ class Trainer:
     async def follow_games(self) -> None:
         """Subscribe to the games stream from where the windows' tail begins."""
         first, last = await self.bus.stream_seqs(names.GAMES_STREAM)
-        start = max(first, last - 2 * self.cfg.window_games + 1, 1)
+        start = max(first, last - 2 * self.cfg.widest_window() + 1, 1)
         await self.bus.follow(names.GAMES_STREAM, names.games_subject("*"), start, self._on_game)
 
     async def _on_game(self, msg: Message) -> None:
@@ -360,14 +378,11 @@ class Trainer:
         torch.set_num_threads(self.cfg.threads)
         torch.manual_seed(seed)  # a first net's initial weights: the job replays the same way
         players = getattr(game, "num_players", 2)
-        net = (
-            load_checkpoint(parent, game.name, players).net
-            if parent
-            else new_net(game, self.cfg.net)
-        )
+        own = self.cfg.for_game(game.name)
+        net = load_checkpoint(parent, game.name, players).net if parent else new_net(game, own.net)
         rng = np.random.default_rng(seed)
         report = train(
-            net, game, window, steps, self.cfg.train, rng, on_progress=meter, compute=self.compute
+            net, game, window, steps, own.train, rng, on_progress=meter, compute=self.compute
         )
         return net, report
 

@@ -27,7 +27,7 @@ from shared.bus.ports import Bus
 from shared.bus.server import free_port
 from shared.cli.dashboard import Dashboard, bound_port, snapshot
 from tests.conftest import Processes, eventually
-from tests.test_status import BROKEN, H100, broken_node, gpu_node
+from tests.test_status import BROKEN, H100, broken_node, gpu_node, seed_allocation
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("CONCLAVE_TEST_ARTIFACTS", ROOT / "test-artifacts"))
@@ -172,3 +172,20 @@ async def test_the_nodes_table_shows_device_tier_memory_self_test_and_speed(
     assert '<td class="num">600 MB</td>' in rows["x"]  # no VRAM figures: none reported
     failed = f'<td class="self-test bad">failed, no jobs<br>selfplay-0: {BROKEN}<br>evaluator: '
     assert failed in rows["x"]
+
+
+@pytest.mark.timeout(120)
+async def test_each_game_shows_its_self_play_share_target_and_actual(
+    bus: Bus, tmp_path: Path
+) -> None:
+    browser = chromium()
+    await seed_allocation(bus)
+    dom = await rendered_nodes(bus, browser, tmp_path / "cache")
+    shares = dict(
+        re.findall(r'data-game="(\w+)">.*?<div class="muted share">(.*?)</div>', dom, re.S)
+    )
+    assert shares["tictacmo"] == (
+        "self-play share: target 67% (weight 2 x learning 1.00 x staleness 1.00), actual 60%"
+    )
+    assert shares["tictactoe"].startswith("self-play share: target 33%")
+    assert "tictacmo self-play share<b>67% target, 60% actual</b>" in dom

@@ -6,6 +6,7 @@ import asyncio
 import time
 import urllib.request
 
+import pytest
 from prometheus_client.exposition import start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
@@ -16,11 +17,12 @@ from schemas.control import DeviceReport, Lease, NodeStatus, Resources, ServiceS
 from schemas.jobs import SelfplayJob
 from services.scheduler import STATE_KEY, LoopRecord
 from shared.bus.ports import Bus
-from shared.cli.metrics import BusCollector
+from shared.cli.metrics import BusCollector, families
 from shared.cli.status import gather
 from shared.loop.phase import MatchPhase, Phase
 from shared.loop.policy import GameState, LoopState
 from shared.work.jobs import submit
+from tests.test_status import seed_allocation
 
 BROKEN = "value differs from the CPU's by 0.3"
 GPU = DeviceReport(
@@ -172,3 +174,22 @@ async def test_metrics_parse_and_match_status_for_the_same_moment(bus: Bus) -> N
     assert samples[("conclave_rss_bytes", failed)] == 2**28
     [n2] = [n for n in report.nodes if n.id == "n2"]
     assert n2.compute is not None and n2.compute.failures == {"evaluator": BROKEN}
+
+
+async def test_metrics_show_each_games_self_play_share_as_status_does(bus: Bus) -> None:
+    await seed_allocation(bus)
+    report = await gather(bus)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in families(report)
+        for s in family.samples
+    }
+    for g in report.games:
+        assert g.selfplay is not None and g.selfplay.actual is not None
+        game = ("game", g.game)
+        assert samples[("conclave_selfplay_share", (game, ("kind", "target")))] == g.selfplay.target
+        assert samples[("conclave_selfplay_share", (game, ("kind", "actual")))] == g.selfplay.actual
+        weight = samples[("conclave_selfplay_factor", (("factor", "weight"), game))]
+        assert weight == g.selfplay.weight
+    targets = [v for (name, labels), v in samples.items() if ("kind", "target") in labels]
+    assert sum(targets) == pytest.approx(1.0, abs=1e-3)

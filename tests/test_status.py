@@ -11,9 +11,10 @@ from schemas import names
 from schemas.codec import encode
 from schemas.control import DeviceReport, Lease, NodeStatus, Resources, ServiceState
 from schemas.jobs import DeadLetter, EvalJob, EvalResult, PlayerSpec, SelfplayJob
-from services.scheduler import STATE_KEY, LoopRecord
+from services.scheduler import STATE_KEY, LoopRecord, allocation_shown
 from shared.bus.ports import Bus
 from shared.cli.status import games_info, gather, render_text
+from shared.loop.allocation import allocate
 from shared.loop.effects import issue
 from shared.loop.policy import GameState, LoopState
 from shared.work.jobs import submit
@@ -224,3 +225,27 @@ async def test_a_worker_still_testing_shows_as_running_and_a_coordinator_shows_n
     assert c.compute is None and t.compute is not None and t.compute.self_test == "testing"
     [line] = (line for line in render_text(report).splitlines() if line.startswith("    "))
     assert "self-test running" in line
+
+
+async def seed_allocation(bus: Bus) -> None:
+    """Two games at base weights 1:2, 40 and 60 of the last ten minutes' self-play games."""
+    planned = allocate({"tictactoe": 1.0, "tictacmo": 2.0}, {}, 600.0)
+    state = LoopState({n: GameState(generation=0, best=n[:2] * 32, trainings=1) for n in planned})
+    counts = {"tictactoe": [(0.0, 0), (600.0, 40)], "tictacmo": [(0.0, 0), (600.0, 60)]}
+    shown = allocation_shown(planned, state, counts, 600.0)
+    record = LoopRecord(term=1, state=state, updated_at=600.0, game_counts=counts, allocation=shown)
+    await bus.write(names.LOOP_BUCKET, STATE_KEY, encode(record))
+
+
+async def test_status_shows_each_games_self_play_share_target_and_actual(bus: Bus) -> None:
+    await seed_allocation(bus)
+    report = await gather(bus)
+    as_json = msgspec.json.decode(msgspec.json.encode(report))
+    shares = {g["game"]: g["selfplay"] for g in as_json["games"]}
+    assert shares["tictacmo"]["target"] == round(2 / 3, 4) and shares["tictacmo"]["actual"] == 0.6
+    assert shares["tictactoe"]["target"] == round(1 / 3, 4)
+    assert shares["tictactoe"]["actual"] == 0.4
+    text = render_text(report)
+    for weight, target, actual in ((2, 67, 60), (1, 33, 40)):
+        factors = f"weight {weight} x learning 1.00 x staleness 1.00"
+        assert f"self-play share: target {target}% ({factors}), actual {actual}%" in text

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
 
@@ -17,7 +17,7 @@ from shared.bus.client import BusConfig
 from shared.bus.errors import BusError
 from shared.learn.games import game_names
 from shared.lease.quorum import LeaseParams
-from shared.loop.presets import PRESETS
+from shared.loop.presets import PRESETS, Preset
 from shared.runtime import log as logsetup
 
 if TYPE_CHECKING:
@@ -60,7 +60,13 @@ def _client(args: argparse.Namespace, name: str, timeout_s: float = 5.0) -> BusC
 
 
 def _game_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--game", default="connect4", choices=game_names())
+    p.add_argument("--game", default=None, choices=game_names(), help="default: connect4")
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE.toml",
+        help="train the configurations in FILE, each with its settings (instead of --game)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker process")
     p.add_argument(
         "--device",
@@ -103,6 +109,29 @@ def _game_options(p: argparse.ArgumentParser) -> None:
         default=0.15,
         help="most of the workers' CPU evaluation may use before rating and gauntlet games wait",
     )
+
+
+class Games(NamedTuple):
+    """What a node or `up` trains: one game, or the configurations of a `--config` file."""
+
+    game: str
+    configs: dict[str, Preset]
+    weights: dict[str, float]
+
+
+def _games(args: argparse.Namespace) -> Games:
+    """`--game` or `--config` (a bad file stops here, with the key named)."""
+    if args.config is None:
+        return Games(args.game or "connect4", {}, {})
+    if args.game is not None:
+        raise SystemExit("conclave: give --game or --config, not both")
+    from shared.loop.configfile import BadConfigFile, load
+
+    try:
+        configs = load(Path(args.config), args.tune)
+    except BadConfigFile as e:
+        raise SystemExit(f"conclave: --config {e}") from None
+    return Games(next(iter(configs.presets)), configs.presets, configs.weights)
 
 
 def _checked_tuning(preset_name: str, settings: list[str]) -> list[str]:
@@ -155,6 +184,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     from shared.node import launcher
 
     _checked_device(args)
+    games = _games(args)
     opts = launcher.NodeOptions(
         node_id=args.node_id or launcher.default_node_id(),
         roles=launcher.parse_roles(args.roles),
@@ -163,7 +193,9 @@ def cmd_node(args: argparse.Namespace) -> int:
         replicas=args.replicas,
         log_dir=args.log_dir,
         log_level=args.log_level,
-        game=args.game,
+        game=games.game,
+        configs=games.configs,
+        weights=games.weights,
         cache_dir=str(Path(args.cache_dir).absolute()),
         threads=args.threads,
         device=args.device,
@@ -178,7 +210,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         tls_ca=str(Path(args.tls_ca).absolute()) if args.tls_ca else None,
         eval_budget=args.eval_budget,
         selfplay_workers=args.selfplay_workers,
-        tune=_checked_tuning(args.preset or args.game, args.tune),
+        tune=_checked_tuning(args.preset or games.game, args.tune),
     )
     return asyncio.run(launcher.node_main(opts))
 
@@ -187,12 +219,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     from shared.node import up
 
     _checked_device(args)
+    games = _games(args)
     opts = up.UpOptions(
         data_dir=str(Path(args.data_dir).absolute()),
         nats_port=args.nats_port,
         no_train=args.no_train,
         lease=_lease(args),
-        game=args.game,
+        game=games.game,
+        configs=games.configs,
+        weights=games.weights,
         generations=args.generations,
         threads=args.threads,
         device=args.device,
@@ -201,7 +236,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         memory_budget_mb=args.memory_budget_mb,
         eval_budget=args.eval_budget,
         selfplay_workers=args.selfplay_workers,
-        tune=_checked_tuning(args.game, args.tune),
+        tune=_checked_tuning(games.game, args.tune),
     )
     return asyncio.run(up.up_main(opts))
 
@@ -321,6 +356,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
     cache = Path(args.cache_dir).absolute()
     client = _client(args, "restore", timeout_s=10.0)
     return asyncio.run(restore_main(client, args.source, args.s3_endpoint, args.window, cache))
+
+
+def cmd_games(args: argparse.Namespace) -> int:
+    from shared.cli.games import games_main
+
+    return games_main(args.json, sys.stdout)
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
@@ -478,6 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="share (0-1) of node kills aimed at the leader's node, to exercise failovers",
     )
     soak.set_defaults(handler=cmd_soak)
+
+    games = sub.add_parser("games", help="the games this machine can play, built-in or installed")
+    games.add_argument("--json", action="store_true")
+    games.set_defaults(handler=cmd_games)
 
     schemas = sub.add_parser("schemas", help="export JSON Schema for every wire message")
     schemas.add_argument("--out", required=True)

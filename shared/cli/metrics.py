@@ -35,6 +35,7 @@ def families(report: StatusReport) -> list[Metric]:
         *_leader_families(report),
         *_game_families(report),
         *_phase_families(report),
+        *_allocation_families(report),
         *_archive_families(report),
     ]
 
@@ -194,6 +195,35 @@ def _phase_families(report: StatusReport) -> Iterator[Metric]:
             llr.add_metric([g.game], g.phase.match.llr)
             match_games.add_metric([g.game], g.phase.match.games)
     yield from (phase, collected, step, loss, llr, match_games, share, age)
+
+
+def _allocation_families(report: StatusReport) -> Iterator[Metric]:
+    """Self-play's share per game: the target the scheduler allocates and the actual share of
+    the recent games, and the factors of the target's priority (shared.loop.allocation)."""
+    share = GaugeMetricFamily(
+        "conclave_selfplay_share",
+        "Self-play's share per game: target (allocated) or actual (recent games)",
+        labels=["game", "kind"],
+    )
+    factor = GaugeMetricFamily(
+        "conclave_selfplay_factor",
+        "A factor of self-play's priority per game: weight, learning or staleness",
+        labels=["game", "factor"],
+    )
+    for g in report.games:
+        a = g.selfplay
+        if a is None:
+            continue
+        share.add_metric([g.game, "target"], a.target)
+        if a.actual is not None:
+            share.add_metric([g.game, "actual"], a.actual)
+        for name, value in (
+            ("weight", a.weight),
+            ("learning", a.learning),
+            ("staleness", a.staleness),
+        ):
+            factor.add_metric([g.game, name], value)
+    yield from (share, factor)
 
 
 def _archive_families(report: StatusReport) -> Iterator[Metric]:

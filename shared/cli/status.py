@@ -19,6 +19,7 @@ from shared.bus.errors import BusError
 from shared.bus.message import Entry
 from shared.bus.ports import Bus
 from shared.lease.fencing import read_termed
+from shared.loop.allocation import Allocation
 from shared.loop.observe import count
 from shared.loop.phase import GauntletPhase, Phase
 from shared.loop.ratingjobs import game_ratings
@@ -93,6 +94,7 @@ class GameInfo(msgspec.Struct, frozen=True):
     # Evaluation's share of the workers' CPU over the scheduler's recent window (cluster-wide)
     evaluation_share: float | None = None
     queue_age_s: dict[str, float | None] = {}  # per queue (eval by lane): oldest job's age
+    selfplay: Allocation | None = None  # self-play's target and actual share, and why
 
 
 class ArchiveInfo(msgspec.Struct, frozen=True):
@@ -309,6 +311,7 @@ async def game_info(bus: Bus, record: LoopRecord, game: str, now: float) -> Game
         phase=record.phases.get(game),
         evaluation_share=record.evaluation_share,
         queue_age_s=await queue_ages(bus, game, now),
+        selfplay=record.allocation.get(game),
     )
 
 
@@ -369,6 +372,8 @@ def render_text(report: StatusReport) -> str:
         share = "-" if g.evaluation_share is None else f"{g.evaluation_share:.0%}"
         ages = " ".join(f"{q} {a:.0f}s" for q, a in g.queue_age_s.items() if a is not None)
         lines.append(f"  evaluation {share} of workers' CPU; oldest job waiting: {ages or '-'}")
+        if g.selfplay is not None:
+            lines.append(f"  {allocation_text(g.selfplay)}")
     if report.archive is not None:
         a = report.archive
         error = (
@@ -380,6 +385,15 @@ def render_text(report: StatusReport) -> str:
         )
     lines += [f"problem: {p}" for p in report.problems]
     return "\n".join(lines)
+
+
+def allocation_text(a: Allocation) -> str:
+    """Self-play's share: the target, the factors of its priority, and the actual share."""
+    actual = "-" if a.actual is None else f"{a.actual:.0%}"
+    return (
+        f"self-play share: target {a.target:.0%} (weight {a.weight:g} x learning "
+        f"{a.learning:.2f} x staleness {a.staleness:.2f}), actual {actual}"
+    )
 
 
 def compute_text(c: NodeCompute) -> str:

@@ -7,14 +7,14 @@ import asyncio
 import hashlib
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import msgspec
 
 from schemas import names
 from schemas.jobs import EvalJob, EvalResult, PlayerSpec
 from shared.bus.ports import Bus
-from shared.loop.effects import EffectSettings, issue, model_name
+from shared.loop.effects import EffectSettings, issue, model_name, settings_for
 from shared.loop.evalplan import EvalBudget, background_jobs, games_for, gauntlet_settled
 from shared.loop.phase import GauntletOpponent, GauntletPhase
 from shared.loop.policy import LoopConfig, LoopState, rating_issued
@@ -88,6 +88,7 @@ class BackgroundEval:
         budget: EvalBudget,
         term: int,
         skips: SkipLog | None = None,
+        by_game: Mapping[str, EffectSettings] | None = None,
     ) -> None:
         self.bus, self.loop, self.settings, self.budget, self.term = (
             bus,
@@ -96,6 +97,7 @@ class BackgroundEval:
             budget,
             term,
         )
+        self.by_game = by_game or {}
         self.skips = skips  # results that count for nothing, met while reading
         self.pace: Pace = {}
         self._scores: dict[str, tuple[int, tuple[int, int, int]]] = {}
@@ -141,11 +143,12 @@ class BackgroundEval:
             names.RESULTS_STREAM, names.results_subject(game, names.ANY)
         )
         opponents = []
-        for k, agent in enumerate(self.settings.gauntlet):
+        settings = settings_for(game, self.settings, self.by_game)
+        for k, agent in enumerate(settings.gauntlet):
             group = gauntlet_group(current.generation, k)
             wins, draws, losses = await self._gauntlet_score(game, group, counts)
             played = wins + draws + losses
-            settled = played >= self.settings.gauntlet_games or gauntlet_settled(
+            settled = played >= settings.gauntlet_games or gauntlet_settled(
                 wins, draws, losses, self.budget
             )
             opponents.append(
@@ -163,7 +166,8 @@ class BackgroundEval:
         current = state.game(game)
         if current.best is None or phase.generation != current.generation:
             return []
-        me = PlayerSpec(model_name(phase.generation), current.best, sims=self.settings.eval_sims)
+        settings = settings_for(game, self.settings, self.by_game)
+        me = PlayerSpec(model_name(phase.generation), current.best, sims=settings.eval_sims)
         jobs: list[EvalJob] = []
         for k, opponent in enumerate(phase.opponents):
             group = gauntlet_group(phase.generation, k)
@@ -172,7 +176,7 @@ class BackgroundEval:
                 continue
             played = opponent.wins + opponent.draws + opponent.losses
             them = PlayerSpec(opponent.opponent, agent=opponent.opponent)
-            most = max(2, min(self.settings.gauntlet_games - played, self.budget.gauntlet_chunk))
+            most = max(2, min(settings.gauntlet_games - played, self.budget.gauntlet_chunk))
             games = games_for(self.pace.get(pace_key(me, them)), most, self.budget)
             job_id = f"{game}-{group}-at{played}"
             jobs.append(

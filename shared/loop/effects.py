@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import assert_never
 
 import msgspec
@@ -88,9 +89,27 @@ async def issue(bus: Bus, job: EvalJob) -> None:
     await submit(bus, "eval", job)
 
 
+def settings_for(
+    game: str, settings: EffectSettings, by_game: Mapping[str, EffectSettings]
+) -> EffectSettings:
+    """A configuration's own job parameters (`conclave up --config`), else the shared ones."""
+    return by_game.get(game, settings)
+
+
 class Effects:
-    def __init__(self, bus: Bus, loop: LoopConfig, settings: EffectSettings, term: int) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        loop: LoopConfig,
+        settings: EffectSettings,
+        term: int,
+        by_game: Mapping[str, EffectSettings] | None = None,
+    ) -> None:
         self.bus, self.loop, self.settings, self.term = bus, loop, settings, term
+        self.by_game = by_game or {}
+
+    def settings_of(self, game: str) -> EffectSettings:
+        return settings_for(game, self.settings, self.by_game)
 
     async def carry_out(self, action: Action, state: LoopState) -> None:
         game = state.game(action.game)
@@ -102,7 +121,7 @@ class Effects:
                 # that lost its match must not be the parent of every later one.
                 await self.train(action, game.best)
             case StartMatch():
-                first_job = game.match_games // self.loop.eval_games_per_job
+                first_job = game.match_games // self.loop.for_game(action.game).eval_games_per_job
                 if game.pending_eval != action.candidate:
                     first_job = 0
                 await self.match(action, game.generation, game.trainings, first_job)
@@ -132,7 +151,7 @@ class Effects:
                 model_sha256=action.model,
                 generation=generation,
                 games=action.games_per_job,
-                sims=selfplay_sims(self.settings, generation),
+                sims=selfplay_sims(self.settings_of(action.game), generation),
                 term=self.term,
                 resign_value=resign,
             )
@@ -140,7 +159,7 @@ class Effects:
 
     async def resign_value(self, game: str, model: str) -> float | None:
         """The resign threshold calibrated by the training that made `model` (when enabled)."""
-        if not self.settings.resign or not model or players_of(game) > 2:
+        if not self.settings_of(game).resign or not model or players_of(game) > 2:
             return None  # resigning is two-player: who would win is not settled by one loser
         key = names.model_key(game, model)
         entry = await self.bus.last(names.REGISTRY_BUCKET, key)
@@ -158,7 +177,7 @@ class Effects:
             game=action.game,
             generation=action.generation,
             parent_sha256=parent or "",
-            steps=self.settings.train_steps,
+            steps=self.settings_of(action.game).train_steps,
             term=self.term,
             group=train_group(action.training),
         )
@@ -166,9 +185,10 @@ class Effects:
 
     async def match(self, action: StartMatch, generation: int, training: int, first: int) -> None:
         group = match_group(training)
-        a = PlayerSpec(model_name(generation + 1), action.candidate, sims=self.settings.eval_sims)
-        b = PlayerSpec(model_name(generation), action.best, sims=self.settings.eval_sims)
-        per_job = self.loop.eval_games_per_job
+        sims = self.settings_of(action.game).eval_sims
+        a = PlayerSpec(model_name(generation + 1), action.candidate, sims=sims)
+        b = PlayerSpec(model_name(generation), action.best, sims=sims)
+        per_job = self.loop.for_game(action.game).eval_games_per_job
         for k in range(first, first + action.games // per_job):
             job = EvalJob(
                 job_id=f"{action.game}-{group}-{k}",

@@ -151,7 +151,8 @@ async def observe(
     nodes = await accepted_nodes(bus) if nodes is None else nodes
     workers = live_workers(nodes)
     games = {
-        name: await observe_game(bus, name, state.game(name), cfg, skips) for name in cfg.games
+        name: await observe_game(bus, name, state.game(name), cfg.for_game(name), skips)
+        for name in cfg.games
     }
     return Snapshot(
         workers.get("selfplay", 0),

@@ -23,11 +23,13 @@ policy would never produce, so a scheduler bug cannot silently corrupt the loop 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Literal, assert_never
 
 import msgspec
 
 from schemas import names
+from shared.loop.allocation import split_jobs
 from shared.loop.placement import fastest_tier, place
 from shared.loop.sprt import SprtConfig, SprtResult, sprt
 
@@ -36,9 +38,10 @@ class LoopConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Knobs of the master loop, shared by all `games`.
 
     Self-play: keep `queue_target_per_worker` jobs of `selfplay_games_per_job` games queued per
-    live self-play worker, split evenly over the games that have a best net, adding at most
-    `max_enqueue` jobs per game per step. Matches: keep `eval_jobs_per_worker` jobs of
-    `eval_games_per_job` games in flight per live evaluator, so the SPRT can stop early.
+    live self-play worker, split over the games that have a best net by the allocation's shares
+    (`shared.loop.allocation`, from `weights`: 1 for a game missing, 0 pauses its self-play),
+    adding at most `max_enqueue` jobs per game per step. Matches: keep `eval_jobs_per_worker`
+    jobs of `eval_games_per_job` games in flight per live evaluator, so the SPRT can stop early.
     """
 
     games: tuple[str, ...] = ("connect4",)
@@ -51,12 +54,22 @@ class LoopConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     eval_jobs_per_worker: int = 1
     gate: Literal["sprt", "none"] = "sprt"
     sprt: SprtConfig = SprtConfig()
+    weights: dict[str, float] = {}  # base weight of each game's self-play share (default 1)
+    # A configuration's own settings (`conclave up --config`), used for everything about it;
+    # the fields above are for the games without an entry.
+    per_game: dict[str, LoopConfig] = {}
 
     def __post_init__(self) -> None:
         if not self.games or any(not g for g in self.games):
             raise ValueError(f"LoopConfig.games must be non-empty names, got {self.games!r}")
         if len(set(self.games)) != len(self.games):
             raise ValueError(f"LoopConfig.games must be unique, got {self.games!r}")
+        for name, own in self.per_game.items():
+            if name not in self.games or own.games != (name,) or own.per_game:
+                raise ValueError(
+                    f"LoopConfig.per_game[{name!r}] must be the settings of one of the games "
+                    f"{self.games!r}, for it alone (games=({name!r},), no per_game)"
+                )
         for name in (
             "games_per_generation",
             "selfplay_games_per_job",
@@ -71,6 +84,11 @@ class LoopConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError(
                 f"LoopConfig.selfplay_job_cap must be >= 1, got {self.selfplay_job_cap}"
             )
+        _check_weights(self.weights, self.games)
+
+    def for_game(self, name: str) -> LoopConfig:
+        """The settings that decide about game `name`."""
+        return self.per_game.get(name, self)
 
 
 class GameState(msgspec.Struct, frozen=True, kw_only=True, tag="conclave.loop_state.v1"):
@@ -158,6 +176,8 @@ class Snapshot(msgspec.Struct, frozen=True):
     # Live workers' throughput per tier (shared.loop.placement.tier_capacity)
     selfplay_tiers: dict[str, float] = {}
     train_tiers: dict[str, float] = {}
+    # Each game's target share of self-play (shared.loop.allocation); {}: the base weights
+    selfplay_shares: dict[str, float] = {}
 
     def __post_init__(self) -> None:
         _check_counts(self, "Snapshot", ("selfplay_workers", "eval_workers"))
@@ -287,7 +307,7 @@ def next_actions(state: LoopState, snapshot: Snapshot, cfg: LoopConfig) -> list[
     actions: list[Action] = []
     for name in cfg.games:
         game_state = state.game(name)
-        for action in _game_actions(name, game_state, snapshot, cfg):
+        for action in _game_actions(name, game_state, snapshot, cfg.for_game(name)):
             game_state = apply_game(game_state, action)
             actions.append(action)
         state = _with_game(state, name, game_state)
@@ -431,18 +451,44 @@ def _exhausted(
 
 
 def _selfplay_actions(state: LoopState, snapshot: Snapshot, cfg: LoopConfig) -> list[Action]:
-    """Self-play jobs for every game with a best net, the worker queue split evenly among them."""
-    ready = [(name, best) for name in cfg.games if (best := state.game(name).best) is not None]
+    """Self-play jobs for every game with a best net: the worker queue target split among them
+    by their shares (`selfplay_target`), each game's jobs topped up to its own part."""
+    ready = {name: best for name in cfg.games if (best := state.game(name).best) is not None}
+    targets = selfplay_target(ready, snapshot, cfg)
     actions: list[Action] = []
-    for name, best in ready:
+    for name, best in ready.items():
         queued = snapshot.game(name).queued_selfplay
-        jobs = selfplay_jobs_to_enqueue(
-            snapshot.selfplay_workers, queued, cfg, share=1.0 / len(ready)
-        )
+        jobs = jobs_to_top_up(targets[name], queued, cfg.for_game(name))
         if jobs > 0:
             tiers = place(jobs, snapshot.game(name).queued_by_tier, snapshot.selfplay_tiers)
-            actions.append(EnqueueSelfplay(name, jobs, cfg.selfplay_games_per_job, best, tiers))
+            actions.append(
+                EnqueueSelfplay(name, jobs, cfg.for_game(name).selfplay_games_per_job, best, tiers)
+            )
     return actions
+
+
+def selfplay_target(ready: Iterable[str], snapshot: Snapshot, cfg: LoopConfig) -> dict[str, int]:
+    """Self-play jobs to keep stored per ready game: workers * queue_target_per_worker split by
+    the snapshot's shares (the base weights without them) among the ready games, by largest
+    remainder, at least one job each game of positive share while any worker lives."""
+    shares = snapshot.selfplay_shares or {name: cfg.weights.get(name, 1.0) for name in cfg.games}
+    total = snapshot.selfplay_workers * cfg.queue_target_per_worker
+    return split_jobs(total, {name: shares.get(name, 0.0) for name in ready}, minimum=1)
+
+
+def jobs_to_top_up(target: int, queued: int, cfg: LoopConfig) -> int:
+    """Jobs to add so `target` (at most `selfplay_job_cap`) are stored: in [0, max_enqueue]."""
+    if cfg.selfplay_job_cap is not None:
+        target = min(target, cfg.selfplay_job_cap)
+    return max(0, min(target - queued, cfg.max_enqueue))
+
+
+def _check_weights(weights: dict[str, float], games: tuple[str, ...]) -> None:
+    for name, weight in weights.items():
+        if name not in games:
+            raise ValueError(f"LoopConfig.weights[{name!r}] names no game of {games!r}")
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"LoopConfig.weights[{name!r}] must be finite and >= 0, got {weight}")
 
 
 def _start_training(state: GameState, action: StartTraining) -> GameState:

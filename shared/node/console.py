@@ -49,14 +49,18 @@ class Console:
     def scalars_path(self) -> Path:
         return self.data / "run" / self.game / "scalars.csv"
 
-    async def run(self, stop: asyncio.Event, training: bool) -> None:
+    async def run(
+        self, stop: asyncio.Event, training: bool, finished: asyncio.Event | None = None
+    ) -> None:
+        """Until `stop`; `finished` (else `stop`) is set once `generations` were promoted."""
         bus = await connect_until(self.bus_config, stop)
         if bus is None:
             return
         try:
             await bus.subscribe(names.leader_event_subject("*"), self._leader_event)
             if training:
-                await bus.subscribe(names.model_event_subject("*"), self._model_handler(bus, stop))
+                done = stop if finished is None else finished
+                await bus.subscribe(names.model_event_subject("*"), self._model_handler(bus, done))
                 await bus.subscribe(names.train_progress_subject(self.game), self._train_progress)
                 await self._progress(bus, stop)
                 await self._write_ratings(bus)

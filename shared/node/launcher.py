@@ -17,7 +17,7 @@ from services.evaluator import EvaluatorConfig
 from services.heartbeat import HeartbeatConfig
 from services.leader import LeaderConfig
 from services.scheduler import SchedulerConfig
-from services.selfplay import SelfplayWorkerConfig
+from services.selfplay import SelfplayGame, SelfplayWorkerConfig
 from services.syncer import SyncerConfig
 from shared.archive import S3Config
 from shared.auth.identities import node_roles, node_seed_path
@@ -80,6 +80,10 @@ class NodeOptions(msgspec.Struct, frozen=True):
     eval_budget: float = EvalBudget().budget  # most of the workers' CPU evaluation may use
     selfplay_workers: int | None = None  # self-play processes; None: one per usable core
     tune: list[str] = []  # `section.name=value` changes to the preset (shared.loop.presets.tuned)
+    # The configurations to train, each with its settings (`--config`, shared.loop.configfile);
+    # none: `game` alone, with `preset` and `tune`.
+    configs: dict[str, Preset] = {}
+    weights: dict[str, float] = {}  # each configuration's base weight in the self-play allocation
 
 
 def parse_roles(text: str) -> list[str]:
@@ -137,15 +141,28 @@ def service_config(service: str, opts: NodeOptions) -> msgspec.Struct:
         return HeartbeatConfig(opts.node_id, opts.roles, node_services(opts))
     if service == "leader":
         return LeaderConfig(opts.node_id, opts.lease)
-    return loop_service_config(service, opts, tuned(preset(opts.preset or opts.game), opts.tune))
+    return loop_service_config(service, opts, node_presets(opts))
 
 
-def loop_service_config(instance: str, opts: NodeOptions, p: Preset) -> msgspec.Struct:
+def node_presets(opts: NodeOptions) -> dict[str, Preset]:
+    """The settings of each configuration this node's services work for."""
+    if opts.configs:
+        return opts.configs
+    one = tuned(preset(opts.preset or opts.game), opts.tune)
+    return {one.loop.games[0]: one}
+
+
+def loop_service_config(
+    instance: str, opts: NodeOptions, presets: dict[str, Preset]
+) -> msgspec.Struct:
+    """`instance`'s configuration: the first configuration's settings, and with several
+    configurations each one's own besides."""
     cache = str(Path(opts.cache_dir) / opts.node_id / instance)
     service = names.service_kind(instance)
+    p = next(iter(presets.values()))
+    several = len(presets) > 1
     if service == "scheduler":
-        budget = msgspec.structs.replace(p.budget, budget=opts.eval_budget)
-        return SchedulerConfig(opts.node_id, loop=p.loop, effects=p.effects, budget=budget)
+        return scheduler_config(opts, presets)
     if service == "selfplay":
         return SelfplayWorkerConfig(
             opts.node_id,
@@ -160,10 +177,15 @@ def loop_service_config(instance: str, opts: NodeOptions, p: Preset) -> msgspec.
             memory_budget_mb=opts.memory_budget_mb,
             node_workers=selfplay_workers(opts, usable_cores()),
             calibrate=True,
+            per_game={
+                name: SelfplayGame(q.selfplay_concurrency, q.selfplay)
+                for name, q in presets.items()
+                if several
+            },
         )
     if service == "trainer":
         # Imported only where a trainer runs: its module loads torch, which other launchers skip.
-        from services.trainer import TrainerConfig
+        from services.trainer import TrainerConfig, TrainerGame
 
         return TrainerConfig(
             opts.node_id,
@@ -176,6 +198,11 @@ def loop_service_config(instance: str, opts: NodeOptions, p: Preset) -> msgspec.
             device=opts.device,
             precision=opts.precision,
             tier=opts.tier,
+            per_game={
+                name: TrainerGame(q.window_games, q.max_reuse, q.net, q.train)
+                for name, q in presets.items()
+                if several
+            },
         )
     if service == "evaluator":
         return EvaluatorConfig(
@@ -189,6 +216,25 @@ def loop_service_config(instance: str, opts: NodeOptions, p: Preset) -> msgspec.
     if service == "syncer":
         return syncer_config(opts, cache)
     raise UnknownRole(f"no configuration for service {service!r}")
+
+
+def scheduler_config(opts: NodeOptions, presets: dict[str, Preset]) -> SchedulerConfig:
+    """The loop over every configuration: the first one's settings by default, each one's own
+    for it (when there are several)."""
+    p = next(iter(presets.values()))
+    budget = msgspec.structs.replace(p.budget, budget=opts.eval_budget)
+    if len(presets) == 1:
+        return SchedulerConfig(opts.node_id, loop=p.loop, effects=p.effects, budget=budget)
+    loop = msgspec.structs.replace(
+        p.loop,
+        games=tuple(presets),
+        per_game={name: q.loop for name, q in presets.items()},
+        weights={name: w for name, w in opts.weights.items() if name in presets},
+    )
+    by_game = {name: q.effects for name, q in presets.items()}
+    return SchedulerConfig(
+        opts.node_id, loop=loop, effects=p.effects, effects_by_game=by_game, budget=budget
+    )
 
 
 def child_spec(service: str, opts: NodeOptions) -> ChildSpec:

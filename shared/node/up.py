@@ -19,6 +19,7 @@ from shared.bus.errors import BusError
 from shared.bus.server import NatsServer, ServerSpec
 from shared.lease.quorum import LeaseParams
 from shared.loop.evalplan import EvalBudget
+from shared.loop.presets import Preset
 from shared.node.console import Console, run_summary
 from shared.node.launcher import LOOP_ROLES, NodeOptions, identity_roles, run_node, stop_on_signals
 
@@ -40,6 +41,12 @@ class UpOptions(msgspec.Struct, frozen=True):
     eval_budget: float = EvalBudget().budget
     selfplay_workers: int | None = None  # None: one per usable core
     tune: list[str] = []  # preset changes (shared.loop.presets.tuned)
+    configs: dict[str, Preset] = {}  # `--config`: several configurations (shared.loop.configfile)
+    weights: dict[str, float] = {}
+
+    @property
+    def games(self) -> list[str]:
+        return list(self.configs) or [self.game]
 
 
 async def up_main(opts: UpOptions) -> int:
@@ -72,27 +79,55 @@ async def up_main(opts: UpOptions) -> int:
             eval_budget=opts.eval_budget,
             selfplay_workers=opts.selfplay_workers,
             tune=opts.tune,
+            configs=opts.configs,
+            weights=opts.weights,
         )
         _print_where(server, data, opts)
         admin = str(seed_path(data / "auth", "admin"))
         await provision(BusConfig(servers=[server.url], name="up-provision", nkey_seed=admin))
         if not opts.no_train:
             start = BusConfig(servers=[server.url], name="up-start", nkey_seed=admin)
-            await _say_where_it_starts(start, opts.game, data)
-        console = Console(
-            BusConfig(servers=[server.url], name="up-console", nkey_seed=admin),
-            data,
-            opts.game,
-            opts.generations,
-            opts.progress_every_s,
-        )
+            for game in opts.games:
+                await _say_where_it_starts(start, game, data)
+        consoles = [
+            Console(
+                BusConfig(servers=[server.url], name=f"up-console-{game}", nkey_seed=admin),
+                data,
+                game,
+                opts.generations,
+                opts.progress_every_s,
+            )
+            for game in opts.games
+        ]
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(console.run(stop, training=not opts.no_train), name="console")
+            finished = []
+            for console in consoles:
+                done = asyncio.Event()
+                finished.append(done)
+                training = not opts.no_train
+                tg.create_task(console.run(stop, training, done), name=f"console-{console.game}")
+            tg.create_task(_stop_when_all(finished, stop), name="generations")
             await run_node(node, stop)
     finally:
         await asyncio.to_thread(server.stop)
     print("conclave stopped", flush=True)
     return 0
+
+
+async def _stop_when_all(finished: list[asyncio.Event], stop: asyncio.Event) -> None:
+    """Stop once every configuration has promoted its `--generations` (or on `stop`)."""
+
+    async def all_done() -> None:
+        for done in finished:
+            await done.wait()
+
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(all_done())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
+    stop.set()
 
 
 def local_identities(directory: Path, node_id: str, roles: tuple[Role, ...]) -> str:
@@ -137,5 +172,6 @@ def _print_where(server: NatsServer, data: Path, opts: UpOptions) -> None:
         print("  control plane only (--no-train)", flush=True)
     else:
         until = f" for {opts.generations} generations" if opts.generations else ""
-        print(f"  training {opts.game}{until}; checkpoints in {data / 'run'}", flush=True)
+        games = ", ".join(opts.games)
+        print(f"  training {games}{until}; checkpoints in {data / 'run'}", flush=True)
         print(f"  archive (the S3 layout, on disk): {data / 'archive'}", flush=True)
