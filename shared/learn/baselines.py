@@ -1,6 +1,7 @@
 """Reference opponents for gauntlets: `random`, `onestep` and plain UCT `mcts:N`.
 
-Every agent is game-generic and draws all randomness from the generator it is given.
+Every agent is game-generic, for 2 to 4 players, and draws all randomness from the generator it
+is given.
 """
 
 from __future__ import annotations
@@ -56,11 +57,36 @@ class RandomAgent:
         return _pick(legal_actions(game, state), rng)
 
 
+def num_players(game: Game[S]) -> int:
+    """The game's player count (2 for games written before it was part of the protocol)."""
+    return int(getattr(game, "num_players", 2))
+
+
+def final_outcome(game: Game[S], state: S, players: int) -> tuple[float, ...] | None:
+    """The result by seat once the game is over, else None.
+
+    Two players read `terminal_value` (which every game has, and which the two-player agents
+    always read); more read `outcome`.
+    """
+    if players > 2:
+        return game.outcome(state)
+    value = game.terminal_value(state)
+    if value is None:
+        return None
+    return (value, -value) if game.to_play(state) == 0 else (-value, value)
+
+
 def wins_at_once(game: Game[S], state: S, action: int) -> bool:
-    return game.terminal_value(game.apply(state, action)) == -1.0
+    """Whether `action` wins the game outright for the player to move at `state`."""
+    after = game.apply(state, action)
+    if num_players(game) == 2:
+        return game.terminal_value(after) == -1.0
+    result = game.outcome(after)
+    return result is not None and result[game.to_play(state)] > 0
 
 
 def opponent_can_win(game: Game[S], state: S) -> bool:
+    """Whether the player to move at `state` (the next player, after a move) can win at once."""
     if game.terminal_value(state) is not None:
         return False
     actions: list[int] = np.flatnonzero(game.legal_mask(state)).tolist()
@@ -69,10 +95,12 @@ def opponent_can_win(game: Game[S], state: S) -> bool:
 
 @dataclass(frozen=True)
 class OneStepAgent:
-    """Win at once if possible; else avoid moves after which the opponent wins at once; else random.
+    """Win at once if possible; else avoid moves after which the next player to move can win at
+    once; else random.
 
-    Avoiding those moves blocks every single immediate threat (and, in Connect Four, also stops
-    the agent from playing directly beneath one).
+    Avoiding those moves blocks every single immediate threat of the next player (and, in
+    Connect Four, also stops the agent from playing directly beneath one). With more than two
+    players the threats of the players after the next are left to the next player to block.
     """
 
     name: str = "onestep"
@@ -89,62 +117,78 @@ class OneStepAgent:
 @dataclass(slots=True)
 class _Node(Generic[S]):
     state: S
-    terminal: float | None
+    mover: int  # the player to move here
+    result: tuple[float, ...] | None  # by seat, once the game is over
     untried: list[int]
+    totals: list[float]  # summed rollout results by seat
     children: list[tuple[int, _Node[S]]] = field(default_factory=list)
     visits: int = 0
-    total: float = 0.0  # summed results for the player who moved into this node
 
 
-def _new_node(game: Game[S], state: S, rng: np.random.Generator) -> _Node[S]:
-    terminal = game.terminal_value(state)
-    untried = [] if terminal is not None else np.flatnonzero(game.legal_mask(state)).tolist()
+def _new_node(game: Game[S], state: S, players: int, rng: np.random.Generator) -> _Node[S]:
+    result = final_outcome(game, state, players)
+    untried = [] if result is not None else np.flatnonzero(game.legal_mask(state)).tolist()
     rng.shuffle(untried)
-    return _Node(state, terminal, untried)
+    return _Node(state, game.to_play(state), result, untried, [0.0] * players)
 
 
 def _select(node: _Node[S], exploration: float) -> _Node[S]:
+    """UCB1 on the results of the player to move at `node` (max^n: each seat maximises its own)."""
     log_visits = math.log(node.visits)
+    seat = node.mover
 
     def ucb(child: _Node[S]) -> float:
-        return child.total / child.visits + exploration * math.sqrt(log_visits / child.visits)
+        mean = child.totals[seat] / child.visits
+        return mean + exploration * math.sqrt(log_visits / child.visits)
 
     return max((child for _, child in node.children), key=ucb)
 
 
-def rollout(game: Game[S], state: S, rng: np.random.Generator) -> float:
-    """Play uniformly random moves to the end; the result for the player to move at `state`."""
-    sign = 1.0
-    value = game.terminal_value(state)
-    while value is None:
+def rollout_outcome(game: Game[S], state: S, rng: np.random.Generator) -> tuple[float, ...]:
+    """Play uniformly random moves to the end; the result by seat."""
+    players = num_players(game)
+    result = final_outcome(game, state, players)
+    while result is None:
         actions = np.flatnonzero(game.legal_mask(state))
         state = game.apply(state, int(actions[int(rng.random() * len(actions))]))
-        sign = -sign
-        value = game.terminal_value(state)
-    return sign * value
+        result = final_outcome(game, state, players)
+    return result
 
 
-def _simulate(game: Game[S], root: _Node[S], rng: np.random.Generator, exploration: float) -> None:
+def rollout(game: Game[S], state: S, rng: np.random.Generator) -> float:
+    """Play uniformly random moves to the end; the result for the player to move at `state`."""
+    return rollout_outcome(game, state, rng)[game.to_play(state)]
+
+
+def _simulate(
+    game: Game[S], root: _Node[S], rng: np.random.Generator, exploration: float, players: int
+) -> None:
     path, node = [root], root
     while not node.untried and node.children:
         node = _select(node, exploration)
         path.append(node)
     if node.untried:
         action = node.untried.pop()
-        child = _new_node(game, game.apply(node.state, action), rng)
+        child = _new_node(game, game.apply(node.state, action), players, rng)
         node.children.append((action, child))
         node = child
         path.append(node)
-    value = node.terminal if node.terminal is not None else rollout(game, node.state, rng)
-    for visited in reversed(path):
+    result = node.result if node.result is not None else rollout_outcome(game, node.state, rng)
+    for visited in path:
         visited.visits += 1
-        visited.total -= value  # `value` is for the player to move at `visited`
-        value = -value
+        totals = visited.totals
+        for seat, value in enumerate(result):
+            totals[seat] += value
 
 
 @dataclass(frozen=True)
 class MctsAgent:
-    """Plain UCT (Kocsis & Szepesvari 2006), uniformly random rollouts; plays the most visited."""
+    """Plain UCT (Kocsis & Szepesvari 2006), uniformly random rollouts; plays the most visited.
+
+    Rollouts return the result by seat and every node sums them; selection at a node maximises
+    the entry of the player to move there (max^n: Luckhardt & Irani 1986; in UCT, Sturtevant
+    2008). For two players that is the usual negamax UCT, random draw for random draw.
+    """
 
     simulations: int
     exploration: float = math.sqrt(2.0)
@@ -155,9 +199,10 @@ class MctsAgent:
 
     def choose(self, game: Game[S], state: S, rng: np.random.Generator) -> int:
         legal_actions(game, state)  # raises NoLegalMove in a finished position
-        root = _new_node(game, state, rng)
+        players = num_players(game)
+        root = _new_node(game, state, players, rng)
         for _ in range(self.simulations):
-            _simulate(game, root, rng, self.exploration)
+            _simulate(game, root, rng, self.exploration, players)
         return max(root.children, key=lambda pair: pair[1].visits)[0]
 
 
