@@ -123,3 +123,18 @@ def test_a_one_sided_or_well_measured_gauntlet_stops_early() -> None:
 def test_the_score_interval_contains_the_score(wins: int, draws: int, losses: int) -> None:
     score, lo, hi = score_interval(wins, draws, losses)
     assert 0.0 <= lo <= score <= hi <= 1.0
+
+
+@given(st.one_of(st.none(), st.floats(0, 1e6)), st.integers(3, 500), st.integers(3, 4))
+def test_jobs_of_more_players_are_whole_seat_rotations(
+    pace: float | None, most: int, seats: int
+) -> None:
+    games = games_for(pace, most, BUDGET, seats)
+    assert games % seats == 0 and seats <= games <= max(seats, most)
+
+
+def test_pairs_of_one_game_count_as_one_games_evidence() -> None:
+    # 60 pairs from 30 three-player games: as settled as 30 games, not as 60.
+    assert gauntlet_settled(60, 0, 40, BUDGET)
+    assert not gauntlet_settled(60, 0, 40, BUDGET, pairs_per_game=2)
+    assert gauntlet_settled(120, 0, 80, BUDGET, pairs_per_game=2)

@@ -14,6 +14,7 @@ import msgspec
 from schemas import names
 from schemas.jobs import EvalJob, EvalResult, PlayerSpec
 from shared.bus.ports import Bus
+from shared.learn.games import UnknownGame, players_of
 from shared.loop.effects import EffectSettings, issue, model_name, settings_for
 from shared.loop.evalplan import EvalBudget, background_jobs, games_for, gauntlet_settled
 from shared.loop.phase import GauntletOpponent, GauntletPhase
@@ -144,12 +145,13 @@ class BackgroundEval:
         )
         opponents = []
         settings = settings_for(game, self.settings, self.by_game)
+        pairs = _players(game) - 1
         for k, agent in enumerate(settings.gauntlet):
             group = gauntlet_group(current.generation, k)
             wins, draws, losses = await self._gauntlet_score(game, group, counts)
-            played = wins + draws + losses
+            played = (wins + draws + losses) // pairs  # W/D/L are pairwise: games are fewer
             settled = played >= settings.gauntlet_games or gauntlet_settled(
-                wins, draws, losses, self.budget
+                wins, draws, losses, self.budget, pairs_per_game=pairs
             )
             opponents.append(
                 GauntletOpponent(
@@ -174,10 +176,11 @@ class BackgroundEval:
             queued = depths.subject(names.job_subject("eval", game, group, "gauntlet"))
             if len(jobs) >= slots or queued > 0 or opponent.settled:
                 continue
-            played = opponent.wins + opponent.draws + opponent.losses
+            seats = _players(game)
+            played = (opponent.wins + opponent.draws + opponent.losses) // (seats - 1)
             them = PlayerSpec(opponent.opponent, agent=opponent.opponent)
-            most = max(2, min(settings.gauntlet_games - played, self.budget.gauntlet_chunk))
-            games = games_for(self.pace.get(pace_key(me, them)), most, self.budget)
+            most = max(seats, min(settings.gauntlet_games - played, self.budget.gauntlet_chunk))
+            games = games_for(self.pace.get(pace_key(me, them)), most, self.budget, seats)
             job_id = f"{game}-{group}-at{played}"
             jobs.append(
                 EvalJob(
@@ -226,7 +229,10 @@ class BackgroundEval:
             self._no_pair[game] = sum(stored.values())
             return None
         a, b = players[pairs[0][0]], players[pairs[0][1]]
-        games = games_for(self.pace.get(pace_key(a, b)), self.budget.rating_games, self.budget)
+        seats = _players(game)
+        games = games_for(
+            self.pace.get(pace_key(a, b)), self.budget.rating_games, self.budget, seats
+        )
         return EvalJob(
             job_id=rating_job_id(game, state.game(game).rating_jobs, a, b, games),
             game=game,
@@ -248,3 +254,11 @@ def _score(results: Iterable[EvalResult]) -> tuple[int, int, int]:
     for r in results:
         wins, draws, losses = wins + r.wins_a, draws + r.draws, losses + r.wins_b
     return wins, draws, losses
+
+
+def _players(game: str) -> int:
+    """Seats of `game` (2 for a name not installed here: its jobs are two-player as before)."""
+    try:
+        return players_of(game)
+    except UnknownGame:
+        return 2

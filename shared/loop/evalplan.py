@@ -128,14 +128,17 @@ def background_jobs(
     return max(0, eval_workers * budget.background_per_evaluator - queued_background)
 
 
-def games_for(seconds_per_game: float | None, most: int, budget: EvalBudget) -> int:
+def games_for(seconds_per_game: float | None, most: int, budget: EvalBudget, seats: int = 2) -> int:
     """Games for one background job: about `target_job_s` of play at the measured pace, in
-    colour-swapped pairs, between 2 and `most`; half of `most` for a pairing not yet measured."""
+    seat rotations (colour-swapped pairs for two players), between one rotation and `most`;
+    half of `most` for a pairing not yet measured."""
     if seconds_per_game is None or not math.isfinite(seconds_per_game) or seconds_per_game <= 0:
         games = most // 2
     else:
         games = int(min(float(most), budget.target_job_s / seconds_per_game))
-    return max(2, min(most, games - games % 2))
+    whole = max(seats, min(most, games - games % seats))
+    # `most` may not be whole rotations (two players keep what they always had: `most` itself)
+    return whole - whole % seats if seats > 2 else whole
 
 
 def score_interval(wins: int, draws: int, losses: int) -> tuple[float, float, float]:
@@ -152,12 +155,16 @@ def score_interval(wins: int, draws: int, losses: int) -> tuple[float, float, fl
     return score, max(0.0, min(score, centre - half)), min(1.0, max(score, centre + half))
 
 
-def gauntlet_settled(wins: int, draws: int, losses: int, budget: EvalBudget) -> bool:
+def gauntlet_settled(
+    wins: int, draws: int, losses: int, budget: EvalBudget, *, pairs_per_game: int = 1
+) -> bool:
     """A gauntlet pairing can stop: its score is known to within `gauntlet_halfwidth`, or it is
-    decisively one-sided, so more games would hardly move the ratings."""
+    decisively one-sided, so more games would hardly move the ratings. With more than two
+    players the counts are pairs, `pairs_per_game` of one game's: the interval is as wide as
+    the games' (sqrt(k) times the pairs')."""
     if wins + draws + losses == 0:
         return False
     _, lo, hi = score_interval(wins, draws, losses)
-    narrow = (hi - lo) / 2 <= budget.gauntlet_halfwidth
+    narrow = (hi - lo) / 2 * math.sqrt(pairs_per_game) <= budget.gauntlet_halfwidth
     one_sided = lo >= budget.gauntlet_decisive or hi <= 1 - budget.gauntlet_decisive
     return narrow or one_sided
