@@ -10,25 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+from typing import NamedTuple, TypeVar
 
 import msgspec
 
 from schemas import names
 from schemas.codec import BadMessage, encode
-from schemas.control import MatchEvaluators
+from schemas.control import MatchEvaluators, NodeStatus
 from shared.bus.compat import announce
 from shared.bus.errors import BusError
 from shared.bus.ports import Bus
 from shared.lease.fencing import StaleTerm, cas_put, read_termed
 from shared.lease.watch import Holder, KeyChanges, current_holder
 from shared.loop.allocation import (
+    ACTUAL_WINDOW_S,
     Allocation,
     Progress,
-    actual_shares,
+    accrued,
     allocate,
+    busy_workers,
+    job_seconds,
     normalised,
     promoted,
     rejected,
+    spent_since,
 )
 from shared.loop.backgroundeval import BackgroundEval
 from shared.loop.effects import Effects, EffectSettings
@@ -54,6 +60,7 @@ from shared.runtime.service import wait_or_stop
 from shared.work.jobs import JobSettings, ensure_consumer, handle_dead_letters, rehome
 
 log = logging.getLogger("conclave.scheduler")
+N = TypeVar("N", int, float)
 
 STATE_KEY = names.LOOP_STATE_KEY
 
@@ -75,6 +82,10 @@ class LoopRecord(
     evaluation_share: float | None = None
     cpu_s: dict[str, float] = {}
     cpu_window_s: float = 0.0
+    # Per game, the self-play worker-seconds so far (from the workers' pulses, tick by tick),
+    # and (time, seconds so far) about once a minute for the last hour: the allocation's measure.
+    selfplay_seconds: dict[str, float] = {}
+    selfplay_time: dict[str, list[tuple[float, float]]] = {}
     # Per game, the Elo chain of its decided candidates, and self-play's target and actual
     # share with the factors behind it (shared.loop.allocation).
     progress: dict[str, Progress] = {}
@@ -82,8 +93,8 @@ class LoopRecord(
 
 
 def sampled(
-    counts: dict[str, list[tuple[float, int]]], now: float, totals: dict[str, int]
-) -> dict[str, list[tuple[float, int]]]:
+    counts: dict[str, list[tuple[float, N]]], now: float, totals: dict[str, N]
+) -> dict[str, list[tuple[float, N]]]:
     """Add a sample per game if the last is a minute old; keep the last hour (61 samples)."""
     out = {}
     for game, total in totals.items():
@@ -112,15 +123,13 @@ def learned(
 
 
 def allocation_shown(
-    planned: dict[str, Allocation],
-    state: LoopState,
-    counts: dict[str, list[tuple[float, int]]],
-    now: float,
+    planned: dict[str, Allocation], state: LoopState, spent: dict[str, float]
 ) -> dict[str, Allocation]:
     """What status shows: the target among the games with a best net (those that play), and
-    the actual share of the recent window's games."""
+    the actual share of the recent window's self-play worker time (`spent`, seconds)."""
     ready = {n: a.target if state.game(n).best else 0.0 for n, a in planned.items()}
-    targets, actual = normalised(ready), actual_shares(counts, now)
+    targets = normalised(ready)
+    actual = normalised(spent) if math.fsum(spent.values()) > 0 else {}
     return {
         name: msgspec.structs.replace(
             a, target=round(targets[name], 4), actual=_rounded(actual.get(name))
@@ -168,6 +177,12 @@ async def training_phase(bus: Bus, game: str, state: GameState) -> TrainingPhase
     )
 
 
+class SelfplayWork(NamedTuple):
+    seconds: dict[str, float]  # worker-seconds so far, per game
+    spent: dict[str, float]  # ... over the allocation's window
+    job_s: dict[str, float]  # estimated worker-seconds of one job
+
+
 class LostLeadership(Exception):
     pass
 
@@ -206,8 +221,13 @@ class MasterLoop:
         share = evaluation_share(used)
         progress = dict(record.progress) if record else {}
         planned = allocate(self.weights(), progress, now)
-        targets = {name: a.target for name, a in planned.items()}
-        snapshot = msgspec.structs.replace(snapshot, selfplay_shares=targets)
+        work = self.selfplay_work(record, nodes, snapshot, now)
+        snapshot = msgspec.structs.replace(
+            snapshot,
+            selfplay_shares={name: a.target for name, a in planned.items()},
+            selfplay_spent=work.spent,
+            selfplay_job_s=work.job_s,
+        )
         actions = next_actions(state, snapshot, self.cfg.loop)
         await self.check_still_leader()
         for kind, capacity in (
@@ -235,11 +255,37 @@ class MasterLoop:
             evaluation_share=None if share is None else round(share, 4),
             cpu_s={name: round(seconds, 2) for name, seconds in used.items()},
             cpu_window_s=self.cfg.budget.window_s,
+            selfplay_seconds={name: round(s, 1) for name, s in work.seconds.items()},
+            selfplay_time=sampled(record.selfplay_time if record else {}, now, work.seconds),
             progress=progress,
-            allocation=allocation_shown(planned, state, counts, now),
+            allocation=allocation_shown(planned, state, work.spent),
         )
         await cas_put(self.bus, names.LOOP_BUCKET, STATE_KEY, update, revision)
         return len(actions)
+
+    def selfplay_work(
+        self, record: LoopRecord | None, nodes: list[NodeStatus], snapshot: Snapshot, now: float
+    ) -> SelfplayWork:
+        """Worker time per game: accrued since the last tick from what the self-play workers
+        say they are doing, over the allocation's window, and per job."""
+        doing = [
+            s.doing
+            for node in nodes
+            for s in node.services
+            if s.alive and names.service_kind(s.name) == "selfplay"
+        ]
+        since = now - (record.updated_at if record else now)
+        seconds = accrued(record.selfplay_seconds if record else {}, busy_workers(doing), since)
+        start = now - ACTUAL_WINDOW_S
+        series = record.selfplay_time if record else {}
+        spent = {g: spent_since([*series.get(g, []), (now, s)], start) for g, s in seconds.items()}
+        counts = record.game_counts if record else {}
+        made = {
+            name: round(spent_since([*counts.get(name, []), (now, g.games_total)], start))
+            for name, g in snapshot.games.items()
+        }
+        per_job = {name: self.cfg.loop.for_game(name).selfplay_games_per_job for name in made}
+        return SelfplayWork(seconds, spent, job_seconds(spent, made, per_job))
 
     def weights(self) -> dict[str, float]:
         return {name: self.cfg.loop.weights.get(name, 1.0) for name in self.cfg.loop.games}

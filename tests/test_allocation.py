@@ -12,19 +12,26 @@ from hypothesis import strategies as st
 
 from schemas.codec import decode
 from services.scheduler import LoopRecord, allocation_shown, learned
+from shared.learn.games import game_names
 from shared.loop.allocation import (
     FLOOR,
     HISTORY_POINTS,
+    MAX_TICK_S,
     STALE_HORIZON_S,
     STALE_MAX,
     Progress,
-    actual_shares,
+    accrued,
     allocate,
+    busy_workers,
+    fair_picks,
+    job_seconds,
     promoted,
     rejected,
+    selfplay_game_of,
     slope,
-    split_jobs,
+    spent_since,
 )
+from shared.loop.effects import selfplay_job_id
 from shared.loop.policy import (
     EnqueueSelfplay,
     GameState,
@@ -180,47 +187,18 @@ def test_the_scheduler_records_promotions_with_their_sprt_elo_and_rejections_fla
 def test_status_shows_targets_among_the_games_that_play_and_the_actual_share() -> None:
     planned = allocate({"a": 1.0, "b": 2.0, "c": 1.0}, {}, 0.0)
     state = LoopState({"a": GameState(best="x"), "b": GameState(best="y")})  # c: no net yet
-    counts = {"a": [(0.0, 0), (600.0, 30)], "b": [(0.0, 0), (600.0, 90)], "c": [(0.0, 0)]}
-    shown = allocation_shown(planned, state, counts, 600.0)
+    spent = {"a": 30.0, "b": 90.0, "c": 0.0}  # worker-seconds over the window
+    shown = allocation_shown(planned, state, spent)
     assert {n: a.target for n, a in shown.items()} == pytest.approx(  # rounded to 4 places
         {"a": 1 / 3, "b": 2 / 3, "c": 0}, abs=1e-4
     )
     assert {n: a.actual for n, a in shown.items()} == {"a": 0.25, "b": 0.75, "c": 0.0}
 
 
-def test_actual_share_counts_only_the_recent_window() -> None:
-    counts = {"a": [(0.0, 0), (100.0, 1000), (200.0, 1010)], "b": [(0.0, 0), (200.0, 30)]}
-    assert actual_shares(counts, 200.0, window_s=100.0) == {"a": 0.25, "b": 0.75}
-    assert actual_shares({"a": [(0.0, 5)]}, 10.0) == {}
-
-
-@given(
-    st.integers(0, 500),
-    st.dictionaries(st.sampled_from(NAMES), st.floats(0.0, 10.0), min_size=1),
-    st.integers(0, 3),
-)
-def test_split_jobs_gives_each_config_its_quota_rounded(
-    total: int, shares: dict[str, float], minimum: int
-) -> None:
-    jobs = split_jobs(total, shares, minimum)
-    plain = split_jobs(total, shares)
-    s = math.fsum(shares.values())
-    if s > 0:
-        assert sum(plain.values()) == total
-        for name, share in shares.items():
-            assert abs(plain[name] - total * share / s) < 1 + 1e-9
-    else:
-        assert set(plain.values()) == {0}
-    for name, share in shares.items():
-        if total > 0 and share > 0:
-            assert jobs[name] == max(plain[name], minimum)
-        else:
-            assert jobs[name] == plain[name]
-
-
-def test_split_jobs_refuses_negative_counts() -> None:
-    with pytest.raises(ValueError, match="total"):
-        split_jobs(-1, {"a": 1.0})
+def test_spent_time_counts_only_the_recent_window() -> None:
+    assert spent_since([(0.0, 0.0), (100.0, 1000.0), (200.0, 1010.0)], 100.0) == 10.0
+    assert spent_since([(0.0, 0.0), (200.0, 30.0)], 100.0) == 30.0  # no sample before: all
+    assert spent_since([], 10.0) == 0.0
 
 
 @pytest.mark.parametrize(
@@ -253,3 +231,86 @@ def test_a_loop_record_written_before_allocation_still_decodes() -> None:
     older = {"type": "conclave.loop.v1", "term": 2, "state": {"games": {}}, "updated_at": 1.0}
     record = decode(msgspec.json.encode(older), LoopRecord)
     assert (record.progress, record.allocation) == ({}, {})
+
+
+# -- worker time ------------------------------------------------------------------------------
+
+
+@given(st.sampled_from(game_names()), st.sampled_from(["", "0123456789ab" * 6]), st.integers(0, 99))
+def test_a_pulse_names_the_game_of_the_selfplay_job_it_is_doing(
+    game: str, model: str, n: int
+) -> None:
+    assert selfplay_game_of(f"selfplay {selfplay_job_id(game, model, n)}") == game
+    assert selfplay_game_of(f"eval {game}-m1-{n}") is None
+    assert selfplay_game_of("") is None and selfplay_game_of("no jobs: self-test failed") is None
+
+
+def test_busy_workers_accrue_worker_seconds_and_a_gap_is_not_credited() -> None:
+    doing = [
+        f"selfplay {selfplay_job_id('tictacmo', 'ab' * 32, 3)}",
+        f"selfplay {selfplay_job_id('tictacmo', '', 4)}",
+        f"selfplay {selfplay_job_id('tictactoe', 'cd' * 32, 0)}",
+        "",
+    ]
+    busy = busy_workers(doing)
+    assert busy == {"tictacmo": 2, "tictactoe": 1}
+    assert accrued({"tictactoe": 10.0}, busy, 1.5) == {"tictactoe": 11.5, "tictacmo": 3.0}
+    assert accrued({}, busy, 3600.0) == {"tictacmo": 2 * MAX_TICK_S, "tictactoe": MAX_TICK_S}
+    assert accrued({"a": 1.0}, busy, -5.0)["a"] == 1.0
+
+
+def test_a_jobs_cost_is_measured_seconds_per_game_times_its_games() -> None:
+    cost = job_seconds({"a": 100.0, "b": 300.0}, {"a": 50, "b": 10}, {"a": 10, "b": 2, "c": 5})
+    assert cost == {"a": 20.0, "b": 60.0, "c": 40.0}  # c not measured yet: the mean
+    assert job_seconds({}, {}, {"a": 3}) == {"a": 1.0}
+
+
+def _served(
+    shares: dict[str, float], cost: dict[str, float], workers: int, per_worker: int, steps: int
+) -> dict[str, float]:
+    """Worker time per game when `workers` take jobs first come, first served from a queue
+    kept at `workers * per_worker` jobs by `fair_picks`, each job taking its `cost`."""
+    queue: list[str] = []
+    busy: list[tuple[str, float]] = []  # (game, time left)
+    spent = dict.fromkeys(shares, 0.0)
+    for _ in range(steps):
+        stored = [*queue, *(g for g, _ in busy)]
+        queued = {g: stored.count(g) for g in shares}
+        room = dict.fromkeys(shares, 100)
+        picks = fair_picks(workers * per_worker - len(stored), shares, spent, queued, cost, room)
+        queue += [g for g in sorted(shares) for _ in range(picks[g])]
+        while len(busy) < workers and queue:
+            game = queue.pop(0)
+            busy.append((game, cost[game]))
+        for game, _ in busy:
+            spent[game] += 0.1  # each step: a tenth of a second of every busy worker
+        busy = [(g, left - 0.1) for g, left in busy if left - 0.1 > 1e-9]
+    return spent
+
+
+@given(
+    st.lists(st.floats(0.5, 4.0), min_size=2, max_size=4),
+    st.lists(st.floats(0.5, 6.0), min_size=4, max_size=4),
+    st.integers(1, 4),
+    st.integers(1, 3),
+)
+def test_fair_picks_give_each_game_its_share_of_worker_time_whatever_its_jobs_cost(
+    weights: list[float], costs: list[float], workers: int, per_worker: int
+) -> None:
+    names = NAMES[: len(weights)]
+    shares = dict(zip(names, (w / sum(weights) for w in weights), strict=True))
+    cost = dict(zip(names, costs, strict=False))
+    spent = _served(shares, cost, workers, per_worker, steps=6000)
+    total = sum(spent.values())
+    for name, share in shares.items():
+        assert abs(spent[name] / total - share) <= 0.05, (name, spent, shares)
+
+
+def test_fair_picks_respect_room_and_skip_games_without_a_share() -> None:
+    shares = {"a": 0.5, "b": 0.5, "c": 0.0}
+    cost = dict.fromkeys(shares, 1.0)
+    picks = fair_picks(6, shares, {}, {}, cost, {"a": 1, "b": 10, "c": 10})
+    assert picks == {"a": 1, "b": 5, "c": 0}
+    assert fair_picks(-3, shares, {}, {}, cost, dict.fromkeys(shares, 9)) == dict.fromkeys(
+        shares, 0
+    )

@@ -23,7 +23,7 @@ from shared.loop.policy import (
     apply,
     match_games_to_schedule,
     next_actions,
-    selfplay_jobs_to_enqueue,
+    room_for_jobs,
     should_train,
 )
 from shared.loop.sprt import SprtConfig
@@ -50,42 +50,33 @@ def _snap(workers: int = 0, evals: int = 2, **game: object) -> Snapshot:
     return Snapshot(workers, evals, {"c4": GameSnapshot(**game)})  # type: ignore[arg-type]
 
 
-# selfplay_jobs_to_enqueue
+# self-play top-up (one game: the free slots of the worker queue)
+
+
+def _selfplay_jobs(workers: int, queued: int, cfg: LoopConfig = CFG) -> int:
+    actions = next_actions(
+        _one(BEST), _snap(workers, games_total=1000, queued_selfplay=queued), cfg
+    )
+    return sum(a.jobs for a in actions if isinstance(a, EnqueueSelfplay))
 
 
 @pytest.mark.parametrize(
-    ("workers", "queued", "share", "jobs"),
-    [(4, 3, 1.0, 5), (4, 8, 1.0, 0), (4, 20, 1.0, 0), (0, 0, 1.0, 0), (1000, 0, 1.0, 50)],
+    ("workers", "queued", "jobs"),
+    [(4, 3, 5), (4, 8, 0), (4, 20, 0), (0, 0, 0), (1000, 0, 50)],
 )
-def test_selfplay_jobs_fill_the_queue_target(
-    workers: int, queued: int, share: float, jobs: int
-) -> None:
-    assert selfplay_jobs_to_enqueue(workers, queued, CFG, share=share) == jobs
+def test_selfplay_jobs_fill_the_queue_target(workers: int, queued: int, jobs: int) -> None:
+    assert _selfplay_jobs(workers, queued) == jobs
 
 
 def test_selfplay_job_cap_bounds_what_is_stored_however_many_workers_live() -> None:
     capped = msgspec.structs.replace(CFG, selfplay_job_cap=3)
-    assert selfplay_jobs_to_enqueue(1000, 0, capped) == 3
-    assert selfplay_jobs_to_enqueue(1000, 2, capped) == 1  # stored jobs count, in flight too
-    assert selfplay_jobs_to_enqueue(1000, 5, capped) == 0
-    assert selfplay_jobs_to_enqueue(1, 0, capped) == 2  # below the cap the per-worker target rules
+    assert _selfplay_jobs(1000, 0, capped) == 3
+    assert _selfplay_jobs(1000, 2, capped) == 1  # stored jobs count, in flight too
+    assert _selfplay_jobs(1000, 5, capped) == 0
+    assert _selfplay_jobs(1, 0, capped) == 2  # below the cap the per-worker target rules
+    assert room_for_jobs(5, capped) == 0
     with pytest.raises(ValueError, match="selfplay_job_cap"):
         msgspec.structs.replace(CFG, selfplay_job_cap=0)
-
-
-def test_selfplay_share_rounds_up() -> None:
-    # 3 workers * 2 jobs / 2 games = 3 each; one worker and three games still gets a job each.
-    assert selfplay_jobs_to_enqueue(3, 0, CFG, share=0.5) == 3
-    assert selfplay_jobs_to_enqueue(1, 0, CFG, share=1 / 3) == 1
-
-
-@pytest.mark.parametrize(
-    ("args", "field"),
-    [((-1, 0, 1.0), "live_workers"), ((1, -1, 1.0), "queued"), ((1, 0, 2.0), "share")],
-)
-def test_selfplay_inputs_validated_by_name(args: tuple[int, int, float], field: str) -> None:
-    with pytest.raises(ValueError, match=field):
-        selfplay_jobs_to_enqueue(args[0], args[1], CFG, share=args[2])
 
 
 # should_train

@@ -228,11 +228,11 @@ async def test_a_worker_still_testing_shows_as_running_and_a_coordinator_shows_n
 
 
 async def seed_allocation(bus: Bus) -> None:
-    """Two games at base weights 1:2, 40 and 60 of the last ten minutes' self-play games."""
+    """Two games at base weights 1:2, 40% and 60% of the last ten minutes' self-play time."""
     planned = allocate({"tictactoe": 1.0, "tictacmo": 2.0}, {}, 600.0)
     state = LoopState({n: GameState(generation=0, best=n[:2] * 32, trainings=1) for n in planned})
     counts = {"tictactoe": [(0.0, 0), (600.0, 40)], "tictacmo": [(0.0, 0), (600.0, 60)]}
-    shown = allocation_shown(planned, state, counts, 600.0)
+    shown = allocation_shown(planned, state, {"tictactoe": 240.0, "tictacmo": 360.0})
     record = LoopRecord(term=1, state=state, updated_at=600.0, game_counts=counts, allocation=shown)
     await bus.write(names.LOOP_BUCKET, STATE_KEY, encode(record))
 

@@ -24,13 +24,19 @@ staleness: grows linearly with the time since the config's last promotion, bound
 so a plateaued config's share recovers somewhat while it waits, and never by more than
 `STALE_MAX`. Together: with no learning signal and equal staleness, shares are the base weights
 exactly; and every config of positive weight keeps at least `FLOOR / STALE_MAX` of its base
-share, weight_i / sum_j weight_j. See docs/allocation.md.
+share, weight_i / sum_j weight_j.
+
+A share is of self-play worker time: the scheduler adds up, tick by tick, the workers each
+configuration's jobs keep busy (their pulses say which job), and picks each new job for the
+configuration furthest behind its share (`fair_picks`, weighted fair queueing over the last
+`ACTUAL_WINDOW_S`, each queued job counted at its measured cost), so a configuration whose
+games are slower gets fewer, not more, of the worker-hours. See docs/allocation.md.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import msgspec
 
@@ -40,7 +46,8 @@ RECENT_POINTS = 4  # the slope is over this many newest points
 HISTORY_POINTS = 16  # points kept per config in the loop record
 STALE_MAX = 1.5  # the most the staleness factor grows
 STALE_HORIZON_S = 3600.0  # ... reached this long after the last promotion
-ACTUAL_WINDOW_S = 1200.0  # the actual share is over the self-play games of this window
+ACTUAL_WINDOW_S = 1200.0  # the actual share is over the self-play worker time of this window
+MAX_TICK_S = 5.0  # the most worker time one scheduler tick credits
 
 
 class Progress(msgspec.Struct, frozen=True, kw_only=True):
@@ -141,38 +148,91 @@ def normalised(values: Mapping[str, float]) -> dict[str, float]:
     return {name: (v / total if total > 0 else 0.0) for name, v in values.items()}
 
 
-def split_jobs(total: int, shares: Mapping[str, float], minimum: int = 0) -> dict[str, int]:
-    """`total` jobs split over `shares` (normalised) by largest remainder, ties by name; with
-    `total` > 0, each config of positive share gets at least `minimum`, so the sum exceeds
-    `total` when the minimums need more."""
-    if total < 0 or minimum < 0:
-        raise ValueError(f"total and minimum must be >= 0, got {total} and {minimum}")
-    quotas = {name: total * s for name, s in normalised(shares).items()}
-    jobs = {name: math.floor(q) for name, q in quotas.items()}
-    left = total - sum(jobs.values()) if any(quotas.values()) else 0
-    for name in sorted(quotas, key=lambda n: (jobs[n] - quotas[n], n))[:left]:
-        jobs[name] += 1
-    if total > 0:
-        jobs = {name: max(n, minimum) if quotas[name] > 0 else n for name, n in jobs.items()}
-    return jobs
+# -- worker time: what a share is measured in, and how jobs are picked to honour it -----------
 
 
-def actual_shares(
-    counts: Mapping[str, list[tuple[float, int]]], now: float, window_s: float = ACTUAL_WINDOW_S
+def selfplay_game_of(doing: str) -> str | None:
+    """The configuration a self-play worker's pulse says it is playing (`doing` is "selfplay
+    <job id>", the id "<game>-sp-<model>-<n>", shared.loop.effects), else None."""
+    kind, _, job_id = doing.partition(" ")
+    game, sep, _ = job_id.rpartition("-sp-")
+    return game if kind == "selfplay" and sep and game else None
+
+
+def busy_workers(doings: Iterable[str]) -> dict[str, int]:
+    """Self-play workers busy on each configuration now, from their pulses' `doing`."""
+    busy: dict[str, int] = {}
+    for doing in doings:
+        game = selfplay_game_of(doing)
+        if game is not None:
+            busy[game] = busy.get(game, 0) + 1
+    return busy
+
+
+def accrued(
+    seconds: Mapping[str, float], busy: Mapping[str, int], elapsed_s: float
 ) -> dict[str, float]:
-    """Each config's share of the self-play games stored over the last `window_s`, from the
-    loop record's (time, games so far) samples; {} when none were."""
-    made = {name: _made_since(series, now - window_s) for name, series in counts.items()}
-    return normalised(made) if sum(made.values()) > 0 else {}
+    """Worker-seconds per configuration after `elapsed_s` more with `busy` workers on each
+    (elapsed capped at `MAX_TICK_S`: a scheduler that stalled or just took over does not
+    credit the gap to whatever it sees now)."""
+    step = min(max(0.0, elapsed_s), MAX_TICK_S)
+    out = dict(seconds)
+    for game, workers in busy.items():
+        out[game] = out.get(game, 0.0) + step * workers
+    return out
 
 
-def _made_since(series: list[tuple[float, int]], since: float) -> int:
-    """Games from the newest sample at or before `since` (else the oldest) to the newest."""
+def spent_since(series: list[tuple[float, float]], since: float) -> float:
+    """Growth of a (time, running total) series from its newest sample at or before `since`
+    (else its oldest) to its newest."""
     if not series:
-        return 0
+        return 0.0
     start = series[0][1]
-    for at, games in series:
+    for at, total in series:
         if at > since:
             break
-        start = games
-    return max(0, series[-1][1] - start)
+        start = total
+    return max(0.0, series[-1][1] - start)
+
+
+def job_seconds(
+    spent: Mapping[str, float], games: Mapping[str, int], games_per_job: Mapping[str, int]
+) -> dict[str, float]:
+    """Estimated worker-seconds of one self-play job of each configuration: its measured
+    seconds per game times the games of a job; configurations not yet measured get the mean of
+    those that are (1.0 when none is), so they are neither favoured nor starved."""
+    known = {
+        name: spent[name] / games[name] * games_per_job[name]
+        for name in games_per_job
+        if spent.get(name, 0.0) > 0 and games.get(name, 0) > 0
+    }
+    default = math.fsum(known.values()) / len(known) if known else 1.0
+    return {name: known.get(name, default) for name in games_per_job}
+
+
+def fair_picks(
+    slots: int,
+    shares: Mapping[str, float],
+    spent: Mapping[str, float],
+    queued: Mapping[str, int],
+    cost: Mapping[str, float],
+    room: Mapping[str, int],
+) -> dict[str, int]:
+    """Which configurations the next `slots` self-play jobs are for, so that worker time goes
+    by `shares` (weighted fair queueing): each pick goes to the configuration whose committed
+    time (`spent` over the window plus its `queued` jobs at `cost` each), with one more job,
+    is smallest relative to its share; at most `room` more of each. Ties go by name."""
+    committed = {
+        name: spent.get(name, 0.0) + queued.get(name, 0) * cost[name]
+        for name, share in shares.items()
+        if share > 0
+    }
+    picks = dict.fromkeys(shares, 0)
+    for _ in range(max(0, slots)):
+        open_ = [n for n in committed if picks[n] < room.get(n, 0)]
+        if not open_:
+            break
+        name = min(open_, key=lambda n: ((committed[n] + cost[n]) / shares[n], n))
+        picks[name] += 1
+        committed[name] += cost[name]
+    return picks

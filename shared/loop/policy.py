@@ -29,7 +29,7 @@ from typing import Literal, assert_never
 import msgspec
 
 from schemas import names
-from shared.loop.allocation import split_jobs
+from shared.loop.allocation import fair_picks
 from shared.loop.placement import fastest_tier, place
 from shared.loop.sprt import SprtConfig, SprtResult, sprt
 
@@ -178,6 +178,10 @@ class Snapshot(msgspec.Struct, frozen=True):
     train_tiers: dict[str, float] = {}
     # Each game's target share of self-play (shared.loop.allocation); {}: the base weights
     selfplay_shares: dict[str, float] = {}
+    # Each game's self-play worker-seconds over the allocation's window, and the estimated
+    # worker-seconds of one of its jobs (1 when missing): what `fair_picks` weighs jobs by.
+    selfplay_spent: dict[str, float] = {}
+    selfplay_job_s: dict[str, float] = {}
 
     def __post_init__(self) -> None:
         _check_counts(self, "Snapshot", ("selfplay_workers", "eval_workers"))
@@ -241,23 +245,6 @@ class Reject(_Action, frozen=True, kw_only=True, tag="reject"):
 
 
 Action = EnqueueSelfplay | StartTraining | AbandonTraining | StartMatch | Promote | Reject
-
-
-def selfplay_jobs_to_enqueue(
-    live_workers: int, queued: int, cfg: LoopConfig, *, share: float = 1.0
-) -> int:
-    """Jobs to add so ceil(share * workers * queue_target_per_worker) wait, at most
-    `selfplay_job_cap`: in [0, max_enqueue]."""
-    if live_workers < 0:
-        raise ValueError(f"live_workers must be >= 0, got {live_workers}")
-    if queued < 0:
-        raise ValueError(f"queued must be >= 0, got {queued}")
-    if not 0.0 <= share <= 1.0:
-        raise ValueError(f"share must be in [0, 1], got {share}")
-    target = math.ceil(share * live_workers * cfg.queue_target_per_worker)
-    if cfg.selfplay_job_cap is not None:
-        target = min(target, cfg.selfplay_job_cap)
-    return max(0, min(target - queued, cfg.max_enqueue))
 
 
 def should_train(state: GameState, games_total: int, cfg: LoopConfig) -> bool:
@@ -451,14 +438,22 @@ def _exhausted(
 
 
 def _selfplay_actions(state: LoopState, snapshot: Snapshot, cfg: LoopConfig) -> list[Action]:
-    """Self-play jobs for every game with a best net: the worker queue target split among them
-    by their shares (`selfplay_target`), each game's jobs topped up to its own part."""
+    """Self-play jobs for every game with a best net: the worker queue's free slots (live
+    workers * queue_target_per_worker, less the jobs stored) go to the games by their shares of
+    worker time (`shared.loop.allocation.fair_picks`), each within its own job cap."""
     ready = {name: best for name in cfg.games if (best := state.game(name).best) is not None}
-    targets = selfplay_target(ready, snapshot, cfg)
+    queued = {name: snapshot.game(name).queued_selfplay for name in ready}
+    picks = fair_picks(
+        snapshot.selfplay_workers * cfg.queue_target_per_worker - sum(queued.values()),
+        selfplay_shares(ready, snapshot, cfg),
+        snapshot.selfplay_spent,
+        queued,
+        {name: snapshot.selfplay_job_s.get(name, 1.0) for name in ready},
+        {name: room_for_jobs(queued[name], cfg.for_game(name)) for name in ready},
+    )
     actions: list[Action] = []
     for name, best in ready.items():
-        queued = snapshot.game(name).queued_selfplay
-        jobs = jobs_to_top_up(targets[name], queued, cfg.for_game(name))
+        jobs = picks[name]
         if jobs > 0:
             tiers = place(jobs, snapshot.game(name).queued_by_tier, snapshot.selfplay_tiers)
             actions.append(
@@ -467,20 +462,19 @@ def _selfplay_actions(state: LoopState, snapshot: Snapshot, cfg: LoopConfig) -> 
     return actions
 
 
-def selfplay_target(ready: Iterable[str], snapshot: Snapshot, cfg: LoopConfig) -> dict[str, int]:
-    """Self-play jobs to keep stored per ready game: workers * queue_target_per_worker split by
-    the snapshot's shares (the base weights without them) among the ready games, by largest
-    remainder, at least one job each game of positive share while any worker lives."""
+def selfplay_shares(ready: Iterable[str], snapshot: Snapshot, cfg: LoopConfig) -> dict[str, float]:
+    """Each ready game's share of self-play: the snapshot's (the allocation's), else its base
+    weight."""
     shares = snapshot.selfplay_shares or {name: cfg.weights.get(name, 1.0) for name in cfg.games}
-    total = snapshot.selfplay_workers * cfg.queue_target_per_worker
-    return split_jobs(total, {name: shares.get(name, 0.0) for name in ready}, minimum=1)
+    return {name: shares.get(name, 0.0) for name in ready}
 
 
-def jobs_to_top_up(target: int, queued: int, cfg: LoopConfig) -> int:
-    """Jobs to add so `target` (at most `selfplay_job_cap`) are stored: in [0, max_enqueue]."""
+def room_for_jobs(queued: int, cfg: LoopConfig) -> int:
+    """Jobs a game may add now: at most `max_enqueue`, and up to its `selfplay_job_cap`."""
+    room = cfg.max_enqueue
     if cfg.selfplay_job_cap is not None:
-        target = min(target, cfg.selfplay_job_cap)
-    return max(0, min(target - queued, cfg.max_enqueue))
+        room = min(room, cfg.selfplay_job_cap - queued)
+    return max(0, room)
 
 
 def _check_weights(weights: dict[str, float], games: tuple[str, ...]) -> None:
