@@ -1,6 +1,7 @@
 """Self-play throughput against the same network's pure batched-inference rate, on one thread.
 
     .venv/bin/python bench/selfplay.py --game connect4 --json [--games G] [--sims N] [--seconds S]
+    .venv/bin/python bench/selfplay.py --game tictacmo --json    # any installed game, 2-4 players
 
 The inference bound is measured in short bursts interleaved with self-play (between move
 steps, excluded from self-play time), so both see the same background load on a shared
@@ -29,9 +30,10 @@ from shared.learn.calibrate import sample_positions
 from shared.learn.games import get_game
 from shared.learn.games.base import BoolArray, FloatArray, Game
 from shared.learn.inference import Evaluator, NetEvaluator
-from shared.learn.net import NetConfig, PolicyValueNet
+from shared.learn.net import NetConfig
 from shared.learn.search import SearchStats
 from shared.learn.selfplay import SelfPlayConfig, self_play
+from shared.learn.training import new_net
 
 
 def sample_batch(game: Game[Any], batch: int) -> tuple[FloatArray, BoolArray]:
@@ -105,7 +107,7 @@ def measure(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     game = get_game(args.game)
     torch.manual_seed(0)
-    net = PolicyValueNet(NetConfig(), game.encoding_shape, game.num_actions)
+    net = new_net(game, NetConfig())  # a value per player for games of 3-4 players
     evaluator = NetEvaluator(net, threads=1)
     config = SelfPlayConfig(
         concurrent_games=args.games, num_simulations=args.sims, pipeline=args.pipeline
