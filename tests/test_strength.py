@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from fractions import Fraction
+from typing import Any
 
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from bench.effective_strength import main as bench_main
-from shared.learn.strength import FAIR_SHARE, Rung, effective_strength, merged
+from bench.fair_share import main as fair_share_main
+from shared.learn.strength import FAIR_SHARE, Rung, ShareTest, effective_strength, merged
 
 SIMS = st.sampled_from([1, 2, 5, 25, 50, 100, 200, 400, 800])
 
@@ -136,3 +138,55 @@ def test_the_bench_reports_every_rung_and_their_effective_strength(
         assert rung.pairs == 3 * (report["players"] - 1)
         assert row["score"] == round(rung.score, 4)
         assert row["beats_fair_share"] == rung.beats_fair_share
+
+
+# -- the fair-share SPRT ----------------------------------------------------------------------
+
+
+@given(st.integers(2, 4), st.integers(0, 300), st.data())
+def test_winning_more_games_never_lowers_the_evidence_for_above_fair_share(
+    players: int, games: int, data: st.DataObject
+) -> None:
+    test = ShareTest(players)
+    won = data.draw(st.integers(0, games))
+    if won < games:
+        assert test.llr(won + 1, games) > test.llr(won, games)
+    assert test.llr(0, 0) == 0.0 and test.decision(0, 0) == "continue"
+
+
+def test_a_third_of_three_player_games_is_no_more_than_a_fair_share() -> None:
+    test = ShareTest(3)
+    assert test.decision(50, 150) == "not above"  # exactly 1/3
+    assert test.decision(75, 150) == "above"  # 1/2
+    assert test.decision(4, 6) == "continue"  # too few games to say
+    assert ShareTest(2).p0 == 0.5 and ShareTest(4, margin=0.1).p1 == pytest.approx(0.35)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"players": 5}, "players"),
+        ({"players": 2, "margin": 0.6}, "margin"),
+        ({"players": 3, "alpha": 0.0}, "alpha"),
+    ],
+)
+def test_a_bad_share_test_is_refused_by_name(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        ShareTest(**kwargs)
+
+
+def test_won_out_of_games_is_checked() -> None:
+    with pytest.raises(ValueError, match="won must be in"):
+        ShareTest(3).llr(5, 4)
+
+
+def test_the_fair_share_bench_plays_batches_until_the_test_decides(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = "--game tictacmo --opponent mcts:8 --sims 4 --batch 6 --max-games 12 --json"
+    fair_share_main(args.split())
+    out = json.loads(capsys.readouterr().out)
+    assert out["players"] == 3 and out["games"] in (6, 12) and out["pairs"] == 2 * out["games"]
+    test = ShareTest(3)
+    assert out["llr"] == round(test.llr(out["games_won"], out["games"]), 3)
+    assert out["decision"] == test.decision(out["games_won"], out["games"])

@@ -17,6 +17,7 @@ answer. The decision is on the point estimate, with no allowance for sampling no
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -74,3 +75,50 @@ def effective_strength(ladder: Iterable[Rung]) -> int | None:
     if not rungs:
         raise ValueError("the ladder has no rungs")
     return next((rung.sims for rung in rungs if not rung.beats_fair_share), None)
+
+
+# -- "more often than a player's fair share", confirmed --------------------------------------
+
+
+@dataclass(frozen=True)
+class ShareTest:
+    """Wald's SPRT on games won: H0 "wins a fair share" (p0 = 1/P of the games) against H1
+    "wins p1 = p0 + margin" (each game won or not, a draw not won), at error rates alpha, beta.
+    """
+
+    players: int
+    margin: float = 0.15
+    alpha: float = 0.05
+    beta: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.players <= 4:
+            raise ValueError(f"ShareTest.players must be in 2..4, got {self.players}")
+        if not 0 < self.p1 < 1:
+            raise ValueError(f"ShareTest.margin must keep p0 + margin in (0, 1), got {self.margin}")
+        if not (0 < self.alpha < 0.5 and 0 < self.beta < 0.5):
+            raise ValueError(f"ShareTest alpha and beta must be in (0, 0.5), got {self}")
+
+    @property
+    def p0(self) -> float:
+        return 1.0 / self.players
+
+    @property
+    def p1(self) -> float:
+        return self.p0 + self.margin
+
+    def llr(self, won: int, games: int) -> float:
+        """The log-likelihood ratio of H1 over H0 after `won` of `games` games."""
+        if not 0 <= won <= games:
+            raise ValueError(f"won must be in [0, games], got {won} of {games}")
+        lost = games - won
+        return won * math.log(self.p1 / self.p0) + lost * math.log((1 - self.p1) / (1 - self.p0))
+
+    def decision(self, won: int, games: int) -> str:
+        """ "above" (H1: more than its fair share), "not above" (H0), or "continue"."""
+        ratio = self.llr(won, games)
+        if ratio >= math.log((1 - self.beta) / self.alpha):
+            return "above"
+        if ratio <= math.log(self.beta / (1 - self.alpha)):
+            return "not above"
+        return "continue"
