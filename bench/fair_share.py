@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--game", required=True)
     parser.add_argument("--checkpoint", type=Path, default=None)
@@ -78,7 +78,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-games", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def result(argv: list[str]) -> dict[str, Any]:
+    return run(parser().parse_args(argv))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     result = run(args)
     if args.json:
         print(json.dumps(result))

@@ -1,0 +1,151 @@
+"""Several configurations in one cluster for a while, then how strong each one got.
+
+    .venv/bin/python bench/configs_run.py --config examples/configs/three.toml --minutes 30 \
+        --out DIR [--opponent mcts:200] [--data-dir DIR]
+
+Runs `conclave up --config FILE` (a real cluster: NATS and every service as processes), records
+`conclave status --json` once a minute (`DIR/status.jsonl`: generation, games and the
+self-play allocation of every configuration), stops it after `--minutes`, and then judges the
+newest promoted checkpoint of each configuration (`<data>/run/<game>/gen*.ckpt`):
+
+- two players: perfect play, checked against the solver where the game is small enough
+  (`shared.learn.solver.small`: tic-tac-toe), else skipped;
+- more players: `bench/fair_share.py` against `--opponent` in every other seat (Wald's SPRT on
+  games won against 1/P).
+
+Prints one JSON object (also written to `DIR/summary.json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import fair_share
+from shared.learn.baselines import num_players
+from shared.learn.games import get_game
+from shared.loop.configfile import load
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLVABLE_ACTIONS = 9  # boards the exhaustive solver finishes in seconds (tic-tac-toe)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def status(url: str, creds: Path) -> dict[str, Any] | None:
+    command = [sys.executable, "-m", "shared.cli.main", "status", "--nats", url]
+    done = subprocess.run(
+        [*command, "--creds", str(creds), "--json"], capture_output=True, text=True, timeout=60
+    )
+    return json.loads(done.stdout) if done.returncode == 0 else None
+
+
+def brief(report: dict[str, Any], started: float) -> dict[str, Any]:
+    games = {
+        g["game"]: {
+            "generation": g["generation"],
+            "games": g["games_total"],
+            "best_elo": g["best_elo"],
+            "selfplay": g.get("selfplay"),
+        }
+        for g in report.get("games", [])
+    }
+    return {"minutes": round((time.monotonic() - started) / 60, 2), "games": games}
+
+
+def run_cluster(args: argparse.Namespace, data: Path, out: Path) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "shared.cli.main", "up", "--config", str(args.config)]
+    command += ["--data-dir", str(data), "--nats-port", str(port)]
+    with (out / "up.log").open("w") as log:
+        up = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        started = time.monotonic()
+        try:
+            with (out / "status.jsonl").open("w") as lines:
+                while time.monotonic() - started < args.minutes * 60 and up.poll() is None:
+                    time.sleep(60)
+                    report = status(f"nats://127.0.0.1:{port}", data / "auth" / "admin.nk")
+                    if report is not None:
+                        lines.write(json.dumps(brief(report, started)) + "\n")
+                        lines.flush()
+        finally:
+            up.send_signal(signal.SIGINT)
+            try:
+                up.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                up.kill()
+                up.wait()
+
+
+def newest_checkpoint(data: Path, game: str) -> Path | None:
+    found = sorted((data / "run" / game).glob("gen*.ckpt"))
+    return found[-1] if found else None
+
+
+def judge(game_name: str, checkpoint: Path | None, args: argparse.Namespace) -> dict[str, Any]:
+    if checkpoint is None:
+        return {"checkpoint": None}
+    game = get_game(game_name)
+    if num_players(game) == 2:
+        return {"checkpoint": checkpoint.name, **perfect_play(game_name, checkpoint, args.sims)}
+    argv = ["--game", game_name, "--checkpoint", str(checkpoint), "--opponent", args.opponent]
+    judged = fair_share.result([*argv, "--sims", str(args.sims)])
+    return {"checkpoint": checkpoint.name, **judged}
+
+
+def perfect_play(game_name: str, checkpoint: Path, sims: int) -> dict[str, Any]:
+    from shared.learn.search.agent import checkpoint_agent
+    from shared.learn.solver.small import check_perfect_play_batched
+
+    game = get_game(game_name)
+    if game.num_actions > SOLVABLE_ACTIONS:
+        return {"perfect_play": None, "why": "too big for the solver"}
+    agent = checkpoint_agent(game, checkpoint, sims)
+    rng = np.random.default_rng(0)
+    report = check_perfect_play_batched(game, lambda states: agent.choose_all(game, states, rng))
+    return {
+        "perfect_play": report.perfect,
+        "positions": report.positions,
+        "mistakes": len(report.mistakes),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--opponent", default="mcts:200")
+    parser.add_argument("--sims", type=int, default=32, help="the models' simulations per move")
+    args = parser.parse_args(argv)
+    configs = load(args.config)
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = (args.data_dir or args.out / "data").absolute()
+    run_cluster(args, data, args.out)
+    summary = {
+        "config": str(args.config),
+        "minutes": args.minutes,
+        "configs": {g: judge(g, newest_checkpoint(data, g), args) for g in configs.presets},
+    }
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
