@@ -1,5 +1,12 @@
 """How large a batch a device wants: positions/s of batched inference at growing batch sizes,
-and the largest batch whose rate still rises (the self-play batch a worker sizes from it)."""
+and the largest batch before the rate falls (the self-play batch a worker sizes from it).
+
+Larger batches cost a self-play worker nothing but memory (the memory guard sizes that apart):
+the search's own per-step overhead is shared by every game in flight, so fewer games at once is
+slower even where the network's rate is flat. So the chosen batch is the largest whose rate is
+within `FALL` of the best, not the first that stops rising: a noisy measurement (a worker
+calibrates while its node starts everything else) must not pin it to one game at a time.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +20,8 @@ import numpy as np
 from shared.learn.evaltypes import Evaluator
 from shared.learn.games.base import BoolArray, FloatArray, Game
 
-RISE = 1.05  # a larger batch must be this much faster per position to be worth its latency
+FALL = 0.9  # a batch below this share of the best rate is past the device's best
+REPEATS = 2  # each size is timed this often and the fastest kept: load only ever slows
 
 
 @dataclass(frozen=True)
@@ -52,17 +60,27 @@ def calibrate(
     seconds_per_size: float = 0.3,
     clock: Callable[[], float] = time.perf_counter,
 ) -> Calibration:
-    """Batches 1, 2, 4, ... up to `max_batch` (and the positions given), each timed for about
-    `seconds_per_size`; stops at the first that is not `RISE` faster than the one before."""
+    """Batches 1, 2, 4, ... up to `max_batch` (and the positions given), each timed `REPEATS`
+    times for about `seconds_per_size` in all; stops after two sizes in a row fall below `FALL`
+    of the best, and chooses the largest batch within `FALL` of the best."""
     encodings, masks = positions
     rates: dict[int, float] = {}
-    best, batch = 1, 1
-    while batch <= min(max_batch, len(masks)):
-        rates[batch] = _rate(evaluator, encodings[:batch], masks[:batch], seconds_per_size, clock)
-        if batch > 1 and rates[batch] < RISE * rates[best]:
-            break
-        best, batch = batch, batch * 2
-    return Calibration(rates, best)
+    falls, batch = 0, 1
+    while batch <= min(max_batch, len(masks)) and falls < 2:
+        timed = [
+            _rate(evaluator, encodings[:batch], masks[:batch], seconds_per_size / REPEATS, clock)
+            for _ in range(REPEATS)
+        ]
+        rates[batch] = max(timed)
+        falls = falls + 1 if rates[batch] < FALL * max(rates.values()) else 0
+        batch *= 2
+    return Calibration(rates, chosen(rates))
+
+
+def chosen(rates: dict[int, float]) -> int:
+    """The largest batch whose rate is within `FALL` of the best."""
+    best = max(rates.values())
+    return max(batch for batch, rate in rates.items() if rate >= FALL * best)
 
 
 def _rate(
