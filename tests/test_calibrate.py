@@ -46,7 +46,7 @@ class FakeDevice:
 
 
 def test_the_batch_chosen_is_the_largest_before_the_rate_falls() -> None:
-    device = FakeDevice(overhead=1e-3, per_row=1e-5, saturated_at=64, slow_row=3e-5)
+    device = FakeDevice(overhead=1e-3, per_row=1e-5, saturated_at=64, slow_row=6e-5)
     positions = sample_positions(GAME, 512, np.random.default_rng(0))
     found = calibrate(device, positions, seconds_per_size=0.05, clock=device.clock)
     assert found.best_batch == 64
@@ -81,9 +81,12 @@ def test_a_stall_while_timing_one_size_does_not_shrink_the_batch(
     assert found.best_batch == 64
 
 
-def test_the_largest_batch_within_a_tenth_of_the_best_rate_is_chosen() -> None:
+def test_the_largest_batch_within_a_quarter_of_the_best_rate_is_chosen() -> None:
     assert chosen({1: 100.0, 2: 180.0, 4: 300.0, 8: 280.0, 16: 200.0}) == 8
     assert chosen({1: 3433.0, 2: 3513.0, 4: 3400.0}) == 4
+    # seen: 32 timed while the node started everything else
+    assert chosen({1: 1918.0, 2: 2319.0, 4: 3919.0, 8: 5394.0, 16: 6707.0, 32: 4739.0}) == 16
+    assert chosen({1: 1918.0, 2: 2319.0, 4: 3919.0, 8: 5394.0, 16: 6707.0, 32: 5100.0}) == 32
 
 
 @given(st.integers(1, 9).map(lambda k: 2**k), st.integers(0, 10))

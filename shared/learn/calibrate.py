@@ -20,7 +20,7 @@ import numpy as np
 from shared.learn.evaltypes import Evaluator
 from shared.learn.games.base import BoolArray, FloatArray, Game
 
-FALL = 0.9  # a batch below this share of the best rate is past the device's best
+FALL = 0.75  # a batch below this share of the best rate is past the device's best
 REPEATS = 2  # each size is timed this often and the fastest kept: load only ever slows
 
 
