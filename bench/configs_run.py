@@ -92,6 +92,44 @@ def run_cluster(args: argparse.Namespace, data: Path, out: Path) -> None:
                 up.wait()
 
 
+def chart(status_lines: Path, svg: Path) -> None:
+    """Per configuration over the run: best Elo, generation, and target vs actual self-play
+    share, from `status.jsonl`."""
+    import matplotlib
+
+    matplotlib.use("svg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in status_lines.read_text().splitlines() if line.strip()]
+    games = sorted({g for row in rows for g in row["games"]})
+    fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
+    for game in games:
+        seen = [r for r in rows if game in r["games"]]
+        minutes = [r["minutes"] for r in seen]
+        info = [r["games"][game] for r in seen]
+        elo = [i["best_elo"] if i["best_elo"] is not None else float("nan") for i in info]
+        (line,) = axes[0].plot(minutes, elo, label=game)
+        axes[1].plot(minutes, [i["generation"] for i in info], color=line.get_color())
+        shares = [i["selfplay"] or {} for i in info]
+        axes[2].plot(
+            minutes,
+            [s.get("target", float("nan")) for s in shares],
+            color=line.get_color(),
+            linestyle="--",
+        )
+        axes[2].plot(
+            minutes, [s.get("actual") or float("nan") for s in shares], color=line.get_color()
+        )
+    axes[0].set_ylabel("best Elo (random = 0)")
+    axes[1].set_ylabel("generation")
+    axes[2].set_ylabel("self-play share\n(dashed: target)")
+    axes[2].set_xlabel("minutes")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(svg)
+    plt.close(fig)
+
+
 def newest_checkpoint(data: Path, game: str) -> Path | None:
     found = sorted((data / "run" / game).glob("gen*.ckpt"))
     return found[-1] if found else None
@@ -144,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
         "configs": {g: judge(g, newest_checkpoint(data, g), args) for g in configs.presets},
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    chart(args.out / "status.jsonl", args.out / "run.svg")
     print(json.dumps(summary))
 
 
