@@ -21,7 +21,8 @@ from typing import Any
 from schemas import names
 from shared.auth.tlsfiles import TlsFiles, server_block
 
-NATS_DIR = Path(__file__).resolve().parents[2] / "nats"
+# Package data (pyproject.toml), so an installed wheel renders the same configs as a checkout.
+TEMPLATE_DIR = Path(__file__).with_name("nats_templates")
 HUB_DOMAIN = "hub"
 BIND_ATTEMPTS = 3  # starts tried when a random port was taken meanwhile
 
@@ -60,12 +61,12 @@ def free_ports(count: int) -> list[int]:
 
 
 def render(template: str, **values: object) -> str:
-    """Fill `nats/<template>.conf.tmpl`; a missing value is an error naming it."""
-    text = (NATS_DIR / f"{template}.conf.tmpl").read_text()
+    """Fill `nats_templates/<template>.conf.tmpl`; a missing value is an error naming it."""
+    path = TEMPLATE_DIR / f"{template}.conf.tmpl"
     try:
-        return Template(text).substitute({k: str(v) for k, v in values.items()})
+        return Template(path.read_text()).substitute({k: str(v) for k, v in values.items()})
     except KeyError as e:
-        raise NatsServerError(f"nats/{template}.conf.tmpl needs a value for {e.args[0]}") from None
+        raise NatsServerError(f"{path} needs a value for {e.args[0]}") from None
 
 
 @dataclass(frozen=True)
@@ -439,6 +440,13 @@ def pid_alive(pid: int) -> bool:
 
 
 COMPOSE_SERVERS = ("nats1", "nats2", "nats3")
+# compose.yaml mounts its identities volume beside each server's config (nats-server resolves
+# an include relative to the including file, and not an absolute path).
+COMPOSE_ACCOUNTS = "auth/accounts.conf"
+COMPOSE_AUTH = (
+    "# Auth on: the accounts block compose.yaml's init service generates (`conclave auth init`).\n"
+    f'include "{COMPOSE_ACCOUNTS}"\n'
+)
 
 
 def compose_config(name: str) -> str:
@@ -453,5 +461,6 @@ def compose_config(name: str) -> str:
         cluster_port=6222,
         routes=tuple(f"{server}:6222" for server in COMPOSE_SERVERS),
         tags=(names.lease_slot_tag(COMPOSE_SERVERS.index(name) + 1),),
+        auth=COMPOSE_AUTH,
     )
     return spec.config()

@@ -530,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_bestmove(sub)
     _add_play(sub)
+    _add_fleet(sub)
     return parser
 
 
@@ -557,11 +558,60 @@ def _add_play(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=cmd_play)
 
 
+def cmd_fleet(args: argparse.Namespace) -> int:
+    import getpass
+    import socket
+
+    from shared.cli.fleet import FleetRequest, fleet_main, issuer
+
+    request = FleetRequest(
+        verb=args.fleet_command,
+        node=getattr(args, "node", ""),
+        reason=getattr(args, "reason", ""),
+        issued_by=issuer(args.creds, getpass.getuser(), socket.gethostname()),
+        as_json=getattr(args, "json", False),
+        wait_s=getattr(args, "wait", 0.0),
+    )
+    return asyncio.run(fleet_main(_client(args, "fleet"), request))
+
+
+def _add_fleet(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fleet = sub.add_parser("fleet", help="the nodes over the bus: list, drain, resume (admin)")
+    verbs = fleet.add_subparsers(dest="fleet_command", required=True)
+    ls = verbs.add_parser(
+        "ls", help="every node: roles, version, protocol, devices, uptime, round trip, state"
+    )
+    ls.add_argument("--json", action="store_true")
+    _nats_option(ls)
+    for verb, what in (
+        ("drain", "finish its current jobs and take no new ones"),
+        ("resume", "take jobs again"),
+    ):
+        p = verbs.add_parser(verb, help=f"NODE: {what} (admin only; audited)")
+        p.add_argument("node", help="the node's --node-id")
+        p.add_argument("--reason", default="", help="kept with the command and its audit event")
+        p.add_argument(
+            "--wait",
+            type=float,
+            default=10.0,
+            metavar="SECONDS",
+            help="wait this long for the node to show it (0: do not wait)",
+        )
+        _nats_option(p)
+    fleet.set_defaults(handler=cmd_fleet)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logsetup.setup(args.log_level, service="cli")
     handler: Handler = args.handler
     try:
+        from shared.cli.credentials import check
+
+        refused = check(args)  # one line naming the credential, not a connect timeout
+        if refused is not None:
+            print(refused, file=sys.stderr)
+            return 1
         return handler(args)
     except KeyboardInterrupt:
         return 130
