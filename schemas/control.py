@@ -98,6 +98,9 @@ class NodeStatus(Wire, frozen=True, kw_only=True, tag="conclave.node_status.v1")
     sent_at: Timestamp
     protocol: Count = 1  # PROTOCOL of the build that wrote it
     games: Annotated[list[Token], Meta(max_length=MAX_GAMES)] = []  # installed on the node
+    draining: bool = False  # a standing `fleet drain`: its workers take no new jobs
+    # How long the heartbeat's last read from the hub took (its reachability); None: no answer.
+    rtt_ms: NonNegative | None = None
 
 
 class Lease(Wire, frozen=True, kw_only=True, tag="conclave.lease.v1"):
@@ -136,12 +139,15 @@ class LeaderValidity(Wire, frozen=True, kw_only=True, tag="conclave.leader_valid
 
 class ClusterProtocol(Wire, frozen=True, tag="conclave.cluster_protocol.v1"):
     """The wire protocols the coordinator accepts (registry key `cluster.protocol`); a node
-    outside the range is shown in status with the reason and pulls no work."""
+    outside the range is shown in status with the reason and pulls no work. A node below
+    `next_min_protocol` (the announced next minimum) still works and is only warned about, so
+    an upgrade can be announced before it is enforced."""
 
     min_protocol: Count
     max_protocol: Count
     set_by: Token
     at: Timestamp
+    next_min_protocol: Count | None = None
 
 
 class MatchEvaluators(Wire, frozen=True, kw_only=True, tag="conclave.match_evaluators.v1"):
@@ -154,6 +160,22 @@ class MatchEvaluators(Wire, frozen=True, kw_only=True, tag="conclave.match_evalu
     at: Timestamp
 
 
+FleetAction = Literal["drain", "resume"]
+
+
+class FleetCommand(Wire, frozen=True, kw_only=True, tag="conclave.fleet_command.v1"):
+    """An admin's command to one node: the node's standing state (registry key
+    `fleet.node.<node>`, read by its heartbeat and workers, so a node that was away finds it)
+    and an audit event (`events.fleet.<action>.<node>`). `drain`: its workers finish their
+    jobs and take no new ones; `resume`: they take jobs again."""
+
+    action: FleetAction
+    node: Token
+    issued_by: Ident  # who: the local user and host, and the identity's public key
+    at: Timestamp
+    reason: Text = ""
+
+
 CONTROL_MESSAGES: tuple[type[msgspec.Struct], ...] = (
     ServicePulse,
     NodeStatus,
@@ -162,4 +184,5 @@ CONTROL_MESSAGES: tuple[type[msgspec.Struct], ...] = (
     LeaderValidity,
     ClusterProtocol,
     MatchEvaluators,
+    FleetCommand,
 )

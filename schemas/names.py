@@ -301,6 +301,17 @@ def train_progress_subject(game: str) -> str:
     return f"events.train.progress.{token_or_any(game, 'game')}"
 
 
+def fleet_event_subject(action: str, node_id: str) -> str:
+    """The audit event of a fleet command (`conclave fleet drain NODE`), stored in EVENTS; a
+    filter with `ANY` for either token. Only admin publishes under `all_fleet_events`."""
+    action, node_id = token_or_any(action, "fleet action"), token_or_any(node_id, "node id")
+    return f"events.fleet.{action}.{node_id}"
+
+
+def all_fleet_events() -> str:
+    return under("events.fleet")
+
+
 def job_failure_subject(job_id: str) -> str:
     """One subject per job, so the last failure of a job is one direct read of the EVENTS stream."""
     return f"events.job.failed.{token_or_any(job_id, 'job id')}"
@@ -331,6 +342,18 @@ def is_model_key(key: str) -> bool:
 def trained_key(job_id: str) -> str:
     """Registry key the trainer writes when a training job has produced its candidate."""
     return f"trained.{token_or_any(job_id, 'job id')}"
+
+
+def fleet_key(node_id: str) -> str:
+    """Registry key of a node's standing fleet command (drain, resume), written only by admin;
+    `ANY` for a filter. Its second token is no game key's (`<game>.best`, `.model.`, ...)."""
+    return f"fleet.node.{token_or_any(node_id, 'node id')}"
+
+
+def all_fleet_keys() -> str:
+    """Every fleet key in the registry (what no identity but admin may write), and no other
+    key: a game named `fleet` keeps its own (`fleet.best`)."""
+    return fleet_key(ANY)
 
 
 def loop_key(game: str) -> str:

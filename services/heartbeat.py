@@ -1,4 +1,9 @@
-"""heartbeat service: writes this node's status into KV `nodes` about once a second, with a TTL."""
+"""heartbeat service: writes this node's status into KV `nodes` about once a second, with a TTL.
+
+Beside it, a probe reads the node's standing fleet command from the hub as often (registry
+`fleet.node.<node>`): the status says whether the node is draining, and how long that read took
+(its round trip to the hub, the fleet's reachability view). The probe runs apart from the
+status loop, so a slow or failing read never delays the status."""
 
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from shared.bus.ports import Bus, Clock, SystemClock
 from shared.learn.games import game_names
 from shared.runtime.service import VERSION, wait_or_stop
 from shared.runtime.service import main as service_main
+from shared.work.fleet import Standing
 
 log = logging.getLogger("conclave.heartbeat")
 
@@ -237,6 +243,19 @@ async def detect_gpus(timeout_s: float = 60.0) -> list[str]:
     return [line for line in out.decode().splitlines() if line]
 
 
+async def probe(standing: Standing, every_s: float, stop: asyncio.Event) -> None:
+    """Read the node's standing fleet command (and so time a round trip to the hub) every
+    `every_s` until `stop`; `standing` keeps what the status reports."""
+    while not stop.is_set():
+        await standing.read()
+        await wait_or_stop(stop, every_s)
+
+
+def round_trip_ms(standing: Standing) -> float | None:
+    seconds = standing.round_trip_s
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
 async def run(bus: Bus, cfg: HeartbeatConfig, stop: asyncio.Event) -> None:
     await bus.provision()
     pulses = Pulses(cfg.services, clock=bus.clock)
@@ -245,6 +264,9 @@ async def run(bus: Bus, cfg: HeartbeatConfig, stop: asyncio.Event) -> None:
     started = bus.clock.time()
     gpu_task = asyncio.ensure_future(detect_gpus() if cfg.detect_gpus else no_gpus())
     key = names.node_key(cfg.node_id)
+    # A node without roles may not read the registry: its reads would only be refused.
+    standing = Standing(bus, cfg.node_id if cfg.roles else "", bus.clock)
+    probe_task = asyncio.ensure_future(probe(standing, cfg.every_s, stop))
     try:
         while not stop.is_set():
             if gpu_task.done() and not resources.gpus:
@@ -260,6 +282,8 @@ async def run(bus: Bus, cfg: HeartbeatConfig, stop: asyncio.Event) -> None:
                 started_at=started,
                 sent_at=bus.clock.time(),
                 games=list(cfg.games or game_names()),
+                draining=standing.draining,
+                rtt_ms=round_trip_ms(standing),
             )
             data = fitted(status, cfg.services, bus.max_payload - HEADROOM_BYTES)
             try:
@@ -269,6 +293,8 @@ async def run(bus: Bus, cfg: HeartbeatConfig, stop: asyncio.Event) -> None:
             await wait_or_stop(stop, cfg.every_s)
     finally:
         gpu_task.cancel()
+        probe_task.cancel()
+        await asyncio.wait([probe_task])  # ended before the bus closes under it
         await sub.unsubscribe()
 
 

@@ -9,7 +9,10 @@ consumer is created and configured only by the role that owns it (`durables`), a
 and acked only by its users. Each identity subscribes only to its own inbox (`_INBOX.<public
 key>.>`). A node identity (which every service on its node connects with, carrying the node's
 roles) writes only its own status key and publishes pulses and logs only under its own node id;
-the shared role identities stay as they were. Nothing here is hand-maintained
+the shared role identities stay as they were. Fleet commands (registry keys
+`fleet.node.<node>` and their audit events `events.fleet.>`) are admin's alone: every other
+identity is denied them, even the coordinator, whose registry and event grants are wildcards.
+Nothing here is hand-maintained
 apart from which capability each role has: every subject comes from the module that names them.
 Pure: no I/O.
 """
@@ -271,11 +274,20 @@ def role_subscriptions(role: Role) -> list[str]:
     return []
 
 
+def fleet_commands() -> list[str]:
+    """Issuing a fleet command: its standing registry key and its audit event (admin only)."""
+    return [
+        *kv_write(names.REGISTRY_BUCKET, names.all_fleet_keys()),
+        names.all_fleet_events(),
+    ]
+
+
 def denied(roles: frozenset[Role]) -> list[str]:
     """What `roles` may never publish, whatever their wildcards allow: stream administration,
-    unnamed consumers beside durables, and configuring, deleting or (unless they use them)
-    pulling from or acking others' durables."""
+    fleet commands, unnamed consumers beside durables, and configuring, deleting or (unless
+    they use them) pulling from or acking others' durables."""
     deny = [names.under(f"{API}.STREAM.{verb}") for verb in STREAM_ADMIN]
+    deny += fleet_commands()
     deny += sorted({f"{API}.CONSUMER.CREATE.{d.stream}" for d in durables()})  # see ephemerals
     for durable in durables():
         stream, name = durable.stream, durable.name
@@ -457,6 +469,12 @@ def capabilities() -> list[tuple[str, str, str]]:
             "pub",
             names.log_subject(EXAMPLE_NODE, "selfplay", "info"),
         ),
+        (
+            f"drain or resume a node (`{EXAMPLE_NODE}`)",
+            "pub",
+            names.kv_subject(names.REGISTRY_BUCKET, names.fleet_key(EXAMPLE_NODE)),
+        ),
+        ("record a fleet command's audit event", "pub", names.fleet_event_subject("drain", other)),
         ("publish another node's pulses", "pub", names.pulse_subject(other, "selfplay")),
         ("publish another node's log lines", "pub", names.log_subject(other, "selfplay", "info")),
         ("read its own inbox", "sub", f"{names.inbox_prefix(KEY)}.x"),

@@ -14,7 +14,7 @@ from schemas.control import ClusterProtocol, DeviceReport, Lease, NodeStatus, Se
 from services.scheduler import STATE_KEY, LoopRecord, games_per_hour
 from services.syncer import GAMES_CONSUMER, SyncStatus
 from shared.bus.client import BusConfig, NatsBus
-from shared.bus.compat import accepted_range, refusal
+from shared.bus.compat import accepted_range, refusal, upgrade_warning
 from shared.bus.errors import BusError
 from shared.bus.message import Entry
 from shared.bus.ports import Bus
@@ -70,6 +70,8 @@ class NodeInfo(msgspec.Struct, frozen=True):
     unsupported: str = ""  # why this node gets no work (version skew), "" if it may work
     compute: NodeCompute | None = None  # None when no live worker has reported a device
     games: list[str] = []  # installed on the node
+    draining: bool = False  # `conclave fleet drain`: it finishes its jobs and takes no new ones
+    upgrade: str = ""  # below the announced next minimum protocol: works, but should upgrade
 
 
 class NatsInfo(msgspec.Struct, frozen=True):
@@ -161,6 +163,8 @@ def node_info(
         unsupported=refusal(status.protocol, accepted) or "",
         compute=node_compute(status.services),
         games=status.games,
+        draining=status.draining,
+        upgrade=upgrade_warning(status.protocol, accepted) or "",
     )
 
 
@@ -353,7 +357,7 @@ def render_text(report: StatusReport) -> str:
         skew = f"  NO WORK: {node.unsupported}" if node.unsupported else ""
         lines.append(
             f"  {node.id:<20} {state:<12} lag {node.loop_lag_ms:7.1f}ms  "
-            f"[{','.join(node.roles)}]  {services}{skew}"
+            f"[{','.join(node.roles)}]  {services}{skew}{fleet_text(node)}"
         )
         if node.compute is not None:
             lines.append(f"    {compute_text(node.compute)}")
@@ -385,6 +389,20 @@ def render_text(report: StatusReport) -> str:
         )
     lines += [f"problem: {p}" for p in report.problems]
     return "\n".join(lines)
+
+
+def running_jobs(node: NodeInfo) -> int:
+    """Jobs its live services are working on (a draining node is drained at 0)."""
+    return sum(1 for s in node.services if s.alive and s.doing)
+
+
+def fleet_text(node: NodeInfo) -> str:
+    """A node's drain state and the upgrade it is warned about, "" for neither."""
+    text = ""
+    if node.draining:
+        left = running_jobs(node)
+        text = f"  DRAINING ({left} jobs left)" if left else "  DRAINED"
+    return text + (f"  UPGRADE: {node.upgrade}" if node.upgrade else "")
 
 
 def allocation_text(a: Allocation) -> str:

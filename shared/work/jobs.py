@@ -23,6 +23,7 @@ from shared.bus.errors import BusError
 from shared.bus.ports import Acks, Bus, Pull, Streams
 from shared.learn.games import game_names
 from shared.runtime.counters import Counters
+from shared.work.fleet import Standing, may_pull
 
 log = logging.getLogger("conclave.jobs")
 
@@ -221,7 +222,8 @@ class Puller(Generic[J]):
 
     `tier` is the worker's (for self-play and training); `games` those it can play (None: every
     game this build has): a job for another game is refused, with the reason, for a node that
-    has it."""
+    has it. While `node` is draining (`conclave fleet drain`) it takes no job (shared.work.fleet).
+    """
 
     def __init__(
         self,
@@ -244,14 +246,15 @@ class Puller(Generic[J]):
         self.games = frozenset(game_names() if games is None else games)
         self.node = node
         self.gate = Gate(bus)
+        self.fleet = Standing(bus, node, bus.clock)
         self._subs: dict[str, Pull] = {}
 
     async def next(self, timeout_s: float = 5.0) -> Delivery[J] | None:
-        """The next job, or None if none came in time (or this build's protocol is refused);
-        a malformed job goes to the DLQ. With lanes, each lane is asked in priority order for
-        up to `probe_s` (the last one for the rest of `timeout_s`)."""
-        if await self.gate.refusal() is not None:
-            await asyncio.sleep(timeout_s)  # the coordinator may accept us again: check later
+        """The next job, or None if none came in time (or this build's protocol is refused, or
+        the node is draining); a malformed job goes to the DLQ. With lanes, each lane is asked
+        in priority order for up to `probe_s` (the last one for the rest of `timeout_s`)."""
+        if may_pull(await self.gate.refusal(), await self.fleet.read()) is not None:
+            await asyncio.sleep(timeout_s)  # accepted or resumed later: check again then
             return None
         for i, lane in enumerate(self.lanes):
             last = i == len(self.lanes) - 1
@@ -275,6 +278,9 @@ class Puller(Generic[J]):
             return None
         if job.game not in self.games:
             await self._refuse(msg, job, f"no game {job.game!r} here (has {sorted(self.games)})")
+            return None
+        if (draining := may_pull(None, await self.fleet.read())) is not None:
+            await self._refuse(msg, job, draining)  # drained while fetching: hand it back
             return None
         return Delivery(msg, job, self.kind, self.counters)
 
