@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import msgspec
+
 from schemas import names
 from schemas.codec import encode
 from schemas.control import PROTOCOL, ClusterProtocol, NodeStatus, Resources, ServiceState
@@ -78,3 +80,12 @@ async def test_status_shows_the_skewed_node_and_the_scheduler_counts_only_the_ot
     assert old.unsupported.startswith(f"protocol {PROTOCOL} unsupported")
     assert next(n for n in report.nodes if n.id == "new").unsupported == ""
     assert "NO WORK: protocol" in render_text(report)
+
+
+async def test_the_scheduler_counts_no_worker_of_a_draining_node(bus: Bus) -> None:
+    working, draining = status_of("w", PROTOCOL), status_of("d", PROTOCOL)
+    draining = msgspec.structs.replace(draining, draining=True)
+    for status in (working, draining):
+        await bus.write(names.NODES_BUCKET, status.node, encode(status), ttl_s=30)
+    nodes = await accepted_nodes(bus)
+    assert [n.node for n in nodes] == ["w"] and live_workers(nodes) == {"selfplay": 1}

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import logging
+import random
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -18,7 +19,7 @@ from typing import Any
 import msgspec
 import nats.errors
 import nats.js.errors
-from nats.aio.client import Client
+from nats.aio.client import Client, Server
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -50,6 +51,17 @@ FOLLOW_BATCH = 256
 FOLLOW_WAIT_S = 5.0
 FOLLOW_RETRY_S = 1.0
 FOLLOW_INACTIVE_S = 60.0  # a follower that stopped fetching for this long is dropped by the server
+# A one-off reader's consumer (`read_all`, `snapshot`) is dropped by the server this long after
+# its last fetch. Readers may not delete consumers (`shared.auth.permissions`), so this bounds
+# how many a reader leaves: its reads per second times this (measured: tests/test_consumer_count).
+READ_INACTIVE_S = 5.0
+# A key watch's consumer is dropped this long after its watcher stopped (or lost its connection)
+# rather than nats-py's 5 minutes: an evaluator watches a key per match job (measured: ~100 such
+# left on `KV_registry` at a job every 3 s). A watch lost longer than this, nats-py notices by
+# its missing heartbeats (2 x 5 s) and makes again, as after a server restart.
+WATCH_INACTIVE_S = 10.0
+RECONNECT_WAIT_S = 0.5  # the first round's wait; doubled each round through the pool, up to:
+RECONNECT_WAIT_CAP_S = 2.0
 NOT_PROVISIONED = "(only admin provisions: `conclave provision --creds admin.nk`)"
 
 
@@ -99,11 +111,13 @@ class NatsBus:
     async def connect(cls, cfg: BusConfig) -> NatsBus:
         """Connect with settings for flaky links; fail with ConnectFailed after the timeout."""
         holder: list[NatsBus] = []
+        reconnects = Reconnects(random.Random())
 
         async def on_error(e: Exception) -> None:
             log.warning("nats error: %s", e, extra={"error": type(e).__name__})
 
         async def on_disconnect() -> None:
+            reconnects.reset()  # nats-py calls it before its first attempt to reconnect
             if holder and not holder[0].closing:
                 log.warning("nats disconnected")
 
@@ -114,7 +128,8 @@ class NatsBus:
             "servers": cfg.servers,
             "name": cfg.name,
             "max_reconnect_attempts": -1,
-            "reconnect_time_wait": 0.5,
+            "reconnect_time_wait": RECONNECT_WAIT_S,
+            "reconnect_to_server_handler": reconnects,
             "ping_interval": cfg.ping_interval_s,
             "max_outstanding_pings": cfg.max_outstanding_pings,
             "error_cb": on_error,
@@ -195,7 +210,7 @@ class NatsBus:
             raise NoPlacement(
                 f"stream {config.name}: no hub server has the server tag {tags}; each hub "
                 "server needs its lease-slot-N server tag (server_tags, see "
-                f"nats/cluster.conf.tmpl) ({e})"
+                f"shared/bus/nats_templates/cluster.conf.tmpl) ({e})"
             ) from e
 
     async def _stream_config(self, name: str) -> StreamConfig | None:
@@ -273,7 +288,7 @@ class NatsBus:
         with translated(f"snapshot {bucket}"):
             if (await kv.status()).values == 0:
                 return entries
-            watcher = await kv.watchall()
+            watcher = await kv.watchall(inactive_threshold=READ_INACTIVE_S)
             try:
                 async for update in _initial(watcher, self.cfg.request_timeout_s):
                     if update.operation not in _DELETED_OPS and update.value is not None:
@@ -291,7 +306,7 @@ class NatsBus:
         """A watcher on one key; a lost watch is not fatal, so callers also wait with timeouts."""
         kv = await self.kv(bucket)
         with translated(f"watch {bucket}/{key}"):
-            watcher = KeyWatch(await kv.watch(key))
+            watcher = KeyWatch(await kv.watch(key, inactive_threshold=WATCH_INACTIVE_S))
         try:
             yield watcher
         finally:
@@ -310,7 +325,8 @@ class NatsBus:
 
     async def read_all(self, stream: str, subject: str, batch: int = 256) -> list[Message]:
         """Every message stored on `subject` (a filter), oldest first, and any stored while it
-        reads; no durable consumer.
+        reads; no durable consumer, and the one-off one it reads with is gone `READ_INACTIVE_S`
+        after (memory, one replica: cheap to make).
 
         Reads until the server has nothing pending, not up to the count it started with: a
         KV key rewritten meanwhile moves to the end, so a count would read it twice and miss
@@ -319,7 +335,12 @@ class NatsBus:
         total = sum((await self.subject_counts(stream, subject)).values())
         if total == 0:
             return []
-        config = ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=30.0)
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=READ_INACTIVE_S,
+            mem_storage=True,
+            num_replicas=1,
+        )
         msgs: list[Msg] = []
         with translated(f"read {subject}"):
             sub = await self.js.pull_subscribe(subject, stream=stream, config=config)
@@ -578,6 +599,47 @@ class NatsBus:
         with translated(f"stream info {stream}"):
             info = await self.js.stream_info(stream)
         return int(info.state.first_seq), int(info.state.last_seq)
+
+
+class Reconnects:
+    """nats-py's `reconnect_to_server_handler`: which server to try next and after what wait.
+    Round robin over the pool nats-py shuffled for this outage, as its own selection does, but
+    waiting `reconnect_delay` before each attempt, so that a fleet cut off at once (a hub
+    restart) does not come back in lockstep."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.attempts = 0
+
+    def reset(self) -> None:
+        """A new outage begins: its first attempt next."""
+        self.attempts = 0
+
+    def __call__(self, servers: list[Server], info: dict[str, Any]) -> tuple[Server | None, float]:
+        attempt, self.attempts = self.attempts, self.attempts + 1
+        pool = max(1, len(servers))
+        server = servers[attempt % pool] if servers else None
+        return server, reconnect_delay(attempt, pool, self.rng)
+
+
+def reconnect_delay(
+    attempt: int,
+    pool: int,
+    rng: random.Random,
+    base_s: float = RECONNECT_WAIT_S,
+    cap_s: float = RECONNECT_WAIT_CAP_S,
+) -> float:
+    """The wait before reconnect attempt `attempt` (0: an outage's first) over `pool` servers.
+
+    The first is drawn from [0, base_s] (full jitter): clients cut off together spread their
+    first attempts, and nothing has failed yet that a zero wait would repeat. Each later one
+    waits between half and all of `base_s` doubled per round through the pool, up to `cap_s`
+    (equal jitter): a refused connect is instant, so it must never be near zero."""
+    rounds = min(attempt // max(1, pool), 32)  # 2 ** rounds stays a float
+    ceiling = min(cap_s, base_s * 2.0**rounds)
+    if attempt == 0:
+        return rng.random() * ceiling
+    return ceiling / 2 + rng.random() * ceiling / 2
 
 
 class KeyWatch:

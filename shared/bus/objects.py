@@ -23,7 +23,11 @@ async def chunks(
     config = ConsumerConfig(
         ack_policy=AckPolicy.NONE,
         deliver_policy=DeliverPolicy.ALL,
-        inactive_threshold=30.0,
+        # Readers may not delete consumers: a short expiry is what bounds how many the hub
+        # holds (tests/test_consumer_count.py); a reader between two batches is still active.
+        inactive_threshold=10.0,
+        mem_storage=True,
+        num_replicas=1,
     )
     with translated("read model chunks"):
         sub = await js.pull_subscribe(subject, stream=stream, config=config)

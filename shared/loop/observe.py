@@ -15,7 +15,7 @@ from typing import Protocol
 
 from schemas import names
 from schemas.codec import BadMessage, decode
-from schemas.control import NodeStatus
+from schemas.control import ClusterProtocol, NodeStatus
 from schemas.jobs import DeadLetter, EvalJob, EvalResult, ModelMeta
 from shared.bus.compat import accepted_range, refusal
 from shared.bus.message import Message
@@ -64,7 +64,8 @@ def train_job_id(game: str, training: int) -> str:
 
 async def accepted_nodes(bus: LoopStore, now: float | None = None) -> list[NodeStatus]:
     """Every node's fresh status (stored by the server within the heartbeat TTL, under its own
-    node's key) whose protocol the cluster accepts; the others are no workers."""
+    node's key) whose protocol the cluster accepts and that is not draining; the others are no
+    workers."""
     accepted = await accepted_range(bus)
     now = time.time() if now is None else now
     bucket = names.NODES_BUCKET
@@ -74,9 +75,14 @@ async def accepted_nodes(bus: LoopStore, now: float | None = None) -> list[NodeS
     nodes = []
     for key, msg in sorted(latest.items()):
         status = _node_status(msg, key, now)
-        if status is not None and refusal(status.protocol, accepted) is None:
+        if status is not None and _works(status, accepted):
             nodes.append(status)
     return nodes
+
+
+def _works(status: NodeStatus, accepted: ClusterProtocol | None) -> bool:
+    # A draining node's workers take no jobs: placement and allocation must not count them.
+    return refusal(status.protocol, accepted) is None and not status.draining
 
 
 def _node_status(msg: Message, key: str, now: float) -> NodeStatus | None:

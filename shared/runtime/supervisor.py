@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import signal
 import sys
 import time
@@ -91,11 +92,22 @@ def marked_reason(kills: list[Kill], limits: Limits) -> str | None:
     )
 
 
-def backoff(failures: int, limits: Limits) -> float:
-    """Delay before the next restart after `failures` quick failures in a row."""
+def backoff(failures: int, limits: Limits, rng: random.Random | None = None) -> float:
+    """Delay before the next restart after `failures` quick failures in a row: the base
+    doubling up to the cap and, given `rng`, with equal jitter (between half of that and all of
+    it), so a fleet whose services all failed at once (a hub restart) does not restart them in
+    lockstep, while a crash-looping child still waits at least half. Without `rng`, the
+    ceiling: a simulation that must replay exactly."""
     if failures <= 0:
         return 0.0
-    return float(min(limits.backoff_cap_s, limits.backoff_base_s * 2 ** (failures - 1)))
+    doublings = min(failures - 1, 64)  # a child failing for days: 2 ** n stays a float
+    ceiling = float(min(limits.backoff_cap_s, limits.backoff_base_s * 2**doublings))
+    return ceiling if rng is None else equal_jitter(ceiling, rng)
+
+
+def equal_jitter(ceiling: float, rng: random.Random) -> float:
+    """Uniform in [ceiling / 2, ceiling]: spread, yet never under half."""
+    return ceiling / 2 + rng.random() * ceiling / 2
 
 
 @dataclass
@@ -112,6 +124,7 @@ class Child:
     returncode: int | None = None  # of the last process to end
     record: KillRecord = field(default_factory=KillRecord)  # shared with its kind's siblings
     killed_job: str = ""  # the job the last process was killed in, for the next one to report
+    rng: random.Random = field(default_factory=random.Random)  # the restart backoff's jitter
 
     @property
     def kills(self) -> list[Kill]:
@@ -134,7 +147,7 @@ class Child:
             quick = time.monotonic() - started < self.limits.healthy_after_s
             failures = failures + 1 if quick else 1
             self.restarts += 1
-            delay = backoff(failures, self.limits)
+            delay = backoff(failures, self.limits, self.rng)
             log.warning(
                 "service %s %s; restarting in %.1fs",
                 self.spec.name,
