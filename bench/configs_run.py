@@ -33,8 +33,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import fair_share
-from shared.learn.baselines import num_players
 from shared.learn.games import get_game
+from shared.learn.games.base import num_players
 from shared.loop.configfile import load
 
 ROOT = Path(__file__).resolve().parents[1]

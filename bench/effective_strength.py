@@ -26,10 +26,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.learn.arena import AgentPlayer, ModelPlayer, play_match
-from shared.learn.baselines import BadAgentSpec, make_agent, num_players
+from shared.learn.baselines import BadAgentSpec, make_agent
 from shared.learn.evaltypes import uniform_evaluator
 from shared.learn.games import UnknownGame, get_game
-from shared.learn.games.base import Game
+from shared.learn.games.base import Game, num_players
 from shared.learn.strength import FAIR_SHARE, Rung, effective_strength
 
 DEFAULT_LADDER = "25,50,100,200,400"

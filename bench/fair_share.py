@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.effective_strength import model_player
 from shared.learn.arena import AgentPlayer, play_match
-from shared.learn.baselines import make_agent, num_players
+from shared.learn.baselines import make_agent
 from shared.learn.games import get_game
+from shared.learn.games.base import num_players
 from shared.learn.strength import ShareTest
 
 

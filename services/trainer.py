@@ -40,6 +40,7 @@ from shared.bus.message import Message
 from shared.bus.ports import Bus, Delivery, WorkQueue
 from shared.learn.device import CPU
 from shared.learn.games import UnknownGame, game_names, get_game
+from shared.learn.games.base import num_players
 from shared.learn.net import (
     CheckpointError,
     NetConfig,
@@ -377,7 +378,7 @@ class Trainer:
 
         torch.set_num_threads(self.cfg.threads)
         torch.manual_seed(seed)  # a first net's initial weights: the job replays the same way
-        players = getattr(game, "num_players", 2)
+        players = num_players(game)
         own = self.cfg.for_game(game.name)
         net = load_checkpoint(parent, game.name, players).net if parent else new_net(game, own.net)
         rng = np.random.default_rng(seed)

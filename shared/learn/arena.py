@@ -22,9 +22,8 @@ import numpy as np
 
 from shared.learn.baselines import Agent
 from shared.learn.evaltypes import Evaluator
-from shared.learn.games.base import Game
+from shared.learn.games.base import Game, num_players
 from shared.learn.search import Cache, drive, gumbel_steps
-from shared.learn.search.engine import num_players
 
 
 class MatchStopped(Exception):

@@ -13,7 +13,7 @@ from typing import Generic, Protocol, TypeVar
 import numpy as np
 
 from schemas.jobs import MAX_SIMS
-from shared.learn.games.base import Game
+from shared.learn.games.base import Game, num_players
 
 S = TypeVar("S")
 
@@ -55,11 +55,6 @@ class RandomAgent:
 
     def choose(self, game: Game[S], state: S, rng: np.random.Generator) -> int:
         return _pick(legal_actions(game, state), rng)
-
-
-def num_players(game: Game[S]) -> int:
-    """The game's player count (2 for games written before it was part of the protocol)."""
-    return int(getattr(game, "num_players", 2))
 
 
 def final_outcome(game: Game[S], state: S, players: int) -> tuple[float, ...] | None:

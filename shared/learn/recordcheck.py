@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 
 from schemas.game import GameRecord, policy_targets
-from shared.learn.games.base import FloatArray, Game, IllegalMove
-from shared.learn.search.engine import num_players
+from shared.learn.games.base import FloatArray, Game, IllegalMove, num_players
 
 POLICY_TOLERANCE = 1e-3  # float32 targets summed over a row, and mass allowed off the legal moves
 

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from schemas.game import GameRecord, seat_outcomes, trained_plies
-from shared.learn.games.base import FloatArray, Game
+from shared.learn.games.base import FloatArray, Game, num_players
 from shared.learn.recordcheck import RejectedRecord, check_record
 from shared.learn.resign import ResignReport, ResignSettings, lowest_values
 from shared.learn.resign import report as resign_report
@@ -81,7 +81,7 @@ def value_targets(
     """Each ply's value target from its mover's view: (plies,) for two players, else (plies, P)
     in turn order from the mover; `(1 - root_value_weight)` of the outcome plus
     `root_value_weight` of the search's root value (`root_vectors` for P > 2)."""
-    players = getattr(game, "num_players", 2)
+    players = num_players(game)
     if record.players != players:
         raise RejectedRecord("players", f"{record.players}, but {game.name} has {players}")
     if players == 2:

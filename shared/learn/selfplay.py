@@ -24,7 +24,7 @@ import numpy as np
 
 from schemas.game import GameRecord, pack_policy
 from shared.learn.evaltypes import Evaluator
-from shared.learn.games.base import FloatArray, Game
+from shared.learn.games.base import FloatArray, Game, num_players
 from shared.learn.search import (
     Cache,
     GameCounts,
@@ -34,7 +34,6 @@ from shared.learn.search import (
     drive,
     drive_pipelined,
 )
-from shared.learn.search.engine import num_players
 from shared.learn.search.gumbel import gumbel_steps
 from shared.learn.search.puct import puct_steps
 

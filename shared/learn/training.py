@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from shared.learn.device import CPU, Compute
-from shared.learn.games.base import Game
+from shared.learn.games.base import Game, num_players
 from shared.learn.net import PolicyValueNet
 from shared.learn.netconfig import NetConfig, TrainSettings, lr_factor
 from shared.learn.replay import Batch, ReplayWindow, augment
@@ -62,7 +62,7 @@ ProgressCallback = Callable[[StepsDone], None]
 
 def new_net(game: Game[Any], config: NetConfig) -> PolicyValueNet:
     """A freshly initialised network for `game` (a value per player when it has more than 2)."""
-    players = getattr(game, "num_players", 2)
+    players = num_players(game)
     return PolicyValueNet(config, game.encoding_shape, game.num_actions, players)
 
 
@@ -85,7 +85,7 @@ def train(
     `on_progress` (called in this thread) hears every `progress_every` taken steps and after
     the last. Raise ValueError if `net` was built for another player count than `game`'s.
     """
-    players = getattr(game, "num_players", 2)
+    players = num_players(game)
     if net.players != players:
         raise ValueError(f"the net is for {net.players} players, {game.name} has {players}")
     net.to(compute.device)

@@ -13,6 +13,7 @@ import numpy as np
 from shared.learn.device import CPU, Compute
 from shared.learn.evaltypes import Evaluator, uniform_evaluator
 from shared.learn.games import Game
+from shared.learn.games.base import num_players
 from shared.work.models import ModelStore, UnloadableModel
 
 
@@ -62,7 +63,7 @@ def load_evaluator(
     for field, want in (
         ("encoding_shape", tuple(game.encoding_shape)),
         ("num_actions", game.num_actions),
-        ("players", getattr(game, "num_players", 2)),
+        ("players", num_players(game)),
     ):
         have = getattr(net, field)
         if have != want:
@@ -81,6 +82,6 @@ def _probe(evaluator: Evaluator, game: Game[Any], sha256: str) -> None:
         priors, values = evaluator(encodings, masks)
     except (RuntimeError, ValueError) as e:
         raise UnloadableModel(sha256, f"inference fails: {type(e).__name__}: {e}") from e
-    players = getattr(game, "num_players", 2)
+    players = num_players(game)
     if priors.shape != masks.shape or values.shape != ((1,) if players == 2 else (1, players)):
         raise UnloadableModel(sha256, f"outputs {priors.shape} and {values.shape}, not a net")

@@ -15,7 +15,7 @@ import logging
 from functools import cache
 from typing import Any
 
-from shared.learn.games.base import BadNotation, Game, IllegalMove, Symmetry
+from shared.learn.games.base import BadNotation, Game, IllegalMove, Symmetry, num_players
 from shared.learn.games.entrypoints import BUILT_IN, ENTRY_POINT_GROUP, Registry, discover, merge
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def game_source(name: str) -> str:
 
 def players_of(name: str) -> int:
     """How many players the named game has (raise UnknownGame for a name nobody registered)."""
-    return int(getattr(get_game(name), "num_players", 2))
+    return num_players(get_game(name))
 
 
 def two_player_games() -> list[str]:

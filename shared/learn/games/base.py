@@ -25,6 +25,11 @@ class BadNotation(ValueError):
     """Text that does not describe a position of the game."""
 
 
+def num_players(game: object) -> int:
+    """A game's player count (2 for games written before it was part of the protocol)."""
+    return int(getattr(game, "num_players", 2))
+
+
 @cache
 def finished(num_players: int, winner: int | None) -> tuple[float, ...]:
     """The `outcome` of a finished game: `winner` +1 and the others -1, or 0 for all if None."""

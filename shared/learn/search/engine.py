@@ -99,11 +99,6 @@ class SearchOutput:
         return self.stats.root_vector
 
 
-def num_players(game: Game[Any]) -> int:
-    """The game's player count (2 for games written before it was part of the protocol)."""
-    return int(getattr(game, "num_players", 2))
-
-
 def exact_values(
     game: Game[Any], state: Any, mover: int, value: float, players: int
 ) -> tuple[float, ...]:

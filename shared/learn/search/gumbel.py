@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from shared.learn.evaltypes import Evaluator
-from shared.learn.games.base import BoolArray, FloatArray, Game
+from shared.learn.games.base import BoolArray, FloatArray, Game, num_players
 from shared.learn.search import tree as T
 from shared.learn.search.engine import (
     Cache,
@@ -26,7 +26,6 @@ from shared.learn.search.engine import (
     Steps,
     check_roots,
     drive,
-    num_players,
     simulate,
 )
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from shared.learn.evaltypes import Evaluator
-from shared.learn.games.base import FloatArray, Game
+from shared.learn.games.base import FloatArray, Game, num_players
 from shared.learn.search import tree as T
 from shared.learn.search.engine import (
     Cache,
@@ -22,7 +22,6 @@ from shared.learn.search.engine import (
     Steps,
     check_roots,
     drive,
-    num_players,
     simulate,
 )
 
