@@ -14,7 +14,7 @@ import msgspec
 from schemas import names
 from schemas.jobs import EvalJob, EvalResult, PlayerSpec
 from shared.bus.ports import Bus
-from shared.learn.games import UnknownGame, players_of
+from shared.learn.games import seats_of
 from shared.loop.effects import EffectSettings, issue, model_name, settings_for
 from shared.loop.evalplan import EvalBudget, background_jobs, games_for, gauntlet_settled
 from shared.loop.phase import GauntletOpponent, GauntletPhase
@@ -145,7 +145,7 @@ class BackgroundEval:
         )
         opponents = []
         settings = settings_for(game, self.settings, self.by_game)
-        pairs = _players(game) - 1
+        pairs = seats_of(game) - 1
         for k, agent in enumerate(settings.gauntlet):
             group = gauntlet_group(current.generation, k)
             wins, draws, losses = await self._gauntlet_score(game, group, counts)
@@ -176,7 +176,7 @@ class BackgroundEval:
             queued = depths.subject(names.job_subject("eval", game, group, "gauntlet"))
             if len(jobs) >= slots or queued > 0 or opponent.settled:
                 continue
-            seats = _players(game)
+            seats = seats_of(game)
             played = (opponent.wins + opponent.draws + opponent.losses) // (seats - 1)
             them = PlayerSpec(opponent.opponent, agent=opponent.opponent)
             most = max(seats, min(settings.gauntlet_games - played, self.budget.gauntlet_chunk))
@@ -229,7 +229,7 @@ class BackgroundEval:
             self._no_pair[game] = sum(stored.values())
             return None
         a, b = players[pairs[0][0]], players[pairs[0][1]]
-        seats = _players(game)
+        seats = seats_of(game)
         games = games_for(
             self.pace.get(pace_key(a, b)), self.budget.rating_games, self.budget, seats
         )
@@ -254,11 +254,3 @@ def _score(results: Iterable[EvalResult]) -> tuple[int, int, int]:
     for r in results:
         wins, draws, losses = wins + r.wins_a, draws + r.draws, losses + r.wins_b
     return wins, draws, losses
-
-
-def _players(game: str) -> int:
-    """Seats of `game` (2 for a name not installed here: its jobs are two-player as before)."""
-    try:
-        return players_of(game)
-    except UnknownGame:
-        return 2

@@ -20,7 +20,7 @@ from schemas import names
 from schemas.codec import BadMessage, decode, encode
 from schemas.jobs import DeadLetter, EvalJob, EvalResult, PlayerSpec
 from shared.bus.ports import Streams
-from shared.learn.games import UnknownGame, players_of
+from shared.learn.games import seats_of
 from shared.loop.ratings import PairResult, Rating, fit
 from shared.runtime.once import Warn
 
@@ -65,20 +65,12 @@ def mismatch(result: EvalResult, subject: str, job: EvalJob | None) -> str | Non
     for field in ("wins_a", "draws", "wins_b"):
         if getattr(result, field) < 0:
             return f"{field}: {getattr(result, field)} is negative"
-    opponents = _opponents(job.game)
+    opponents = seats_of(job.game) - 1
     if result.pairs_per_game != opponents:
         return f"pairs_per_game: {result.pairs_per_game}, the game has {opponents} opponents a seat"
     if result.games != job.games:
         return f"wins_a + draws + wins_b: {result.games} games, the job has {job.games}"
     return None
-
-
-def _opponents(game: str) -> int:
-    """A seat's opponents in `game`: its results' pairs per game (1 for a name not known here)."""
-    try:
-        return players_of(game) - 1
-    except UnknownGame:
-        return 1
 
 
 def judge(stored: Iterable[Stored], issued: Mapping[str, EvalJob]) -> Owed:

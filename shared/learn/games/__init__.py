@@ -58,6 +58,15 @@ def players_of(name: str) -> int:
     return num_players(get_game(name))
 
 
+def seats_of(name: str) -> int:
+    """How many players the named game has; 2 for a name not installed here (its jobs and
+    results are two-player, as every job was before games of more players)."""
+    try:
+        return players_of(name)
+    except UnknownGame:
+        return 2
+
+
 def two_player_games() -> list[str]:
     """The games a person can play against a model today (`conclave play`, the dashboard)."""
     return [name for name in game_names() if players_of(name) == 2]
@@ -103,5 +112,6 @@ __all__ = [
     "get_game",
     "players_of",
     "rescan",
+    "seats_of",
     "two_player_games",
 ]
