@@ -45,7 +45,7 @@ async def attack(url: str, auth: Path) -> None:
         for k in range(10_000):  # pulses naming 10,000 services
             await node.nc.publish(names.pulse_subject("local", f"svc{k}"), b'{"x":1}')
         for bus in (evaluator, selfplay, trainer, node):
-            await bus.nc.flush()
+            await bus.flush()
     finally:
         for bus in (evaluator, selfplay, trainer, node):
             await bus.close()

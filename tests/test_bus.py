@@ -79,9 +79,9 @@ async def test_provision_only_reads_what_exists_as_configured_and_repairs_drift(
     try:
         for verb in ("CREATE", "UPDATE", "DELETE", "PURGE"):
             await watcher.subscribe(f"$JS.API.STREAM.{verb}.>", on_request)
-        await watcher.nc.flush()
+        await watcher.flush()
         await bus.provision()  # the fixture already did
-        await bus.nc.flush()
+        await bus.flush()
         await asyncio.sleep(0.2)  # an absence: nothing to wait on but time
         assert writes == []
 
@@ -92,7 +92,7 @@ async def test_provision_only_reads_what_exists_as_configured_and_repairs_drift(
         await eventually(lambda: writes == [update], 5, what="the drifting update seen")
         writes.clear()
         await bus.provision()
-        await watcher.nc.flush()  # every request provision sent has reached the watcher
+        await watcher.flush()  # every request provision sent has reached the watcher
         await eventually(lambda: writes, 5, what="provision's repair seen")
         assert writes == [update]
         assert (await bus.js.stream_info(names.EVENTS_STREAM)).config.max_age == 7 * 86400.0

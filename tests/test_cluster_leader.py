@@ -85,7 +85,7 @@ async def test_leadership_recovers_unsplit_after_the_kv_stream_leader_server_is_
     assert still is not None and still.instance == lease.instance, "leadership not stable"
     victim.start()
     await asyncio.sleep(3)  # the rejoining server must cause no overlap: watched for a while
-    await cbus.nc.flush()
+    await cbus.flush()
     assert audit.overlaps() == []
     assert lease.instance in {t.instance for t in audit.terms.values()}
 
@@ -104,7 +104,7 @@ async def test_killing_any_one_hub_server_costs_no_failover(
         await asyncio.sleep(10)  # past the longest stream leader election and three lease TTLs
         victim.start()
     await asyncio.sleep(3)  # the last restart must cause no failover either: watched for a while
-    await cbus.nc.flush()
+    await cbus.flush()
     still = await eventually(lambda: current_lease(cbus), 10, what="the lease")
     assert still.instance == first.instance
     assert [t.instance for t in audit.ordered()] == [first.instance], "a failover happened"

@@ -192,14 +192,14 @@ async def flood(url: str, node: str, count: int) -> None:
     try:
         for i in range(count):
             await bus.nc.publish(names.pulse_subject(node, f"svc{i}"), pulse_bytes(node, f"svc{i}"))
-        await bus.nc.flush()
+        await bus.flush()
     finally:
         await bus.close()
 
 
 async def pulse(bus: Bus, node: str, service: str) -> None:
     await bus.nc.publish(names.pulse_subject(node, service), pulse_bytes(node, service))
-    await bus.nc.flush()
+    await bus.flush()
 
 
 def pulse_bytes(node: str, service: str) -> bytes:

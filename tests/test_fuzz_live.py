@@ -809,7 +809,7 @@ async def send_all(buses: dict[str, Bus], sends: list[Send]) -> list[str]:
         except (nats.errors.Error, TimeoutError) as e:
             refused.append(f"{send.target}: {e!r}")
     for bus in buses.values():
-        await bus.nc.flush()
+        await bus.flush()
     return refused
 
 

@@ -53,7 +53,7 @@ async def test_sigkilled_holder_is_replaced_and_terms_never_overlap(
         assert time.monotonic() - killed_at < 3.0 + 1.5, "failover took longer than TTL + 1.5 s"
         procs[lease.node] = start_contenders(processes, [nats_server.url], [lease.node])[lease.node]
         assert new.instance not in holders
-    await bus.nc.flush()
+    await bus.flush()
     final = await eventually(lambda: current_lease(bus), 5, what="a final leader")
     assert len(audit.terms) >= 3 and final.instance in {t.instance for t in audit.terms.values()}
     assert audit.overlaps() == []

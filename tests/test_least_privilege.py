@@ -382,22 +382,22 @@ async def test_each_identity_reads_only_its_own_inbox(
 
     for subject in ("_INBOX.>", f"{prefix}.>"):
         await evaluator.subscribe(subject, snoop)
-    await evaluator.nc.flush()
+    await evaluator.flush()
     everything: list[str] = []
 
     async def watch_all(msg: Msg) -> None:
         everything.append(msg.subject)
 
     await admin.subscribe("_INBOX.>", watch_all)  # admin may
-    await admin.nc.flush()
+    await admin.flush()
     await selfplay.last(names.REGISTRY_BUCKET, "anything")  # a request: its reply to its inbox
     async with selfplay.watch(names.REGISTRY_BUCKET, "k"):  # a watch delivers to its inbox
-        await selfplay.nc.flush()
+        await selfplay.flush()
     # Once admin has seen the replies, the evaluator's snooping would have too.
     await eventually(
         lambda: any(s.startswith(f"{prefix}.") for s in everything), 5, what="admin sees replies"
     )
-    await evaluator.nc.flush()
+    await evaluator.flush()
     assert seen == []
     logged = " ".join(r.getMessage() for r in caplog.records).lower()
     assert 'permissions violation for subscription to "_inbox.>"' in logged
@@ -423,7 +423,7 @@ async def test_a_node_with_every_role_cannot_speak_for_or_listen_as_another_node
 
     for subject in ("pulse.>", "logs.>"):
         await admin.subscribe(subject, hear)
-    await admin.nc.flush()
+    await admin.flush()
     f2_inbox = identity_inbox(str(ids.seed("node f2")))
     assert f2.nc.new_inbox().startswith(f"{f2_inbox}.")
     for subject in (f"{f2_inbox}.>", names.pulse_wildcard("f2")):
@@ -431,15 +431,15 @@ async def test_a_node_with_every_role_cannot_speak_for_or_listen_as_another_node
     for node in ("f1", "f2"):  # its own, then forged
         await f1.publish(names.pulse_subject(node, "selfplay"), b"{}")
         await f1.publish(names.log_subject(node, "selfplay", "info"), b"{}")
-    await f1.nc.flush()
+    await f1.flush()
     await f1.write(names.NODES_BUCKET, "f1", b"{}", ttl_s=5)
     assert await refused(f1.write(names.NODES_BUCKET, "f2", b"forged", ttl_s=5))
     # f2 goes about its work: a request and a watch (replies to its inbox), a pulse.
     await f2.last(names.REGISTRY_BUCKET, "anything")
     async with f2.watch(names.REGISTRY_BUCKET, "k"):
-        await f2.nc.flush()
+        await f2.flush()
     await f2.publish(names.pulse_subject("f2", "heartbeat"), b"{}")
-    await f2.nc.flush()
+    await f2.flush()
     own = [names.pulse_subject("f1", "selfplay"), names.log_subject("f1", "selfplay", "info")]
     refusals = [
         *(f'permissions violation for publish to "{s}"' for s in (*FORGED_BY_F1,)),
