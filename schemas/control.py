@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from schemas.codec import Count, Ident, NonNegative, Text, Timestamp, Token
+from schemas.codec import Count, Ident, NonNegative, Sha256, Text, Timestamp, Token
 
 PROTOCOL = 2  # the wire protocol this build speaks; a new message tag in use bumps it
 # 2: train jobs no longer carry `window_games` (a protocol-1 trainer requires it)
@@ -176,6 +176,48 @@ class FleetCommand(Wire, frozen=True, kw_only=True, tag="conclave.fleet_command.
     reason: Text = ""
 
 
+FleetOrderAction = Literal["restart", "upgrade"]
+FleetOutcome = Literal["received", "done", "refused", "failed"]
+
+
+class WheelRef(msgspec.Struct, frozen=True, kw_only=True):
+    """A wheel in the `wheels` object store: stored under its sha256, which a node checks."""
+
+    name: Ident  # its file name (`conclave-0.3.0-py3-none-any.whl`)
+    digest: Sha256
+    size: Count
+    version: Token  # the version it installs
+
+
+class FleetOrder(Wire, frozen=True, kw_only=True, tag="conclave.fleet_order.v1"):
+    """A one-off admin order to one node's launcher (registry key `fleet.order.<node>`, audited
+    on `events.fleet.<action>.<node>`): `restart` its services, or `upgrade` them to `wheel`.
+    A launcher carries out each order id once and answers with a `FleetReport`."""
+
+    id: Token
+    action: FleetOrderAction
+    node: Token
+    issued_by: Ident
+    at: Timestamp
+    wheel: WheelRef | None = None
+    reason: Text = ""
+
+
+class FleetReport(Wire, frozen=True, kw_only=True, tag="conclave.fleet_report.v1"):
+    """A launcher's answer to an order (registry key `fleet.report.<node>`, written by the node's
+    own identity): `received`, then `done`, `refused` (it keeps running what it ran, `reason`
+    says why) or `failed`. `version` is what the node's services run after it."""
+
+    order: Token
+    action: FleetOrderAction
+    node: Token
+    outcome: FleetOutcome
+    version: Token
+    since: Timestamp  # when the node took the order: services started after it are new
+    at: Timestamp
+    reason: Text = ""
+
+
 CONTROL_MESSAGES: tuple[type[msgspec.Struct], ...] = (
     ServicePulse,
     NodeStatus,
@@ -185,4 +227,6 @@ CONTROL_MESSAGES: tuple[type[msgspec.Struct], ...] = (
     ClusterProtocol,
     MatchEvaluators,
     FleetCommand,
+    FleetOrder,
+    FleetReport,
 )

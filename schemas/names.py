@@ -19,6 +19,7 @@ LOOP_BUCKET = "loop"  # per game: the master loop's state, written by the leader
 
 # Object stores
 MODELS_STORE = "models"  # checkpoint blobs, named by their sha256
+WHEELS_STORE = "wheels"  # upgrade wheels (`conclave fleet upgrade`), named by their sha256
 
 # Streams
 EVENTS_STREAM = "EVENTS"
@@ -354,6 +355,17 @@ def all_fleet_keys() -> str:
     """Every fleet key in the registry (what no identity but admin may write), and no other
     key: a game named `fleet` keeps its own (`fleet.best`)."""
     return fleet_key(ANY)
+
+
+def fleet_order_key(node_id: str) -> str:
+    """Registry key of the last one-off order (restart, upgrade) to a node's launcher, written
+    only by admin; `ANY` for a filter."""
+    return f"fleet.order.{token_or_any(node_id, 'node id')}"
+
+
+def fleet_report_key(node_id: str) -> str:
+    """Registry key where a node's launcher answers its last order, written by that node."""
+    return f"fleet.report.{token_or_any(node_id, 'node id')}"
 
 
 def loop_key(game: str) -> str:

@@ -64,6 +64,7 @@ async def test_up_elects_a_leader_that_status_reports_and_stops_cleanly(
     assert connected_as(out.read_text()) == {
         "local/heartbeat": node_key(tmp_path / "data" / "auth", "local"),
         "local/leader": node_key(tmp_path / "data" / "auth", "local"),
+        "local/launcher": node_key(tmp_path / "data" / "auth", "local"),  # its fleet orders
     }
 
     children = _children_of(up.pid, 3) or []

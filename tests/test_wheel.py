@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,30 +20,12 @@ import pytest
 
 from shared.bus.server import free_port, server_binary
 from tests.conftest import pids_mentioning
+from tests.wheels import ROOT, build_wheel
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("heavy"), pytest.mark.timeout(300)]
 
-ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("pyproject.toml", "setup.py", "README.md", "services", "shared", "schemas")
 PACKAGES = ("services", "shared", "schemas")
-BUILT = ("*.so", "*.pyc", "__pycache__", "build", "*.egg-info")  # products, not sources
 NOT_SHIPPED = {".py", ".pyc", ".so", ".c"}  # code, compiled, or compiled into the extension
-
-
-def build_wheel(tmp: Path) -> Path:
-    """`pip wheel` of a copy of the sources (the checkout is left alone), offline."""
-    src = tmp / "src"
-    src.mkdir()
-    for name in SOURCES:
-        path = ROOT / name
-        if path.is_dir():
-            shutil.copytree(path, src / name, ignore=shutil.ignore_patterns(*BUILT))
-        else:
-            shutil.copy2(path, src / name)
-    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index"]
-    subprocess.run([*pip, "-q", "-w", str(tmp / "dist"), str(src)], check=True, timeout=240)
-    [wheel] = (tmp / "dist").glob("conclave-*.whl")
-    return wheel
 
 
 def fresh_venv(tmp: Path, wheel: Path) -> Path:

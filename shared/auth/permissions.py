@@ -278,6 +278,7 @@ def fleet_commands() -> list[str]:
     """Issuing a fleet command: its standing registry key and its audit event (admin only)."""
     return [
         *kv_write(names.REGISTRY_BUCKET, names.all_fleet_keys()),
+        *kv_write(names.REGISTRY_BUCKET, names.fleet_order_key(names.ANY)),
         names.all_fleet_events(),
     ]
 
@@ -349,7 +350,12 @@ def node_permissions(node_id: str, identity: str, roles: tuple[Role, ...] = ()) 
     if "admin" in roles:
         raise ValueError(f"node {node_id}: roles may not include admin")
     own = Permissions(
-        publish=kv_write(names.NODES_BUCKET, names.node_key(node_id)),
+        publish=[
+            *kv_write(names.NODES_BUCKET, names.node_key(node_id)),
+            *kv_read(names.REGISTRY_BUCKET),  # its fleet orders, answered under its own key
+            *kv_write(names.REGISTRY_BUCKET, names.fleet_report_key(node_id)),
+            *reader(names.object_stream(names.WHEELS_STORE)),  # the wheel of an upgrade
+        ],
         subscribe=[names.pulse_wildcard(node_id)],
     )
     return combined(frozenset(roles), identity, own, node_id)
@@ -475,6 +481,22 @@ def capabilities() -> list[tuple[str, str, str]]:
             names.kv_subject(names.REGISTRY_BUCKET, names.fleet_key(EXAMPLE_NODE)),
         ),
         ("record a fleet command's audit event", "pub", names.fleet_event_subject("drain", other)),
+        (
+            f"order a node's restart or upgrade (`{EXAMPLE_NODE}`)",
+            "pub",
+            names.kv_subject(names.REGISTRY_BUCKET, names.fleet_order_key(EXAMPLE_NODE)),
+        ),
+        (
+            f"answer its fleet orders (`{EXAMPLE_NODE}`)",
+            "pub",
+            names.kv_subject(names.REGISTRY_BUCKET, names.fleet_report_key(EXAMPLE_NODE)),
+        ),
+        (
+            "answer another node's fleet orders",
+            "pub",
+            names.kv_subject(names.REGISTRY_BUCKET, names.fleet_report_key(other)),
+        ),
+        ("store an upgrade wheel", "pub", names.object_chunk_subject(names.WHEELS_STORE, "x")),
         ("publish another node's pulses", "pub", names.pulse_subject(other, "selfplay")),
         ("publish another node's log lines", "pub", names.log_subject(other, "selfplay", "info")),
         ("read its own inbox", "sub", f"{names.inbox_prefix(KEY)}.x"),

@@ -112,6 +112,7 @@ def _streams() -> list[StreamConfig]:
         ),
         StreamConfig(name=names.RESULTS_STREAM, subjects=[names.all_results()]),
         object_store_stream(names.MODELS_STORE),
+        object_store_stream(names.WHEELS_STORE),
     ]
 
 

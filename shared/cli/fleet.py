@@ -30,7 +30,7 @@ from shared.work.fleet import drain_text, is_draining
 CONFIRM_EVERY_S = 0.25
 STALE_AFTER_S = 5.0  # a status older than this is from a node that is gone (the TTL)
 
-FleetVerb = Literal["ls", "drain", "resume"]
+FleetVerb = Literal["ls", "drain", "resume", "restart", "upgrade"]
 
 
 class NotIssued(BusError):

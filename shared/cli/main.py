@@ -211,6 +211,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         eval_budget=args.eval_budget,
         selfplay_workers=args.selfplay_workers,
         tune=_checked_tuning(args.preset or games.game, args.tune),
+        remote_upgrade=not args.no_remote_upgrade,
     )
     return asyncio.run(launcher.node_main(opts))
 
@@ -364,6 +365,12 @@ def cmd_games(args: argparse.Namespace) -> int:
     return games_main(args.json, sys.stdout)
 
 
+def cmd_self_test(args: argparse.Namespace) -> int:
+    from shared.cli.selftest import self_test_main
+
+    return self_test_main(args.json, sys.stdout, sys.stderr)
+
+
 def cmd_schemas(args: argparse.Namespace) -> int:
     from schemas.export import export
 
@@ -387,6 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--archive", default="conclave-archive", help="syncer target: s3://BUCKET/PREFIX or a dir"
     )
     node.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL")
+    node.add_argument(
+        "--no-remote-upgrade",
+        action="store_true",
+        help="refuse `conclave fleet upgrade` (restarts are still taken)",
+    )
     node.add_argument(
         "--via-leaf",
         default=None,
@@ -528,6 +540,12 @@ def build_parser() -> argparse.ArgumentParser:
     schemas.add_argument("--out", required=True)
     schemas.set_defaults(handler=cmd_schemas)
 
+    self_test = sub.add_parser(
+        "self-test", help="check this installation: every module imports, a game is played"
+    )
+    self_test.add_argument("--json", action="store_true")
+    self_test.set_defaults(handler=cmd_self_test)
+
     _add_bestmove(sub)
     _add_play(sub)
     _add_fleet(sub)
@@ -572,11 +590,31 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         as_json=getattr(args, "json", False),
         wait_s=getattr(args, "wait", 0.0),
     )
+    if args.fleet_command in ("restart", "upgrade"):
+        return _fleet_order(args, request.issued_by)
     return asyncio.run(fleet_main(_client(args, "fleet"), request))
 
 
+def _fleet_order(args: argparse.Namespace, issued_by: str) -> int:
+    from shared.cli.fleetorders import OrderRequest, run_orders
+
+    request = OrderRequest(
+        action=args.fleet_command,
+        nodes=args.nodes,
+        role=args.role or "",
+        rolling=args.rolling,
+        wheel=getattr(args, "wheel", ""),
+        reason=args.reason,
+        issued_by=issued_by,
+        timeout_s=args.timeout,
+    )
+    return asyncio.run(run_orders(_client(args, "fleet"), request))
+
+
 def _add_fleet(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    fleet = sub.add_parser("fleet", help="the nodes over the bus: list, drain, resume (admin)")
+    fleet = sub.add_parser(
+        "fleet", help="the nodes over the bus: list, drain, resume, restart, upgrade (admin)"
+    )
     verbs = fleet.add_subparsers(dest="fleet_command", required=True)
     ls = verbs.add_parser(
         "ls", help="every node: roles, version, protocol, devices, uptime, round trip, state"
@@ -597,6 +635,25 @@ def _add_fleet(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             metavar="SECONDS",
             help="wait this long for the node to show it (0: do not wait)",
         )
+        _nats_option(p)
+    for verb, what in (
+        ("restart", "restart their services (the leader's lease is released first)"),
+        ("upgrade", "install --wheel beside the running version, self-test it, switch to it"),
+    ):
+        p = verbs.add_parser(verb, help=f"[NODE ...]: {what} (admin only; audited)")
+        p.add_argument("nodes", nargs="*", help="default: every live node (with --role)")
+        p.add_argument("--role", default=None, help="every live node with this role")
+        p.add_argument("--rolling", action="store_true", help="one node at a time, when healthy")
+        p.add_argument("--reason", default="", help="kept with the order and its audit event")
+        p.add_argument(
+            "--timeout",
+            type=float,
+            default=300.0,
+            metavar="SECONDS",
+            help="for each node to be healthy again",
+        )
+        if verb == "upgrade":
+            p.add_argument("--wheel", required=True, help="the conclave wheel to install")
         _nats_option(p)
     fleet.set_defaults(handler=cmd_fleet)
 

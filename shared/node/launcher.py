@@ -13,6 +13,7 @@ import msgspec
 
 from schemas import names
 from schemas.codec import encode
+from schemas.control import FleetOrder
 from services.evaluator import EvaluatorConfig
 from services.heartbeat import HeartbeatConfig
 from services.leader import LeaderConfig
@@ -23,10 +24,12 @@ from shared.archive import S3Config
 from shared.auth.identities import node_roles, node_seed_path
 from shared.auth.permissions import ROLES, Role
 from shared.bus.client import BusConfig, identity_inbox
+from shared.bus.ports import Bus
 from shared.bus.server import HUB_DOMAIN
 from shared.lease.quorum import LeaseParams
 from shared.loop.evalplan import EvalBudget
 from shared.loop.presets import Preset, preset, tuned
+from shared.node.control import Control, ControlOptions
 from shared.node.leaf import LocalLeaf
 from shared.runtime.service import ProcessConfig
 from shared.runtime.supervisor import Child, ChildSpec, KillRecord, Limits, python_module_argv
@@ -84,6 +87,7 @@ class NodeOptions(msgspec.Struct, frozen=True):
     # none: `game` alone, with `preset` and `tune`.
     configs: dict[str, Preset] = {}
     weights: dict[str, float] = {}  # each configuration's base weight in the self-play allocation
+    remote_upgrade: bool = True  # `--no-remote-upgrade`: refuse `conclave fleet upgrade`
 
 
 def parse_roles(text: str) -> list[str]:
@@ -237,8 +241,8 @@ def scheduler_config(opts: NodeOptions, presets: dict[str, Preset]) -> Scheduler
     )
 
 
-def child_spec(service: str, opts: NodeOptions) -> ChildSpec:
-    bus = BusConfig(
+def bus_config(service: str, opts: NodeOptions) -> BusConfig:
+    return BusConfig(
         servers=opts.nats_urls,
         name=f"{opts.node_id}/{service}",
         replicas=opts.replicas,
@@ -247,13 +251,17 @@ def child_spec(service: str, opts: NodeOptions) -> ChildSpec:
         tls_ca=opts.tls_ca,
         inbox_prefix=opts.inbox_prefix,
     )
-    proc = ProcessConfig(opts.node_id, service, bus, log_level=opts.log_level)
+
+
+def child_spec(service: str, opts: NodeOptions, python: str | None = None) -> ChildSpec:
+    """`service`'s process, on `python` (default: this interpreter)."""
+    proc = ProcessConfig(opts.node_id, service, bus_config(service, opts), log_level=opts.log_level)
     config = encode(service_config(service, opts)).decode()
     module = f"services.{names.service_kind(service)}"
 
     def argv(fd: int) -> list[str]:
         with_fd = encode(msgspec.structs.replace(proc, pulse_fd=fd)).decode()
-        return python_module_argv(module, "--process", with_fd, "--config", config)
+        return python_module_argv(module, "--process", with_fd, "--config", config, python=python)
 
     log_path = Path(opts.log_dir) / f"{opts.node_id}-{service}.log" if opts.log_dir else None
     return ChildSpec(service, argv, log_path, restarts_told=True)
@@ -327,14 +335,14 @@ def syncer_config(opts: NodeOptions, cache: str) -> SyncerConfig:
     return SyncerConfig(opts.node_id, cache, s3=s3)
 
 
-def build_children(opts: NodeOptions) -> list[Child]:
+def build_children(opts: NodeOptions, python: str | None = None) -> list[Child]:
     """One supervised child per service; the processes of one kind (self-play's) share their
     kill record, so jobs of that kind dying on this node mark them all."""
     limits = Limits(stall_s=opts.limits_stall_s)
     records: dict[str, KillRecord] = {}
     return [
         Child(
-            child_spec(s, opts),
+            child_spec(s, opts, python),
             limits,
             record=records.setdefault(names.service_kind(s), KillRecord()),
         )
@@ -349,13 +357,85 @@ async def supervise(children: list[Child], stop: asyncio.Event) -> None:
             tg.create_task(child.run(stop), name=f"supervise-{child.spec.name}")
 
 
+class NodeServices:
+    """The node's services, run as one generation of children after another: `restart` stops
+    them all gracefully (the leader releases its lease) and starts new ones, on a new python
+    after an upgrade."""
+
+    def __init__(self, opts: NodeOptions, python: str | None) -> None:
+        self.opts, self.python = opts, python
+        self.children: list[Child] = []  # of every generation, for their history
+        self._restart = asyncio.Event()
+        self._started = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            current = build_children(self.opts, self.python)
+            self.children += current
+            self._restart.clear()
+            generation = asyncio.Event()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(_set_on_first(generation, stop, self._restart), name="generation")
+                self._started.set()
+                await supervise(current, generation)
+
+    async def restart(self, python: str | None = None) -> None:
+        """Stop every service and start them again (on `python`, if given); return once the
+        new ones are spawned."""
+        if python is not None:
+            self.python = python
+        self._started.clear()
+        self._restart.set()
+        await self._started.wait()
+
+
+async def _set_on_first(target: asyncio.Event, *events: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+    target.set()
+
+
+def fleet_state_dir(opts: NodeOptions) -> Path:
+    """Where the launcher keeps its last fleet order and its upgrades."""
+    return Path(opts.cache_dir) / opts.node_id / "fleet"
+
+
+def control_for(opts: NodeOptions, services: NodeServices) -> Control:
+    state = fleet_state_dir(opts)
+
+    async def prepare(bus: Bus, order: FleetOrder) -> str:
+        from shared.node import upgrade  # only when upgrading: it runs pip and a venv
+
+        assert order.wheel is not None  # Control refuses an upgrade without one
+        python = await upgrade.prepare(bus, order.wheel, state)
+        await asyncio.to_thread(upgrade.record_switch, state, python)
+        return python
+
+    cfg = ControlOptions(
+        node_id=opts.node_id,
+        bus=bus_config("launcher", opts),
+        state_dir=str(state),
+        remote_upgrade=opts.remote_upgrade,
+    )
+    return Control(cfg, services.restart, prepare)
+
+
 async def run_node(opts: NodeOptions, stop: asyncio.Event) -> list[Child]:
-    """Supervise the node's services until `stop`; returns the children (for their history)."""
+    """Supervise the node's services until `stop`, taking fleet orders (restart, upgrade)
+    meanwhile; returns the children of every generation (for their history)."""
     if opts.log_dir:
         await asyncio.to_thread(Path(opts.log_dir).mkdir, parents=True, exist_ok=True)
-    children = build_children(opts)
-    await supervise(children, stop)
-    return children
+    from shared.node.upgrade import current_python
+
+    services = NodeServices(opts, await asyncio.to_thread(current_python, fleet_state_dir(opts)))
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(control_for(opts, services).run(stop), name="fleet-control")
+        await services.run(stop)
+    return services.children
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:

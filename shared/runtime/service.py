@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import logging
 import os
+import re
 import signal
 import statistics
 import sys
@@ -30,11 +32,30 @@ from shared.work.jobs import JOB_TYPES, report_failure
 
 log = logging.getLogger("conclave.service")
 
+
+def installed_version() -> str:
+    """The installed `conclave` package's version (pyproject.toml's when installed from this
+    checkout); a placeholder when run from sources that were never installed."""
+    try:
+        return importlib.metadata.version("conclave")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+def semver(version: str) -> str:
+    """`version` as the semantic version a micro service must announce (nats-py refuses any
+    other): a PEP 440 one that is not (`0.3.0rc1`, `0.3`) goes into `0.0.0+`'s build metadata."""
+    if re.fullmatch(SEMVER, version):
+        return version
+    return "0.0.0+" + ".".join(re.findall(r"[0-9A-Za-z-]+", version))
+
+
 C = TypeVar("C")
 RunFn = Callable[[Bus, C, asyncio.Event], Awaitable[None]]
 
 LAG_TICK_S = 0.05
-VERSION = "0.1.0"
+VERSION = installed_version()
+SEMVER = r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(\+[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?"
 NO_JOBS = "no jobs: "  # what a worker that takes no jobs is doing, then why
 
 
@@ -209,7 +230,7 @@ async def register(bus: Bus, proc: ProcessConfig) -> Registration | None:
     (behind NAT too: it answers over its own outbound connection)."""
     return await bus.register_service(
         f"conclave-{proc.service}",
-        VERSION,
+        semver(VERSION),
         f"Conclave {proc.service} on {proc.node_id}",
         {"node": proc.node_id, "service": proc.service, "pid": str(os.getpid())},
     )

@@ -274,5 +274,6 @@ def _kill(proc: asyncio.subprocess.Process) -> None:
             proc.kill()
 
 
-def python_module_argv(module: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", module, *args]
+def python_module_argv(module: str, *args: str, python: str | None = None) -> list[str]:
+    """Run `module` on `python` (by default this interpreter; an upgrade's is another)."""
+    return [python or sys.executable, "-m", module, *args]

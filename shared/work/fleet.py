@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Literal
 
 from schemas import names
 from schemas.codec import BadMessage, decode
-from schemas.control import FleetCommand
+from schemas.control import FleetCommand, FleetOrder, FleetReport, NodeStatus
 from shared.bus.errors import BusError
 from shared.bus.ports import KV, Clock, SystemClock
 from shared.runtime.once import Warn, WarnOnce
@@ -98,3 +99,47 @@ class Standing:
     @property
     def draining(self) -> bool:
         return is_draining(self.command)
+
+
+OrderStep = Literal["carry out", "already done", "started since", "refuse upgrade"]
+
+
+def order_step(
+    order: FleetOrder, handled: str, started_at: float, remote_upgrade: bool
+) -> OrderStep:
+    """What a launcher does with the order it finds under its key (pure): each order id once
+    (`handled`, the last it answered, kept across its restarts); a restart issued before the
+    launcher started is done already (its services are newer); upgrades only if allowed."""
+    if order.id == handled:
+        return "already done"
+    if order.action == "restart" and order.at < started_at:
+        return "started since"
+    if order.action == "upgrade" and not remote_upgrade:
+        return "refuse upgrade"
+    return "carry out"
+
+
+OrderState = Literal["waiting", "healthy", "refused"]
+
+
+def order_state(
+    order: FleetOrder, report: FleetReport | None, status: NodeStatus | None, now: float
+) -> tuple[OrderState, str]:
+    """How far `order` has got on its node (pure), with a line for people: `healthy` once the
+    node answered `done` and its status is fresh, written by services started after it took the
+    order, every one alive (and, for an upgrade, at the wheel's version); `refused` when it
+    answered so (or failed). The status's times are the node's own clock, like the report's."""
+    if report is None or report.order != order.id:
+        return "waiting", "the order is not yet taken"
+    if report.outcome in ("refused", "failed"):
+        return "refused", f"{report.outcome}: {report.reason}"
+    if report.outcome != "done":
+        return "waiting", "taken, carrying it out"
+    if status is None or status.sent_at < report.at or status.started_at < report.since:
+        return "waiting", "done; waiting for the new services' status"
+    down = [s.name for s in status.services if not s.alive]
+    if down:
+        return "waiting", f"done; waiting for {', '.join(down)}"
+    if order.wheel is not None and status.version != order.wheel.version:
+        return "refused", f"runs {status.version}, not {order.wheel.version}, after the upgrade"
+    return "healthy", f"healthy at {status.version}"

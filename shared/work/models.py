@@ -1,4 +1,5 @@
 """Model blobs in the JetStream object store `models`, named by sha256, with a verified local cache.
+Any other store of blobs named by sha256 (`wheels`) is read and written the same way.
 
 nats-py's `ObjectStore.get` is capped near 40 MB/s by a 250 ms flow-control poll (nats.py#703),
 so downloads use our own reader: a pull consumer on the object's chunk subject, streaming to a
@@ -33,7 +34,6 @@ log = logging.getLogger("conclave.models")
 
 CHUNK_BYTES = 1024 * 1024
 FETCH_BATCH = 64
-MODELS_STREAM = names.object_stream(names.MODELS_STORE)
 
 
 class ModelError(BusError):
@@ -61,35 +61,42 @@ class ObjectMeta(msgspec.Struct, frozen=True):
     deleted: bool = False
 
 
-def meta_subject(name: str) -> str:
-    return names.object_meta_subject(names.MODELS_STORE, name)
+def meta_subject(name: str, store: str = names.MODELS_STORE) -> str:
+    return names.object_meta_subject(store, name)
 
 
-def chunk_subject(nuid: str) -> str:
-    return names.object_chunk_subject(names.MODELS_STORE, nuid)
+def chunk_subject(nuid: str, store: str = names.MODELS_STORE) -> str:
+    return names.object_chunk_subject(store, nuid)
 
 
-async def read_meta(bus: Streams, digest: str) -> ObjectMeta | None:
-    """Model `digest`'s meta as first written (None: no such object); UnreadableMeta naming the
+def blob_kind(store: str) -> str:
+    """What errors call a blob of `store`: `model` for `models`, `wheel` for `wheels`."""
+    return store.removesuffix("s")
+
+
+async def read_meta(
+    bus: Streams, digest: str, store: str = names.MODELS_STORE
+) -> ObjectMeta | None:
+    """Blob `digest`'s meta as first written (None: no such object); UnreadableMeta naming the
     field when it does not decode."""
-    subject = meta_subject(digest)
-    raw = await bus.first_on(MODELS_STREAM, subject)
+    subject, kind = meta_subject(digest, store), blob_kind(store)
+    raw = await bus.first_on(names.object_stream(store), subject)
     if raw is None:
         return None
     try:
         meta = decode(raw.data, ObjectMeta, subject=subject)
         names.check_token(meta.nuid, "nuid")
     except BadMessage as e:
-        raise UnreadableMeta(f"model {digest}: meta field {e.field}: {e.reason}") from e
+        raise UnreadableMeta(f"{kind} {digest}: meta field {e.field}: {e.reason}") from e
     except names.BadName as e:
-        raise UnreadableMeta(f"model {digest}: meta field $.nuid: {e}") from e
+        raise UnreadableMeta(f"{kind} {digest}: meta field $.nuid: {e}") from e
     return None if meta.deleted else meta
 
 
-async def is_stored(bus: Streams, digest: str) -> bool:
-    """Whether model `digest` is in the object store with a readable meta."""
+async def is_stored(bus: Streams, digest: str, store: str = names.MODELS_STORE) -> bool:
+    """Whether blob `digest` is in the object store with a readable meta."""
     try:
-        return await read_meta(bus, digest) is not None
+        return await read_meta(bus, digest, store) is not None
     except UnreadableMeta:
         return False
 
@@ -113,12 +120,23 @@ def sha256_hex(data: bytes) -> str:
 
 
 class ModelStore:
-    """The object store plus this node's cache directory of verified blobs."""
+    """The object store (`models` unless told) plus this node's cache directory of verified
+    blobs."""
 
-    def __init__(self, bus: Bus, cache_dir: Path, max_cache_bytes: int = 2 * 1024**3) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        cache_dir: Path,
+        max_cache_bytes: int = 2 * 1024**3,
+        *,
+        store: str = names.MODELS_STORE,
+    ) -> None:
         self.bus = bus
         self.cache_dir = cache_dir
         self.max_cache_bytes = max_cache_bytes
+        self.store = store
+        self.kind = blob_kind(store)
+        self._stream = names.object_stream(store)
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def put(self, data: bytes) -> str:
@@ -129,13 +147,13 @@ class ModelStore:
             await self._check_chunks(digest, meta)
             return digest
         # Not nats-py's `put`: the store refuses its rollup header (`Bus.put_object`).
-        await self.bus.put_object(names.MODELS_STORE, digest, data, CHUNK_BYTES)
+        await self.bus.put_object(self.store, digest, data, CHUNK_BYTES)
         return digest
 
     async def meta(self, digest: str) -> ObjectMeta | None:
         """The object's meta as first written (None: no such object); UnreadableMeta naming the
         field when it does not decode."""
-        return await read_meta(self.bus, digest)
+        return await read_meta(self.bus, digest, self.store)
 
     def cached(self, digest: str) -> Path | None:
         path = self.cache_dir / digest
@@ -160,14 +178,14 @@ class ModelStore:
     async def _download(self, digest: str) -> Path:
         meta = await self.meta(digest)
         if meta is None:
-            raise ModelMissing(f"model {digest} is not in the object store")
+            raise ModelMissing(f"{self.kind} {digest} is not in the object store")
         await self._check_chunks(digest, meta)
         fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=f".{digest[:12]}-")
         os.close(fd)
         try:
             got = await self._stream_chunks(meta.nuid, meta.chunks, Path(tmp))
             if got != digest:
-                raise DigestMismatch(f"model {digest} arrived with sha256 {got}; discarded")
+                raise DigestMismatch(f"{self.kind} {digest} arrived with sha256 {got}; discarded")
             final = self.cache_dir / digest
             await asyncio.to_thread(os.replace, tmp, final)
             return final
@@ -178,17 +196,18 @@ class ModelStore:
     async def _check_chunks(self, digest: str, meta: ObjectMeta) -> None:
         """Refuse at once a meta that promises more chunks than its subject holds (the reader
         would otherwise wait for them)."""
-        stored = sum(
-            (await self.bus.subject_counts(MODELS_STREAM, chunk_subject(meta.nuid))).values()
-        )
+        subject = chunk_subject(meta.nuid, self.store)
+        stored = sum((await self.bus.subject_counts(self._stream, subject)).values())
         if stored < meta.chunks:
             raise UnreadableMeta(
-                f"model {digest}: meta field $.chunks: {meta.chunks}, the store holds {stored}"
+                f"{self.kind} {digest}: meta field $.chunks: {meta.chunks}, "
+                f"the store holds {stored}"
             )
 
     async def _stream_chunks(self, nuid: str, chunks: int, target: Path) -> str:
         hasher = hashlib.sha256()
-        batches = self.bus.object_chunks(MODELS_STREAM, chunk_subject(nuid), chunks, FETCH_BATCH)
+        subject = chunk_subject(nuid, self.store)
+        batches = self.bus.object_chunks(self._stream, subject, chunks, FETCH_BATCH)
         async with contextlib.aclosing(batches):
             with target.open("wb") as sink:
                 async for payloads in batches:
