@@ -238,6 +238,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         eval_budget=args.eval_budget,
         selfplay_workers=args.selfplay_workers,
         tune=_checked_tuning(games.game, args.tune),
+        remote_upgrade=not args.no_remote_upgrade,
     )
     return asyncio.run(up.up_main(opts))
 
@@ -379,6 +380,14 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     return 0
 
 
+def _upgrade_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-remote-upgrade",
+        action="store_true",
+        help="refuse `conclave fleet upgrade` (restarts are still taken)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="conclave", description=__doc__)
     parser.add_argument("--log-level", default="warning")
@@ -395,11 +404,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     node.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL")
     node.add_argument(
-        "--no-remote-upgrade",
-        action="store_true",
-        help="refuse `conclave fleet upgrade` (restarts are still taken)",
-    )
-    node.add_argument(
         "--via-leaf",
         default=None,
         metavar="HUB_LEAF_URLS",
@@ -410,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset", default=None, choices=sorted(PRESETS), help="loop settings; default: --game's"
     )
     _game_options(node)
+    _upgrade_option(node)
     _nats_option(node)
     _lease_options(node)
     node.set_defaults(handler=cmd_node)
@@ -420,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-train", action="store_true", help="control plane only")
     up.add_argument("--generations", type=int, default=None, help="stop after N promotions")
     _game_options(up)
+    _upgrade_option(up)
     _lease_options(up)
     up.set_defaults(handler=cmd_up)
 

@@ -43,6 +43,7 @@ class UpOptions(msgspec.Struct, frozen=True):
     tune: list[str] = []  # preset changes (shared.loop.presets.tuned)
     configs: dict[str, Preset] = {}  # `--config`: several configurations (shared.loop.configfile)
     weights: dict[str, float] = {}
+    remote_upgrade: bool = True  # `--no-remote-upgrade`: refuse `conclave fleet upgrade`
 
     @property
     def games(self) -> list[str]:
@@ -81,6 +82,7 @@ async def up_main(opts: UpOptions) -> int:
             tune=opts.tune,
             configs=opts.configs,
             weights=opts.weights,
+            remote_upgrade=opts.remote_upgrade,
         )
         _print_where(server, data, opts)
         admin = str(seed_path(data / "auth", "admin"))
