@@ -1,7 +1,8 @@
 """Does a model win more than a player's fair share against plain UCT? An SPRT says when.
 
     .venv/bin/python bench/fair_share.py --game tictacmo --checkpoint PATH [--opponent mcts:200]
-        [--sims 32] [--margin 0.15] [--batch G] [--max-games N] [--seed K] [--json]
+        [--player BASELINE] [--sims 32] [--margin 0.15] [--batch G] [--max-games N] [--seed K]
+        [--json]
 
 The model plays seat-rotated games (`shared.learn.arena`: seat i % P in game i, the opponent in
 every other seat) in batches of G games (a multiple of the player count P) until Wald's SPRT on
@@ -36,7 +37,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.batch % players:
         raise SystemExit(f"--batch {args.batch} is not a multiple of the {players} players")
     test = ShareTest(players, margin=args.margin)
-    name, model = model_player(game, args.checkpoint, args.sims)
+    if args.player:  # a baseline in the model's seat: how high the bar is for this game
+        name, model = args.player, AgentPlayer(make_agent(args.player))
+    else:
+        name, model = model_player(game, args.checkpoint, args.sims)
     opponent = AgentPlayer(make_agent(args.opponent))
     started = time.perf_counter()
     won = played = pairs_won = pairs = 0
@@ -73,6 +77,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--game", required=True)
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--opponent", default="mcts:200")
+    parser.add_argument(
+        "--player", default="", help="a baseline (e.g. mcts:3200) instead of the model"
+    )
     parser.add_argument("--sims", type=int, default=32, help="the model's simulations per move")
     parser.add_argument("--margin", type=float, default=0.15, help="H1's win rate above 1/P")
     parser.add_argument("--batch", type=int, default=12, help="games per batch")
