@@ -165,7 +165,13 @@ def test_the_elo_chain_starts_at_the_first_net_and_stays_flat_through_rejections
     assert chain.points == [(10, 0.0), (300, 42.5), (600, 42.5)]
     assert chain.promoted_at == 9.0
     assert promoted(chain, 900, None, 12.0).points == chain.points  # ungated: no Elo to add
-    assert slope(chain.points) == pytest.approx(1000 * 42.5 / 590)
+    # The least-squares line through (10, 0), (300, 42.5), (600, 42.5):
+    games, elo = (10, 300, 600), (0.0, 42.5, 42.5)
+    mean_g, mean_e = sum(games) / 3, sum(elo) / 3
+    line = sum((g - mean_g) * (e - mean_e) for g, e in zip(games, elo, strict=True)) / sum(
+        (g - mean_g) ** 2 for g in games
+    )
+    assert slope(chain.points) == pytest.approx(1000 * line)
 
 
 @given(st.lists(st.tuples(st.integers(0, 100), st.floats(-50.0, 50.0)), max_size=40))

@@ -8,9 +8,11 @@ al. 2017: practise where the learner improves fastest, never stop practising any
 
 learning: the recent slope of the config's Elo chain (`Progress`: cumulative SPRT Elo of each
 promotion, flat through each rejection, against the self-play games it was trained on), in Elo
-per 1000 games over its last `RECENT_POINTS` points:
+per 1000 games: the least-squares line through its last `RECENT_POINTS` points (each gate
+estimate is noisy; a line through several damps one lucky or unlucky match, where the two
+endpoints alone made the factors jump between the floor and 1):
 
-    slope_i = 1000 * (elo_last - elo_first) / (games_last - games_first)
+    slope_i = 1000 * least-squares slope of elo against games over the recent points
     learning_i = max(FLOOR, max(0, slope_i) / max_j slope_j)      (j over configs with a signal)
 
 A config with fewer than `MIN_POINTS` points, or no games between them, has no signal and gets
@@ -42,11 +44,13 @@ import msgspec
 
 FLOOR = 0.25  # the least learning factor: a plateaued config keeps practising
 MIN_POINTS = 3  # points of the Elo chain before its slope counts (two decisions after the first)
-RECENT_POINTS = 4  # the slope is over this many newest points
+RECENT_POINTS = 8  # the slope is a line through this many newest points
 HISTORY_POINTS = 16  # points kept per config in the loop record
 STALE_MAX = 1.5  # the most the staleness factor grows
 STALE_HORIZON_S = 3600.0  # ... reached this long after the last promotion
-ACTUAL_WINDOW_S = 1200.0  # the actual share is over the self-play worker time of this window
+# The actual share is over the self-play worker time of this window: short, so a config that
+# played a burst while its target was high is not held back for long once the target falls.
+ACTUAL_WINDOW_S = 300.0
 MAX_TICK_S = 5.0  # the most worker time one scheduler tick credits
 
 
@@ -87,14 +91,18 @@ def rejected(progress: Progress, games: int) -> Progress:
 
 
 def slope(points: list[tuple[int, float]]) -> float | None:
-    """Elo per 1000 games over the newest `RECENT_POINTS` points; None without a signal."""
+    """Elo per 1000 games, the least-squares line through the newest `RECENT_POINTS` points;
+    None without a signal (too few points, or no games between them)."""
     recent = points[-RECENT_POINTS:]
     if len(recent) < MIN_POINTS:
         return None
-    (g0, e0), (g1, e1) = recent[0], recent[-1]
-    if g1 <= g0:
+    mean_g = math.fsum(g for g, _ in recent) / len(recent)
+    mean_e = math.fsum(e for _, e in recent) / len(recent)
+    spread = math.fsum((g - mean_g) ** 2 for g, _ in recent)
+    if spread <= 0:
         return None
-    return 1000.0 * (e1 - e0) / (g1 - g0)
+    covariance = math.fsum((g - mean_g) * (e - mean_e) for g, e in recent)
+    return 1000.0 * covariance / spread
 
 
 def learning_factors(slopes: Mapping[str, float | None]) -> dict[str, float]:
