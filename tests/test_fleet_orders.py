@@ -182,6 +182,11 @@ async def test_restart_and_a_refused_upgrade_on_a_running_node(
     assert up.pids() == after  # it kept running what it ran
     node = up.node()
     assert node["version"] != "9.9.7"
+    order = node["order"]
+    assert isinstance(order, dict) and order["action"] == "upgrade"
+    assert order["outcome"] == "refused" and "self-test failed" in order["reason"]
+    listed = up.conclave("fleet", "ls").stdout
+    assert "last order: upgrade refused" in listed, listed
     assert not (tmp_path / "data" / "cache" / "local" / "fleet" / "current").exists()
 
     # Only admin orders: the node's own identity is refused, and nothing happens.

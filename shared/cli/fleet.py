@@ -12,14 +12,16 @@ else, so nothing takes effect unaudited.
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 
 from schemas import names
 from schemas.codec import BadMessage, decode, encode
-from schemas.control import FleetAction, FleetCommand, NodeStatus
+from schemas.control import FleetAction, FleetCommand, FleetReport, NodeStatus
 from shared.bus.client import BusConfig, NatsBus
 from shared.bus.compat import accepted_range
 from shared.bus.errors import BusError
@@ -30,6 +32,7 @@ from shared.work.fleet import drain_text, is_draining
 CONFIRM_EVERY_S = 0.25
 STALE_AFTER_S = 5.0  # a status older than this is from a node that is gone (the TTL)
 
+Noded = TypeVar("Noded", FleetCommand, FleetReport)
 FleetVerb = Literal["ls", "drain", "resume", "restart", "upgrade"]
 
 
@@ -65,6 +68,7 @@ class FleetNode(msgspec.Struct, frozen=True, kw_only=True):
     unsupported: str = ""  # why it gets no work (below the hard minimum)
     upgrade: str = ""  # below the announced next minimum: works, should upgrade
     command: FleetCommand | None = None  # its standing fleet command
+    order: FleetReport | None = None  # its answer to its last order (restart, upgrade)
 
 
 def node_state(info: NodeInfo | None, command: FleetCommand | None) -> str:
@@ -118,28 +122,41 @@ async def statuses(bus: Bus, problems: list[str]) -> dict[str, NodeStatus]:
 
 async def standing_commands(bus: Bus, problems: list[str]) -> dict[str, FleetCommand]:
     """Every node's standing fleet command, by node."""
+    return await by_node(bus, names.fleet_key, FleetCommand, problems)
+
+
+async def last_reports(bus: Bus, problems: list[str]) -> dict[str, FleetReport]:
+    """Every node's answer to its last fleet order (restart, upgrade), by node."""
+    return await by_node(bus, names.fleet_report_key, FleetReport, problems)
+
+
+async def by_node(
+    bus: Bus, key: Callable[[str], str], kind: type[Noded], problems: list[str]
+) -> dict[str, Noded]:
+    """The newest value under each node's registry key `key(node)`, one naming its own node."""
     bucket = names.REGISTRY_BUCKET
-    subject = names.kv_subject(bucket, names.fleet_key(names.ANY))
-    commands: dict[str, FleetCommand] = {}
-    for msg in await bus.read_all(names.kv_stream(bucket), subject):
+    found: dict[str, Noded] = {}
+    for msg in await bus.read_all(
+        names.kv_stream(bucket), names.kv_subject(bucket, key(names.ANY))
+    ):
         if msg.headers.get("KV-Operation") in ("DEL", "PURGE"):
             continue
         try:
-            command = decode(msg.data, FleetCommand, subject=msg.subject)
+            value = decode(msg.data, kind, subject=msg.subject)
         except BadMessage as e:
             problems.append(f"{msg.subject}: unreadable: {unreadable(e)}")
             continue
-        if not under_its_key(msg.subject, command.node):
-            problems.append(f"{msg.subject}: names node {command.node!r}: ignored")
+        if not under_its_key(msg.subject, key, value.node):
+            problems.append(f"{msg.subject}: names node {value.node!r}: ignored")
             continue
-        commands[command.node] = command  # oldest first: the last one stands
-    return commands
+        found[value.node] = value  # oldest first: the last one stands
+    return found
 
 
-def under_its_key(subject: str, node: str) -> bool:
-    """Whether a fleet command read from `subject` is filed under the node it names."""
+def under_its_key(subject: str, key: Callable[[str], str], node: str) -> bool:
+    """Whether a value read from `subject` is filed under the node it names."""
     try:
-        return subject == names.kv_subject(names.REGISTRY_BUCKET, names.fleet_key(node))
+        return subject == names.kv_subject(names.REGISTRY_BUCKET, key(node))
     except names.BadName:
         return False
 
@@ -149,12 +166,14 @@ async def gather(bus: Bus, problems: list[str]) -> list[FleetNode]:
     now = bus.clock.time()
     found = await statuses(bus, problems)
     commands = await standing_commands(bus, problems)
+    reports = await last_reports(bus, problems)
     accepted = await accepted_range(bus)
     rows = []
     for node in sorted(set(found) | set(commands)):
         status = found.get(node)
         info = None if status is None else node_info(status, now, accepted, STALE_AFTER_S)
-        rows.append(fleet_node(node, status, info, commands.get(node)))
+        row = fleet_node(node, status, info, commands.get(node))
+        rows.append(msgspec.structs.replace(row, order=reports.get(node)))
     return rows
 
 
@@ -197,7 +216,16 @@ def notes(row: FleetNode) -> list[str]:
         out.append(f"    UPGRADE: {row.upgrade}")
     if row.command is not None and is_draining(row.command):
         out.append(f"    {drain_text(row.command)}")
+    if row.order is not None:
+        out.append(f"    {order_text(row.order)}")
     return out
+
+
+def order_text(report: FleetReport) -> str:
+    """A node's answer to its last order, for people."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(report.at))
+    why = f": {report.reason}" if report.reason else ""
+    return f"last order: {report.action} {report.outcome} at {when} ({report.version}){why}"
 
 
 def confirmation(status: NodeStatus | None, action: FleetAction, now: float) -> str | None:
