@@ -128,13 +128,16 @@ class LeaderEvent(Wire, frozen=True, kw_only=True, tag="conclave.leader_event.v1
 
 
 class LeaderValidity(Wire, frozen=True, kw_only=True, tag="conclave.leader_validity.v1"):
-    """A holder's promise: it leads `term` from `valid_from` to `valid_until` at most."""
+    """A holder's promise: it leads `term` from `valid_from` to `valid_until` at most. `final`:
+    it stepped down at `valid_until` (a release), which ends the term before its promises ran
+    out, so a contender may take over at once without the two overlapping."""
 
     node: Token
     instance: Ident
     term: Count
     valid_from: Timestamp
     valid_until: Timestamp
+    final: bool = False
 
 
 class ClusterProtocol(Wire, frozen=True, tag="conclave.cluster_protocol.v1"):

@@ -12,7 +12,7 @@ from schemas.control import Lease
 from shared.bus.errors import BusError
 from shared.bus.ports import Bus
 from shared.bus.server import NatsServer
-from shared.lease.audit import LeaseAudit
+from shared.lease.audit import LeaseAudit, Term
 from tests.conftest import Processes, eventually, process_config
 
 
@@ -69,13 +69,24 @@ async def _other_holder(bus: Bus, old_instance: str) -> Lease | None:
 async def test_sigterm_releases_the_lease_for_an_immediate_takeover(
     nats_server: NatsServer, bus: Bus, processes: Processes
 ) -> None:
+    audit = await LeaseAudit().start(bus)
     procs = start_contenders(processes, [nats_server.url], ["a", "b"])
     lease = await eventually(lambda: current_lease(bus), 15, what="a leader")
     procs[lease.node].send_signal(signal.SIGTERM)
     stopped_at = time.monotonic()
-    await eventually(lambda: _other_holder(bus, lease.instance), 5, what="takeover")
+    new = await eventually(lambda: _other_holder(bus, lease.instance), 5, what="takeover")
     assert time.monotonic() - stopped_at < 1.5
     assert procs[lease.node].wait(5) == 0
+
+    # The released term ended on the audit trail before the next began: no overlap, although
+    # its last promise (up to a TTL ahead) had not run out when the contender took over.
+    def term_of(instance: str) -> Term | None:
+        return next((t for t in audit.terms.values() if t.instance == instance), None)
+
+    began = await eventually(lambda: term_of(new.instance), 5, what="the new term's promise")
+    ended = term_of(lease.instance)
+    assert ended is not None and ended.ended and ended.valid_until <= began.valid_from
+    assert audit.overlaps() == []
 
 
 async def test_garbage_in_the_lease_key_is_logged_with_the_field_and_survived(

@@ -21,6 +21,7 @@ class Term:
     instance: str
     valid_from: float
     valid_until: float
+    ended: bool = False  # its holder stepped down: `valid_until` is when, and final
 
 
 @dataclass
@@ -49,11 +50,18 @@ class LeaseAudit:
         self.record(v)
 
     def record(self, v: LeaderValidity) -> None:
+        """A promise extends its term; a final one (a release) ends it there, whatever order
+        the promises arrive in (core messages from one holder may be overtaken)."""
         known = self.terms.get(v.term)
         if known is None:
-            self.terms[v.term] = Term(v.term, v.node, v.instance, v.valid_from, v.valid_until)
-            return
-        known.valid_until = max(known.valid_until, v.valid_until)
+            self.terms[v.term] = Term(
+                v.term, v.node, v.instance, v.valid_from, v.valid_until, ended=v.final
+            )
+        elif v.final:
+            known.valid_until = v.valid_until if not known.ended else known.valid_until
+            known.ended = True
+        elif not known.ended:
+            known.valid_until = max(known.valid_until, v.valid_until)
 
     def ordered(self) -> list[Term]:
         return sorted(self.terms.values(), key=lambda t: t.valid_from)

@@ -174,6 +174,30 @@ class Contender:
         )
         await _quietly(self.bus.publish(names.leader_validity_subject(), encode(msg)))
 
+    async def announce_end(self, term: int) -> None:
+        """The final promise of `term`, which we no longer act on: it ended now."""
+        if not self.announce:
+            return
+        now = self.clock.time()
+        msg = LeaderValidity(
+            node=self.node_id,
+            instance=self.instance,
+            term=term,
+            valid_from=self.acquired_wall,
+            valid_until=max(now, self.acquired_wall),
+            final=True,
+        )
+        data = encode(msg)
+
+        async def send() -> None:
+            await self.bus.publish(names.leader_validity_subject(), data)
+            await self.bus.flush(timeout_s=1)  # out before the deletes let a contender in
+
+        try:  # bounded: a bus that is away (a publish waits for it) must not hold up the release
+            await asyncio.wait_for(_quietly(send()), END_ANNOUNCE_S)
+        except TimeoutError:
+            log.warning("the end of term %s was not announced: the bus is away", term)
+
     async def give_up(self, kind: LeaderEventKind, reason: str) -> None:
         term, self.term = self.term, None
         self.announced_until = -math.inf
@@ -184,8 +208,13 @@ class Contender:
         self.refresh()
 
     async def release(self) -> None:
-        """Graceful step-down: CAS-delete what we hold so a contender takes over at once."""
+        """Graceful step-down: end the term on the audit trail, then CAS-delete what we hold so
+        a contender takes over at once (its term starts after ours ended, not after our last
+        promise would have run out)."""
+        term = self.term
         await self.give_up("released", "shutdown")
+        if term is not None:
+            await self.announce_end(term)
         held = [
             (b, s) for b, s in zip(self.buckets, self.slots, strict=True) if s.ours(self.instance)
         ]
@@ -253,6 +282,9 @@ def _holder(entry: Entry) -> str | None:
         # An unreadable lease still blocks: it expires by TTL like any other.
         log.error("unreadable lease: %s", e, extra={"field": e.field})
         return f"unreadable@{entry.revision}"
+
+
+END_ANNOUNCE_S = 1.0  # the most a release waits to announce its term's end
 
 
 async def _quietly(op: object) -> None:
