@@ -216,7 +216,7 @@ class World:
     async def halt(self, node: Node, *, graceful: bool) -> None:
         """Stop a node's services: at once and unannounced (a crash: its connection is cut
         first, so nothing it does on the way out reaches the server), or by its stop event."""
-        bus, tasks = node.bus, node.tasks
+        bus, tasks, contender = node.bus, node.tasks, node.contender
         if bus is None:
             return
         node.bus, node.tasks = None, []  # a second halt meanwhile finds nothing to do
@@ -226,7 +226,8 @@ class World:
                 task.cancel()
         node.stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
-        node.contender = None
+        if node.contender is contender:  # not the next incarnation's, started meanwhile
+            node.contender = None
         await bus.close()
 
     # -- faults ---------------------------------------------------------------------------------
@@ -241,7 +242,8 @@ class World:
         match fault.kind:
             case "crash":
                 await self.halt(node, graceful=False)
-                node.healthy_since = math.inf
+                if node.bus is None:  # an overlapping crash may have restarted it meanwhile
+                    node.healthy_since = math.inf
                 if fault.duration_s > 0:
                     await asyncio.sleep(fault.duration_s)
                     self.start(node)
