@@ -107,6 +107,11 @@ def test_targets_are_live_named_or_by_role_with_the_leader_last() -> None:
 
 
 @pytest.fixture(scope="module")
+def good_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_wheel(tmp_path_factory.mktemp("good"), version="9.9.6")
+
+
+@pytest.fixture(scope="module")
 def broken_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     def break_heartbeat(src: Path) -> None:
         path = src / "services" / "heartbeat.py"
@@ -139,6 +144,14 @@ class Up:
         [node] = listed
         return dict(node)
 
+    def interpreters(self) -> list[str]:
+        """The python each service process runs on."""
+        return [self._argv(pid)[0].decode() for pid in self.pids().values()]
+
+    @staticmethod
+    def _argv(pid: int) -> list[bytes]:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+
     def pids(self) -> dict[str, int]:
         """The node's service processes (their config names the server), by module."""
         found = {}
@@ -159,8 +172,8 @@ def leader_terms(up: Up) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.xdist_group("heavy")
 @pytest.mark.timeout(300)
-async def test_restart_and_a_refused_upgrade_on_a_running_node(
-    processes: Processes, tmp_path: Path, broken_wheel: Path
+async def test_restart_a_refused_upgrade_and_an_upgrade_on_a_running_node(
+    processes: Processes, tmp_path: Path, broken_wheel: Path, good_wheel: Path
 ) -> None:
     up = Up(processes, tmp_path / "data")
     await eventually(lambda: "leader elected" in up.out.read_text(), 60, what="leader elected")
@@ -193,6 +206,15 @@ async def test_restart_and_a_refused_upgrade_on_a_running_node(
     denied = up.conclave("fleet", "restart", creds="nodes/local.nk")
     assert denied.returncode != 0 and "only admin" in denied.stderr, denied.stderr
     assert up.pids() == after
+
+    # A good wheel: the services switch to it, its own code (not the checkout's, although the
+    # launcher runs in the checkout), and the node reports its version.
+    upgraded = up.conclave("fleet", "upgrade", "--wheel", str(good_wheel), "--timeout", "120")
+    assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
+    assert "healthy at 9.9.6" in upgraded.stdout
+    assert up.node()["version"] == "9.9.6"
+    venvs = tmp_path / "data" / "cache" / "local" / "fleet" / "venvs"
+    assert all(python.startswith(str(venvs)) for python in up.interpreters()), up.interpreters()
 
 
 @pytest.mark.slow

@@ -275,5 +275,7 @@ def _kill(proc: asyncio.subprocess.Process) -> None:
 
 
 def python_module_argv(module: str, *args: str, python: str | None = None) -> list[str]:
-    """Run `module` on `python` (by default this interpreter; an upgrade's is another)."""
-    return [python or sys.executable, "-m", module, *args]
+    """Run `module` on `python` (by default this interpreter; an upgrade's is another). `-P`:
+    not from the working directory, which `-m` would put first on the path, so a launcher
+    started in a checkout still runs the upgrade's installed code, not the checkout's."""
+    return [python or sys.executable, "-P", "-m", module, *args]
