@@ -115,12 +115,13 @@ async def issue_order(bus: Bus, order: FleetOrder) -> None:
 async def progress(bus: Bus, order: FleetOrder) -> tuple[OrderState, str]:
     """How far `order` has got, from its node's report and status."""
     report_key = names.fleet_report_key(order.node)
-    report = await _read(bus, names.REGISTRY_BUCKET, report_key, FleetReport)
-    status = await _read(bus, names.NODES_BUCKET, names.node_key(order.node), NodeStatus)
+    report = await read_value(bus, names.REGISTRY_BUCKET, report_key, FleetReport)
+    status = await read_value(bus, names.NODES_BUCKET, names.node_key(order.node), NodeStatus)
     return order_state(order, report, status, bus.clock.time())
 
 
-async def _read(bus: Bus, bucket: str, key: str, kind: type[T]) -> T | None:
+async def read_value(bus: Bus, bucket: str, key: str, kind: type[T]) -> T | None:
+    """The value under `key` as `kind`, None when there is none or it does not decode."""
     entry = await bus.last(bucket, key)
     if entry.value is None:
         return None

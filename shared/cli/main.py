@@ -256,6 +256,8 @@ def cmd_soak(args: argparse.Namespace) -> int:
         fault_every_s=soak.parse_duration(args.fault_every),
         netns=args.netns,
         leader_kills=args.leader_kills,
+        faults=soak.parse_faults(args.faults),
+        upgrade_wheel=str(Path(args.upgrade_wheel).absolute()) if args.upgrade_wheel else "",
     )
     return asyncio.run(soak.soak_main(opts))
 
@@ -535,6 +537,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="share (0-1) of node kills aimed at the leader's node, to exercise failovers",
+    )
+    soak.add_argument(
+        "--faults",
+        default="default",
+        help="fault kinds the chaos cycles through, comma-separated: kill-service, "
+        "stop-service, kill-node, cut-network, kill-server (these five: 'default'), "
+        "kill-leader-node, drain, rolling-restart, rolling-upgrade; 'all' for all nine",
+    )
+    soak.add_argument(
+        "--upgrade-wheel",
+        default=None,
+        metavar="PATH",
+        help="rolling-upgrade's conclave wheel (default: one built a patch version up)",
     )
     soak.set_defaults(handler=cmd_soak)
 

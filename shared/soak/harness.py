@@ -6,9 +6,11 @@ The harness starts the hub and the nodes (`shared.soak.fleet`), waits until ever
 heartbeats and a leader holds the lease, then watches for `--duration`: once a second the nodes
 present in KV `nodes`, every leader term from `leader.validity`, and every PubAck of the games
 stream and job submission seen on each hub server. With `--chaos` it injects one fault at a time
-every `--fault-every` seconds and times its recovery. At the end it checks every acknowledged
-game against the games stream and every checkpoint's replay window against it, reads the job
-consumers (`shared.soak.audit`), stops everything and writes the report (`shared.soak.files`).
+every `--fault-every` seconds, cycling through `--faults` (the fleet ones through the `conclave
+fleet` command's own code, `shared.soak.chaosfleet`), and times its recovery. At the end it
+checks every acknowledged game against the games stream and every checkpoint's replay window
+against it, reads the job consumers (`shared.soak.audit`), stops everything and writes the
+report (`shared.soak.files`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import shutil
 import signal
 import time
 from collections import defaultdict
@@ -37,6 +40,7 @@ from shared.runtime.memory import rss_bytes
 from shared.runtime.service import wait_or_stop
 from shared.soak import netns
 from shared.soak.audit import game_audit, job_counts, promotions
+from shared.soak.chaosfleet import FleetFaults
 from shared.soak.fleet import Fleet, plan_nodes, send
 from shared.soak.netns import Namespaces
 from shared.soak.record import (
@@ -47,6 +51,7 @@ from shared.soak.record import (
     SoakRecord,
     TermSpan,
 )
+from shared.soak.wheel import upgrade_wheel
 
 log = logging.getLogger("conclave.soak")
 NetnsMode = Literal["auto", "on", "off"]
@@ -58,6 +63,13 @@ FAULT_KINDS: tuple[FaultKind, ...] = (
     "cut-network",
     "kill-server",
 )
+FLEET_FAULT_KINDS: tuple[FaultKind, ...] = (
+    "rolling-restart",
+    "drain",
+    "kill-leader-node",
+    "rolling-upgrade",
+)
+ALL_FAULT_KINDS = FAULT_KINDS + FLEET_FAULT_KINDS
 
 
 class SoakOptions(msgspec.Struct, frozen=True):
@@ -76,10 +88,39 @@ class SoakOptions(msgspec.Struct, frozen=True):
     warmup_timeout_s: float = 600.0
     memory_every_s: float = 15.0
     progress_every_s: float = 30.0
+    faults: tuple[FaultKind, ...] = FAULT_KINDS  # the chaos cycles through these, in order
+    upgrade_wheel: str = ""  # rolling-upgrade's wheel; "": one built a patch version up
+    drain_bound_s: float = 60.0  # a drained node is resumed after this even if still busy
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.leader_kills <= 1.0:
             raise ValueError(f"leader_kills must be a share from 0 to 1, got {self.leader_kills}")
+        if not self.faults:
+            raise ValueError("faults: name at least one fault kind")
+
+    @property
+    def upgrades(self) -> bool:
+        return self.chaos and "rolling-upgrade" in self.faults
+
+
+def parse_faults(text: str) -> tuple[FaultKind, ...]:
+    """'kill-node,drain', 'all' (every kind) or 'default' (the five process and network
+    faults); ValueError naming an unknown kind."""
+    if text.strip() == "all":
+        return ALL_FAULT_KINDS
+    if text.strip() == "default":
+        return FAULT_KINDS
+    kinds: list[FaultKind] = []
+    for word in (w.strip() for w in text.split(",") if w.strip()):
+        known = [k for k in ALL_FAULT_KINDS if k == word]
+        if not known:
+            raise ValueError(
+                f"unknown fault kind {word!r}: choose from {', '.join(ALL_FAULT_KINDS)}, or all"
+            )
+        kinds.append(known[0])
+    if not kinds:
+        raise ValueError("--faults: name at least one fault kind")
+    return tuple(kinds)
 
 
 def parse_duration(text: str) -> float:
@@ -145,11 +186,15 @@ class Harness:
         self.bus: Bus | None = None
         self.started_at = 0.0
         self.sample_gaps = 0
+        self.wheel: Path | None = None  # rolling-upgrade's
+        self.fleet_faults = FleetFaults(self)
 
     # -- run --------------------------------------------------------------------------------
 
     async def run(self) -> SoakRecord:
         try:
+            if self.opts.upgrades:
+                self.wheel = await asyncio.to_thread(self.upgrade_wheel)
             await asyncio.to_thread(self.fleet.start_hub)
             self.bus = await NatsBus.connect(
                 BusConfig(servers=self.fleet.urls, name="soak", replicas=3)
@@ -176,6 +221,18 @@ class Harness:
             return await self.finish(ended_at)
         finally:
             await self.close()
+
+    def upgrade_wheel(self) -> Path:
+        """The wheel given, or one built (once, before the nodes start: it takes a while) a
+        patch version up into the report directory."""
+        if self.opts.upgrade_wheel:
+            return Path(self.opts.upgrade_wheel)
+        out = Path(self.opts.report_dir) / "upgrade-wheel"
+        shutil.rmtree(out, ignore_errors=True)
+        print("soak: building the rolling upgrade's wheel", flush=True)
+        wheel = upgrade_wheel(out)
+        shutil.rmtree(out / "src", ignore_errors=True)
+        return wheel
 
     async def provision(self, bus: Bus) -> None:
         """A new cluster elects its meta leader a moment after it reports healthy: retry."""
@@ -294,7 +351,7 @@ class Harness:
             await wait_or_stop(self.stop, self.opts.fault_every_s)
             if self.stop.is_set() or time.time() >= end:
                 return
-            kind = FAULT_KINDS[k % len(FAULT_KINDS)]
+            kind = self.opts.faults[k % len(self.opts.faults)]
             k += 1
             fault = await self.inject(kind)
             if fault is not None:
@@ -308,6 +365,10 @@ class Harness:
             "kill-node": self.kill_node,
             "cut-network": self.cut_network,
             "kill-server": self.kill_server,
+            "kill-leader-node": self.fleet_faults.kill_leader_node,
+            "drain": self.fleet_faults.drain,
+            "rolling-restart": self.fleet_faults.rolling_restart,
+            "rolling-upgrade": self.fleet_faults.rolling_upgrade,
         }
         return await injectors[kind]()
 
@@ -360,12 +421,15 @@ class Harness:
     async def kill_node(self) -> Fault | None:
         node_id = self.pick_node()
         at = time.time()
-        await asyncio.to_thread(self.fleet.kill_node, node_id)
-        await wait_or_stop(self.stop, self.opts.restart_delay_s)
-        await asyncio.to_thread(self.fleet.start_node, node_id)
+        await self.kill_and_restart(node_id)
         started = time.time()
         recovered = await self.until(lambda: self.restarted(node_id, started))
         return Fault("kill-node", node_id, at, recovered, node=node_id)
+
+    async def kill_and_restart(self, node_id: str) -> None:
+        await asyncio.to_thread(self.fleet.kill_node, node_id)
+        await wait_or_stop(self.stop, self.opts.restart_delay_s)
+        await asyncio.to_thread(self.fleet.start_node, node_id)
 
     def pick_node(self) -> str:
         """A random node, or for a `leader_kills` share of picks the leader's (no extra draw
@@ -418,9 +482,10 @@ class Harness:
         recovered = await self.until(lambda: all(self.healthy(s.node_id) for s in self.specs))
         return Fault("kill-server", f"hub/{server.spec.name}", at, recovered)
 
-    async def until(self, check: Callable[[], bool]) -> float | None:
-        """When `check` (over the latest samples) first holds, or None after the timeout."""
-        deadline = time.monotonic() + self.opts.recovery_timeout_s
+    async def until(self, check: Callable[[], bool], timeout_s: float = 0.0) -> float | None:
+        """When `check` (over the latest samples) first holds, or None after the timeout
+        (`timeout_s`, by default the recovery timeout)."""
+        deadline = time.monotonic() + (timeout_s or self.opts.recovery_timeout_s)
         while time.monotonic() < deadline and not self.stop.is_set():
             if check():
                 return time.time()

@@ -16,6 +16,10 @@ FaultKind = Literal[
     "kill-server",  # SIGKILL one hub NATS server; the harness restarts it on the same ports
     "stop-service",  # SIGSTOP a service for a while (a blocked event loop), then SIGCONT
     "cut-network",  # cut a node off the network for a while (network namespaces; root only)
+    "kill-leader-node",  # kill-node aimed at the node holding the leader lease
+    "drain",  # `fleet drain` a self-play node until drained (or a bound), then `fleet resume`
+    "rolling-restart",  # `fleet restart --rolling` of every node
+    "rolling-upgrade",  # `fleet upgrade --wheel W --rolling` of every node to a bumped version
 ]
 
 
@@ -41,9 +45,29 @@ class TermSpan(msgspec.Struct, frozen=True):
     valid_until: float
 
 
+class OrderTimeline(msgspec.Struct, frozen=True):
+    """One node's part in a fleet order (rolling restart or upgrade). `ordered_at` is the
+    order's own time; `received_at` and `done_at` the node's report (when it took the order,
+    when it answered done or refused); `healthy_at` when the harness saw it healthy after it
+    (None: never). The pids and `services_started_at` show that new services run."""
+
+    node: str
+    ordered_at: float | None
+    received_at: float | None
+    done_at: float | None
+    healthy_at: float | None
+    outcome: str = ""  # the node's last answer: received, done, refused, failed ("": none)
+    version: str = ""  # what its services report once healthy
+    pids_before: list[int] = []
+    pids_after: list[int] = []
+    services_started_at: float | None = None
+
+
 class Fault(msgspec.Struct, frozen=True):
     """One injected fault. `node` is the node it takes out of the alive set, if any (kill-node,
     cut-network); `recovered_at` is when the harness saw the target healthy again (None: never).
+    `leader_node` is set when the node it took out held the leader lease at `at`; `orders` are
+    the per-node timelines of a fleet order.
     """
 
     kind: FaultKind
@@ -52,6 +76,8 @@ class Fault(msgspec.Struct, frozen=True):
     recovered_at: float | None
     node: str | None = None
     detail: str = ""
+    leader_node: bool = False
+    orders: list[OrderTimeline] = []
 
 
 class MemorySample(msgspec.Struct, frozen=True):

@@ -18,6 +18,7 @@ from shared.soak.record import (
     FaultKind,
     JobCounts,
     MemorySample,
+    OrderTimeline,
     Sample,
     SoakRecord,
     TermSpan,
@@ -26,6 +27,9 @@ from shared.soak.record import (
 MB = 1024 * 1024
 NODES_ALIVE_TARGET = 0.99
 LEADER_AVAILABLE_TARGET = 0.995
+LEADER_AVAILABLE_OUTSIDE_KILLS_TARGET = 0.999
+LEADER_KILL_EXCUSED_S = 60.0  # after a fault takes out the leader's node
+NODE_KILLS: tuple[FaultKind, ...] = ("kill-node", "kill-leader-node")
 GROWTH_MIN_MB = 50.0
 GROWTH_MIN_RATIO = 0.25
 GROWTH_MIN_SAMPLES = 8
@@ -40,6 +44,7 @@ CHECKS = (
     "all_faults_recovered",
     "nodes_alive_99",
     "leader_available_995",
+    "leader_available_999_outside_leader_kills",
     "no_unbounded_growth",
 )
 
@@ -89,8 +94,24 @@ class MemoryFigures(msgspec.Struct, frozen=True):
     growing: bool
 
 
+class OrderFigures(msgspec.Struct, frozen=True):
+    """One node's part in a fleet order, in seconds from the fault's injection (None: not
+    seen); `renewed` when its services all run under new pids, started after the order."""
+
+    node: str
+    ordered_s: float | None
+    received_s: float | None
+    done_s: float | None
+    healthy_s: float | None
+    outcome: str
+    version: str
+    renewed: bool
+
+
 class FaultFigures(msgspec.Struct, frozen=True):
-    """One injected fault: `at_s` from the start of the run, `recovery_s` from injection."""
+    """One injected fault: `at_s` from the start of the run, `recovery_s` from injection;
+    `leader_gap_max_s` the longest time without a valid leader term from injection to recovery
+    (to the end of the run if never); `orders` a fleet order's per-node timelines."""
 
     kind: FaultKind
     target: str
@@ -99,6 +120,8 @@ class FaultFigures(msgspec.Struct, frozen=True):
     recovery_s: float | None
     recovered: bool
     detail: str
+    leader_gap_max_s: float | None = None
+    orders: list[OrderFigures] = []
 
 
 class SoakReport(msgspec.Struct, frozen=True):
@@ -124,6 +147,9 @@ class SoakReport(msgspec.Struct, frozen=True):
     generations: int
     checks: dict[str, bool]
     passed: bool
+    # Leader availability outside the LEADER_KILL_EXCUSED_S after each kill of the leader's node.
+    leader_available_outside_leader_kills: float | None = None
+    leader_kills: int = 0
 
 
 def report(record: SoakRecord) -> SoakReport:
@@ -137,7 +163,9 @@ def report(record: SoakRecord) -> SoakReport:
     both = overlaps(record.terms)
     games = game_figures(record)
     memory = memory_figures(record)
-    faults = fault_figures(record)
+    faults = fault_figures(record, serving)
+    excused = leader_kill_windows(record)
+    outside = available_outside(serving, record.ended_at, excused)
     unrecovered = sum(not f.recovered for f in faults)
     checks = {
         "overlaps_zero": not both,
@@ -147,6 +175,8 @@ def report(record: SoakRecord) -> SoakReport:
         "all_faults_recovered": unrecovered == 0,
         "nodes_alive_99": full is not None and full >= NODES_ALIVE_TARGET,
         "leader_available_995": available is not None and available >= LEADER_AVAILABLE_TARGET,
+        "leader_available_999_outside_leader_kills": outside is not None
+        and outside >= LEADER_AVAILABLE_OUTSIDE_KILLS_TARGET,
         "no_unbounded_growth": not any(m.growing for m in memory),
     }
     return SoakReport(
@@ -172,6 +202,8 @@ def report(record: SoakRecord) -> SoakReport:
         generations=record.generations,
         checks=checks,
         passed=all(checks.values()),
+        leader_available_outside_leader_kills=outside,
+        leader_kills=len(excused),
     )
 
 
@@ -242,6 +274,55 @@ def leader_available_fraction(terms: Sequence[TermSpan], ended_at: float) -> flo
         return None
     covered = union_length([(t.valid_from, t.valid_until) for t in terms], start, ended_at)
     return min(1.0, covered / (ended_at - start))
+
+
+def leader_kill_windows(record: SoakRecord) -> list[tuple[float, float]]:
+    """[at, at + LEADER_KILL_EXCUSED_S] of each node kill whose node held a term at `at`."""
+    return [
+        (f.at, f.at + LEADER_KILL_EXCUSED_S)
+        for f in sorted(record.faults, key=lambda f: f.at)
+        if f.kind in NODE_KILLS and _held_lease(f, record.terms)
+    ]
+
+
+def _held_lease(fault: Fault, terms: Sequence[TermSpan]) -> bool:
+    return any(t.node == fault.node and t.valid_from <= fault.at < t.valid_until for t in terms)
+
+
+def available_outside(
+    terms: Sequence[TermSpan], ended_at: float, excused: Sequence[tuple[float, float]]
+) -> float | None:
+    """Like `leader_available_fraction`, over the time outside the `excused` spans only."""
+    if not terms:
+        return None
+    start = min(t.valid_from for t in terms)
+    observed = uncovered([*excused], start, ended_at)
+    total = sum(hi - lo for lo, hi in observed)
+    if total <= 0:
+        return None
+    spans = [(t.valid_from, t.valid_until) for t in terms]
+    covered = sum(union_length(spans, lo, hi) for lo, hi in observed)
+    return min(1.0, covered / total)
+
+
+def uncovered(
+    spans: Sequence[tuple[float, float]], lo: float, hi: float
+) -> list[tuple[float, float]]:
+    """The parts of [lo, hi] that no span covers, in order."""
+    gaps, reach = [], lo
+    for begin, end in sorted(spans):
+        if begin > reach and reach < hi:
+            gaps.append((reach, min(begin, hi)))
+        reach = max(reach, end)
+    if reach < hi:
+        gaps.append((reach, hi))
+    return gaps
+
+
+def longest_gap(terms: Sequence[TermSpan], lo: float, hi: float) -> float:
+    """The longest stretch of [lo, hi] with no valid term."""
+    spans = [(t.valid_from, t.valid_until) for t in terms]
+    return max((b - a for a, b in uncovered(spans, lo, hi)), default=0.0)
 
 
 def union_length(spans: Sequence[tuple[float, float]], lo: float, hi: float) -> float:
@@ -399,12 +480,22 @@ def _unbounded(growth: float, base: float) -> bool:
     return growth > GROWTH_MIN_MB and growth > GROWTH_MIN_RATIO * base
 
 
-def fault_figures(record: SoakRecord) -> list[FaultFigures]:
-    return [_fault_figures(f, record.started_at) for f in sorted(record.faults, key=lambda f: f.at)]
+def fault_figures(
+    record: SoakRecord, serving: Sequence[TermSpan] | None = None
+) -> list[FaultFigures]:
+    """Every fault in time order; the leader gaps only with the `serving` terms."""
+    return [
+        _fault_figures(f, record.started_at, record.ended_at, serving)
+        for f in sorted(record.faults, key=lambda f: f.at)
+    ]
 
 
-def _fault_figures(fault: Fault, started_at: float) -> FaultFigures:
+def _fault_figures(
+    fault: Fault, started_at: float, ended_at: float, serving: Sequence[TermSpan] | None
+) -> FaultFigures:
     recovered = fault.recovered_at is not None
+    until = ended_at if fault.recovered_at is None else fault.recovered_at
+    gap = None if serving is None else _seconds(longest_gap(serving, fault.at, until))
     return FaultFigures(
         kind=fault.kind,
         target=fault.target,
@@ -413,6 +504,32 @@ def _fault_figures(fault: Fault, started_at: float) -> FaultFigures:
         recovery_s=None if fault.recovered_at is None else _seconds(fault.recovered_at - fault.at),
         recovered=recovered,
         detail=fault.detail,
+        leader_gap_max_s=gap,
+        orders=[order_figures(t, fault.at) for t in fault.orders],
+    )
+
+
+def order_figures(timeline: OrderTimeline, at: float) -> OrderFigures:
+    def since(t: float | None) -> float | None:
+        return None if t is None else _seconds(t - at)
+
+    t = timeline
+    renewed = (
+        bool(t.pids_after)
+        and not set(t.pids_before) & set(t.pids_after)
+        and t.services_started_at is not None
+        and t.ordered_at is not None
+        and t.services_started_at >= t.ordered_at
+    )
+    return OrderFigures(
+        node=t.node,
+        ordered_s=since(t.ordered_at),
+        received_s=since(t.received_at),
+        done_s=since(t.done_at),
+        healthy_s=since(t.healthy_at),
+        outcome=t.outcome,
+        version=t.version,
+        renewed=renewed,
     )
 
 

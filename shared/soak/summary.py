@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shared.soak.record import SoakRecord
-from shared.soak.report import SoakReport
+from shared.soak.report import LEADER_KILL_EXCUSED_S, FaultFigures, SoakReport
 
 MEMORY_ROWS = 8
 
@@ -28,6 +28,7 @@ def markdown(record: SoakRecord, rep: SoakReport) -> str:
         *_game_id_lines(rep),
         *_jobs_table(rep),
         *_faults_table(rep),
+        *_orders_tables(rep),
         *_memory_table(rep),
     ]
     return "\n".join(lines) + "\n"
@@ -46,6 +47,11 @@ def _figures_table(rep: SoakReport) -> list[str]:
         (
             "leader available (a term counts until its node is killed or cut off)",
             _percent(rep.leader_available_fraction),
+        ),
+        (
+            f"leader available outside the {LEADER_KILL_EXCUSED_S:.0f} s after each of "
+            f"{rep.leader_kills} leader-node kills",
+            _percent(rep.leader_available_outside_leader_kills),
         ),
         ("leader terms / failovers", f"{rep.leader_terms} / {len(rep.failovers)}"),
         (
@@ -110,12 +116,37 @@ def _faults_table(rep: SoakReport) -> list[str]:
         "",
         "## Faults",
         "",
-        "| # | at (min) | kind | target | recovery (s) |",
-        "|---:|---:|---|---|---:|",
+        "| # | at (min) | kind | target | recovery (s) | longest leaderless (s) | detail |",
+        "|---:|---:|---|---|---:|---:|---|",
         *(
             f"| {i} | {f.at_s / 60:.1f} | {f.kind} | {f.target} | "
-            f"{_text(f.recovery_s) if f.recovered else '**never**'} |"
+            f"{_text(f.recovery_s) if f.recovered else '**never**'} | "
+            f"{_text(f.leader_gap_max_s)} | {f.detail} |"
             for i, f in enumerate(rep.faults, 1)
+        ),
+    ]
+
+
+def _orders_tables(rep: SoakReport) -> list[str]:
+    """Per-node timelines of each rolling restart or upgrade."""
+    lines = []
+    for i, fault in enumerate(rep.faults, 1):
+        if fault.orders:
+            lines += ["", f"## Fault {i}: {fault.kind}, per node", "", *_order_rows(fault)]
+    return lines
+
+
+def _order_rows(fault: FaultFigures) -> list[str]:
+    return [
+        "Seconds from the fault's start: the order issued, taken, answered, healthy again.",
+        "",
+        "| node | ordered | taken | answered | healthy | outcome | version | new services |",
+        "|---|---:|---:|---:|---:|---|---|---|",
+        *(
+            f"| {o.node} | {_text(o.ordered_s)} | {_text(o.received_s)} | {_text(o.done_s)} | "
+            f"{_text(o.healthy_s) if o.healthy_s is not None else '**never**'} | "
+            f"{o.outcome or '-'} | {o.version or '-'} | {'yes' if o.renewed else '**no**'} |"
+            for o in fault.orders
         ),
     ]
 
