@@ -13,6 +13,10 @@ newest promoted checkpoint of each configuration (`<data>/run/<game>/gen*.ckpt`)
 - more players: `bench/fair_share.py` against `--opponent` in every other seat (Wald's SPRT on
   games won against 1/P).
 
+It also measures the allocation: each configuration's share of the self-play worker-seconds
+added after `--share-after` minutes, beside its mean target share (`--no-judge`: only that;
+`examples/configs/allocation-121.toml` has weights 1:2:1 and no learning signal).
+
 Prints one JSON object (also written to `DIR/summary.json`).
 """
 
@@ -62,6 +66,7 @@ def brief(report: dict[str, Any], started: float) -> dict[str, Any]:
             "games": g["games_total"],
             "best_elo": g["best_elo"],
             "selfplay": g.get("selfplay"),
+            "selfplay_seconds": g.get("selfplay_seconds"),
         }
         for g in report.get("games", [])
     }
@@ -130,6 +135,36 @@ def chart(status_lines: Path, svg: Path) -> None:
     plt.close(fig)
 
 
+def measured_shares(rows: list[dict[str, Any]], after_minutes: float) -> dict[str, Any]:
+    """Each configuration's share of the self-play worker-seconds added between the first
+    sample at or after `after_minutes` and the last one, beside its mean target share over the
+    same samples (the allocation's own measure, `conclave status --json`)."""
+    window = [r for r in rows if r["minutes"] >= after_minutes]
+    if len(window) < 2:
+        return {}
+    first, last = window[0]["games"], window[-1]["games"]
+    added = {g: worker_seconds(last, g) - worker_seconds(first, g) for g in last}
+    total = sum(added.values())
+    shares: dict[str, Any] = {}
+    for game, seconds in added.items():
+        targets = [
+            r["games"][game]["selfplay"]["target"]
+            for r in window
+            if game in r["games"] and r["games"][game].get("selfplay")
+        ]
+        shares[game] = {
+            "worker_seconds": round(seconds, 1),
+            "actual": round(seconds / total, 4) if total > 0 else None,
+            "mean_target": round(sum(targets) / len(targets), 4) if targets else None,
+        }
+    minutes = window[-1]["minutes"] - window[0]["minutes"]
+    return {"from_minute": window[0]["minutes"], "minutes": round(minutes, 2), "configs": shares}
+
+
+def worker_seconds(sample: dict[str, Any], game: str) -> float:
+    return float(sample.get(game, {}).get("selfplay_seconds") or 0.0)
+
+
 def newest_checkpoint(data: Path, game: str) -> Path | None:
     found = sorted((data / "run" / game).glob("gen*.ckpt"))
     return found[-1] if found else None
@@ -171,15 +206,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--opponent", default="mcts:200")
     parser.add_argument("--sims", type=int, default=32, help="the models' simulations per move")
+    parser.add_argument("--no-judge", action="store_true", help="measure the allocation only")
+    parser.add_argument(
+        "--share-after", type=float, default=2.0, help="minutes before the shares are measured"
+    )
     args = parser.parse_args(argv)
     configs = load(args.config)
     args.out.mkdir(parents=True, exist_ok=True)
     data = (args.data_dir or args.out / "data").absolute()
     run_cluster(args, data, args.out)
+    rows = [json.loads(line) for line in (args.out / "status.jsonl").read_text().splitlines()]
     summary = {
         "config": str(args.config),
         "minutes": args.minutes,
-        "configs": {g: judge(g, newest_checkpoint(data, g), args) for g in configs.presets},
+        "allocation": measured_shares(rows, args.share_after),
+        "configs": {
+            g: {"checkpoint": None} if args.no_judge else judge(g, newest_checkpoint(data, g), args)
+            for g in configs.presets
+        },
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     chart(args.out / "status.jsonl", args.out / "run.svg")

@@ -233,7 +233,15 @@ async def seed_allocation(bus: Bus) -> None:
     state = LoopState({n: GameState(generation=0, best=n[:2] * 32, trainings=1) for n in planned})
     counts = {"tictactoe": [(0.0, 0), (600.0, 40)], "tictacmo": [(0.0, 0), (600.0, 60)]}
     shown = allocation_shown(planned, state, {"tictactoe": 240.0, "tictacmo": 360.0})
-    record = LoopRecord(term=1, state=state, updated_at=600.0, game_counts=counts, allocation=shown)
+    seconds = {"tictactoe": 1240.0, "tictacmo": 2360.0}
+    record = LoopRecord(
+        term=1,
+        state=state,
+        updated_at=600.0,
+        game_counts=counts,
+        allocation=shown,
+        selfplay_seconds=seconds,
+    )
     await bus.write(names.LOOP_BUCKET, STATE_KEY, encode(record))
 
 
@@ -245,6 +253,8 @@ async def test_status_shows_each_games_self_play_share_target_and_actual(bus: Bu
     assert shares["tictacmo"]["target"] == round(2 / 3, 4) and shares["tictacmo"]["actual"] == 0.6
     assert shares["tictactoe"]["target"] == round(1 / 3, 4)
     assert shares["tictactoe"]["actual"] == 0.4
+    seconds = {g["game"]: g["selfplay_seconds"] for g in as_json["games"]}
+    assert seconds == {"tictactoe": 1240.0, "tictacmo": 2360.0}  # so far, for measuring a window
     text = render_text(report)
     for weight, target, actual in ((2, 67, 60), (1, 33, 40)):
         factors = f"weight {weight} x learning 1.00 x staleness 1.00"

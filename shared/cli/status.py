@@ -97,6 +97,7 @@ class GameInfo(msgspec.Struct, frozen=True):
     evaluation_share: float | None = None
     queue_age_s: dict[str, float | None] = {}  # per queue (eval by lane): oldest job's age
     selfplay: Allocation | None = None  # self-play's target and actual share, and why
+    selfplay_seconds: float = 0.0  # self-play worker-seconds so far (the allocation's measure)
 
 
 class ArchiveInfo(msgspec.Struct, frozen=True):
@@ -316,6 +317,7 @@ async def game_info(bus: Bus, record: LoopRecord, game: str, now: float) -> Game
         evaluation_share=record.evaluation_share,
         queue_age_s=await queue_ages(bus, game, now),
         selfplay=record.allocation.get(game),
+        selfplay_seconds=record.selfplay_seconds.get(game, 0.0),
     )
 
 
